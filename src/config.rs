@@ -1,0 +1,405 @@
+//! Typed settings: defaults, then an optional TOML file, then the environment.
+//!
+//! Environment variables are `CBTL_` plus the setting's path in upper case, with `__`
+//! between levels (`CBTL_OKYA__BASE_URL`); `DATABASE_URL` is also read unprefixed because
+//! every platform sets it that way. The README's configuration table mirrors the doc
+//! comments below.
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(Box<figment::Error>),
+    #[error("configuration: setting `{setting}` {problem}")]
+    Invalid {
+        setting: &'static str,
+        problem: String,
+    },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(value: figment::Error) -> Self {
+        Self::Load(Box::new(value))
+    }
+}
+
+fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address the HTTP server binds (`CBTL_LISTEN_ADDR`). Port 0 picks a free port.
+    pub listen_addr: SocketAddr,
+    /// Database (`DATABASE_URL`): `sqlite://path?mode=rwc` or `postgres://user@host/db`.
+    pub database_url: String,
+    /// Log output (`CBTL_LOG_FORMAT`): `pretty` for people, `json` for log shippers.
+    pub log_format: LogFormat,
+    /// Limits on GraphQL requests.
+    pub graphql: GraphqlSettings,
+    /// Okya commerce and Okya Auth.
+    pub okya: OkyaSettings,
+    /// Stripe payments.
+    pub stripe: StripeSettings,
+    /// Epoint in-store POS.
+    pub epoint: EpointSettings,
+    /// SessionM loyalty.
+    pub sessionm: SessionmSettings,
+    /// Secrets that sign the webhooks we receive.
+    pub webhooks: WebhookSettings,
+    /// Behaviour of the in-process simulators that stand in for unset upstreams.
+    pub sandbox: SandboxSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://data/cbtl.db?mode=rwc".to_owned(),
+            log_format: LogFormat::Pretty,
+            graphql: GraphqlSettings::default(),
+            okya: OkyaSettings::default(),
+            stripe: StripeSettings::default(),
+            epoint: EpointSettings::default(),
+            sessionm: SessionmSettings::default(),
+            webhooks: WebhookSettings::default(),
+            sandbox: SandboxSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraphqlSettings {
+    /// Deepest selection nesting accepted (`CBTL_GRAPHQL__MAX_DEPTH`).
+    pub max_depth: usize,
+    /// Highest query complexity accepted, one point per field (`CBTL_GRAPHQL__MAX_COMPLEXITY`).
+    pub max_complexity: usize,
+    /// Largest request body in bytes (`CBTL_GRAPHQL__MAX_BODY_BYTES`).
+    pub max_body_bytes: usize,
+    /// Seconds a websocket may stay open without `connection_init` (`CBTL_GRAPHQL__WS_INIT_TIMEOUT_SECS`).
+    pub ws_init_timeout_secs: u64,
+}
+
+impl Default for GraphqlSettings {
+    fn default() -> Self {
+        Self {
+            max_depth: 12,
+            max_complexity: 1_000,
+            max_body_bytes: 64 * 1024,
+            ws_init_timeout_secs: 10,
+        }
+    }
+}
+
+/// Connection behaviour shared by every upstream client.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub total: Duration,
+}
+
+macro_rules! timeouts_accessor {
+    ($t:ty) => {
+        impl $t {
+            pub fn timeouts(&self) -> Timeouts {
+                Timeouts {
+                    connect: Duration::from_millis(self.connect_timeout_ms),
+                    total: Duration::from_millis(self.timeout_ms),
+                }
+            }
+        }
+    };
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OkyaSettings {
+    /// Okya commerce API root (`CBTL_OKYA__BASE_URL`); unset runs the Okya simulator.
+    pub base_url: Option<String>,
+    /// Okya Auth API root (`CBTL_OKYA__AUTH_BASE_URL`); unset uses `base_url`.
+    pub auth_base_url: Option<String>,
+    /// API key sent as `Authorization: Bearer` (`CBTL_OKYA__API_KEY`).
+    pub api_key: SecretString,
+    /// TCP connect timeout in ms (`CBTL_OKYA__CONNECT_TIMEOUT_MS`).
+    pub connect_timeout_ms: u64,
+    /// Whole-request timeout in ms (`CBTL_OKYA__TIMEOUT_MS`).
+    pub timeout_ms: u64,
+}
+
+impl Default for OkyaSettings {
+    fn default() -> Self {
+        Self {
+            base_url: None,
+            auth_base_url: None,
+            api_key: SecretString::from("okya_sandbox_key"),
+            connect_timeout_ms: 1_000,
+            timeout_ms: 5_000,
+        }
+    }
+}
+timeouts_accessor!(OkyaSettings);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StripeSettings {
+    /// Stripe API root (`CBTL_STRIPE__BASE_URL`), `https://api.stripe.com` for test or live
+    /// mode; unset runs the Stripe simulator.
+    pub base_url: Option<String>,
+    /// Secret key `sk_test_…` or `sk_live_…` (`CBTL_STRIPE__SECRET_KEY`).
+    pub secret_key: SecretString,
+    /// TCP connect timeout in ms (`CBTL_STRIPE__CONNECT_TIMEOUT_MS`).
+    pub connect_timeout_ms: u64,
+    /// Whole-request timeout in ms (`CBTL_STRIPE__TIMEOUT_MS`).
+    pub timeout_ms: u64,
+}
+
+impl Default for StripeSettings {
+    fn default() -> Self {
+        Self {
+            base_url: None,
+            secret_key: SecretString::from("sk_test_sandbox"),
+            connect_timeout_ms: 1_000,
+            timeout_ms: 10_000,
+        }
+    }
+}
+timeouts_accessor!(StripeSettings);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EpointSettings {
+    /// Epoint POS gateway root (`CBTL_EPOINT__BASE_URL`); unset runs the Epoint simulator.
+    pub base_url: Option<String>,
+    /// API key sent as `X-Api-Key` (`CBTL_EPOINT__API_KEY`).
+    pub api_key: SecretString,
+    /// TCP connect timeout in ms (`CBTL_EPOINT__CONNECT_TIMEOUT_MS`).
+    pub connect_timeout_ms: u64,
+    /// Whole-request timeout in ms (`CBTL_EPOINT__TIMEOUT_MS`).
+    pub timeout_ms: u64,
+}
+
+impl Default for EpointSettings {
+    fn default() -> Self {
+        Self {
+            base_url: None,
+            api_key: SecretString::from("epoint_sandbox_key"),
+            connect_timeout_ms: 1_000,
+            timeout_ms: 5_000,
+        }
+    }
+}
+timeouts_accessor!(EpointSettings);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionmSettings {
+    /// SessionM API root (`CBTL_SESSIONM__BASE_URL`); unset runs the SessionM simulator.
+    pub base_url: Option<String>,
+    /// Core API key, also the `{api_key}` path segment (`CBTL_SESSIONM__API_KEY`).
+    pub api_key: String,
+    /// Core API secret, HTTP Basic password (`CBTL_SESSIONM__API_SECRET`).
+    pub api_secret: SecretString,
+    /// POS/eCommerce API client id, sent in every body and as Basic user (`CBTL_SESSIONM__CLIENT_ID`).
+    pub client_id: String,
+    /// POS/eCommerce API client secret, Basic password (`CBTL_SESSIONM__CLIENT_SECRET`).
+    pub client_secret: SecretString,
+    /// TCP connect timeout in ms (`CBTL_SESSIONM__CONNECT_TIMEOUT_MS`).
+    pub connect_timeout_ms: u64,
+    /// Whole-request timeout in ms (`CBTL_SESSIONM__TIMEOUT_MS`).
+    pub timeout_ms: u64,
+}
+
+impl Default for SessionmSettings {
+    fn default() -> Self {
+        Self {
+            base_url: None,
+            api_key: "sessionm_sandbox_key".to_owned(),
+            api_secret: SecretString::from("sessionm_sandbox_secret"),
+            client_id: "cbtl-bff".to_owned(),
+            client_secret: SecretString::from("sessionm_sandbox_client_secret"),
+            connect_timeout_ms: 1_000,
+            timeout_ms: 5_000,
+        }
+    }
+}
+timeouts_accessor!(SessionmSettings);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Secrets accepted on Okya's `X-Okya-Signature`; the first signs sandbox deliveries.
+    /// Several may be active while a secret is rotated (`CBTL_WEBHOOKS__OKYA_SECRETS`).
+    pub okya_secrets: Vec<SecretString>,
+    /// Secrets accepted on `Stripe-Signature` (`whsec_…`), several during rotation
+    /// (`CBTL_WEBHOOKS__STRIPE_SECRETS`).
+    pub stripe_secrets: Vec<SecretString>,
+    /// Oldest signature timestamp accepted, in seconds (`CBTL_WEBHOOKS__TOLERANCE_SECS`).
+    pub tolerance_secs: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            okya_secrets: vec![SecretString::from("whsec_okya_sandbox")],
+            stripe_secrets: vec![SecretString::from("whsec_stripe_sandbox")],
+            tolerance_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxSettings {
+    /// The code every sandbox OTP carries (`CBTL_SANDBOX__OTP_CODE`); empty means random codes,
+    /// readable only from the simulator's outbox.
+    pub otp_code: String,
+    /// Delay before the sandbox store accepts a paid order, in ms (`CBTL_SANDBOX__AUTO_ACCEPT_DELAY_MS`);
+    /// 0 turns automatic acceptance off.
+    pub auto_accept_delay_ms: u64,
+    /// Latency added to every simulator call, in ms (`CBTL_SANDBOX__LATENCY_MS`).
+    pub latency_ms: u64,
+    /// Share of simulator calls answered with a 503, 0.0 to 1.0 (`CBTL_SANDBOX__ERROR_RATE`).
+    pub error_rate: f64,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        Self {
+            otp_code: "123456".to_owned(),
+            auto_accept_delay_ms: 2_000,
+            latency_ms: 0,
+            error_rate: 0.0,
+        }
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `file` if given, then the environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(invalid(
+                    "--config",
+                    format!("names {}, which is not a readable file", path.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL"])
+                    .map(|_| "database_url".into()),
+            )
+            .merge(
+                Env::prefixed("CBTL_")
+                    .filter(|key| key.as_str() != "config")
+                    .split("__"),
+            );
+        let settings: Settings = figment.extract()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what serde cannot: ranges, URL shapes, credentials that real upstreams need.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let db = self.database_url.as_str();
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "DATABASE_URL",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        if self.graphql.max_depth == 0 || self.graphql.max_complexity == 0 {
+            return Err(invalid(
+                "graphql.max_depth/max_complexity",
+                "must be above 0",
+            ));
+        }
+        if self.graphql.max_body_bytes < 1024 {
+            return Err(invalid("graphql.max_body_bytes", "must be at least 1024"));
+        }
+        if !(0.0..=1.0).contains(&self.sandbox.error_rate) {
+            return Err(invalid("sandbox.error_rate", "must be between 0.0 and 1.0"));
+        }
+        if self.webhooks.okya_secrets.is_empty() || self.webhooks.stripe_secrets.is_empty() {
+            return Err(invalid("webhooks.*_secrets", "needs at least one secret"));
+        }
+        check_upstream(
+            "okya.base_url",
+            self.okya.base_url.as_deref(),
+            &self.okya.timeouts(),
+        )?;
+        check_upstream(
+            "okya.auth_base_url",
+            self.okya.auth_base_url.as_deref(),
+            &self.okya.timeouts(),
+        )?;
+        check_upstream(
+            "stripe.base_url",
+            self.stripe.base_url.as_deref(),
+            &self.stripe.timeouts(),
+        )?;
+        check_upstream(
+            "epoint.base_url",
+            self.epoint.base_url.as_deref(),
+            &self.epoint.timeouts(),
+        )?;
+        check_upstream(
+            "sessionm.base_url",
+            self.sessionm.base_url.as_deref(),
+            &self.sessionm.timeouts(),
+        )?;
+        if self.stripe.base_url.is_some() {
+            let key = self.stripe.secret_key.expose_secret();
+            if !(key.starts_with("sk_") || key.starts_with("rk_")) || key == "sk_test_sandbox" {
+                return Err(invalid(
+                    "stripe.secret_key",
+                    "must be a real sk_test_… or sk_live_… key when stripe.base_url is set",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_upstream(
+    setting: &'static str,
+    url: Option<&str>,
+    timeouts: &Timeouts,
+) -> Result<(), ConfigError> {
+    if let Some(url) = url {
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| invalid(setting, format!("is not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.cannot_be_a_base() {
+            return Err(invalid(setting, "must be an http:// or https:// URL"));
+        }
+    }
+    if timeouts.connect.is_zero() || timeouts.total.is_zero() {
+        return Err(invalid(setting, "has a zero timeout"));
+    }
+    Ok(())
+}

@@ -1,0 +1,78 @@
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Longest id accepted from a client; upstream ids are far shorter, and the cap keeps
+/// hostile input out of upstream URLs and logs.
+const MAX_ID_LEN: usize = 128;
+
+macro_rules! opaque_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Accepts a client-supplied id: non-empty, bounded, and made only of characters
+            /// that are safe in a URL path segment.
+            pub fn parse(raw: &str) -> Option<Self> {
+                let ok = !raw.is_empty()
+                    && raw.len() <= MAX_ID_LEN
+                    && raw
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+                ok.then(|| Self(raw.to_owned()))
+            }
+
+            /// Wraps an id that an upstream system gave us.
+            pub fn from_upstream(raw: String) -> Self {
+                Self(raw)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+opaque_id!(
+    /// An Okya store.
+    StoreId
+);
+opaque_id!(
+    /// An Okya catalogue product.
+    ProductId
+);
+opaque_id!(
+    /// One option of a product's modifier group (a size, a milk, a syrup).
+    ModifierOptionId
+);
+opaque_id!(
+    /// An Okya cart.
+    CartId
+);
+opaque_id!(
+    /// One line of an Okya cart.
+    CartLineId
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_accepts_url_safe_ids_only() {
+        assert!(ProductId::parse("prd_latte-1.2").is_some());
+        assert!(ProductId::parse("").is_none());
+        assert!(ProductId::parse("../admin").is_none());
+        assert!(ProductId::parse("a b").is_none());
+        assert!(ProductId::parse(&"x".repeat(129)).is_none());
+    }
+}

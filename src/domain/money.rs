@@ -1,0 +1,249 @@
+//! Money in integer minor units. Floats never touch an amount.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// An ISO 4217 currency code, upper case.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Currency(String);
+
+impl Currency {
+    pub fn parse(raw: &str) -> Result<Self, MoneyError> {
+        if raw.len() == 3 && raw.bytes().all(|b| b.is_ascii_alphabetic()) {
+            Ok(Self(raw.to_ascii_uppercase()))
+        } else {
+            Err(MoneyError::BadCurrency(raw.chars().take(8).collect()))
+        }
+    }
+
+    pub fn usd() -> Self {
+        Self("USD".to_owned())
+    }
+
+    pub fn code(&self) -> &str {
+        &self.0
+    }
+
+    /// Digits after the decimal point, per ISO 4217 (the few that differ from two).
+    pub fn exponent(&self) -> u32 {
+        match self.0.as_str() {
+            "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF"
+            | "UGX" | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+            "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+            _ => 2,
+        }
+    }
+}
+
+impl TryFrom<String> for Currency {
+    type Error = MoneyError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<Currency> for String {
+    fn from(value: Currency) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MoneyError {
+    #[error("unknown currency code {0:?}")]
+    BadCurrency(String),
+    #[error("currencies differ: {0} and {1}")]
+    CurrencyMismatch(Currency, Currency),
+    #[error("amount overflow")]
+    Overflow,
+    #[error("not a decimal amount: {0:?}")]
+    BadDecimal(String),
+}
+
+/// An amount of money: integer minor units (cents) and a currency.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Money {
+    pub minor: i64,
+    pub currency: Currency,
+}
+
+impl Money {
+    pub fn new(minor: i64, currency: Currency) -> Self {
+        Self { minor, currency }
+    }
+
+    pub fn zero(currency: Currency) -> Self {
+        Self::new(0, currency)
+    }
+
+    pub fn checked_add(&self, other: &Money) -> Result<Money, MoneyError> {
+        self.same_currency(other)?;
+        let minor = self
+            .minor
+            .checked_add(other.minor)
+            .ok_or(MoneyError::Overflow)?;
+        Ok(Money::new(minor, self.currency.clone()))
+    }
+
+    pub fn checked_sub(&self, other: &Money) -> Result<Money, MoneyError> {
+        self.same_currency(other)?;
+        let minor = self
+            .minor
+            .checked_sub(other.minor)
+            .ok_or(MoneyError::Overflow)?;
+        Ok(Money::new(minor, self.currency.clone()))
+    }
+
+    pub fn checked_mul(&self, factor: i64) -> Result<Money, MoneyError> {
+        let minor = self.minor.checked_mul(factor).ok_or(MoneyError::Overflow)?;
+        Ok(Money::new(minor, self.currency.clone()))
+    }
+
+    /// `basis_points / 10_000` of this amount, rounded half away from zero, as tax
+    /// authorities and card networks round.
+    pub fn percent_bps(&self, basis_points: i64) -> Result<Money, MoneyError> {
+        let product = i128::from(self.minor) * i128::from(basis_points);
+        let rounded = if product >= 0 {
+            (product + 5_000) / 10_000
+        } else {
+            (product - 5_000) / 10_000
+        };
+        let minor = i64::try_from(rounded).map_err(|_| MoneyError::Overflow)?;
+        Ok(Money::new(minor, self.currency.clone()))
+    }
+
+    fn same_currency(&self, other: &Money) -> Result<(), MoneyError> {
+        if self.currency == other.currency {
+            Ok(())
+        } else {
+            Err(MoneyError::CurrencyMismatch(
+                self.currency.clone(),
+                other.currency.clone(),
+            ))
+        }
+    }
+
+    /// The amount as a decimal string with the currency's exponent: `450` USD is `"4.50"`.
+    pub fn to_decimal_string(&self) -> String {
+        let exp = self.currency.exponent();
+        if exp == 0 {
+            return self.minor.to_string();
+        }
+        let scale = 10_u64.pow(exp);
+        let sign = if self.minor < 0 { "-" } else { "" };
+        let abs = self.minor.unsigned_abs();
+        format!(
+            "{sign}{}.{:0width$}",
+            abs / scale,
+            abs % scale,
+            width = exp as usize
+        )
+    }
+
+    /// Parses a decimal string such as `"4.50"` exactly; more fraction digits than the
+    /// currency has is an error, never a rounding.
+    pub fn parse_decimal(raw: &str, currency: Currency) -> Result<Money, MoneyError> {
+        let bad = || MoneyError::BadDecimal(raw.chars().take(32).collect());
+        let exp = currency.exponent() as usize;
+        let (negative, digits) = match raw.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, raw),
+        };
+        let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        if whole.is_empty()
+            || frac.len() > exp
+            || !whole.bytes().all(|b| b.is_ascii_digit())
+            || !frac.bytes().all(|b| b.is_ascii_digit())
+            || (digits.contains('.') && frac.is_empty())
+        {
+            return Err(bad());
+        }
+        let whole: i64 = whole.parse().map_err(|_| bad())?;
+        let frac_val: i64 = if frac.is_empty() {
+            0
+        } else {
+            format!("{frac:0<exp$}").parse().map_err(|_| bad())?
+        };
+        let scale = 10_i64.pow(exp as u32);
+        let minor = whole
+            .checked_mul(scale)
+            .and_then(|w| w.checked_add(frac_val))
+            .ok_or(MoneyError::Overflow)?;
+        Ok(Money::new(if negative { -minor } else { minor }, currency))
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.to_decimal_string(), self.currency)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usd(minor: i64) -> Money {
+        Money::new(minor, Currency::usd())
+    }
+
+    #[test]
+    fn decimal_strings_round_trip() {
+        assert_eq!(usd(450).to_decimal_string(), "4.50");
+        assert_eq!(usd(5).to_decimal_string(), "0.05");
+        assert_eq!(usd(-1205).to_decimal_string(), "-12.05");
+        assert_eq!(usd(0).to_decimal_string(), "0.00");
+        let jpy = Currency::parse("jpy").unwrap();
+        assert_eq!(Money::new(500, jpy.clone()).to_decimal_string(), "500");
+        for s in ["4.50", "0.05", "-12.05", "12", "12.5"] {
+            let m = Money::parse_decimal(s, Currency::usd()).unwrap();
+            assert_eq!(
+                Money::parse_decimal(&m.to_decimal_string(), Currency::usd()).unwrap(),
+                m
+            );
+        }
+        assert_eq!(
+            Money::parse_decimal("12.5", Currency::usd()).unwrap().minor,
+            1250
+        );
+    }
+
+    #[test]
+    fn parse_refuses_rounding_and_junk() {
+        for s in ["4.505", "", ".5", "4.", "1e3", "4,50", "--1", "abc"] {
+            assert!(Money::parse_decimal(s, Currency::usd()).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn arithmetic_checks_currency_and_overflow() {
+        let sgd = Money::new(100, Currency::parse("SGD").unwrap());
+        assert!(matches!(
+            usd(1).checked_add(&sgd),
+            Err(MoneyError::CurrencyMismatch(..))
+        ));
+        assert_eq!(
+            usd(i64::MAX).checked_add(&usd(1)),
+            Err(MoneyError::Overflow)
+        );
+        assert_eq!(usd(250).checked_mul(3).unwrap(), usd(750));
+        assert_eq!(usd(1000).checked_sub(&usd(1250)).unwrap(), usd(-250));
+    }
+
+    #[test]
+    fn percentages_round_half_away_from_zero() {
+        // 8.875% of 4.50 is 0.399375 -> 0.40
+        assert_eq!(usd(450).percent_bps(888).unwrap(), usd(40));
+        // 10% of 0.05 is 0.005 -> 0.01
+        assert_eq!(usd(5).percent_bps(1000).unwrap(), usd(1));
+        assert_eq!(usd(-5).percent_bps(1000).unwrap(), usd(-1));
+        assert_eq!(usd(4).percent_bps(1000).unwrap(), usd(0));
+    }
+}

@@ -1,0 +1,57 @@
+//! In-process HTTP simulators of the four upstreams, for `cargo run` and the tests.
+//!
+//! Each is a real axum server on a loopback port; the production clients talk to it over
+//! HTTP exactly as they would to the real system. Production code never calls into this
+//! module: it only learns the simulators' base URLs.
+
+pub mod epoint;
+pub mod faults;
+pub mod okya;
+pub mod sessionm;
+pub mod stripe;
+
+use axum::Router;
+use faults::Faults;
+use std::{net::SocketAddr, sync::Arc};
+use tokio::{net::TcpListener, task::JoinHandle};
+
+/// A running simulator.
+pub struct Simulator {
+    pub base_url: String,
+    pub faults: Arc<Faults>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves `routes` (wrapped with fault injection and the `/_sandbox` knobs) on a free
+/// loopback port.
+pub async fn serve(
+    name: &'static str,
+    routes: Router,
+    faults: Arc<Faults>,
+) -> std::io::Result<Simulator> {
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let addr = listener.local_addr()?;
+    let app = faults::instrument(routes, faults.clone());
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(simulator = name, error = %e, "simulator stopped");
+        }
+    });
+    tracing::info!(simulator = name, %addr, "sandbox simulator listening");
+    Ok(Simulator {
+        base_url: format!("http://{addr}"),
+        faults,
+        task,
+    })
+}
+
+/// Unix seconds now; simulators stamp their objects like the real systems do.
+pub(crate) fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}

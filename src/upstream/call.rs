@@ -1,0 +1,285 @@
+//! The one place an upstream HTTP call is sent, retried, timed and traced.
+
+use reqwest::{RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use std::{fmt, time::Duration};
+use tracing::{Instrument, field};
+
+/// Which upstream a call went to; names spans, metrics and errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum System {
+    Okya,
+    OkyaAuth,
+    Stripe,
+    Epoint,
+    Sessionm,
+}
+
+impl System {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            System::Okya => "okya",
+            System::OkyaAuth => "okya_auth",
+            System::Stripe => "stripe",
+            System::Epoint => "epoint",
+            System::Sessionm => "sessionm",
+        }
+    }
+}
+
+impl fmt::Display for System {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an upstream said when it refused a request (a 4xx with a readable error body).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rejection {
+    /// The upstream's machine-readable code, e.g. Stripe's `card_declined`.
+    pub code: String,
+    /// The upstream's message; fit for logs, not necessarily for customers.
+    pub message: String,
+    /// The request field it blamed, when it said.
+    pub field: Option<String>,
+    /// Anything else the system adds (Stripe's `decline_code`, `type`).
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{system} {operation}: timed out")]
+    Timeout {
+        system: System,
+        operation: &'static str,
+    },
+    #[error("{system} {operation}: unreachable: {reason}")]
+    Unavailable {
+        system: System,
+        operation: &'static str,
+        reason: String,
+    },
+    #[error("{system} {operation}: rate limited")]
+    RateLimited {
+        system: System,
+        operation: &'static str,
+    },
+    #[error("{system} {operation}: server error {status}")]
+    Server {
+        system: System,
+        operation: &'static str,
+        status: u16,
+    },
+    #[error("{system} {operation}: rejected with {status} {}: {}", rejection.code, rejection.message)]
+    Rejected {
+        system: System,
+        operation: &'static str,
+        status: u16,
+        rejection: Rejection,
+    },
+    #[error("{system} {operation}: unreadable response: {reason}")]
+    Protocol {
+        system: System,
+        operation: &'static str,
+        reason: String,
+    },
+    #[error("upstream client setup: {0}")]
+    Setup(String),
+}
+
+impl UpstreamError {
+    /// The refusal, when the upstream understood and refused the request.
+    pub fn rejection(&self) -> Option<(u16, &Rejection)> {
+        match self {
+            UpstreamError::Rejected {
+                status, rejection, ..
+            } => Some((*status, rejection)),
+            _ => None,
+        }
+    }
+
+    /// True when the call may have failed for reasons that go away (a retry could work).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Timeout { .. }
+                | UpstreamError::Unavailable { .. }
+                | UpstreamError::RateLimited { .. }
+                | UpstreamError::Server { .. }
+        )
+    }
+}
+
+/// Whether a call may be sent again after a transient failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Reads, and writes carrying an idempotency key: a repeat has no new effect.
+    Safe,
+    /// Writes with no idempotency protection: sent once, whatever happens.
+    Never,
+}
+
+const MAX_ATTEMPTS: u32 = 3;
+
+/// Parses a system's error body into a [`Rejection`].
+pub(crate) type ErrorParser = fn(&serde_json::Value) -> Rejection;
+
+/// One logical upstream call.
+pub(crate) struct Call {
+    pub system: System,
+    pub operation: &'static str,
+    pub retry: Retry,
+    pub parse_error: ErrorParser,
+}
+
+impl Call {
+    /// Sends the request (again, with the same idempotency key, after a transient failure
+    /// when the call allows it) and decodes a 2xx JSON body.
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+    ) -> Result<T, UpstreamError> {
+        let bytes = self.send(request).await?;
+        serde_json::from_slice(&bytes).map_err(|e| UpstreamError::Protocol {
+            system: self.system,
+            operation: self.operation,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Sends the request and returns the raw 2xx body.
+    pub async fn send(&self, request: RequestBuilder) -> Result<Vec<u8>, UpstreamError> {
+        let span = tracing::info_span!(
+            "upstream",
+            system = self.system.as_str(),
+            operation = self.operation,
+            http.status = field::Empty,
+            attempts = field::Empty,
+        );
+        async move {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let Some(this_try) = request.try_clone() else {
+                    return Err(UpstreamError::Setup("streaming bodies cannot be sent".into()));
+                };
+                let outcome = self.attempt(this_try).await;
+                tracing::Span::current().record("attempts", attempt);
+                match outcome {
+                    Ok(body) => return Ok(body),
+                    Err((err, should_retry)) => {
+                        let retry = match should_retry {
+                            Some(flag) => flag,
+                            None => err.is_transient(),
+                        };
+                        if self.retry == Retry::Safe && retry && attempt < MAX_ATTEMPTS {
+                            tracing::debug!(error = %err, attempt, "upstream call failed; retrying");
+                            tokio::time::sleep(backoff(attempt)).await;
+                            continue;
+                        }
+                        tracing::warn!(error = %err, attempt, "upstream call failed");
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// One attempt. On failure also returns the upstream's own retry advice
+    /// (`Stripe-Should-Retry`), which overrides ours when present.
+    async fn attempt(
+        &self,
+        request: RequestBuilder,
+    ) -> Result<Vec<u8>, (UpstreamError, Option<bool>)> {
+        let (system, operation) = (self.system, self.operation);
+        let response = request.send().await.map_err(|e| {
+            let err = if e.is_timeout() {
+                UpstreamError::Timeout { system, operation }
+            } else {
+                UpstreamError::Unavailable {
+                    system,
+                    operation,
+                    reason: without_url(e),
+                }
+            };
+            (err, None)
+        })?;
+        let status = response.status();
+        tracing::Span::current().record("http.status", status.as_u16());
+        let advice = response
+            .headers()
+            .get("stripe-should-retry")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v == "true");
+        let body = response.bytes().await.map_err(|e| {
+            let err = if e.is_timeout() {
+                UpstreamError::Timeout { system, operation }
+            } else {
+                UpstreamError::Unavailable {
+                    system,
+                    operation,
+                    reason: without_url(e),
+                }
+            };
+            (err, None)
+        })?;
+        if status.is_success() {
+            return Ok(body.to_vec());
+        }
+        let err = if status == StatusCode::TOO_MANY_REQUESTS {
+            UpstreamError::RateLimited { system, operation }
+        } else if status.is_server_error() {
+            UpstreamError::Server {
+                system,
+                operation,
+                status: status.as_u16(),
+            }
+        } else {
+            let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            UpstreamError::Rejected {
+                system,
+                operation,
+                status: status.as_u16(),
+                rejection: (self.parse_error)(&parsed),
+            }
+        };
+        Err((err, advice))
+    }
+}
+
+/// reqwest's error text names the URL, which can carry ids or keys in a query string.
+fn without_url(err: reqwest::Error) -> String {
+    let mut text = err.without_url().to_string();
+    if text.is_empty() {
+        text = "request failed".to_owned();
+    }
+    text
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = 50_u64 * 2_u64.pow(attempt.saturating_sub(1));
+    Duration::from_millis(base + fastrand::u64(0..=base / 2))
+}
+
+/// Reads `{"error": {"code", "message", "field"}}`, the shape Okya, Epoint and our
+/// simulators share.
+pub(crate) fn parse_plain_error(body: &serde_json::Value) -> Rejection {
+    let error = &body["error"];
+    Rejection {
+        code: error["code"].as_str().unwrap_or("unknown").to_owned(),
+        message: error["message"].as_str().unwrap_or_default().to_owned(),
+        field: error["field"].as_str().map(str::to_owned),
+        detail: serde_json::Value::Null,
+    }
+}
+
+/// Joins a base URL and a path without doubling or dropping the slash.
+pub(crate) fn join(base: &str, path: &str) -> String {
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
+}
