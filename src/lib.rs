@@ -1,6 +1,11 @@
 //! cbtl-bff: the GraphQL backend-for-frontend of the CBTL mobile ordering app.
 
+pub mod app;
 pub mod config;
 pub mod domain;
+pub mod graphql;
+pub mod http;
 pub mod sandbox;
+pub mod store;
+pub mod telemetry;
 pub mod upstream;

@@ -1,1 +1,15 @@
+//! Every table of cbtl-bff. Forward only: a released migration is never edited; a change
+//! is a new migration.
 
+pub use sea_orm_migration::prelude::*;
+
+mod m20261125_000001_carts;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261125_000001_carts::Migration)]
+    }
+}

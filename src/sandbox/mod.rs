@@ -55,3 +55,51 @@ pub async fn serve(
 pub(crate) fn unix_now() -> i64 {
     chrono::Utc::now().timestamp()
 }
+
+/// The simulators running for this process: one per upstream whose URL is not configured.
+#[derive(Default)]
+pub struct Sandbox {
+    pub okya: Option<Simulator>,
+    pub stripe: Option<Simulator>,
+    pub epoint: Option<Simulator>,
+    pub sessionm: Option<Simulator>,
+}
+
+/// Starts a simulator for each upstream without a configured URL. `app_url` is where the
+/// simulators deliver webhooks.
+pub async fn start(settings: &crate::config::Settings, app_url: &str) -> std::io::Result<Sandbox> {
+    use secrecy::ExposeSecret;
+    let knobs = &settings.sandbox;
+    let faults = || Faults::new(knobs.latency_ms, knobs.error_rate);
+    let mut sandbox = Sandbox::default();
+    if settings.okya.base_url.is_none() {
+        let config = okya::OkyaSimConfig {
+            api_key: settings.okya.api_key.expose_secret().to_owned(),
+        };
+        sandbox.okya = Some(okya::start(config, faults()).await?);
+    }
+    if settings.stripe.base_url.is_none() {
+        // Webhook delivery starts once the service has a Stripe webhook endpoint.
+        let _ = app_url;
+        let config = stripe::StripeSimConfig {
+            webhook_url: None,
+            webhook_secret: settings
+                .webhooks
+                .stripe_secrets
+                .first()
+                .map(|s| s.expose_secret().to_owned())
+                .unwrap_or_default(),
+        };
+        sandbox.stripe = Some(stripe::start(config, faults()).await?);
+    }
+    if settings.epoint.base_url.is_none() {
+        let config = epoint::EpointSimConfig {
+            offline_locations: vec![okya::catalog::POS_OFFLINE_STORE.to_owned()],
+        };
+        sandbox.epoint = Some(epoint::start(config, faults()).await?);
+    }
+    if settings.sessionm.base_url.is_none() {
+        sandbox.sessionm = Some(sessionm::start(faults()).await?);
+    }
+    Ok(sandbox)
+}

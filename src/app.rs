@@ -1,0 +1,183 @@
+//! Builds the shared state and the router in one place, binds the listener and reports
+//! the bound address, so tests can ask for port 0 and learn the real one.
+
+use crate::{
+    config::Settings,
+    graphql::{self, AppSchema},
+    http,
+    sandbox::{self, Sandbox},
+    store::{self, StoreError},
+    upstream::{UpstreamError, Upstreams},
+};
+use axum::{Json, Router, extract::FromRef, http::StatusCode, routing::get};
+use sea_orm::DatabaseConnection;
+use std::{net::SocketAddr, ops::Deref, sync::Arc};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tower_http::{catch_panic::CatchPanicLayer, limit::RequestBodyLimitLayer, trace::TraceLayer};
+
+pub struct AppInner {
+    pub db: DatabaseConnection,
+    pub upstreams: Upstreams,
+    pub settings: Settings,
+}
+
+/// What every request and background task shares; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+impl Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+/// The HTTP layer's state: the app and its schema.
+#[derive(Clone)]
+pub struct Gateway {
+    pub app: AppState,
+    pub schema: AppSchema,
+}
+
+impl FromRef<Gateway> for AppState {
+    fn from_ref(gateway: &Gateway) -> Self {
+        gateway.app.clone()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot start the sandbox simulators: {0}")]
+    Sandbox(std::io::Error),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// A running service.
+pub struct Application {
+    addr: SocketAddr,
+    state: AppState,
+    sandbox: Sandbox,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Application {
+    /// Where the service listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The simulators standing in for unset upstreams.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// Serves until `signal` resolves, then lets in-flight requests finish.
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        signal.await;
+        if let Some(stop) = self.shutdown.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.server).await {
+            Ok(result) => result,
+            Err(join) => Err(std::io::Error::other(join)),
+        }
+    }
+}
+
+impl Drop for Application {
+    fn drop(&mut self) {
+        if let Some(stop) = self.shutdown.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Connects the database (applying migrations), starts the simulators for unset upstreams,
+/// builds the clients and serves HTTP on `settings.listen_addr`.
+pub async fn build(settings: Settings) -> Result<Application, StartError> {
+    let listener = TcpListener::bind(settings.listen_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: settings.listen_addr,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: settings.listen_addr,
+        source,
+    })?;
+    let db = store::connect(&settings.database_url).await?;
+    store::migrate(&db).await?;
+    let sandbox = sandbox::start(&settings, &format!("http://{addr}"))
+        .await
+        .map_err(StartError::Sandbox)?;
+    let upstreams = Upstreams::new(&settings, &sandbox)?;
+    let state = AppState(Arc::new(AppInner {
+        db,
+        upstreams,
+        settings,
+    }));
+    let schema = graphql::build(&state.settings.graphql, Some(state.clone()));
+    let router = router(Gateway {
+        app: state.clone(),
+        schema,
+    });
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!(%addr, "cbtl-bff listening; GraphiQL at http://{addr}/graphql");
+    Ok(Application {
+        addr,
+        state,
+        sandbox,
+        shutdown: Some(shutdown),
+        server,
+    })
+}
+
+fn router(gateway: Gateway) -> Router {
+    let body_limit = gateway.app.settings.graphql.max_body_bytes;
+    Router::new()
+        .route(
+            "/graphql",
+            get(http::graphql::get)
+                .post(http::graphql::post)
+                .fallback(http::graphql::other_method),
+        )
+        .route("/healthz", get(http::health::healthz))
+        .route("/readyz", get(http::health::readyz))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(serde_json::json!({"error": "not found; GraphQL is at /graphql"})),
+            )
+        })
+        .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(CatchPanicLayer::new())
+        .layer(TraceLayer::new_for_http())
+        .with_state(gateway)
+}

@@ -1,0 +1,37 @@
+//! The GraphQL schema, split by domain and merged at the root.
+
+mod cart;
+mod catalog;
+pub mod context;
+pub mod errors;
+pub mod loaders;
+pub mod scalars;
+
+use crate::{app::AppState, config::GraphqlSettings};
+use async_graphql::{EmptySubscription, MergedObject, Schema};
+
+#[derive(MergedObject, Default)]
+pub struct Query(catalog::CatalogQuery, cart::CartQuery);
+
+#[derive(MergedObject, Default)]
+pub struct Mutation(cart::CartMutation);
+
+pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// Builds the schema. `state` is `None` only for printing the SDL.
+pub fn build(limits: &GraphqlSettings, state: Option<AppState>) -> AppSchema {
+    let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity)
+        .limit_recursive_depth(64)
+        .limit_directives(20);
+    if let Some(state) = state {
+        builder = builder.data(state);
+    }
+    builder.finish()
+}
+
+/// The SDL the app codes against; `schema.graphql` holds a copy checked by a test.
+pub fn sdl() -> String {
+    build(&GraphqlSettings::default(), None).sdl()
+}

@@ -1,0 +1,6 @@
+//! The HTTP surface: `/graphql` (POST, GET, websocket), health probes.
+
+pub mod graphql;
+pub mod health;
+pub mod media;
+pub mod ws;

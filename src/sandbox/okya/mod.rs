@@ -1,0 +1,239 @@
+//! The Okya simulator: catalogue and carts (orders, auth and the order manager join as
+//! their flows arrive). It speaks the contract in `docs/upstreams/okya.md`.
+
+mod carts;
+pub mod catalog;
+
+use super::{Simulator, faults::Faults};
+use axum::{
+    Json, Router,
+    extract::{Query, Request, State},
+    http::{HeaderMap, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
+
+use crate::upstream::okya::{Cart, Product, Store};
+
+pub struct OkyaSimConfig {
+    /// The key clients must present as `Authorization: Bearer`.
+    pub api_key: String,
+}
+
+pub(crate) struct OkyaState {
+    api_key: String,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+pub(crate) struct Inner {
+    stores: Vec<Store>,
+    products: HashMap<String, Product>,
+    carts: HashMap<String, Cart>,
+    /// Idempotency-Key → (request fingerprint, status, body): a replay answers the same.
+    idempotency: HashMap<String, (String, u16, serde_json::Value)>,
+    next_id: u64,
+}
+
+impl Inner {
+    fn next_id(&mut self, prefix: &str) -> String {
+        self.next_id += 1;
+        format!("{prefix}_{:06}{}", self.next_id, fastrand::u32(1000..10000))
+    }
+}
+
+impl OkyaState {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// An Okya refusal in the contract's shape.
+pub(crate) struct OkyaError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+}
+
+impl OkyaError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub(crate) fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    fn body(&self) -> serde_json::Value {
+        serde_json::json!({"error": {"code": self.code, "message": self.message, "field": self.field}})
+    }
+}
+
+impl IntoResponse for OkyaError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+pub async fn start(config: OkyaSimConfig, faults: Arc<Faults>) -> std::io::Result<Simulator> {
+    let state = Arc::new(OkyaState {
+        api_key: config.api_key,
+        inner: Mutex::new(Inner {
+            stores: catalog::stores(),
+            products: catalog::products()
+                .into_iter()
+                .map(|p| (p.id.clone(), p))
+                .collect(),
+            ..Inner::default()
+        }),
+    });
+    let api = Router::new()
+        .route("/v1/stores", get(list_stores))
+        .route("/v1/products", get(list_products))
+        .route("/v1/carts", post(carts::create))
+        .route("/v1/carts/{cart_id}", get(carts::get))
+        .route(
+            "/v1/carts/{cart_id}/lines",
+            post(carts::add_lines).patch(carts::update_lines),
+        )
+        .route(
+            "/v1/carts/{cart_id}/lines/remove",
+            post(carts::remove_lines),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state);
+    super::serve("okya", api, faults).await
+}
+
+async fn authenticate(
+    State(state): State<Arc<OkyaState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented != Some(state.api_key.as_str()) {
+        return OkyaError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong API key",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+#[derive(Deserialize)]
+struct IdsQuery {
+    ids: Option<String>,
+}
+
+fn split_ids(ids: &str) -> Vec<&str> {
+    ids.split(',').filter(|s| !s.is_empty()).collect()
+}
+
+async fn list_stores(
+    State(state): State<Arc<OkyaState>>,
+    Query(query): Query<IdsQuery>,
+) -> Json<serde_json::Value> {
+    let inner = state.lock();
+    let stores: Vec<&Store> = match &query.ids {
+        Some(ids) => {
+            let wanted = split_ids(ids);
+            inner
+                .stores
+                .iter()
+                .filter(|s| wanted.contains(&s.id.as_str()))
+                .collect()
+        }
+        None => inner.stores.iter().collect(),
+    };
+    Json(serde_json::json!({ "stores": stores }))
+}
+
+async fn list_products(
+    State(state): State<Arc<OkyaState>>,
+    Query(query): Query<IdsQuery>,
+) -> Result<Json<serde_json::Value>, OkyaError> {
+    let Some(ids) = query.ids else {
+        return Err(OkyaError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "ids is required",
+        )
+        .field("ids"));
+    };
+    let wanted = split_ids(&ids);
+    if wanted.len() > 200 {
+        return Err(OkyaError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "at most 200 ids",
+        )
+        .field("ids"));
+    }
+    let inner = state.lock();
+    let products: Vec<&Product> = wanted
+        .iter()
+        .filter_map(|id| inner.products.get(*id))
+        .collect();
+    Ok(Json(serde_json::json!({ "products": products })))
+}
+
+/// Runs a write once per `Idempotency-Key`: a replay with the same request answers what
+/// the first did; the same key with another request is refused.
+pub(crate) fn idempotent(
+    state: &OkyaState,
+    headers: &HeaderMap,
+    fingerprint: String,
+    run: impl FnOnce(&mut Inner) -> Result<(StatusCode, serde_json::Value), OkyaError>,
+) -> Response {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut inner = state.lock();
+    if let Some(key) = &key
+        && let Some((seen, status, body)) = inner.idempotency.get(key)
+    {
+        if *seen != fingerprint {
+            return OkyaError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for another request",
+            )
+            .into_response();
+        }
+        let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+        return (status, Json(body.clone())).into_response();
+    }
+    let (status, body) = match run(&mut inner) {
+        Ok(ok) => ok,
+        Err(e) => (e.status, e.body()),
+    };
+    // Server errors are not stored, so a retry can succeed; refusals are, like Stripe does.
+    if let Some(key) = key
+        && !status.is_server_error()
+    {
+        inner
+            .idempotency
+            .insert(key, (fingerprint, status.as_u16(), body.clone()));
+    }
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,234 @@
+//! `spawn_app` and a small typed client, in the manner of zero2prod.
+
+use cbtl_bff::{app::Application, config::Settings};
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Where the local PostgreSQL answers; a fresh database is made per test.
+fn postgres_admin_url() -> String {
+    std::env::var("CBTL_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A database that disappears with the test.
+pub enum TestDb {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres { admin_url: String, name: String },
+}
+
+impl TestDb {
+    pub async fn new(kind: Db) -> (Self, String) {
+        match kind {
+            Db::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+                (TestDb::Sqlite(dir), url)
+            }
+            Db::Postgres => {
+                let admin_url = postgres_admin_url();
+                let name = format!("cbtl_test_{}", uuid::Uuid::new_v4().simple());
+                let admin = Database::connect(&admin_url)
+                    .await
+                    .expect("PostgreSQL must be running for these tests");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create test database");
+                let base = admin_url
+                    .rsplit_once('/')
+                    .map(|(b, _)| b)
+                    .unwrap_or(&admin_url)
+                    .to_owned();
+                let url = format!("{base}/{name}");
+                (TestDb::Postgres { admin_url, name }, url)
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let TestDb::Postgres { admin_url, name } = self {
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            // Drop runs inside the test's runtime; a thread with its own runtime can block.
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async {
+                    if let Ok(admin) = Database::connect(&admin_url).await {
+                        let _ = admin
+                            .execute_unprepared(&format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            ))
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+pub struct TestApp {
+    pub app: Application,
+    pub url: String,
+    pub http: reqwest::Client,
+    pub db: Option<TestDb>,
+}
+
+/// Test settings: random port, no automatic store acceptance unless asked.
+pub fn test_settings(database_url: String) -> Settings {
+    Settings {
+        listen_addr: "127.0.0.1:0".parse().expect("addr"),
+        database_url,
+        ..Settings::default()
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Db::Sqlite, |_| {}).await
+}
+
+pub async fn spawn_app_with(kind: Db, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let (db, url) = TestDb::new(kind).await;
+    let mut settings = test_settings(url);
+    tweak(&mut settings);
+    let mut app = spawn_with_settings(settings).await;
+    app.db = Some(db);
+    app
+}
+
+pub async fn spawn_with_settings(settings: Settings) -> TestApp {
+    let app = cbtl_bff::app::build(settings).await.expect("app starts");
+    let url = app.url();
+    TestApp {
+        app,
+        url,
+        http: reqwest::Client::new(),
+        db: None,
+    }
+}
+
+#[derive(Clone, Copy)]
+pub enum Sim {
+    Okya,
+    Stripe,
+    Epoint,
+    Sessionm,
+}
+
+impl TestApp {
+    pub fn graphql_url(&self) -> String {
+        format!("{}/graphql", self.url)
+    }
+
+    /// Sends a GraphQL request the way the app does and returns the JSON body.
+    pub async fn gql(&self, query: &str, variables: Value) -> Value {
+        let response = self
+            .http
+            .post(self.graphql_url())
+            .header("content-type", "application/json")
+            .json(&json!({"query": query, "variables": variables}))
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(response.status(), 200, "GraphQL over HTTP status");
+        response.json().await.expect("JSON body")
+    }
+
+    /// Like `gql`, but asserts there are no GraphQL errors and returns `data`.
+    pub async fn data(&self, query: &str, variables: Value) -> Value {
+        let body = self.gql(query, variables).await;
+        assert!(body.get("errors").is_none(), "unexpected errors: {body}");
+        body["data"].clone()
+    }
+
+    pub fn sim_url(&self, sim: Sim) -> String {
+        let sandbox = self.app.sandbox();
+        let simulator = match sim {
+            Sim::Okya => &sandbox.okya,
+            Sim::Stripe => &sandbox.stripe,
+            Sim::Epoint => &sandbox.epoint,
+            Sim::Sessionm => &sandbox.sessionm,
+        };
+        simulator
+            .as_ref()
+            .expect("simulator running")
+            .base_url
+            .clone()
+    }
+
+    /// Calls per route the simulator received.
+    pub async fn calls(&self, sim: Sim) -> BTreeMap<String, u64> {
+        self.http
+            .get(format!("{}/_sandbox/calls", self.sim_url(sim)))
+            .send()
+            .await
+            .expect("calls")
+            .json()
+            .await
+            .expect("calls JSON")
+    }
+
+    pub async fn call_count(&self, sim: Sim, route: &str) -> u64 {
+        self.calls(sim).await.get(route).copied().unwrap_or(0)
+    }
+
+    pub async fn reset_calls(&self, sim: Sim) {
+        self.http
+            .delete(format!("{}/_sandbox/calls", self.sim_url(sim)))
+            .send()
+            .await
+            .expect("reset calls");
+    }
+
+    pub async fn faults(&self, sim: Sim, update: Value) {
+        let status = self
+            .http
+            .put(format!("{}/_sandbox/faults", self.sim_url(sim)))
+            .json(&update)
+            .send()
+            .await
+            .expect("faults")
+            .status();
+        assert!(status.is_success());
+    }
+
+    /// Creates a cart at an open store and returns its id.
+    pub async fn new_cart(&self, store_id: &str) -> String {
+        let data = self
+            .data(
+                "mutation($s: ID!) { cartCreate(input: {storeId: $s}) { cart { id } userErrors { code } } }",
+                json!({"s": store_id}),
+            )
+            .await;
+        assert_eq!(data["cartCreate"]["userErrors"], json!([]));
+        data["cartCreate"]["cart"]["id"]
+            .as_str()
+            .expect("cart id")
+            .to_owned()
+    }
+}
+
+/// The `userErrors` codes of a mutation payload.
+pub fn error_codes(payload: &Value) -> Vec<String> {
+    payload["userErrors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .filter_map(|e| e["code"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,10 @@
+//! Black-box tests: each spawns the real service on a random port with its sandbox
+//! simulators and a fresh database, and talks to it over HTTP and websockets.
+
+mod cart;
+mod catalog;
+mod config;
+mod helpers;
+mod persistence;
+mod protocol;
+mod websocket;

@@ -1,0 +1,94 @@
+//! What we store survives restarts, on SQLite and on PostgreSQL.
+
+use crate::helpers::{Db, TestDb, spawn_app_with, spawn_with_settings, test_settings};
+use cbtl_bff::sandbox::{faults::Faults, okya};
+use serde_json::json;
+
+async fn cart_survives_a_restart(kind: Db) {
+    // Okya outlives the service here, as the real one would.
+    let okya_sim = okya::start(
+        okya::OkyaSimConfig {
+            api_key: "okya_sandbox_key".to_owned(),
+        },
+        Faults::new(0, 0.0),
+    )
+    .await
+    .unwrap();
+    let (db, url) = TestDb::new(kind).await;
+    let mut settings = test_settings(url);
+    settings.okya.base_url = Some(okya_sim.base_url.clone());
+
+    let app = spawn_with_settings(settings.clone()).await;
+    let cart = app.new_cart("str_pasadena").await;
+    let added = app
+        .data(
+            "mutation($c: ID!) { cartLinesAdd(cartId: $c, lines: [{productId: \"prd_water\", quantity: 2}]) { userErrors { code } } }",
+            json!({"c": cart}),
+        )
+        .await;
+    assert_eq!(added["cartLinesAdd"]["userErrors"], json!([]));
+    drop(app);
+
+    let app = spawn_with_settings(settings).await;
+    let read = app
+        .data(
+            "query($c: ID!) { cart(id: $c) { id total { amount } lines { quantity } } }",
+            json!({"c": cart}),
+        )
+        .await;
+    assert_eq!(read["cart"]["id"], cart.as_str());
+    assert_eq!(read["cart"]["lines"][0]["quantity"], 2);
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    drop(app);
+    drop(db);
+}
+
+#[tokio::test]
+async fn carts_survive_a_restart_on_sqlite() {
+    cart_survives_a_restart(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn carts_survive_a_restart_on_postgres() {
+    cart_survives_a_restart(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn the_whole_cart_story_runs_on_postgres() {
+    let app = spawn_app_with(Db::Postgres, |_| {}).await;
+    let cart = app.new_cart("str_santa_monica").await;
+    let data = app
+        .data(
+            "mutation($c: ID!) { cartLinesAdd(cartId: $c, lines: [{productId: \"prd_cold_brew\", quantity: 1, modifierOptionIds: [\"opt_size_regular\"]}]) { cart { subtotal { amount } } userErrors { code } } }",
+            json!({"c": cart}),
+        )
+        .await;
+    assert_eq!(data["cartLinesAdd"]["cart"]["subtotal"]["amount"], "4.95");
+    let missing = app
+        .data("{ cart(id: \"crt_unknown\") { id } }", json!({}))
+        .await;
+    assert_eq!(missing["cart"], json!(null));
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_across_starts_on_postgres() {
+    let (db, url) = TestDb::new(Db::Postgres).await;
+    let first = spawn_with_settings(test_settings(url.clone())).await;
+    drop(first);
+    let second = spawn_with_settings(test_settings(url)).await;
+    let ready = second
+        .http
+        .get(format!("{}/readyz", second.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    drop(second);
+    drop(db);
+}
