@@ -58,6 +58,10 @@ pub struct Settings {
     pub sessionm: SessionmSettings,
     /// Secrets that sign the webhooks we receive.
     pub webhooks: WebhookSettings,
+    /// Sign-in: tokens and one-time codes.
+    pub auth: AuthSettings,
+    /// The durable background job runner.
+    pub jobs: JobsSettings,
     /// Behaviour of the in-process simulators that stand in for unset upstreams.
     pub sandbox: SandboxSettings,
 }
@@ -74,6 +78,8 @@ impl Default for Settings {
             epoint: EpointSettings::default(),
             sessionm: SessionmSettings::default(),
             webhooks: WebhookSettings::default(),
+            auth: AuthSettings::default(),
+            jobs: JobsSettings::default(),
             sandbox: SandboxSettings::default(),
         }
     }
@@ -266,6 +272,65 @@ impl Default for WebhookSettings {
     }
 }
 
+/// The development-only signing key; refused when real upstreams are configured.
+pub const DEV_JWT_SECRET: &str = "dev-only-insecure-jwt-secret-do-not-use-in-production";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HMAC key that signs access tokens, at least 32 bytes (`CBTL_AUTH__JWT_SECRET`).
+    /// Every instance behind one load balancer needs the same key.
+    pub jwt_secret: SecretString,
+    /// Access token lifetime in seconds (`CBTL_AUTH__ACCESS_TOKEN_TTL_SECS`).
+    pub access_token_ttl_secs: u64,
+    /// Refresh token lifetime in seconds (`CBTL_AUTH__REFRESH_TOKEN_TTL_SECS`).
+    pub refresh_token_ttl_secs: u64,
+    /// How long a one-time code stays valid, in seconds (`CBTL_AUTH__OTP_TTL_SECS`).
+    pub otp_ttl_secs: u64,
+    /// Wrong codes before a code dies (`CBTL_AUTH__OTP_MAX_ATTEMPTS`).
+    pub otp_max_attempts: u32,
+    /// Seconds between two codes to one phone (`CBTL_AUTH__OTP_RESEND_INTERVAL_SECS`).
+    pub otp_resend_interval_secs: u64,
+    /// Codes one phone may be sent per hour (`CBTL_AUTH__OTP_SENDS_PER_HOUR`).
+    pub otp_sends_per_hour: u32,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_secret: SecretString::from(DEV_JWT_SECRET),
+            access_token_ttl_secs: 3_600,
+            refresh_token_ttl_secs: 30 * 24 * 3_600,
+            otp_ttl_secs: 600,
+            otp_max_attempts: 5,
+            otp_resend_interval_secs: 30,
+            otp_sends_per_hour: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsSettings {
+    /// How often idle workers look for due jobs, in ms (`CBTL_JOBS__POLL_INTERVAL_MS`).
+    pub poll_interval_ms: u64,
+    /// How long a claimed job is reserved before another worker may take it over, in ms
+    /// (`CBTL_JOBS__LEASE_MS`).
+    pub lease_ms: u64,
+    /// Longest wait between two retries of a failing job, in ms (`CBTL_JOBS__MAX_BACKOFF_MS`).
+    pub max_backoff_ms: u64,
+}
+
+impl Default for JobsSettings {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 1_000,
+            lease_ms: 60_000,
+            max_backoff_ms: 300_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxSettings {
@@ -373,6 +438,28 @@ impl Settings {
             self.sessionm.base_url.as_deref(),
             &self.sessionm.timeouts(),
         )?;
+        let jwt = self.auth.jwt_secret.expose_secret();
+        if jwt.len() < 32 {
+            return Err(invalid("auth.jwt_secret", "must be at least 32 bytes"));
+        }
+        if jwt == DEV_JWT_SECRET && self.okya.base_url.is_some() {
+            return Err(invalid(
+                "auth.jwt_secret",
+                "must be set to a private key when real upstreams are configured",
+            ));
+        }
+        if self.auth.access_token_ttl_secs == 0
+            || self.auth.otp_ttl_secs == 0
+            || self.auth.otp_max_attempts == 0
+        {
+            return Err(invalid("auth.*", "lifetimes and attempts must be above 0"));
+        }
+        if self.jobs.poll_interval_ms == 0 || self.jobs.lease_ms < 1_000 {
+            return Err(invalid(
+                "jobs.*",
+                "poll interval must be above 0 and the lease at least 1000 ms",
+            ));
+        }
         if self.stripe.base_url.is_some() {
             let key = self.stripe.secret_key.expose_secret();
             if !(key.starts_with("sk_") || key.starts_with("rk_")) || key == "sk_test_sandbox" {

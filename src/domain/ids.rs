@@ -62,6 +62,10 @@ opaque_id!(
     /// One line of an Okya cart.
     CartLineId
 );
+opaque_id!(
+    /// A customer: the id of their Okya Auth account.
+    CustomerId
+);
 
 #[cfg(test)]
 mod tests {

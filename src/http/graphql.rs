@@ -56,16 +56,17 @@ fn http_error(status: StatusCode, kind: ResponseType, code: &str, message: &str)
     response
 }
 
-fn accepted_type(headers: &HeaderMap) -> Result<ResponseType, Response> {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    negotiate(accept).ok_or_else(|| {
-        http_error(
-            StatusCode::NOT_ACCEPTABLE,
-            ResponseType::Json,
-            "NOT_ACCEPTABLE",
-            "Accept must allow application/graphql-response+json or application/json",
-        )
-    })
+fn accepted_type(headers: &HeaderMap) -> Option<ResponseType> {
+    negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()))
+}
+
+fn not_acceptable() -> Response {
+    http_error(
+        StatusCode::NOT_ACCEPTABLE,
+        ResponseType::Json,
+        "NOT_ACCEPTABLE",
+        "Accept must allow application/graphql-response+json or application/json",
+    )
 }
 
 fn render(kind: ResponseType, response: &async_graphql::Response) -> Response {
@@ -83,9 +84,8 @@ fn render(kind: ResponseType, response: &async_graphql::Response) -> Response {
 }
 
 pub async fn post(State(gateway): State<Gateway>, request: Request) -> Response {
-    let kind = match accepted_type(request.headers()) {
-        Ok(kind) => kind,
-        Err(response) => return response,
+    let Some(kind) = accepted_type(request.headers()) else {
+        return not_acceptable();
     };
     let content_type = request
         .headers()
@@ -170,9 +170,8 @@ pub async fn get(State(gateway): State<Gateway>, request: Request) -> Response {
             "GET /graphql needs a query parameter",
         );
     }
-    let kind = match accepted_type(request.headers()) {
-        Ok(kind) => kind,
-        Err(response) => return response,
+    let Some(kind) = accepted_type(request.headers()) else {
+        return not_acceptable();
     };
     let graphql_request = match GraphQLRequest::<GraphQLRejection>::from_request(request, &()).await
     {

@@ -75,6 +75,7 @@ pub async fn start(settings: &crate::config::Settings, app_url: &str) -> std::io
     if settings.okya.base_url.is_none() {
         let config = okya::OkyaSimConfig {
             api_key: settings.okya.api_key.expose_secret().to_owned(),
+            otp_code: settings.sandbox.otp_code.clone(),
         };
         sandbox.okya = Some(okya::start(config, faults()).await?);
     }

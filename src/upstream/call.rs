@@ -110,25 +110,17 @@ impl UpstreamError {
     }
 }
 
-/// Whether a call may be sent again after a transient failure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Retry {
-    /// Reads, and writes carrying an idempotency key: a repeat has no new effect.
-    Safe,
-    /// Writes with no idempotency protection: sent once, whatever happens.
-    Never,
-}
-
 const MAX_ATTEMPTS: u32 = 3;
 
 /// Parses a system's error body into a [`Rejection`].
 pub(crate) type ErrorParser = fn(&serde_json::Value) -> Rejection;
 
-/// One logical upstream call.
+/// One logical upstream call. Every call we make is safe to repeat: reads, and writes
+/// that carry an idempotency key (`Idempotency-Key`, SessionM's `request_id`), so a
+/// transient failure is retried with the same key.
 pub(crate) struct Call {
     pub system: System,
     pub operation: &'static str,
-    pub retry: Retry,
     pub parse_error: ErrorParser,
 }
 
@@ -172,7 +164,7 @@ impl Call {
                             Some(flag) => flag,
                             None => err.is_transient(),
                         };
-                        if self.retry == Retry::Safe && retry && attempt < MAX_ATTEMPTS {
+                        if retry && attempt < MAX_ATTEMPTS {
                             tracing::debug!(error = %err, attempt, "upstream call failed; retrying");
                             tokio::time::sleep(backoff(attempt)).await;
                             continue;

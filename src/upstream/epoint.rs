@@ -2,7 +2,7 @@
 //! ticket. Epoint publishes no API, so the contract is ours: `docs/upstreams/epoint.md`.
 //! Everything that would change if the real gateway differs lives in this module.
 
-use super::{Call, Retry, System, UpstreamError, join, parse_plain_error};
+use super::{Call, System, UpstreamError, join, parse_plain_error};
 use crate::config::EpointSettings;
 use crate::domain::{Money, MoneyError};
 use chrono::{DateTime, Utc};
@@ -314,7 +314,6 @@ fn call(operation: &'static str) -> Call {
     Call {
         system: System::Epoint,
         operation,
-        retry: Retry::Safe,
         parse_error: parse_plain_error,
     }
 }

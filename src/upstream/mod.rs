@@ -9,7 +9,7 @@ pub mod sessionm;
 pub mod signature;
 pub mod stripe;
 
-pub(crate) use call::{Call, Retry, join, parse_plain_error};
+pub(crate) use call::{Call, join, parse_plain_error};
 pub use call::{Rejection, System, UpstreamError};
 
 use crate::config::Timeouts;

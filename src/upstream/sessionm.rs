@@ -8,7 +8,7 @@
 //! - the POS API's idempotency is the body's `request_id`: a repeat returns the first
 //!   response, or `pending_processing` while the first is still running, which we wait out.
 
-use super::{Call, Rejection, Retry, System, UpstreamError, join};
+use super::{Call, Rejection, System, UpstreamError, join};
 use crate::config::SessionmSettings;
 use crate::domain::{Currency, Money, MoneyError};
 use chrono::{DateTime, Utc};
@@ -532,7 +532,6 @@ impl SessionmClient {
         let call = Call {
             system: System::Sessionm,
             operation,
-            retry: Retry::Safe,
             parse_error: parse_sessionm_error,
         };
         let body: Value = call.json(request).await?;
@@ -793,7 +792,6 @@ impl SessionmClient {
         let call = Call {
             system: System::Sessionm,
             operation,
-            retry: Retry::Safe,
             parse_error: parse_sessionm_error,
         };
         let mut waits = 0;

@@ -3,12 +3,12 @@
 //! nested keys, JSON responses, a bearer secret key, and an `Idempotency-Key` on every POST.
 //!
 //! Every write carries the caller's idempotency key, which is why all calls are
-//! [`Retry::Safe`]: a retry after a timeout replays Stripe's first answer instead of
+//! retried: a retry after a timeout replays Stripe's first answer instead of
 //! charging twice.
 
-use super::{Call, Rejection, Retry, System, UpstreamError};
+use super::{Call, Rejection, System, UpstreamError};
 use crate::{config::StripeSettings, domain::Money};
-use reqwest::{RequestBuilder, Url};
+use reqwest::{RequestBuilder, Url, header::HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, fmt};
@@ -357,7 +357,6 @@ fn call(operation: &'static str) -> Call {
     Call {
         system: System::Stripe,
         operation,
-        retry: Retry::Safe,
         parse_error: parse_stripe_error,
     }
 }
@@ -411,7 +410,7 @@ impl StripeClient {
         for (key, value) in &params.metadata {
             form.push((format!("metadata[{key}]"), value.clone()));
         }
-        let request = self.post(&["v1", "payment_intents"], idempotency_key, &form);
+        let request = self.post(&["v1", "payment_intents"], idempotency_key, &form)?;
         call("payment_intents.create").json(request).await
     }
 
@@ -437,7 +436,7 @@ impl StripeClient {
             &["v1", "payment_intents", id, "capture"],
             idempotency_key,
             &form,
-        );
+        )?;
         call("payment_intents.capture").json(request).await
     }
 
@@ -458,7 +457,7 @@ impl StripeClient {
             &["v1", "payment_intents", id, "cancel"],
             idempotency_key,
             &form,
-        );
+        )?;
         call("payment_intents.cancel").json(request).await
     }
 
@@ -473,7 +472,7 @@ impl StripeClient {
         if let Some(amount) = amount {
             form.push(pair("amount", amount.to_string()));
         }
-        let request = self.post(&["v1", "refunds"], idempotency_key, &form);
+        let request = self.post(&["v1", "refunds"], idempotency_key, &form)?;
         call("refunds.create").json(request).await
     }
 
@@ -493,10 +492,26 @@ impl StripeClient {
             .header("Stripe-Version", API_VERSION)
     }
 
-    fn post(&self, segments: &[&str], idempotency_key: &str, form: &Form) -> RequestBuilder {
-        self.authorised(self.http.post(self.url(segments)))
-            .header("Idempotency-Key", idempotency_key)
-            .form(form)
+    /// Refuses a key Stripe would refuse, before anything is sent: a bad key is our bug, and
+    /// reqwest would otherwise report it as an unsendable request.
+    fn post(
+        &self,
+        segments: &[&str],
+        idempotency_key: &str,
+        form: &Form,
+    ) -> Result<RequestBuilder, UpstreamError> {
+        let key = HeaderValue::from_str(idempotency_key)
+            .ok()
+            .filter(|_| (1..=255).contains(&idempotency_key.len()))
+            .ok_or_else(|| {
+                UpstreamError::Setup(
+                    "a Stripe idempotency key is 1 to 255 visible ASCII characters".into(),
+                )
+            })?;
+        Ok(self
+            .authorised(self.http.post(self.url(segments)))
+            .header("Idempotency-Key", key)
+            .form(form))
     }
 }
 
@@ -890,6 +905,20 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[tokio::test]
+    async fn an_unsendable_idempotency_key_is_refused_before_sending() {
+        let (sim, client) = simulator(None).await;
+        let params = charge(450, "pm_card_visa", CaptureMethod::Automatic);
+        for key in ["", "line\nbreak", &"k".repeat(256)] {
+            let err = client
+                .create_payment_intent(&params, key)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, UpstreamError::Setup(_)), "{err}");
+        }
+        assert!(sim.faults.calls().is_empty());
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ async fn cart_survives_a_restart(kind: Db) {
     let okya_sim = okya::start(
         okya::OkyaSimConfig {
             api_key: "okya_sandbox_key".to_owned(),
+            otp_code: "123456".to_owned(),
         },
         Faults::new(0, 0.0),
     )

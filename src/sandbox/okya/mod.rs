@@ -1,6 +1,7 @@
 //! The Okya simulator: catalogue and carts (orders, auth and the order manager join as
 //! their flows arrive). It speaks the contract in `docs/upstreams/okya.md`.
 
+mod auth;
 mod carts;
 pub mod catalog;
 
@@ -24,10 +25,13 @@ use crate::upstream::okya::{Cart, Product, Store};
 pub struct OkyaSimConfig {
     /// The key clients must present as `Authorization: Bearer`.
     pub api_key: String,
+    /// The code every OTP carries; empty for random codes.
+    pub otp_code: String,
 }
 
 pub(crate) struct OkyaState {
     api_key: String,
+    otp_code: String,
     inner: Mutex<Inner>,
 }
 
@@ -38,6 +42,7 @@ pub(crate) struct Inner {
     carts: HashMap<String, Cart>,
     /// Idempotency-Key → (request fingerprint, status, body): a replay answers the same.
     idempotency: HashMap<String, (String, u16, serde_json::Value)>,
+    auth: auth::AuthState,
     next_id: u64,
 }
 
@@ -91,6 +96,7 @@ impl IntoResponse for OkyaError {
 pub async fn start(config: OkyaSimConfig, faults: Arc<Faults>) -> std::io::Result<Simulator> {
     let state = Arc::new(OkyaState {
         api_key: config.api_key,
+        otp_code: config.otp_code,
         inner: Mutex::new(Inner {
             stores: catalog::stores(),
             products: catalog::products()
@@ -113,9 +119,21 @@ pub async fn start(config: OkyaSimConfig, faults: Arc<Faults>) -> std::io::Resul
             "/v1/carts/{cart_id}/lines/remove",
             post(carts::remove_lines),
         )
+        .route("/auth/v1/accounts", post(auth::register))
+        .route("/auth/v1/accounts/{account_id}", get(auth::get_account))
+        .route(
+            "/auth/v1/accounts/{account_id}/loyalty",
+            axum::routing::put(auth::save_loyalty),
+        )
+        .route("/auth/v1/otp", post(auth::send_otp))
+        .route("/auth/v1/otp/verify", post(auth::verify_otp))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state.clone());
+    let sandbox = Router::new()
+        .route("/_sandbox/outbox", get(auth::outbox))
+        .route("/_sandbox/accounts", get(auth::accounts))
         .with_state(state);
-    super::serve("okya", api, faults).await
+    super::serve("okya", api.merge(sandbox), faults).await
 }
 
 async fn authenticate(

@@ -2,7 +2,9 @@
 //! since Okya publishes none: `docs/upstreams/okya.md`. Everything that would change if
 //! the real contract differs lives in this one module.
 
-use super::{Call, Retry, System, UpstreamError, join, parse_plain_error};
+pub mod auth;
+
+use super::{Call, System, UpstreamError, join, parse_plain_error};
 use crate::config::OkyaSettings;
 use crate::domain::{CartId, CartLineId, Currency, ModifierOptionId, Money, ProductId, StoreId};
 use reqwest::{Method, RequestBuilder};
@@ -197,11 +199,10 @@ impl OkyaClient {
             .bearer_auth(self.api_key.expose_secret())
     }
 
-    fn call(operation: &'static str, retry: Retry) -> Call {
+    fn call(operation: &'static str) -> Call {
         Call {
             system: System::Okya,
             operation,
-            retry,
             parse_error: parse_plain_error,
         }
     }
@@ -213,7 +214,7 @@ impl OkyaClient {
         if let Some(ids) = ids {
             request = request.query(&[("ids", comma_join(ids.iter().map(StoreId::as_str)))]);
         }
-        let envelope: StoresEnvelope = Self::call("stores.list", Retry::Safe).json(request).await?;
+        let envelope: StoresEnvelope = Self::call("stores.list").json(request).await?;
         Ok(envelope.stores)
     }
 
@@ -226,9 +227,7 @@ impl OkyaClient {
         let request = self
             .request(Method::GET, "/v1/products")
             .query(&[("ids", comma_join(ids.iter().map(ProductId::as_str)))]);
-        let envelope: ProductsEnvelope = Self::call("products.list", Retry::Safe)
-            .json(request)
-            .await?;
+        let envelope: ProductsEnvelope = Self::call("products.list").json(request).await?;
         Ok(envelope.products)
     }
 
@@ -248,14 +247,14 @@ impl OkyaClient {
             .request(Method::POST, "/v1/carts")
             .header("Idempotency-Key", idempotency_key)
             .json(&body);
-        Self::call("carts.create", Retry::Safe).json(request).await
+        Self::call("carts.create").json(request).await
     }
 
     /// The cart, or `None` when Okya does not know it.
     #[tracing::instrument(skip_all, fields(cart_id = %cart_id))]
     pub async fn cart(&self, cart_id: &CartId) -> Result<Option<Cart>, UpstreamError> {
         let request = self.request(Method::GET, &format!("/v1/carts/{cart_id}"));
-        match Self::call("carts.get", Retry::Safe).json(request).await {
+        match Self::call("carts.get").json(request).await {
             Ok(cart) => Ok(Some(cart)),
             Err(e) if is_code(&e, codes::CART_NOT_FOUND) => Ok(None),
             Err(e) => Err(e),
@@ -283,9 +282,7 @@ impl OkyaClient {
             .request(Method::POST, &format!("/v1/carts/{cart_id}/lines"))
             .header("Idempotency-Key", idempotency_key)
             .json(&body);
-        Self::call("carts.lines.add", Retry::Safe)
-            .json(request)
-            .await
+        Self::call("carts.lines.add").json(request).await
     }
 
     #[tracing::instrument(skip_all, fields(cart_id = %cart_id, lines = lines.len()))]
@@ -308,9 +305,7 @@ impl OkyaClient {
             .request(Method::PATCH, &format!("/v1/carts/{cart_id}/lines"))
             .header("Idempotency-Key", idempotency_key)
             .json(&body);
-        Self::call("carts.lines.update", Retry::Safe)
-            .json(request)
-            .await
+        Self::call("carts.lines.update").json(request).await
     }
 
     #[tracing::instrument(skip_all, fields(cart_id = %cart_id, lines = line_ids.len()))]
@@ -327,14 +322,7 @@ impl OkyaClient {
             .request(Method::POST, &format!("/v1/carts/{cart_id}/lines/remove"))
             .header("Idempotency-Key", idempotency_key)
             .json(&body);
-        Self::call("carts.lines.remove", Retry::Safe)
-            .json(request)
-            .await
-    }
-
-    /// Okya Auth's root, kept for the account calls.
-    pub fn auth_base_url(&self) -> &str {
-        &self.auth_base_url
+        Self::call("carts.lines.remove").json(request).await
     }
 }
 

@@ -1,0 +1,261 @@
+//! Customers, their sign-in sessions, OTP bookkeeping, and the durable job queue that
+//! finishes work a request started (the SessionM link first; flows later).
+//!
+//! Times the database compares are integer Unix milliseconds, so the same SQL claims work
+//! on SQLite and PostgreSQL.
+
+use sea_orm_migration::prelude::*;
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[derive(DeriveIden)]
+enum Customers {
+    Table,
+    Id,
+    Email,
+    Phone,
+    FirstName,
+    LastName,
+    Confirmed,
+    SessionmUserId,
+    CreatedAt,
+    UpdatedAt,
+}
+
+#[derive(DeriveIden)]
+enum Sessions {
+    Table,
+    Id,
+    CustomerId,
+    RefreshHash,
+    CreatedAtMs,
+    ExpiresAtMs,
+    RevokedAtMs,
+    RotatedAtMs,
+}
+
+#[derive(DeriveIden)]
+enum OtpChallenges {
+    Table,
+    Phone,
+    IssuedAtMs,
+    FailedAttempts,
+}
+
+#[derive(DeriveIden)]
+enum OtpSends {
+    Table,
+    Id,
+    Phone,
+    SentAtMs,
+}
+
+#[derive(DeriveIden)]
+enum Jobs {
+    Table,
+    Id,
+    Kind,
+    DedupeKey,
+    Payload,
+    State,
+    Attempts,
+    RunAtMs,
+    LockedUntilMs,
+    LastError,
+    CreatedAtMs,
+    UpdatedAtMs,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Customers::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(Customers::Id)
+                            .string_len(128)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Customers::Email)
+                            .string_len(254)
+                            .not_null()
+                            .unique_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Customers::Phone)
+                            .string_len(16)
+                            .not_null()
+                            .unique_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Customers::FirstName)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Customers::LastName)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(Customers::Confirmed).boolean().not_null())
+                    .col(
+                        ColumnDef::new(Customers::SessionmUserId)
+                            .string_len(128)
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(Customers::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Customers::UpdatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Sessions::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(Sessions::Id)
+                            .string_len(64)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Sessions::CustomerId)
+                            .string_len(128)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Sessions::RefreshHash)
+                            .string_len(64)
+                            .not_null()
+                            .unique_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Sessions::CreatedAtMs)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Sessions::ExpiresAtMs)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(Sessions::RevokedAtMs).big_integer().null())
+                    .col(ColumnDef::new(Sessions::RotatedAtMs).big_integer().null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_sessions_customer")
+                    .table(Sessions::Table)
+                    .col(Sessions::CustomerId)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(OtpChallenges::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(OtpChallenges::Phone)
+                            .string_len(16)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(OtpChallenges::IssuedAtMs)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(OtpChallenges::FailedAttempts)
+                            .integer()
+                            .not_null(),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(OtpSends::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(OtpSends::Id)
+                            .string_len(64)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new(OtpSends::Phone).string_len(16).not_null())
+                    .col(ColumnDef::new(OtpSends::SentAtMs).big_integer().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_otp_sends_phone_time")
+                    .table(OtpSends::Table)
+                    .col(OtpSends::Phone)
+                    .col(OtpSends::SentAtMs)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Jobs::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(Jobs::Id)
+                            .string_len(64)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new(Jobs::Kind).string_len(64).not_null())
+                    .col(
+                        ColumnDef::new(Jobs::DedupeKey)
+                            .string_len(255)
+                            .not_null()
+                            .unique_key(),
+                    )
+                    .col(ColumnDef::new(Jobs::Payload).text().not_null())
+                    .col(ColumnDef::new(Jobs::State).string_len(16).not_null())
+                    .col(ColumnDef::new(Jobs::Attempts).integer().not_null())
+                    .col(ColumnDef::new(Jobs::RunAtMs).big_integer().not_null())
+                    .col(ColumnDef::new(Jobs::LockedUntilMs).big_integer().null())
+                    .col(ColumnDef::new(Jobs::LastError).text().null())
+                    .col(ColumnDef::new(Jobs::CreatedAtMs).big_integer().not_null())
+                    .col(ColumnDef::new(Jobs::UpdatedAtMs).big_integer().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_jobs_due")
+                    .table(Jobs::Table)
+                    .col(Jobs::State)
+                    .col(Jobs::RunAtMs)
+                    .to_owned(),
+            )
+            .await
+    }
+}
