@@ -2,9 +2,11 @@
 //! the bound address, so tests can ask for port 0 and learn the real one.
 
 use crate::{
+    auth::tokens::TokenKeys,
     config::Settings,
     graphql::{self, AppSchema},
     http,
+    jobs::{self, JobSignal},
     sandbox::{self, Sandbox},
     store::{self, StoreError},
     upstream::{UpstreamError, Upstreams},
@@ -19,6 +21,8 @@ pub struct AppInner {
     pub db: DatabaseConnection,
     pub upstreams: Upstreams,
     pub settings: Settings,
+    pub token_keys: TokenKeys,
+    pub job_signal: JobSignal,
 }
 
 /// What every request and background task shares; cheap to clone.
@@ -67,6 +71,7 @@ pub struct Application {
     sandbox: Sandbox,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
+    workers: Vec<JoinHandle<()>>,
 }
 
 impl Application {
@@ -104,10 +109,16 @@ impl Application {
     }
 }
 
+/// Dropping the application stops it at once, like a crash: nothing is finished politely.
+/// Tests rely on this to show that durable work survives an abrupt stop.
 impl Drop for Application {
     fn drop(&mut self) {
         if let Some(stop) = self.shutdown.take() {
             let _ = stop.send(());
+        }
+        self.server.abort();
+        for worker in &self.workers {
+            worker.abort();
         }
     }
 }
@@ -131,11 +142,15 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         .await
         .map_err(StartError::Sandbox)?;
     let upstreams = Upstreams::new(&settings, &sandbox)?;
+    let token_keys = TokenKeys::new(&settings.auth);
     let state = AppState(Arc::new(AppInner {
         db,
         upstreams,
         settings,
+        token_keys,
+        job_signal: JobSignal::default(),
     }));
+    let workers = jobs::spawn_workers(state.clone());
     let schema = graphql::build(&state.settings.graphql, Some(state.clone()));
     let router = router(Gateway {
         app: state.clone(),
@@ -156,6 +171,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         sandbox,
         shutdown: Some(shutdown),
         server,
+        workers,
     })
 }
 

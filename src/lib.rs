@@ -1,10 +1,13 @@
 //! cbtl-bff: the GraphQL backend-for-frontend of the CBTL mobile ordering app.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod domain;
+pub mod flows;
 pub mod graphql;
 pub mod http;
+pub mod jobs;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;

@@ -28,11 +28,18 @@ enum Sessions {
     Table,
     Id,
     CustomerId,
-    RefreshHash,
     CreatedAtMs,
     ExpiresAtMs,
     RevokedAtMs,
-    RotatedAtMs,
+}
+
+#[derive(DeriveIden)]
+enum RefreshTokens {
+    Table,
+    Hash,
+    SessionId,
+    IssuedAtMs,
+    UsedAtMs,
 }
 
 #[derive(DeriveIden)]
@@ -139,12 +146,6 @@ impl MigrationTrait for Migration {
                             .not_null(),
                     )
                     .col(
-                        ColumnDef::new(Sessions::RefreshHash)
-                            .string_len(64)
-                            .not_null()
-                            .unique_key(),
-                    )
-                    .col(
                         ColumnDef::new(Sessions::CreatedAtMs)
                             .big_integer()
                             .not_null(),
@@ -155,7 +156,6 @@ impl MigrationTrait for Migration {
                             .not_null(),
                     )
                     .col(ColumnDef::new(Sessions::RevokedAtMs).big_integer().null())
-                    .col(ColumnDef::new(Sessions::RotatedAtMs).big_integer().null())
                     .to_owned(),
             )
             .await?;
@@ -165,6 +165,31 @@ impl MigrationTrait for Migration {
                     .name("idx_sessions_customer")
                     .table(Sessions::Table)
                     .col(Sessions::CustomerId)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(RefreshTokens::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(RefreshTokens::Hash)
+                            .string_len(64)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(RefreshTokens::SessionId)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(RefreshTokens::IssuedAtMs)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(RefreshTokens::UsedAtMs).big_integer().null())
                     .to_owned(),
             )
             .await?;

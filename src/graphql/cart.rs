@@ -125,14 +125,16 @@ impl CartQuery {
     /// A cart created through this service, or null.
     async fn cart(&self, ctx: &Context<'_>, id: ID) -> Result<Option<CartObject>> {
         let state = context::state(ctx)?;
+        let customer = context::customer(ctx)?;
         let Some(cart_id) = CartId::parse(&id) else {
             return Ok(None);
         };
-        if store::carts::find(&state.db, &cart_id)
+        let owned = store::carts::find(&state.db, &cart_id)
             .await
             .map_err(ApiError::from)?
-            .is_none()
-        {
+            .is_some_and(|cart| cart.customer_id.as_deref() == Some(customer.as_str()));
+        // Another customer's cart is answered exactly like a missing one.
+        if !owned {
             return Ok(None);
         }
         let cart = state
@@ -198,6 +200,7 @@ impl CartMutation {
     /// Starts an empty cart at a store.
     async fn cart_create(&self, ctx: &Context<'_>, input: CartCreateInput) -> Result<CartPayload> {
         let state = context::state(ctx)?;
+        let customer = context::customer(ctx)?;
         let Some(store_id) = StoreId::parse(&input.store_id) else {
             return Ok(CartPayload::failed(vec![UserError::new(
                 UserErrorCode::StoreNotFound,
@@ -209,14 +212,14 @@ impl CartMutation {
         let cart = match state
             .upstreams
             .okya
-            .create_cart(&store_id, None, &key)
+            .create_cart(&store_id, Some(customer.as_str()), &key)
             .await
         {
             Ok(cart) => cart,
             Err(e) => return refusal(e, &["input"]),
         };
         let cart_id = CartId::from_upstream(cart.id.clone());
-        store::carts::record(&state.db, &cart_id, &store_id, None)
+        store::carts::record(&state.db, &cart_id, &store_id, Some(customer.as_str()))
             .await
             .map_err(ApiError::from)?;
         tracing::info!(cart_id = %cart_id, store_id = %store_id, "cart created");
@@ -266,7 +269,7 @@ impl CartMutation {
         if !errors.is_empty() {
             return Ok(CartPayload::failed(errors));
         }
-        let cart_id = match owned_cart(state, &cart_id).await? {
+        let cart_id = match owned_cart(ctx, &cart_id).await? {
             Ok(id) => id,
             Err(e) => return Ok(CartPayload::failed(vec![e])),
         };
@@ -309,7 +312,7 @@ impl CartMutation {
         if !errors.is_empty() {
             return Ok(CartPayload::failed(errors));
         }
-        let cart_id = match owned_cart(state, &cart_id).await? {
+        let cart_id = match owned_cart(ctx, &cart_id).await? {
             Ok(id) => id,
             Err(e) => return Ok(CartPayload::failed(vec![e])),
         };
@@ -348,7 +351,7 @@ impl CartMutation {
         if !errors.is_empty() {
             return Ok(CartPayload::failed(errors));
         }
-        let cart_id = match owned_cart(state, &cart_id).await? {
+        let cart_id = match owned_cart(ctx, &cart_id).await? {
             Ok(id) => id,
             Err(e) => return Ok(CartPayload::failed(vec![e])),
         };
@@ -387,11 +390,11 @@ fn check_quantity(quantity: i32, field: &[&str]) -> Option<UserError> {
     })
 }
 
-/// The cart id, when it names a cart created through this service.
-async fn owned_cart(
-    state: &crate::app::AppState,
-    raw: &ID,
-) -> Result<Result<CartId, UserError>, ApiError> {
+/// The cart id, when it names a cart the signed-in customer created; another customer's
+/// cart is answered exactly like a missing one.
+async fn owned_cart(ctx: &Context<'_>, raw: &ID) -> Result<Result<CartId, UserError>, ApiError> {
+    let state = context::state(ctx)?;
+    let customer = context::customer(ctx)?;
     let not_found = || {
         UserError::new(
             UserErrorCode::CartNotFound,
@@ -403,8 +406,8 @@ async fn owned_cart(
         return Ok(Err(not_found()));
     };
     match store::carts::find(&state.db, &cart_id).await? {
-        Some(_) => Ok(Ok(cart_id)),
-        None => Ok(Err(not_found())),
+        Some(cart) if cart.customer_id.as_deref() == Some(customer.as_str()) => Ok(Ok(cart_id)),
+        _ => Ok(Err(not_found())),
     }
 }
 

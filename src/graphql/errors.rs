@@ -22,6 +22,22 @@ pub enum UserErrorCode {
     CartNotFound,
     LineNotFound,
     CartFull,
+    InvalidEmail,
+    /// Not a phone number in international (E.164) form, e.g. `+16265550100`.
+    InvalidPhone,
+    /// A name is empty, too long, or has control characters.
+    InvalidName,
+    /// An account with this email or phone exists (which one is not said).
+    AccountExists,
+    /// The code is wrong, or no code was sent to this phone.
+    OtpInvalid,
+    OtpExpired,
+    /// Too many wrong codes; request a new one.
+    OtpAttemptsExceeded,
+    /// Codes were requested too often; wait before asking again.
+    OtpThrottled,
+    /// The refresh token is unknown, used, expired or revoked: sign in again.
+    RefreshTokenInvalid,
 }
 
 /// An expected failure the customer can fix.

@@ -58,8 +58,11 @@ pub struct Loaders {
 impl Loaders {
     pub fn new(okya: &OkyaClient) -> Self {
         Self {
-            products: DataLoader::new(ProductLoader { okya: okya.clone() }, tokio::spawn),
-            stores: DataLoader::new(StoreLoader { okya: okya.clone() }, tokio::spawn),
+            // Okya answers at most 200 ids per call.
+            products: DataLoader::new(ProductLoader { okya: okya.clone() }, tokio::spawn)
+                .max_batch_size(200),
+            stores: DataLoader::new(StoreLoader { okya: okya.clone() }, tokio::spawn)
+                .max_batch_size(200),
         }
     }
 }

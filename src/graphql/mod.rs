@@ -1,5 +1,6 @@
 //! The GraphQL schema, split by domain and merged at the root.
 
+mod account;
 mod cart;
 mod catalog;
 pub mod context;
@@ -11,10 +12,14 @@ use crate::{app::AppState, config::GraphqlSettings};
 use async_graphql::{EmptySubscription, MergedObject, Schema};
 
 #[derive(MergedObject, Default)]
-pub struct Query(catalog::CatalogQuery, cart::CartQuery);
+pub struct Query(
+    catalog::CatalogQuery,
+    cart::CartQuery,
+    account::AccountQuery,
+);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(cart::CartMutation);
+pub struct Mutation(account::AccountMutation, cart::CartMutation);
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
 

@@ -4,7 +4,7 @@
 //! for requests that cannot run.
 
 use super::media::{ResponseType, is_json_content_type, negotiate};
-use crate::{app::Gateway, graphql::loaders::Loaders};
+use crate::{app::Gateway, auth::Viewer, graphql::loaders::Loaders};
 use async_graphql::{
     Value,
     http::GraphiQLSource,
@@ -18,13 +18,24 @@ use axum::{
 };
 use serde_json::json;
 
-/// Runs one GraphQL request with its per-request data (loaders; later the viewer).
+/// Runs one GraphQL request with its per-request data: the caller and fresh loaders.
 pub async fn execute(
     gateway: &Gateway,
     request: async_graphql::Request,
+    viewer: Viewer,
 ) -> async_graphql::Response {
-    let request = request.data(Loaders::new(&gateway.app.upstreams.okya));
+    let request = request
+        .data(Loaders::new(&gateway.app.upstreams.okya))
+        .data(viewer);
     gateway.schema.execute(request).await
+}
+
+/// The caller named by the request's `Authorization` header.
+async fn viewer_of(gateway: &Gateway, headers: &HeaderMap) -> Viewer {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    Viewer::from_authorization(authorization, &gateway.app.token_keys, &gateway.app.db).await
 }
 
 /// A response with no `data` (a parse, validation or variable error) means the request
@@ -124,6 +135,7 @@ pub async fn post(State(gateway): State<Gateway>, request: Request) -> Response 
             &format!("request body is larger than {limit} bytes"),
         );
     }
+    let viewer = viewer_of(&gateway, request.headers()).await;
     let graphql_request = match GraphQLRequest::<GraphQLRejection>::from_request(request, &()).await
     {
         Ok(request) => request.into_inner(),
@@ -136,7 +148,7 @@ pub async fn post(State(gateway): State<Gateway>, request: Request) -> Response 
             );
         }
     };
-    render(kind, &execute(&gateway, graphql_request).await)
+    render(kind, &execute(&gateway, graphql_request, viewer).await)
 }
 
 /// GET serves three audiences: websocket clients upgrading, browsers wanting GraphiQL, and
@@ -173,6 +185,7 @@ pub async fn get(State(gateway): State<Gateway>, request: Request) -> Response {
     let Some(kind) = accepted_type(request.headers()) else {
         return not_acceptable();
     };
+    let viewer = viewer_of(&gateway, request.headers()).await;
     let graphql_request = match GraphQLRequest::<GraphQLRejection>::from_request(request, &()).await
     {
         Ok(request) => request.into_inner(),
@@ -198,7 +211,7 @@ pub async fn get(State(gateway): State<Gateway>, request: Request) -> Response {
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    render(kind, &execute(&gateway, graphql_request).await)
+    render(kind, &execute(&gateway, graphql_request, viewer).await)
 }
 
 fn is_mutation(request: &async_graphql::Request) -> bool {

@@ -8,6 +8,7 @@
 
 use crate::{
     app::Gateway,
+    auth::Viewer,
     graphql::loaders::Loaders,
     http::graphql::{is_request_error, response_body},
 };
@@ -97,6 +98,7 @@ pub async fn upgrade(gateway: Gateway, request: Request) -> Response {
                 gateway,
                 protocol,
                 acked: false,
+                authorization: None,
                 operations: StreamMap::new(),
             }
             .run(socket, init_timeout)
@@ -142,6 +144,9 @@ struct Connection {
     gateway: Gateway,
     protocol: Protocol,
     acked: bool,
+    /// The `Authorization` value from `connection_init`, checked again at each operation
+    /// so an expired or revoked token stops working on an open socket too.
+    authorization: Option<String>,
     operations: StreamMap<String, Operation>,
 }
 
@@ -187,6 +192,19 @@ impl Connection {
                 reason: reason.into(),
             };
             let _ = socket.send(Message::Close(Some(frame))).await;
+        }
+    }
+
+    /// Resolves the caller without borrowing the connection across the await (its
+    /// operation streams are not `Sync`).
+    fn viewer_of(
+        &self,
+        authorization: Option<&str>,
+    ) -> impl Future<Output = Viewer> + Send + 'static {
+        let app = self.gateway.app.clone();
+        let authorization = authorization.map(str::to_owned);
+        async move {
+            Viewer::from_authorization(authorization.as_deref(), &app.token_keys, &app.db).await
         }
     }
 
@@ -285,7 +303,10 @@ impl Connection {
             };
             return Ok(Self::send(socket, error).await);
         }
-        let request = request.data(Loaders::new(&self.gateway.app.upstreams.okya));
+        let viewer = self.viewer_of(self.authorization.as_deref()).await;
+        let request = request
+            .data(Loaders::new(&self.gateway.app.upstreams.okya))
+            .data(viewer);
         let stream = self
             .gateway
             .schema

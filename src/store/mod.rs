@@ -2,7 +2,11 @@
 //! PostgreSQL when `DATABASE_URL` says so; the same migrations serve both.
 
 pub mod carts;
+pub mod customers;
 pub mod entities;
+pub mod jobs;
+pub mod otp;
+pub mod sessions;
 
 use cbtl_migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
@@ -12,6 +16,8 @@ use std::time::Duration;
 pub enum StoreError {
     #[error("database: {0}")]
     Db(#[from] DbErr),
+    #[error("database: stored data unreadable: {0}")]
+    Corrupt(String),
     #[error("database: cannot create the directory for {path}: {source}")]
     Directory {
         path: String,

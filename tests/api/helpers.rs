@@ -84,6 +84,18 @@ pub struct TestApp {
     pub url: String,
     pub http: reqwest::Client,
     pub db: Option<TestDb>,
+    /// The bearer token `gql` sends, if any.
+    pub token: std::sync::Mutex<Option<String>>,
+}
+
+/// A customer signed in through the real Create Account flow.
+#[derive(Clone, Debug)]
+pub struct Customer {
+    pub id: String,
+    pub phone: String,
+    pub email: String,
+    pub access_token: String,
+    pub refresh_token: String,
 }
 
 /// Test settings: random port, no automatic store acceptance unless asked.
@@ -95,8 +107,12 @@ pub fn test_settings(database_url: String) -> Settings {
     }
 }
 
+/// A running app with a signed-in customer whose token `gql` sends.
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(Db::Sqlite, |_| {}).await
+    let app = spawn_app_with(Db::Sqlite, |_| {}).await;
+    let customer = app.sign_up("+16265550100", "ada@example.com").await;
+    app.use_token(Some(&customer.access_token));
+    app
 }
 
 pub async fn spawn_app_with(kind: Db, tweak: impl FnOnce(&mut Settings)) -> TestApp {
@@ -109,6 +125,8 @@ pub async fn spawn_app_with(kind: Db, tweak: impl FnOnce(&mut Settings)) -> Test
 }
 
 pub async fn spawn_with_settings(settings: Settings) -> TestApp {
+    // Logs go to the captured output, shown when a test fails.
+    cbtl_bff::telemetry::init(cbtl_bff::config::LogFormat::Pretty);
     let app = cbtl_bff::app::build(settings).await.expect("app starts");
     let url = app.url();
     TestApp {
@@ -116,6 +134,7 @@ pub async fn spawn_with_settings(settings: Settings) -> TestApp {
         url,
         http: reqwest::Client::new(),
         db: None,
+        token: std::sync::Mutex::new(None),
     }
 }
 
@@ -132,16 +151,27 @@ impl TestApp {
         format!("{}/graphql", self.url)
     }
 
+    pub fn use_token(&self, token: Option<&str>) {
+        *self.token.lock().unwrap() = token.map(str::to_owned);
+    }
+
     /// Sends a GraphQL request the way the app does and returns the JSON body.
     pub async fn gql(&self, query: &str, variables: Value) -> Value {
-        let response = self
+        let token = self.token.lock().unwrap().clone();
+        self.gql_as(token.as_deref(), query, variables).await
+    }
+
+    /// Sends a GraphQL request with the given bearer token (or none).
+    pub async fn gql_as(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
+        let mut request = self
             .http
             .post(self.graphql_url())
             .header("content-type", "application/json")
-            .json(&json!({"query": query, "variables": variables}))
-            .send()
-            .await
-            .expect("request sent");
+            .json(&json!({"query": query, "variables": variables}));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("request sent");
         assert_eq!(response.status(), 200, "GraphQL over HTTP status");
         response.json().await.expect("JSON body")
     }
@@ -161,11 +191,19 @@ impl TestApp {
             Sim::Epoint => &sandbox.epoint,
             Sim::Sessionm => &sandbox.sessionm,
         };
+        let settings = &self.app.state().settings;
+        let configured = match sim {
+            Sim::Okya => &settings.okya.base_url,
+            Sim::Stripe => &settings.stripe.base_url,
+            Sim::Epoint => &settings.epoint.base_url,
+            Sim::Sessionm => &settings.sessionm.base_url,
+        };
+        // A simulator the test started itself is reached through the configured URL.
         simulator
             .as_ref()
-            .expect("simulator running")
-            .base_url
-            .clone()
+            .map(|s| s.base_url.clone())
+            .or_else(|| configured.clone())
+            .expect("a simulator for this upstream")
     }
 
     /// Calls per route the simulator received.
@@ -202,6 +240,90 @@ impl TestApp {
             .expect("faults")
             .status();
         assert!(status.is_success());
+    }
+
+    /// The codes the Okya simulator "sent" to a phone, oldest first.
+    pub async fn sent_codes(&self, phone: &str) -> Vec<String> {
+        let body: Value = self
+            .http
+            .get(format!("{}/_sandbox/outbox", self.sim_url(Sim::Okya)))
+            .query(&[("phone", phone)])
+            .send()
+            .await
+            .expect("outbox")
+            .json()
+            .await
+            .expect("outbox JSON");
+        body["messages"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|e| e["code"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Registers and confirms a customer through the API, as the app would.
+    pub async fn sign_up(&self, phone: &str, email: &str) -> Customer {
+        let registered = self
+            .gql_as(
+                None,
+                "mutation($i: AccountRegisterInput!) { accountRegister(input: $i) { customer { id } userErrors { code message } } }",
+                json!({"i": {"email": email, "phone": phone, "firstName": "Ada", "lastName": "Lovelace"}}),
+            )
+            .await;
+        assert_eq!(
+            registered["data"]["accountRegister"]["userErrors"],
+            json!([]),
+            "{registered}"
+        );
+        let code = self.sent_codes(phone).await.pop().expect("a code was sent");
+        let confirmed = self
+            .gql_as(
+                None,
+                "mutation($i: AccountConfirmInput!) { accountConfirm(input: $i) { customer { id } accessToken refreshToken userErrors { code } } }",
+                json!({"i": {"phone": phone, "code": code}}),
+            )
+            .await;
+        let payload = &confirmed["data"]["accountConfirm"];
+        assert_eq!(payload["userErrors"], json!([]), "{confirmed}");
+        Customer {
+            id: payload["customer"]["id"].as_str().expect("id").to_owned(),
+            phone: phone.to_owned(),
+            email: email.to_owned(),
+            access_token: payload["accessToken"].as_str().expect("token").to_owned(),
+            refresh_token: payload["refreshToken"]
+                .as_str()
+                .expect("refresh")
+                .to_owned(),
+        }
+    }
+
+    /// Polls until `check` holds, for work the service finishes in the background.
+    pub async fn eventually<F, Fut>(&self, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        for _ in 0..100 {
+            if check().await {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    pub async fn ledger(&self, sim: Sim) -> Value {
+        self.http
+            .get(format!("{}/_sandbox/ledger", self.sim_url(sim)))
+            .send()
+            .await
+            .expect("ledger")
+            .json()
+            .await
+            .expect("ledger JSON")
     }
 
     /// Creates a cart at an open store and returns its id.

@@ -20,6 +20,8 @@ async fn cart_survives_a_restart(kind: Db) {
     settings.okya.base_url = Some(okya_sim.base_url.clone());
 
     let app = spawn_with_settings(settings.clone()).await;
+    let customer = app.sign_up("+16265550100", "ada@example.com").await;
+    app.use_token(Some(&customer.access_token));
     let cart = app.new_cart("str_pasadena").await;
     let added = app
         .data(
@@ -31,6 +33,8 @@ async fn cart_survives_a_restart(kind: Db) {
     drop(app);
 
     let app = spawn_with_settings(settings).await;
+    // The token outlives the restart: the session is in the database.
+    app.use_token(Some(&customer.access_token));
     let read = app
         .data(
             "query($c: ID!) { cart(id: $c) { id total { amount } lines { quantity } } }",
@@ -63,6 +67,8 @@ async fn carts_survive_a_restart_on_postgres() {
 #[tokio::test]
 async fn the_whole_cart_story_runs_on_postgres() {
     let app = spawn_app_with(Db::Postgres, |_| {}).await;
+    let customer = app.sign_up("+16265550100", "ada@example.com").await;
+    app.use_token(Some(&customer.access_token));
     let cart = app.new_cart("str_santa_monica").await;
     let data = app
         .data(

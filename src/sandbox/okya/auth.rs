@@ -72,7 +72,7 @@ fn issue(
             .map(|t| (RESEND_INTERVAL_SECS - (now - *t).num_seconds()).max(1))
             .unwrap_or(RESEND_INTERVAL_SECS);
         return Err(OkyaError::new(
-            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "otp_throttled",
             format!("wait {retry_after} s"),
         ));
@@ -93,7 +93,7 @@ fn issue(
             sent_at: now,
         });
     }
-    Ok(serde_json::json!({"sent": true, "expires_at": otp.expires_at}))
+    Ok(serde_json::json!({"otp": {"sent": true, "expires_at": otp.expires_at}}))
 }
 
 pub(super) async fn register(
@@ -147,7 +147,7 @@ pub(super) async fn register(
         let otp = issue(&sim, auth, &body.phone, OtpPurpose::Confirm, true)?;
         Ok((
             StatusCode::CREATED,
-            serde_json::json!({"account": account, "otp": otp}),
+            serde_json::json!({"account": account, "otp": otp["otp"]}),
         ))
     })
 }
@@ -168,7 +168,7 @@ pub(super) async fn send_otp(
     idempotent(&state, &headers, fingerprint, move |inner| {
         let known = inner.auth.accounts.iter().any(|a| a.phone == body.phone);
         let sent = issue(&sim, &mut inner.auth, &body.phone, body.purpose, known)?;
-        Ok((StatusCode::ACCEPTED, sent))
+        Ok((StatusCode::OK, sent))
     })
 }
 
@@ -197,7 +197,7 @@ pub(super) async fn verify_otp(
     };
     if otp.failed >= MAX_ATTEMPTS {
         return OkyaError::new(
-            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "otp_locked",
             "too many attempts; request a new code",
         )
@@ -249,7 +249,7 @@ pub(super) async fn save_loyalty(
     match &account.loyalty_id {
         Some(existing) if *existing != body.user_id => OkyaError::new(
             StatusCode::CONFLICT,
-            "loyalty_conflict",
+            "loyalty_already_linked",
             "another loyalty id is saved",
         )
         .into_response(),

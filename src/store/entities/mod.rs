@@ -1,1 +1,5 @@
 pub mod cart;
+pub mod customer;
+pub mod job;
+pub mod refresh_token;
+pub mod session;

@@ -38,6 +38,11 @@ pub struct Registered {
 }
 
 #[derive(Deserialize)]
+struct OtpEnvelope {
+    otp: OtpSent,
+}
+
+#[derive(Deserialize)]
 struct AccountEnvelope {
     account: Account,
 }
@@ -101,7 +106,8 @@ impl OkyaClient {
             .auth_request(Method::POST, "/auth/v1/otp")
             .header("Idempotency-Key", idempotency_key)
             .json(&serde_json::json!({"phone": phone, "purpose": purpose}));
-        Self::auth_call("auth.otp.send").json(request).await
+        let envelope: OtpEnvelope = Self::auth_call("auth.otp.send").json(request).await?;
+        Ok(envelope.otp)
     }
 
     /// Checks a code; on success the account is confirmed and returned.

@@ -1,0 +1,13 @@
+//! Who is calling: access tokens (signed JWTs naming a session), refresh tokens (random,
+//! stored hashed, exchanged once), and the `Viewer` every resolver asks.
+
+pub mod sessions;
+pub mod tokens;
+pub mod viewer;
+
+pub use viewer::Viewer;
+
+/// Milliseconds since the Unix epoch, the unit the database compares.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
