@@ -234,6 +234,20 @@ impl Connection {
                         "connection_init payload must be an object".into(),
                     ));
                 }
+                let authorization = payload.as_ref().and_then(|p| {
+                    p.get("Authorization")
+                        .or_else(|| p.get("authorization"))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                });
+                if self.viewer_of(authorization.as_deref()).await == Viewer::Rejected {
+                    if legacy {
+                        let error = json!({"type": "connection_error", "payload": {"message": "Forbidden"}});
+                        let _ = Self::send(socket, error).await;
+                    }
+                    return Err(Close(4403, "Forbidden".into()));
+                }
+                self.authorization = authorization;
                 self.acked = true;
                 let mut ok = Self::send(socket, json!({"type": "connection_ack"})).await;
                 if legacy {

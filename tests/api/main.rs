@@ -1,6 +1,8 @@
 //! Black-box tests: each spawns the real service on a random port with its sandbox
 //! simulators and a fresh database, and talks to it over HTTP and websockets.
 
+mod access;
+mod account;
 mod cart;
 mod catalog;
 mod config;

@@ -15,8 +15,10 @@ use std::sync::Arc;
 
 const OTP_TTL_SECS: i64 = 600;
 const MAX_ATTEMPTS: u32 = 5;
-const RESEND_INTERVAL_SECS: i64 = 30;
-const SENDS_PER_HOUR: usize = 5;
+/// Okya's own limits are looser than ours (`auth.otp_*` settings): the service enforces
+/// the stricter ones itself, and the sandbox must not get in the way of tests of them.
+const RESEND_INTERVAL_SECS: i64 = 0;
+const SENDS_PER_HOUR: usize = 10;
 
 #[derive(Default)]
 pub(crate) struct AuthState {

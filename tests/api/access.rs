@@ -1,0 +1,199 @@
+//! Every customer-scoped operation needs a valid token, and one customer's objects are
+//! indistinguishable from missing ones to another.
+
+use crate::helpers::{Db, TestApp, error_codes, spawn_app_with};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::{
+    connect_async,
+    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
+};
+
+const CART_OPS: [(&str, &str); 4] = [
+    ("cart", "query($c: ID!) { cart(id: $c) { id } }"),
+    (
+        "cartLinesAdd",
+        "mutation($c: ID!) { cartLinesAdd(cartId: $c, lines: [{productId: \"prd_water\", quantity: 1}]) { cart { id } userErrors { code field message } } }",
+    ),
+    (
+        "cartLinesUpdate",
+        "mutation($c: ID!) { cartLinesUpdate(cartId: $c, lines: [{lineId: \"ln_x\", quantity: 1}]) { cart { id } userErrors { code field message } } }",
+    ),
+    (
+        "cartLinesRemove",
+        "mutation($c: ID!) { cartLinesRemove(cartId: $c, lineIds: [\"ln_x\"]) { cart { id } userErrors { code field message } } }",
+    ),
+];
+
+fn code(body: &Value) -> &str {
+    body["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or("")
+}
+
+async fn two_customers() -> (TestApp, String, String, String) {
+    let app = spawn_app_with(Db::Sqlite, |_| {}).await;
+    let ada = app.sign_up("+16265550120", "ada@example.com").await;
+    let bob = app.sign_up("+16265550121", "bob@example.com").await;
+    app.use_token(Some(&ada.access_token));
+    let cart = app.new_cart("str_pasadena").await;
+    (app, ada.access_token, bob.access_token, cart)
+}
+
+#[tokio::test]
+async fn without_a_token_every_customer_operation_is_unauthenticated() {
+    let (app, _, _, cart) = two_customers().await;
+    let create = app
+        .gql_as(
+            None,
+            "mutation { cartCreate(input: {storeId: \"str_pasadena\"}) { cart { id } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(code(&create), "UNAUTHENTICATED");
+    for (name, query) in CART_OPS {
+        let body = app.gql_as(None, query, json!({"c": cart})).await;
+        assert_eq!(code(&body), "UNAUTHENTICATED", "{name}: {body}");
+        for token in ["garbage", "eyJhbGciOiJIUzI1NiJ9.e30.x"] {
+            let body = app.gql_as(Some(token), query, json!({"c": cart})).await;
+            assert_eq!(
+                code(&body),
+                "UNAUTHENTICATED",
+                "{name} with a bad token: {body}"
+            );
+        }
+    }
+    assert_eq!(
+        app.gql_as(None, "{ me { id } }", json!({})).await["data"]["me"],
+        json!(null)
+    );
+}
+
+#[tokio::test]
+async fn another_customers_cart_looks_exactly_like_a_missing_one() {
+    let (app, ada, bob, cart) = two_customers().await;
+    for (name, query) in CART_OPS {
+        let foreign = app.gql_as(Some(&bob), query, json!({"c": cart})).await;
+        let missing = app
+            .gql_as(Some(&bob), query, json!({"c": "crt_0000009999"}))
+            .await;
+        assert!(foreign.get("errors").is_none(), "{name}: {foreign}");
+        assert_eq!(foreign, missing, "{name}");
+        if name != "cart" {
+            assert_eq!(error_codes(&foreign["data"][name]), vec!["CART_NOT_FOUND"]);
+        } else {
+            assert_eq!(foreign["data"]["cart"], json!(null));
+        }
+    }
+    // The owner still has it, untouched.
+    let own = app
+        .gql_as(
+            Some(&ada),
+            "query($c: ID!) { cart(id: $c) { id lines { id } } }",
+            json!({"c": cart}),
+        )
+        .await;
+    assert_eq!(own["data"]["cart"], json!({"id": cart, "lines": []}));
+    // `me` is always the caller.
+    let me = app.gql_as(Some(&bob), "{ me { email } }", json!({})).await;
+    assert_eq!(me["data"]["me"]["email"], "bob@example.com");
+}
+
+async fn ws_init(
+    app: &TestApp,
+    protocol: &str,
+    payload: Value,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let mut request = app
+        .graphql_url()
+        .replace("http://", "ws://")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(protocol).unwrap(),
+    );
+    let (mut ws, _) = connect_async(request).await.unwrap();
+    ws.send(Message::Text(
+        json!({"type": "connection_init", "payload": payload})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    ws
+}
+
+async fn next_text(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Message {
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("frame");
+        if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
+            return message;
+        }
+    }
+}
+
+#[tokio::test]
+async fn websockets_authenticate_in_connection_init() {
+    let (app, ada, _, _) = two_customers().await;
+    let mut ws = ws_init(
+        &app,
+        "graphql-transport-ws",
+        json!({"Authorization": "Bearer not-a-token"}),
+    )
+    .await;
+    match next_text(&mut ws).await {
+        Message::Close(Some(frame)) => assert_eq!(
+            (u16::from(frame.code), frame.reason.as_str()),
+            (4403, "Forbidden")
+        ),
+        other => panic!("expected 4403, got {other:?}"),
+    }
+
+    let mut ws = ws_init(
+        &app,
+        "graphql-transport-ws",
+        json!({"Authorization": format!("Bearer {ada}")}),
+    )
+    .await;
+    assert!(matches!(next_text(&mut ws).await, Message::Text(t) if t.contains("connection_ack")));
+    ws.send(Message::Text(
+        json!({"id": "1", "type": "subscribe", "payload": {"query": "{ me { email } }"}})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let Message::Text(next) = next_text(&mut ws).await else {
+        panic!("expected next")
+    };
+    let next: Value = serde_json::from_str(&next).unwrap();
+    assert_eq!(next["payload"]["data"]["me"]["email"], "ada@example.com");
+
+    // Without a token the socket works, but customer data needs one.
+    let mut ws = ws_init(&app, "graphql-transport-ws", json!({})).await;
+    assert!(matches!(next_text(&mut ws).await, Message::Text(t) if t.contains("connection_ack")));
+    ws.send(Message::Text(json!({"id": "1", "type": "subscribe", "payload": {"query": "{ cart(id: \"crt_1\") { id } }"}}).to_string().into()))
+        .await
+        .unwrap();
+    let Message::Text(next) = next_text(&mut ws).await else {
+        panic!("expected next")
+    };
+    let next: Value = serde_json::from_str(&next).unwrap();
+    assert_eq!(
+        next["payload"]["errors"][0]["extensions"]["code"],
+        "UNAUTHENTICATED"
+    );
+
+    // The legacy protocol reports a refused init with connection_error before closing.
+    let mut ws = ws_init(&app, "graphql-ws", json!({"Authorization": "Bearer nope"})).await;
+    assert!(matches!(next_text(&mut ws).await, Message::Text(t) if t.contains("connection_error")));
+}

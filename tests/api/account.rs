@@ -1,0 +1,551 @@
+//! Create Account, sign-in by one-time code, sessions, and the durable SessionM link.
+
+use crate::helpers::{
+    Db, Sim, TestApp, TestDb, error_codes, spawn_app_with, spawn_with_settings, test_settings,
+};
+use cbtl_bff::sandbox::{faults::Faults, okya, sessionm};
+use serde_json::{Value, json};
+
+const REGISTER: &str = "mutation($i: AccountRegisterInput!) { accountRegister(input: $i) { customer { id email phone firstName lastName confirmed } userErrors { code field message } } }";
+const CONFIRM: &str = "mutation($i: AccountConfirmInput!) { accountConfirm(input: $i) { customer { id confirmed } accessToken accessTokenExpiresAt refreshToken userErrors { code field message } } }";
+const SIGN_IN: &str = "mutation($i: SignInInput!) { signIn(input: $i) { customer { id } accessToken refreshToken userErrors { code field message } } }";
+const REQUEST_OTP: &str = "mutation($i: SignInRequestOtpInput!) { signInRequestOtp(input: $i) { userErrors { code field message } } }";
+const RESEND: &str = "mutation($i: AccountResendOtpInput!) { accountResendOtp(input: $i) { userErrors { code field message } } }";
+const REFRESH: &str = "mutation($i: TokenRefreshInput!) { tokenRefresh(input: $i) { accessToken refreshToken userErrors { code } } }";
+const ME: &str = "{ me { id email confirmed loyalty { pointsBalance tier } } }";
+
+fn ada(phone: &str, email: &str) -> Value {
+    json!({"i": {"email": email, "phone": phone, "firstName": "Ada", "lastName": "Lovelace"}})
+}
+
+async fn register(app: &TestApp, phone: &str, email: &str) -> Value {
+    app.gql_as(None, REGISTER, ada(phone, email)).await["data"]["accountRegister"].clone()
+}
+
+async fn confirm(app: &TestApp, phone: &str, code: &str) -> Value {
+    app.gql_as(None, CONFIRM, json!({"i": {"phone": phone, "code": code}}))
+        .await["data"]["accountConfirm"]
+        .clone()
+}
+
+async fn anonymous_app() -> TestApp {
+    spawn_app_with(Db::Sqlite, |_| {}).await
+}
+
+fn unauthenticated(body: &Value) -> bool {
+    body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+}
+
+#[tokio::test]
+async fn registration_answers_at_once_links_sessionm_in_the_background_and_the_code_confirms() {
+    let app = anonymous_app().await;
+    let phone = "+1 (626) 555-0101";
+    let payload = register(&app, phone, "Grace@Example.com").await;
+    assert_eq!(payload["userErrors"], json!([]));
+    let customer = &payload["customer"];
+    assert_eq!(customer["email"], "grace@example.com");
+    assert_eq!(customer["phone"], "+16265550101");
+    assert_eq!(customer["confirmed"], false);
+    let id = customer["id"].as_str().unwrap().to_owned();
+
+    // Steps 6-9 happen after the answer: a SessionM user, its id saved on the Okya account.
+    app.eventually("the SessionM link", || async {
+        let okya: Value = app
+            .http
+            .get(format!("{}/_sandbox/accounts", app.sim_url(Sim::Okya)))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        okya["accounts"][0]["loyalty_id"].is_string()
+    })
+    .await;
+    let sessionm = app.ledger(Sim::Sessionm).await;
+    let users: Vec<&Value> = sessionm["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["email"] == "grace@example.com")
+        .collect();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0]["external_id"], id.as_str());
+
+    let codes = app.sent_codes("+16265550101").await;
+    assert_eq!(codes.len(), 1);
+    let wrong = confirm(&app, "+16265550101", "000000").await;
+    assert_eq!(error_codes(&wrong), vec!["OTP_INVALID"]);
+    assert_eq!(wrong["accessToken"], json!(null));
+
+    let confirmed = confirm(&app, "+16265550101", &codes[0]).await;
+    assert_eq!(confirmed["userErrors"], json!([]));
+    assert_eq!(confirmed["customer"], json!({"id": id, "confirmed": true}));
+    let token = confirmed["accessToken"].as_str().unwrap();
+    assert!(
+        confirmed["accessTokenExpiresAt"].as_i64().unwrap()
+            > chrono::Utc::now().timestamp() + 3_000
+    );
+
+    let me = app.gql_as(Some(token), ME, json!({})).await;
+    assert_eq!(me["data"]["me"]["id"], id.as_str());
+    assert_eq!(me["data"]["me"]["confirmed"], true);
+    assert_eq!(me["data"]["me"]["loyalty"]["pointsBalance"], 0);
+    // A code works once.
+    assert_eq!(
+        error_codes(&confirm(&app, "+16265550101", &codes[0]).await),
+        vec!["OTP_INVALID"]
+    );
+}
+
+#[tokio::test]
+async fn invalid_details_are_user_errors_and_reach_no_upstream() {
+    let app = anonymous_app().await;
+    let cases = [
+        (
+            json!({"email": "not-an-email", "phone": "+16265550102", "firstName": "A", "lastName": "B"}),
+            vec!["INVALID_EMAIL"],
+            vec!["input", "email"],
+        ),
+        (
+            json!({"email": "a@example.com", "phone": "6265550102", "firstName": "A", "lastName": "B"}),
+            vec!["INVALID_PHONE"],
+            vec!["input", "phone"],
+        ),
+        (
+            json!({"email": "a@example.com", "phone": "+16265550102", "firstName": "  ", "lastName": "B"}),
+            vec!["INVALID_NAME"],
+            vec!["input", "firstName"],
+        ),
+        (
+            json!({"email": "a@example.com", "phone": "+16265550102", "firstName": "A", "lastName": "x".repeat(51)}),
+            vec!["INVALID_NAME"],
+            vec!["input", "lastName"],
+        ),
+    ];
+    for (input, codes, field) in cases {
+        let payload =
+            app.gql_as(None, REGISTER, json!({"i": input})).await["data"]["accountRegister"]
+                .clone();
+        assert_eq!(error_codes(&payload), codes, "{input}");
+        assert_eq!(payload["userErrors"][0]["field"], json!(field));
+        assert_eq!(payload["customer"], json!(null));
+    }
+    let all_bad = json!({"i": {"email": "", "phone": "", "firstName": "", "lastName": ""}});
+    let payload = app.gql_as(None, REGISTER, all_bad).await["data"]["accountRegister"].clone();
+    assert_eq!(
+        error_codes(&payload),
+        vec![
+            "INVALID_EMAIL",
+            "INVALID_PHONE",
+            "INVALID_NAME",
+            "INVALID_NAME"
+        ]
+    );
+    assert_eq!(app.call_count(Sim::Okya, "POST /auth/v1/accounts").await, 0);
+}
+
+#[tokio::test]
+async fn an_existing_email_or_phone_gets_one_error_that_does_not_say_which() {
+    let app = anonymous_app().await;
+    assert_eq!(
+        register(&app, "+16265550103", "ada@example.com").await["userErrors"],
+        json!([])
+    );
+    let same_email = register(&app, "+16265550104", "ada@example.com").await;
+    let same_phone = register(&app, "+16265550103", "someone@example.com").await;
+    assert_eq!(error_codes(&same_email), vec!["ACCOUNT_EXISTS"]);
+    assert_eq!(same_email["userErrors"], same_phone["userErrors"]);
+}
+
+#[tokio::test]
+async fn codes_are_throttled_per_phone() {
+    let app = anonymous_app().await;
+    register(&app, "+16265550105", "ada@example.com").await;
+    let again = app
+        .gql_as(None, RESEND, json!({"i": {"phone": "+16265550105"}}))
+        .await["data"]["accountResendOtp"]
+        .clone();
+    assert_eq!(error_codes(&again), vec!["OTP_THROTTLED"]);
+    assert_eq!(app.sent_codes("+16265550105").await.len(), 1);
+
+    // Without the 30-second spacing, the hourly cap of five still holds.
+    let app = spawn_app_with(Db::Sqlite, |s| s.auth.otp_resend_interval_secs = 0).await;
+    register(&app, "+16265550106", "ada@example.com").await;
+    for _ in 0..4 {
+        let sent = app
+            .gql_as(None, REQUEST_OTP, json!({"i": {"phone": "+16265550106"}}))
+            .await;
+        assert_eq!(
+            sent["data"]["signInRequestOtp"]["userErrors"],
+            json!([]),
+            "{sent}"
+        );
+    }
+    let sixth = app
+        .gql_as(None, REQUEST_OTP, json!({"i": {"phone": "+16265550106"}}))
+        .await;
+    assert_eq!(
+        error_codes(&sixth["data"]["signInRequestOtp"]),
+        vec!["OTP_THROTTLED"]
+    );
+}
+
+#[tokio::test]
+async fn a_code_dies_after_five_wrong_tries() {
+    let app = anonymous_app().await;
+    register(&app, "+16265550107", "ada@example.com").await;
+    let code = app.sent_codes("+16265550107").await.pop().unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            error_codes(&confirm(&app, "+16265550107", "999999").await),
+            vec!["OTP_INVALID"]
+        );
+    }
+    let right_too_late = confirm(&app, "+16265550107", &code).await;
+    assert_eq!(error_codes(&right_too_late), vec!["OTP_ATTEMPTS_EXCEEDED"]);
+    assert_eq!(right_too_late["accessToken"], json!(null));
+}
+
+#[tokio::test]
+async fn codes_expire() {
+    let app = spawn_app_with(Db::Sqlite, |s| s.auth.otp_ttl_secs = 1).await;
+    register(&app, "+16265550108", "ada@example.com").await;
+    let code = app.sent_codes("+16265550108").await.pop().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert_eq!(
+        error_codes(&confirm(&app, "+16265550108", &code).await),
+        vec!["OTP_EXPIRED"]
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_code_and_an_unknown_phone_answer_alike() {
+    let app = anonymous_app().await;
+    register(&app, "+16265550109", "ada@example.com").await;
+    // Asking for a code for an unknown phone looks the same, and sends nothing.
+    let unknown = app
+        .gql_as(None, REQUEST_OTP, json!({"i": {"phone": "+16265550199"}}))
+        .await;
+    assert_eq!(unknown["data"]["signInRequestOtp"]["userErrors"], json!([]));
+    assert!(app.sent_codes("+16265550199").await.is_empty());
+
+    let wrong = app
+        .gql_as(
+            None,
+            SIGN_IN,
+            json!({"i": {"phone": "+16265550109", "code": "000000"}}),
+        )
+        .await;
+    let unknown = app
+        .gql_as(
+            None,
+            SIGN_IN,
+            json!({"i": {"phone": "+16265550199", "code": "123456"}}),
+        )
+        .await;
+    let never_asked = app
+        .gql_as(
+            None,
+            SIGN_IN,
+            json!({"i": {"phone": "+16265550188", "code": "123456"}}),
+        )
+        .await;
+    let malformed = app
+        .gql_as(
+            None,
+            SIGN_IN,
+            json!({"i": {"phone": "not a phone", "code": "123456"}}),
+        )
+        .await;
+    let expected = &wrong["data"]["signIn"]["userErrors"];
+    assert_eq!(error_codes(&wrong["data"]["signIn"]), vec!["OTP_INVALID"]);
+    for other in [&unknown, &never_asked, &malformed] {
+        assert_eq!(&other["data"]["signIn"]["userErrors"], expected, "{other}");
+    }
+}
+
+#[tokio::test]
+async fn returning_customers_sign_in_by_code() {
+    let app = spawn_app_with(Db::Sqlite, |s| s.auth.otp_resend_interval_secs = 0).await;
+    let first = app.sign_up("+16265550110", "ada@example.com").await;
+    let asked = app
+        .gql_as(None, REQUEST_OTP, json!({"i": {"phone": "+16265550110"}}))
+        .await;
+    assert_eq!(asked["data"]["signInRequestOtp"]["userErrors"], json!([]));
+    let code = app.sent_codes("+16265550110").await.pop().unwrap();
+    let signed_in = app
+        .gql_as(
+            None,
+            SIGN_IN,
+            json!({"i": {"phone": "+16265550110", "code": code}}),
+        )
+        .await;
+    let payload = &signed_in["data"]["signIn"];
+    assert_eq!(payload["userErrors"], json!([]));
+    assert_eq!(payload["customer"]["id"], first.id.as_str());
+    let me = app
+        .gql_as(payload["accessToken"].as_str(), ME, json!({}))
+        .await;
+    assert_eq!(me["data"]["me"]["email"], "ada@example.com");
+    // Both sessions are live: signing in on a second device does not sign out the first.
+    let me = app.gql_as(Some(&first.access_token), ME, json!({})).await;
+    assert_eq!(me["data"]["me"]["id"], first.id.as_str());
+}
+
+#[tokio::test]
+async fn refresh_tokens_rotate_and_a_reused_one_ends_the_session() {
+    let app = anonymous_app().await;
+    let customer = app.sign_up("+16265550111", "ada@example.com").await;
+    let refreshed = app
+        .gql_as(
+            None,
+            REFRESH,
+            json!({"i": {"refreshToken": customer.refresh_token}}),
+        )
+        .await["data"]["tokenRefresh"]
+        .clone();
+    assert_eq!(refreshed["userErrors"], json!([]));
+    let new_access = refreshed["accessToken"].as_str().unwrap().to_owned();
+    let new_refresh = refreshed["refreshToken"].as_str().unwrap().to_owned();
+    assert_ne!(new_refresh, customer.refresh_token);
+    assert_eq!(
+        app.gql_as(Some(&new_access), ME, json!({})).await["data"]["me"]["id"],
+        customer.id.as_str()
+    );
+
+    // The first refresh token again: someone copied it. The whole session ends.
+    let reused = app
+        .gql_as(
+            None,
+            REFRESH,
+            json!({"i": {"refreshToken": customer.refresh_token}}),
+        )
+        .await["data"]["tokenRefresh"]
+        .clone();
+    assert_eq!(error_codes(&reused), vec!["REFRESH_TOKEN_INVALID"]);
+    let after = app
+        .gql_as(None, REFRESH, json!({"i": {"refreshToken": new_refresh}}))
+        .await["data"]["tokenRefresh"]
+        .clone();
+    assert_eq!(error_codes(&after), vec!["REFRESH_TOKEN_INVALID"]);
+    assert!(unauthenticated(
+        &app.gql_as(Some(&new_access), ME, json!({})).await
+    ));
+    assert!(unauthenticated(
+        &app.gql_as(Some(&customer.access_token), ME, json!({}))
+            .await
+    ));
+    let garbage = app
+        .gql_as(None, REFRESH, json!({"i": {"refreshToken": "rt_nonsense"}}))
+        .await;
+    assert_eq!(
+        error_codes(&garbage["data"]["tokenRefresh"]),
+        vec!["REFRESH_TOKEN_INVALID"]
+    );
+}
+
+#[tokio::test]
+async fn signing_out_revokes_the_tokens_at_once() {
+    let app = anonymous_app().await;
+    let customer = app.sign_up("+16265550112", "ada@example.com").await;
+    let out = app
+        .gql_as(
+            Some(&customer.access_token),
+            "mutation { signOut { userErrors { code } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(out["data"]["signOut"]["userErrors"], json!([]));
+    assert!(unauthenticated(
+        &app.gql_as(Some(&customer.access_token), ME, json!({}))
+            .await
+    ));
+    let refresh = app
+        .gql_as(
+            None,
+            REFRESH,
+            json!({"i": {"refreshToken": customer.refresh_token}}),
+        )
+        .await;
+    assert_eq!(
+        error_codes(&refresh["data"]["tokenRefresh"]),
+        vec!["REFRESH_TOKEN_INVALID"]
+    );
+    assert!(unauthenticated(
+        &app.gql_as(
+            None,
+            "mutation { signOut { userErrors { code } } }",
+            json!({})
+        )
+        .await
+    ));
+}
+
+#[tokio::test]
+async fn missing_expired_tampered_and_foreign_tokens() {
+    let app = spawn_app_with(Db::Sqlite, |s| s.auth.access_token_ttl_secs = 1).await;
+    let customer = app.sign_up("+16265550113", "ada@example.com").await;
+    assert_eq!(
+        app.gql_as(None, ME, json!({})).await["data"]["me"],
+        json!(null)
+    );
+    let mut tampered = customer.access_token.clone();
+    tampered.insert(tampered.len() - 3, 'x');
+    for token in [tampered.as_str(), "not.a.jwt", ""] {
+        let body = app.gql_as(Some(token), ME, json!({})).await;
+        assert!(
+            unauthenticated(&body) || token.is_empty(),
+            "{token}: {body}"
+        );
+    }
+    // A token signed with another key.
+    let other = spawn_app_with(Db::Sqlite, |s| {
+        s.auth.jwt_secret = "another-secret-that-is-long-enough-1234".to_owned().into()
+    })
+    .await;
+    let foreign = other.sign_up("+16265550113", "ada@example.com").await;
+    assert!(unauthenticated(
+        &app.gql_as(Some(&foreign.access_token), ME, json!({})).await
+    ));
+    // `Basic` credentials are not a bearer token.
+    let body: Value = app
+        .http
+        .post(app.graphql_url())
+        .header("content-type", "application/json")
+        .header("authorization", "Basic YWRhOnB3")
+        .body(json!({"query": ME}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(unauthenticated(&body));
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    assert!(unauthenticated(
+        &app.gql_as(Some(&customer.access_token), ME, json!({}))
+            .await
+    ));
+}
+
+/// Makes SessionM fail, restarts the service, and shows the link then completes once.
+async fn the_sessionm_link_survives_failure_and_restart(kind: Db) {
+    let okya_sim = okya::start(
+        okya::OkyaSimConfig {
+            api_key: "okya_sandbox_key".to_owned(),
+            otp_code: "123456".to_owned(),
+        },
+        Faults::new(0, 0.0),
+    )
+    .await
+    .unwrap();
+    let sessionm_faults = Faults::new(0, 1.0);
+    let sessionm_sim = sessionm::start(sessionm_faults.clone()).await.unwrap();
+    let (db, url) = TestDb::new(kind).await;
+    let mut settings = test_settings(url);
+    settings.okya.base_url = Some(okya_sim.base_url.clone());
+    settings.sessionm.base_url = Some(sessionm_sim.base_url.clone());
+    settings.jobs.poll_interval_ms = 50;
+    settings.jobs.max_backoff_ms = 100;
+
+    let app = spawn_with_settings(settings.clone()).await;
+    let payload = register(&app, "+16265550114", "ada@example.com").await;
+    assert_eq!(
+        payload["userErrors"],
+        json!([]),
+        "registration succeeds while SessionM is down"
+    );
+    let id = payload["customer"]["id"].as_str().unwrap().to_owned();
+    let customer = app.sign_up_confirm_only("+16265550114").await;
+    app.eventually("several failed link attempts", || async {
+        sessionm_faults.calls().values().sum::<u64>() >= 3
+    })
+    .await;
+    assert_eq!(
+        app.gql_as(Some(&customer), ME, json!({})).await["data"]["me"]["loyalty"],
+        json!(null)
+    );
+    drop(app);
+
+    sessionm_faults.apply(cbtl_bff::sandbox::faults::FaultUpdate {
+        error_rate: Some(0.0),
+        ..Default::default()
+    });
+    let app = spawn_with_settings(settings).await;
+    app.eventually("the link after the restart", || async {
+        let me = app.gql_as(Some(&customer), ME, json!({})).await;
+        me["data"]["me"]["loyalty"].is_object()
+    })
+    .await;
+    let accounts: Value = app
+        .http
+        .get(format!("{}/_sandbox/accounts", okya_sim.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ledger: Value = app
+        .http
+        .get(format!("{}/_sandbox/ledger", sessionm_sim.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let users: Vec<&Value> = ledger["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["email"] == "ada@example.com")
+        .collect();
+    assert_eq!(users.len(), 1, "exactly one SessionM user: {ledger}");
+    assert_eq!(users[0]["external_id"], id.as_str());
+    assert_eq!(accounts["accounts"][0]["loyalty_id"], users[0]["id"]);
+    drop(app);
+    drop(db);
+}
+
+#[tokio::test]
+async fn the_sessionm_link_survives_failure_and_restart_on_sqlite() {
+    the_sessionm_link_survives_failure_and_restart(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_sessionm_link_survives_failure_and_restart_on_postgres() {
+    the_sessionm_link_survives_failure_and_restart(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn the_account_story_runs_on_postgres() {
+    let app = spawn_app_with(Db::Postgres, |_| {}).await;
+    let customer = app.sign_up("+16265550115", "ada@example.com").await;
+    assert_eq!(
+        app.gql_as(Some(&customer.access_token), ME, json!({}))
+            .await["data"]["me"]["id"],
+        customer.id.as_str()
+    );
+    assert_eq!(
+        error_codes(&register(&app, "+16265550115", "x@example.com").await),
+        vec!["ACCOUNT_EXISTS"]
+    );
+    for _ in 0..5 {
+        app.gql_as(
+            None,
+            SIGN_IN,
+            json!({"i": {"phone": "+16265550115", "code": "000000"}}),
+        )
+        .await;
+    }
+    let refreshed = app
+        .gql_as(
+            None,
+            REFRESH,
+            json!({"i": {"refreshToken": customer.refresh_token}}),
+        )
+        .await;
+    assert_eq!(refreshed["data"]["tokenRefresh"]["userErrors"], json!([]));
+}
