@@ -4,6 +4,7 @@
 use crate::{
     auth::tokens::TokenKeys,
     config::Settings,
+    events::OrderEvents,
     graphql::{self, AppSchema},
     http,
     jobs::{self, JobSignal},
@@ -23,6 +24,7 @@ pub struct AppInner {
     pub settings: Settings,
     pub token_keys: TokenKeys,
     pub job_signal: JobSignal,
+    pub order_events: OrderEvents,
 }
 
 /// What every request and background task shares; cheap to clone.
@@ -143,14 +145,18 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         .map_err(StartError::Sandbox)?;
     let upstreams = Upstreams::new(&settings, &sandbox)?;
     let token_keys = TokenKeys::new(&settings.auth);
+    let (order_events, event_listener) = OrderEvents::start(db.clone());
     let state = AppState(Arc::new(AppInner {
         db,
         upstreams,
         settings,
         token_keys,
         job_signal: JobSignal::default(),
+        order_events,
     }));
-    let workers = jobs::spawn_workers(state.clone());
+    let mut workers = jobs::spawn_workers(state.clone());
+    workers.extend(event_listener);
+    workers.push(crate::flows::place_order::spawn_sweeper(state.clone()));
     let schema = graphql::build(&state.settings.graphql, Some(state.clone()));
     let router = router(Gateway {
         app: state.clone(),
@@ -184,6 +190,8 @@ fn router(gateway: Gateway) -> Router {
                 .post(http::graphql::post)
                 .fallback(http::graphql::other_method),
         )
+        .route("/webhooks/okya", axum::routing::post(http::webhooks::okya))
+        .route("/webhooks/stripe", axum::routing::post(http::webhooks::stripe))
         .route("/healthz", get(http::health::healthz))
         .route("/readyz", get(http::health::readyz))
         .fallback(|| async {

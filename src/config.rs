@@ -62,6 +62,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// The durable background job runner.
     pub jobs: JobsSettings,
+    /// Payments and the Place Order flow.
+    pub orders: OrderSettings,
     /// Behaviour of the in-process simulators that stand in for unset upstreams.
     pub sandbox: SandboxSettings,
 }
@@ -80,6 +82,7 @@ impl Default for Settings {
             webhooks: WebhookSettings::default(),
             auth: AuthSettings::default(),
             jobs: JobsSettings::default(),
+            orders: OrderSettings::default(),
             sandbox: SandboxSettings::default(),
         }
     }
@@ -272,6 +275,42 @@ impl Default for WebhookSettings {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrderSettings {
+    /// When cards are charged (`CBTL_ORDERS__CAPTURE`): `immediate` at checkout (refunded
+    /// on rejection or recall) or `on_acceptance` (authorised at checkout, captured once the
+    /// POS has the order, released otherwise).
+    pub capture: crate::domain::CaptureMode,
+    /// Attempts at injecting an order into the POS before it is recalled
+    /// (`CBTL_ORDERS__POS_MAX_ATTEMPTS`).
+    pub pos_max_attempts: u32,
+    /// Seconds a customer has to finish 3-D Secure before the payment is cancelled
+    /// (`CBTL_ORDERS__AUTHENTICATION_TIMEOUT_SECS`).
+    pub authentication_timeout_secs: u64,
+    /// How long one instance holds an order while running its flow, in ms; after a crash
+    /// another instance resumes it once this passes (`CBTL_ORDERS__LEASE_MS`).
+    pub lease_ms: u64,
+    /// How often unfinished flows are looked for and resumed, in ms (`CBTL_ORDERS__SWEEP_INTERVAL_MS`).
+    pub sweep_interval_ms: u64,
+    /// How long `checkout` waits for a concurrent duplicate to finish, in ms
+    /// (`CBTL_ORDERS__CHECKOUT_WAIT_MS`).
+    pub checkout_wait_ms: u64,
+}
+
+impl Default for OrderSettings {
+    fn default() -> Self {
+        Self {
+            capture: crate::domain::CaptureMode::Immediate,
+            pos_max_attempts: 3,
+            authentication_timeout_secs: 900,
+            lease_ms: 15_000,
+            sweep_interval_ms: 1_000,
+            checkout_wait_ms: 15_000,
+        }
+    }
+}
+
 /// The development-only signing key; refused when real upstreams are configured.
 pub const DEV_JWT_SECRET: &str = "dev-only-insecure-jwt-secret-do-not-use-in-production";
 
@@ -453,6 +492,12 @@ impl Settings {
             || self.auth.otp_max_attempts == 0
         {
             return Err(invalid("auth.*", "lifetimes and attempts must be above 0"));
+        }
+        if self.orders.pos_max_attempts == 0 || self.orders.lease_ms < 1_000 || self.orders.sweep_interval_ms == 0 {
+            return Err(invalid(
+                "orders.*",
+                "POS attempts and the sweep interval must be above 0, the lease at least 1000 ms",
+            ));
         }
         if self.jobs.poll_interval_ms == 0 || self.jobs.lease_ms < 1_000 {
             return Err(invalid(

@@ -4,6 +4,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod domain;
+pub mod events;
 pub mod flows;
 pub mod graphql;
 pub mod http;

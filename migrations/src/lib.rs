@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_carts;
 mod m20261125_000002_accounts;
+mod m20261125_000003_orders;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261125_000001_carts::Migration),
             Box::new(m20261125_000002_accounts::Migration),
+            Box::new(m20261125_000003_orders::Migration),
         ]
     }
 }

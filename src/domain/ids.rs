@@ -66,6 +66,10 @@ opaque_id!(
     /// A customer: the id of their Okya Auth account.
     CustomerId
 );
+opaque_id!(
+    /// One of our orders (one Place Order flow); Okya's order id is kept beside it.
+    OrderId
+);
 
 #[cfg(test)]
 mod tests {

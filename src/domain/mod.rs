@@ -3,7 +3,9 @@
 mod contact;
 mod ids;
 mod money;
+mod order;
 
 pub use contact::{Email, PersonName, Phone};
-pub use ids::{CartId, CartLineId, CustomerId, ModifierOptionId, ProductId, StoreId};
+pub use ids::{CartId, CartLineId, CustomerId, ModifierOptionId, OrderId, ProductId, StoreId};
 pub use money::{Currency, Money, MoneyError};
+pub use order::{CaptureMode, OrderStatus, Step};

@@ -2,3 +2,4 @@
 //! either finished in the request or recorded as a durable job that finishes it later.
 
 pub mod create_account;
+pub mod place_order;

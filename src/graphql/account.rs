@@ -42,6 +42,16 @@ impl CustomerObject {
         self.0.confirmed
     }
 
+    /// The customer's orders, newest first.
+    async fn orders(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<async_graphql::connection::Connection<String, super::orders::OrderObject>> {
+        super::orders::customer_orders(ctx, &self.0.id, first, after).await
+    }
+
     /// The SessionM loyalty account; null for a moment after registration, while the
     /// account is being linked.
     async fn loyalty(&self, ctx: &Context<'_>) -> Result<Option<LoyaltyAccount>> {

@@ -37,7 +37,11 @@ impl CartObject {
     }
 
     async fn lines(&self) -> Vec<CartLineObject<'_>> {
-        self.0.lines.iter().map(CartLineObject).collect()
+        self.0
+            .lines
+            .iter()
+            .map(|l| CartLineObject(std::borrow::Cow::Borrowed(l)))
+            .collect()
     }
 
     /// Number of items, all lines together.
@@ -67,7 +71,14 @@ impl CartObject {
     }
 }
 
-pub struct CartLineObject<'a>(&'a okya::CartLine);
+/// A cart line, borrowed from a cart or owned when read from an order.
+pub struct CartLineObject<'a>(std::borrow::Cow<'a, okya::CartLine>);
+
+impl CartLineObject<'static> {
+    pub fn owned(line: okya::CartLine) -> Self {
+        Self(std::borrow::Cow::Owned(line))
+    }
+}
 
 #[Object(name = "CartLine")]
 impl CartLineObject<'_> {

@@ -38,6 +38,21 @@ pub enum UserErrorCode {
     OtpThrottled,
     /// The refresh token is unknown, used, expired or revoked: sign in again.
     RefreshTokenInvalid,
+    CartEmpty,
+    /// The cart was already turned into an order; start a new cart.
+    CartAlreadyOrdered,
+    /// Okya refused the order for a reason not listed here.
+    OrderNotAccepted,
+    /// The same idempotency key was sent with a different checkout.
+    IdempotencyKeyReused,
+    /// The card was declined; the message says why, in words fit for the customer.
+    CardDeclined,
+    /// 3-D Secure failed or was abandoned.
+    AuthenticationFailed,
+    /// The payment failed for another reason.
+    PaymentFailed,
+    /// The voucher cannot be used with this order.
+    VoucherNotApplicable,
 }
 
 /// An expected failure the customer can fix.

@@ -3,29 +3,35 @@
 mod account;
 mod cart;
 mod catalog;
+mod orders;
 pub mod context;
 pub mod errors;
 pub mod loaders;
 pub mod scalars;
 
 use crate::{app::AppState, config::GraphqlSettings};
-use async_graphql::{EmptySubscription, MergedObject, Schema};
+use async_graphql::{MergedObject, Schema};
 
 #[derive(MergedObject, Default)]
 pub struct Query(
     catalog::CatalogQuery,
     cart::CartQuery,
     account::AccountQuery,
+    orders::OrderQuery,
 );
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(account::AccountMutation, cart::CartMutation);
+pub struct Mutation(
+    account::AccountMutation,
+    cart::CartMutation,
+    orders::OrderMutation,
+);
 
-pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+pub type AppSchema = Schema<Query, Mutation, orders::OrderSubscription>;
 
 /// Builds the schema. `state` is `None` only for printing the SDL.
 pub fn build(limits: &GraphqlSettings, state: Option<AppState>) -> AppSchema {
-    let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+    let mut builder = Schema::build(Query::default(), Mutation::default(), orders::OrderSubscription)
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
         .limit_recursive_depth(64)

@@ -3,4 +3,5 @@
 pub mod graphql;
 pub mod health;
 pub mod media;
+pub mod webhooks;
 pub mod ws;

@@ -76,14 +76,23 @@ pub async fn start(settings: &crate::config::Settings, app_url: &str) -> std::io
         let config = okya::OkyaSimConfig {
             api_key: settings.okya.api_key.expose_secret().to_owned(),
             otp_code: settings.sandbox.otp_code.clone(),
+            auto_accept_delay_ms: settings.sandbox.auto_accept_delay_ms,
+            webhook_url: Some(format!(
+                "{}/webhooks/okya",
+                app_url.trim_end_matches('/')
+            )),
+            webhook_secret: settings
+                .webhooks
+                .okya_secrets
+                .first()
+                .map(|s| s.expose_secret().to_owned())
+                .unwrap_or_default(),
         };
         sandbox.okya = Some(okya::start(config, faults()).await?);
     }
     if settings.stripe.base_url.is_none() {
-        // Webhook delivery starts once the service has a Stripe webhook endpoint.
-        let _ = app_url;
         let config = stripe::StripeSimConfig {
-            webhook_url: None,
+            webhook_url: Some(format!("{app_url}/webhooks/stripe")),
             webhook_secret: settings
                 .webhooks
                 .stripe_secrets

@@ -5,8 +5,10 @@ pub mod carts;
 pub mod customers;
 pub mod entities;
 pub mod jobs;
+pub mod orders;
 pub mod otp;
 pub mod sessions;
+pub mod webhooks;
 
 use cbtl_migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};

@@ -435,6 +435,7 @@ async fn the_sessionm_link_survives_failure_and_restart(kind: Db) {
         okya::OkyaSimConfig {
             api_key: "okya_sandbox_key".to_owned(),
             otp_code: "123456".to_owned(),
+            ..okya::OkyaSimConfig::default()
         },
         Faults::new(0, 0.0),
     )
@@ -448,6 +449,9 @@ async fn the_sessionm_link_survives_failure_and_restart(kind: Db) {
     settings.sessionm.base_url = Some(sessionm_sim.base_url.clone());
     settings.jobs.poll_interval_ms = 50;
     settings.jobs.max_backoff_ms = 100;
+    // A job cut off by the stop stays leased this long before the restarted service may
+    // take it over, as another instance would.
+    settings.jobs.lease_ms = 1_000;
 
     let app = spawn_with_settings(settings.clone()).await;
     let payload = register(&app, "+16265550114", "ada@example.com").await;

@@ -124,7 +124,7 @@ pub async fn spawn_app_with(kind: Db, tweak: impl FnOnce(&mut Settings)) -> Test
 
 pub async fn spawn_with_settings(settings: Settings) -> TestApp {
     // Logs go to the captured output, shown when a test fails.
-    cbtl_bff::telemetry::init(cbtl_bff::config::LogFormat::Pretty);
+    cbtl_bff::telemetry::init_for_tests();
     let app = cbtl_bff::app::build(settings).await.expect("app starts");
     let url = app.url();
     TestApp {

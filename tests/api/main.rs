@@ -7,6 +7,7 @@ mod cart;
 mod catalog;
 mod config;
 mod helpers;
+mod orders;
 mod persistence;
 mod protocol;
 mod websocket;

@@ -10,6 +10,7 @@ async fn cart_survives_a_restart(kind: Db) {
         okya::OkyaSimConfig {
             api_key: "okya_sandbox_key".to_owned(),
             otp_code: "123456".to_owned(),
+            ..okya::OkyaSimConfig::default()
         },
         Faults::new(0, 0.0),
     )

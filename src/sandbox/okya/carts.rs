@@ -85,12 +85,20 @@ pub(super) async fn get(
     }
 }
 
-/// The cart, checked writable: it exists and its store still takes orders.
+/// The cart, checked writable: it exists, has not been ordered, and its store still takes
+/// orders.
 fn writable_cart<'a>(
     inner: &'a Inner,
     cart_id: &str,
 ) -> Result<(&'a Cart, i64, Vec<String>), OkyaError> {
     let cart = inner.carts.get(cart_id).ok_or_else(|| not_found(cart_id))?;
+    if inner.orders.has_order_for_cart(cart_id) {
+        return Err(OkyaError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "cart_already_ordered",
+            "this cart has been ordered; it can no longer change",
+        ));
+    }
     let store = inner
         .stores
         .iter()

@@ -1,9 +1,11 @@
-//! The Okya simulator: catalogue and carts (orders, auth and the order manager join as
-//! their flows arrive). It speaks the contract in `docs/upstreams/okya.md`.
+//! The Okya simulator: catalogue, carts, orders, the store's order manager with its
+//! `order.updated` webhooks, and Okya Auth. It speaks the contract in
+//! `docs/upstreams/okya.md`.
 
 mod auth;
 mod carts;
 pub mod catalog;
+mod orders;
 
 use super::{Simulator, faults::Faults};
 use axum::{
@@ -27,11 +29,45 @@ pub struct OkyaSimConfig {
     pub api_key: String,
     /// The code every OTP carries; empty for random codes.
     pub otp_code: String,
+    /// How long after its payment is recorded the store accepts an order; 0 = never
+    /// (accept on demand with `POST /_sandbox/orders/{id}/accept`).
+    pub auto_accept_delay_ms: u64,
+    /// Where `order.updated` webhooks go (the app's `/webhooks/okya`); `None` records the
+    /// events without sending them.
+    pub webhook_url: Option<String>,
+    /// The secret that signs `X-Okya-Signature`.
+    pub webhook_secret: String,
+}
+
+impl Default for OkyaSimConfig {
+    /// The sandbox key and OTP code, no auto-accept, and no webhook delivery.
+    fn default() -> Self {
+        Self {
+            api_key: "okya_sandbox_key".to_owned(),
+            otp_code: "123456".to_owned(),
+            auto_accept_delay_ms: 0,
+            webhook_url: None,
+            webhook_secret: "whsec_okya_sandbox".to_owned(),
+        }
+    }
+}
+
+impl OkyaSimConfig {
+    /// The defaults, with this API key and OTP code.
+    pub fn new(api_key: impl Into<String>, otp_code: impl Into<String>) -> Self {
+        Self {
+            api_key: api_key.into(),
+            otp_code: otp_code.into(),
+            ..Self::default()
+        }
+    }
 }
 
 pub(crate) struct OkyaState {
     api_key: String,
     otp_code: String,
+    auto_accept_delay_ms: u64,
+    courier: Arc<orders::Courier>,
     inner: Mutex<Inner>,
 }
 
@@ -43,6 +79,7 @@ pub(crate) struct Inner {
     /// Idempotency-Key → (request fingerprint, status, body): a replay answers the same.
     idempotency: HashMap<String, (String, u16, serde_json::Value)>,
     auth: auth::AuthState,
+    orders: orders::OrdersState,
     next_id: u64,
 }
 
@@ -97,6 +134,11 @@ pub async fn start(config: OkyaSimConfig, faults: Arc<Faults>) -> std::io::Resul
     let state = Arc::new(OkyaState {
         api_key: config.api_key,
         otp_code: config.otp_code,
+        auto_accept_delay_ms: config.auto_accept_delay_ms,
+        courier: Arc::new(orders::Courier::new(
+            config.webhook_url,
+            config.webhook_secret,
+        )?),
         inner: Mutex::new(Inner {
             stores: catalog::stores(),
             products: catalog::products()
@@ -119,6 +161,18 @@ pub async fn start(config: OkyaSimConfig, faults: Arc<Faults>) -> std::io::Resul
             "/v1/carts/{cart_id}/lines/remove",
             post(carts::remove_lines),
         )
+        .route("/v1/orders", post(orders::create).get(orders::list))
+        .route("/v1/orders/{order_id}", get(orders::get))
+        .route(
+            "/v1/orders/{order_id}/adjustments",
+            post(orders::add_adjustment),
+        )
+        .route(
+            "/v1/orders/{order_id}/payments",
+            post(orders::record_payment),
+        )
+        .route("/v1/orders/{order_id}/cancel", post(orders::cancel))
+        .route("/v1/orders/{order_id}/recall", post(orders::recall))
         .route("/auth/v1/accounts", post(auth::register))
         .route("/auth/v1/accounts/{account_id}", get(auth::get_account))
         .route(
@@ -132,6 +186,19 @@ pub async fn start(config: OkyaSimConfig, faults: Arc<Faults>) -> std::io::Resul
     let sandbox = Router::new()
         .route("/_sandbox/outbox", get(auth::outbox))
         .route("/_sandbox/accounts", get(auth::accounts))
+        .route("/_sandbox/orders", get(orders::ledger))
+        .route("/_sandbox/orders/{order_id}/accept", post(orders::accept))
+        .route("/_sandbox/orders/{order_id}/reject", post(orders::reject))
+        .route("/_sandbox/orders/{order_id}/ready", post(orders::ready))
+        .route(
+            "/_sandbox/orders/{order_id}/complete",
+            post(orders::complete),
+        )
+        .route("/_sandbox/webhooks", get(orders::webhooks))
+        .route(
+            "/_sandbox/stores/{store_id}",
+            axum::routing::put(orders::set_store),
+        )
         .with_state(state);
     super::serve("okya", api.merge(sandbox), faults).await
 }

@@ -3,6 +3,7 @@
 //! the real contract differs lives in this one module.
 
 pub mod auth;
+pub mod orders;
 
 use super::{Call, System, UpstreamError, join, parse_plain_error};
 use crate::config::OkyaSettings;
@@ -160,6 +161,16 @@ pub mod codes {
     pub const MODIFIER_SELECTION: &str = "modifier_selection";
     pub const LINE_NOT_FOUND: &str = "line_not_found";
     pub const CART_FULL: &str = "cart_full";
+    pub const ORDER_NOT_FOUND: &str = "order_not_found";
+    pub const INVALID_STATE: &str = "invalid_state";
+    pub const PAYMENT_EXISTS: &str = "payment_exists";
+    pub const CART_ALREADY_ORDERED: &str = "cart_already_ordered";
+    pub const CART_EMPTY: &str = "cart_empty";
+    pub const INVALID_AMOUNT: &str = "invalid_amount";
+    pub const ADJUSTMENT_TOO_LARGE: &str = "adjustment_too_large";
+    pub const ADJUSTMENT_REFERENCE_REUSED: &str = "adjustment_reference_reused";
+    pub const PAYMENT_AMOUNT_MISMATCH: &str = "payment_amount_mismatch";
+    pub const INVALID_REQUEST: &str = "invalid_request";
 }
 
 #[derive(Clone)]

@@ -1,0 +1,244 @@
+//! The order state machine: the statuses the app sees, which moves between them are
+//! allowed, and the internal steps of the Place Order flow. Drawn in
+//! `docs/order-state-machine.md`.
+
+use std::fmt;
+
+/// What the app sees. Moves only forward; the last four are final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OrderStatus {
+    /// Only while the card needs 3-D Secure.
+    AwaitingPayment,
+    /// Submitted and paid; the store has not accepted it yet.
+    AwaitingAcceptance,
+    /// Accepted by the store and injected into its POS.
+    InPreparation,
+    ReadyForPickup,
+    Completed,
+    PaymentFailed,
+    /// The store declined it; the payment was refunded or released.
+    Rejected,
+    /// Recalled because the POS could not take it; the payment was refunded or released.
+    Cancelled,
+}
+
+impl OrderStatus {
+    pub const ALL: [OrderStatus; 8] = [
+        OrderStatus::AwaitingPayment,
+        OrderStatus::AwaitingAcceptance,
+        OrderStatus::InPreparation,
+        OrderStatus::ReadyForPickup,
+        OrderStatus::Completed,
+        OrderStatus::PaymentFailed,
+        OrderStatus::Rejected,
+        OrderStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::AwaitingPayment => "AWAITING_PAYMENT",
+            OrderStatus::AwaitingAcceptance => "AWAITING_ACCEPTANCE",
+            OrderStatus::InPreparation => "IN_PREPARATION",
+            OrderStatus::ReadyForPickup => "READY_FOR_PICKUP",
+            OrderStatus::Completed => "COMPLETED",
+            OrderStatus::PaymentFailed => "PAYMENT_FAILED",
+            OrderStatus::Rejected => "REJECTED",
+            OrderStatus::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Completed | OrderStatus::PaymentFailed | OrderStatus::Rejected | OrderStatus::Cancelled
+        )
+    }
+
+    /// Whether the order may move from `self` to `next`. Everything else, including any
+    /// move out of a final status and any move backwards, is refused.
+    pub fn can_become(self, next: OrderStatus) -> bool {
+        use OrderStatus::*;
+        matches!(
+            (self, next),
+            (AwaitingPayment, AwaitingAcceptance | PaymentFailed)
+                | (AwaitingAcceptance, InPreparation | Rejected | Cancelled)
+                | (InPreparation, ReadyForPickup | Completed)
+                | (ReadyForPickup, Completed)
+        )
+    }
+}
+
+impl fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a Place Order flow stands: its recovery point. Each active step is one upstream
+/// call under an idempotency key derived from the order and the step, so a step re-run
+/// after a crash repeats nothing. Waiting steps need an outside event (a webhook).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// Submit the cart to Okya as an order.
+    Submit,
+    /// Take the payment with Stripe.
+    Charge,
+    /// Waiting for the customer's 3-D Secure, reported by Stripe's webhook.
+    AwaitAuthentication,
+    /// Save the payment details on the Okya order.
+    RecordPayment,
+    /// Waiting for the store to accept or reject, reported by Okya's webhook.
+    AwaitAcceptance,
+    /// Inject the accepted order into the Epoint POS.
+    Inject,
+    /// Capture an authorisation once the POS has the order (capture on acceptance).
+    Capture,
+    /// The POS refused: recall the order in Okya.
+    Recall,
+    /// Give the money back: refund a capture, cancel an authorisation.
+    Refund,
+    /// The payment failed: cancel the Okya order so no store sees it.
+    CancelOkya,
+    /// Submission was refused; nothing was charged and the order is not shown.
+    Invalid,
+    /// The flow has nothing left to do but follow the store (ready, completed) or is final.
+    Done,
+}
+
+impl Step {
+    pub const ALL: [Step; 12] = [
+        Step::Submit,
+        Step::Charge,
+        Step::AwaitAuthentication,
+        Step::RecordPayment,
+        Step::AwaitAcceptance,
+        Step::Inject,
+        Step::Capture,
+        Step::Recall,
+        Step::Refund,
+        Step::CancelOkya,
+        Step::Invalid,
+        Step::Done,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Submit => "submit",
+            Step::Charge => "charge",
+            Step::AwaitAuthentication => "await_authentication",
+            Step::RecordPayment => "record_payment",
+            Step::AwaitAcceptance => "await_acceptance",
+            Step::Inject => "inject",
+            Step::Capture => "capture",
+            Step::Recall => "recall",
+            Step::Refund => "refund",
+            Step::CancelOkya => "cancel_okya",
+            Step::Invalid => "invalid",
+            Step::Done => "done",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+
+    /// True for steps the flow runner performs on its own, as opposed to waiting.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            Step::Submit | Step::Charge | Step::RecordPayment | Step::Inject | Step::Capture | Step::Recall | Step::Refund | Step::CancelOkya
+        )
+    }
+
+    /// Active steps that run again on their own when resumed.
+    pub fn active_names() -> Vec<&'static str> {
+        Self::ALL.into_iter().filter(|s| s.is_active()).map(Step::as_str).collect()
+    }
+}
+
+/// When a card is charged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureMode {
+    /// Charged at checkout; refunded if the store rejects or the POS refuses.
+    Immediate,
+    /// Authorised at checkout, captured once the POS has the order, released otherwise, so
+    /// no refund fees are paid.
+    OnAcceptance,
+}
+
+impl CaptureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureMode::Immediate => "immediate",
+            CaptureMode::OnAcceptance => "on_acceptance",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "immediate" => Some(CaptureMode::Immediate),
+            "on_acceptance" => Some(CaptureMode::OnAcceptance),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OrderStatus::{self, *};
+    use super::Step;
+
+    #[test]
+    fn the_happy_path_moves_forward_one_step_at_a_time() {
+        let path = [AwaitingPayment, AwaitingAcceptance, InPreparation, ReadyForPickup, Completed];
+        for pair in path.windows(2) {
+            assert!(pair[0].can_become(pair[1]), "{} -> {}", pair[0], pair[1]);
+        }
+        assert!(InPreparation.can_become(Completed), "a store may skip ready");
+    }
+
+    #[test]
+    fn every_failure_has_exactly_its_allowed_origins() {
+        assert!(AwaitingPayment.can_become(PaymentFailed));
+        assert!(AwaitingAcceptance.can_become(Rejected));
+        assert!(AwaitingAcceptance.can_become(Cancelled));
+        for from in [InPreparation, ReadyForPickup] {
+            for to in [PaymentFailed, Rejected, Cancelled] {
+                assert!(!from.can_become(to), "{from} -> {to}");
+            }
+        }
+        assert!(!AwaitingAcceptance.can_become(PaymentFailed), "a paid order cannot fail payment");
+    }
+
+    #[test]
+    fn nothing_moves_backwards_or_out_of_a_final_status() {
+        let rank = |s: OrderStatus| OrderStatus::ALL.iter().position(|x| *x == s).unwrap_or(0);
+        for from in OrderStatus::ALL {
+            for to in OrderStatus::ALL {
+                if from.is_final() || to == from {
+                    assert!(!from.can_become(to), "{from} -> {to}");
+                }
+                if !to.is_final() && !from.is_final() && rank(to) < rank(from) {
+                    assert!(!from.can_become(to), "backwards {from} -> {to}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for status in OrderStatus::ALL {
+            assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
+        }
+        for step in Step::ALL {
+            assert_eq!(Step::parse(step.as_str()), Some(step));
+        }
+        assert_eq!(OrderStatus::parse("SHIPPED"), None);
+        assert!(Step::Charge.is_active() && !Step::AwaitAcceptance.is_active() && !Step::Done.is_active());
+    }
+}

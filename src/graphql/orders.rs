@@ -1,0 +1,552 @@
+//! Checkout, orders and live order status.
+
+use super::{
+    cart::CartLineObject,
+    catalog::StoreObject,
+    context,
+    errors::{ApiError, UserError, UserErrorCode},
+    scalars::MoneyObject,
+};
+use crate::{
+    app::AppState,
+    domain::{CartId, Currency, Money, OrderStatus as DomainStatus, Step, StoreId},
+    flows::place_order::{self, CheckoutRefusal, CheckoutRequest},
+    store::{self, orders::Order},
+    upstream::okya::CartLine,
+};
+use async_graphql::{
+    Context, Enum, ID, InputObject, Object, Result, SimpleObject, Subscription,
+    connection::{Connection, Edge},
+};
+use base64::Engine;
+use futures_util::Stream;
+use std::time::Duration;
+
+/// Where an order stands, as the app shows it.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(name = "OrderStatus", remote = "crate::domain::OrderStatus")]
+pub enum OrderStatusEnum {
+    /// Only while the card needs 3-D Secure: finish it with `payment.clientSecret`.
+    AwaitingPayment,
+    /// Submitted and paid; waiting for the store to accept it.
+    AwaitingAcceptance,
+    /// The store has it; it is being made.
+    InPreparation,
+    ReadyForPickup,
+    Completed,
+    /// The payment did not go through; nothing was charged and no store saw the order.
+    PaymentFailed,
+    /// The store declined the order; the payment was refunded or released.
+    Rejected,
+    /// The store's till could not take the order; it was recalled and the payment refunded or released.
+    Cancelled,
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum PaymentStatus {
+    RequiresAction,
+    Authorized,
+    Captured,
+    Failed,
+    Refunded,
+    Cancelled,
+}
+
+impl PaymentStatus {
+    fn parse(raw: &str) -> Option<Self> {
+        use place_order::payment::*;
+        Some(match raw {
+            REQUIRES_ACTION => PaymentStatus::RequiresAction,
+            AUTHORIZED => PaymentStatus::Authorized,
+            CAPTURED => PaymentStatus::Captured,
+            FAILED => PaymentStatus::Failed,
+            REFUNDED => PaymentStatus::Refunded,
+            CANCELLED => PaymentStatus::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// An order, as it stood at `status` (the newest state, or a step of its history when
+/// delivered by the subscription).
+pub struct OrderObject {
+    row: Order,
+    status: DomainStatus,
+    changed_at_ms: i64,
+    /// How many history entries this snapshot includes; `None` for all.
+    history_upto: Option<usize>,
+}
+
+impl OrderObject {
+    fn current(row: Order) -> Result<Self> {
+        let status = DomainStatus::parse(&row.status).ok_or(ApiError::Internal)?;
+        Ok(Self {
+            changed_at_ms: row.updated_at_ms,
+            status,
+            row,
+            history_upto: None,
+        })
+    }
+
+    fn money(&self, minor: Option<i64>) -> Result<MoneyObject> {
+        let currency = self
+            .row
+            .currency
+            .as_deref()
+            .and_then(|c| Currency::parse(c).ok())
+            .ok_or(ApiError::Internal)?;
+        Ok(MoneyObject(Money::new(minor.unwrap_or(0), currency)))
+    }
+}
+
+fn timestamp(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// A status the order took, and when.
+#[derive(SimpleObject)]
+pub struct OrderStatusChange {
+    pub status: OrderStatusEnum,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// How the order was paid.
+pub struct PaymentObject<'a>(&'a OrderObject);
+
+#[Object(name = "Payment")]
+impl PaymentObject<'_> {
+    async fn status(&self) -> Result<PaymentStatus> {
+        self.0
+            .row
+            .payment_status
+            .as_deref()
+            .and_then(PaymentStatus::parse)
+            .ok_or_else(|| ApiError::Internal.into())
+    }
+
+    async fn amount(&self) -> Result<MoneyObject> {
+        self.0.money(self.0.row.total_minor)
+    }
+
+    async fn brand(&self) -> Option<&str> {
+        self.0.row.card_brand.as_deref()
+    }
+
+    async fn last4(&self) -> Option<&str> {
+        self.0.row.card_last4.as_deref()
+    }
+
+    /// For the app's Stripe SDK to finish 3-D Secure; only while the status is
+    /// `REQUIRES_ACTION`.
+    async fn client_secret(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        let row = &self.0.row;
+        if row.payment_status.as_deref() != Some(place_order::payment::REQUIRES_ACTION) {
+            return Ok(None);
+        }
+        let Some(intent_id) = &row.payment_intent_id else {
+            return Ok(None);
+        };
+        let state = context::state(ctx)?;
+        let intent = state
+            .upstreams
+            .stripe
+            .retrieve_payment_intent(intent_id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(intent.client_secret)
+    }
+}
+
+#[Object(name = "Order")]
+impl OrderObject {
+    async fn id(&self) -> ID {
+        ID(self.row.id.clone())
+    }
+
+    /// The short number the barista calls.
+    async fn number(&self) -> Option<&str> {
+        self.row.number.as_deref()
+    }
+
+    async fn store(&self, ctx: &Context<'_>) -> Result<Option<StoreObject>> {
+        let loaders = context::loaders(ctx)?;
+        let store = loaders
+            .stores
+            .load_one(StoreId::from_upstream(self.row.store_id.clone()))
+            .await
+            .map_err(ApiError::from)?;
+        Ok(store.map(StoreObject))
+    }
+
+    async fn status(&self) -> OrderStatusEnum {
+        self.status.into()
+    }
+
+    async fn lines(&self) -> Result<Vec<CartLineObject<'static>>> {
+        let lines: Vec<CartLine> =
+            serde_json::from_str(self.row.lines_json.as_deref().unwrap_or("[]")).map_err(|_| ApiError::Internal)?;
+        Ok(lines.into_iter().map(CartLineObject::owned).collect())
+    }
+
+    async fn subtotal(&self) -> Result<MoneyObject> {
+        self.money(self.row.subtotal_minor)
+    }
+
+    async fn discount(&self) -> Result<MoneyObject> {
+        self.money(self.row.discount_minor)
+    }
+
+    async fn tax(&self) -> Result<MoneyObject> {
+        self.money(self.row.tax_minor)
+    }
+
+    /// The cart's total less any voucher discount: what was charged.
+    async fn total(&self) -> Result<MoneyObject> {
+        self.money(self.row.total_minor)
+    }
+
+    async fn payment(&self) -> Option<PaymentObject<'_>> {
+        self.row.payment_status.as_ref().map(|_| PaymentObject(self))
+    }
+
+    async fn placed_at(&self) -> chrono::DateTime<chrono::Utc> {
+        timestamp(self.row.created_at_ms)
+    }
+
+    async fn updated_at(&self) -> chrono::DateTime<chrono::Utc> {
+        timestamp(self.changed_at_ms)
+    }
+
+    /// Every status the order took, oldest first.
+    async fn status_history(&self, ctx: &Context<'_>) -> Result<Vec<OrderStatusChange>> {
+        let state = context::state(ctx)?;
+        let history = store::orders::history(&state.db, &self.row.id).await.map_err(ApiError::from)?;
+        Ok(history
+            .into_iter()
+            .take(self.history_upto.unwrap_or(usize::MAX))
+            .filter_map(|h| {
+                DomainStatus::parse(&h.status).map(|s| OrderStatusChange {
+                    status: s.into(),
+                    at: timestamp(h.at_ms),
+                })
+            })
+            .collect())
+    }
+
+    /// Loyalty points SessionM credited for this order, once it has.
+    async fn points_earned(&self) -> Option<i64> {
+        self.row.points_earned
+    }
+}
+
+#[derive(InputObject)]
+pub struct CheckoutInput {
+    pub cart_id: ID,
+    /// A Stripe PaymentMethod id from the app's Stripe SDK (`pm_…`).
+    pub payment_method_id: String,
+    /// A voucher from `vouchers`, to use a reward.
+    pub voucher_id: Option<ID>,
+    /// Any unique string per checkout attempt (a UUID); retries send the same one.
+    pub idempotency_key: String,
+}
+
+#[derive(SimpleObject)]
+pub struct CheckoutPayload {
+    pub order: Option<OrderObject>,
+    pub user_errors: Vec<UserError>,
+}
+
+/// The customer-facing refusal an order ended with, if any.
+fn order_errors(row: &Order) -> Vec<UserError> {
+    let Some(code) = row.failure_code.as_deref() else {
+        return Vec::new();
+    };
+    let invalid = row.step == Step::Invalid.as_str();
+    let failed = row.status == DomainStatus::PaymentFailed.as_str();
+    if !(invalid || failed) {
+        return Vec::new();
+    }
+    let stripe_message = row.failure_message.clone().filter(|m| !m.is_empty());
+    let (code, field, message) = match code {
+        "store_closed" => (UserErrorCode::StoreClosed, "cartId", "This store is not taking orders right now.".to_owned()),
+        "cart_empty" => (UserErrorCode::CartEmpty, "cartId", "Add something to the cart first.".to_owned()),
+        "product_unavailable" => (
+            UserErrorCode::ProductUnavailable,
+            "cartId",
+            "Something in the cart is no longer available.".to_owned(),
+        ),
+        "cart_already_ordered" => (UserErrorCode::CartAlreadyOrdered, "cartId", "This cart was already ordered.".to_owned()),
+        "cart_not_found" => (UserErrorCode::CartNotFound, "cartId", "There is no such cart.".to_owned()),
+        "card_declined" | "expired_card" | "incorrect_cvc" | "incorrect_number" | "insufficient_funds" | "processing_error" => (
+            UserErrorCode::CardDeclined,
+            "paymentMethodId",
+            stripe_message.unwrap_or_else(|| "Your card was declined.".to_owned()),
+        ),
+        place_order::failure::AUTHENTICATION_ABANDONED | "authentication_failed" | "payment_intent_authentication_failure" => (
+            UserErrorCode::AuthenticationFailed,
+            "paymentMethodId",
+            "The card could not be authenticated.".to_owned(),
+        ),
+        _ if invalid => (UserErrorCode::OrderNotAccepted, "cartId", "The order could not be placed.".to_owned()),
+        _ => (
+            UserErrorCode::PaymentFailed,
+            "paymentMethodId",
+            "The payment did not go through. Try another card.".to_owned(),
+        ),
+    };
+    vec![UserError::new(code, &["input", field], message)]
+}
+
+pub async fn owned_order(state: &AppState, customer_id: &str, raw: &str) -> Result<Option<Order>> {
+    let order = store::orders::find(&state.db, raw).await.map_err(ApiError::from)?;
+    Ok(order.filter(|o| o.customer_id == customer_id && o.okya_order_id.is_some() && o.step != Step::Invalid.as_str()))
+}
+
+#[derive(Default)]
+pub struct OrderQuery;
+
+#[Object]
+impl OrderQuery {
+    /// One of the signed-in customer's orders, with its status fresh from Okya.
+    async fn order(&self, ctx: &Context<'_>, id: ID) -> Result<Option<OrderObject>> {
+        let state = context::state(ctx)?;
+        let customer = context::customer(ctx)?;
+        let Some(mut order) = owned_order(state, customer.as_str(), &id).await? else {
+            return Ok(None);
+        };
+        if let Some(okya_id) = &order.okya_order_id {
+            match state.upstreams.okya.order(okya_id).await {
+                Ok(Some(okya)) if okya.version > order.okya_version => {
+                    // A webhook we have not had yet: apply it, then let the flow catch up.
+                    store::orders::record_okya_state(
+                        &state.db,
+                        &order.id,
+                        okya.version,
+                        place_order::approval_name(okya.approval),
+                        place_order::fulfilment_name(okya.fulfilment),
+                    )
+                    .await
+                    .map_err(ApiError::from)?;
+                    let _ = place_order::drive(state, &order.id).await;
+                    if let Some(fresh) = store::orders::find(&state.db, &order.id).await.map_err(ApiError::from)? {
+                        order = fresh;
+                    }
+                }
+                Ok(_) => {}
+                // What we hold is still a good answer when Okya is slow.
+                Err(e) => tracing::warn!(order_id = %order.id, error = %e, "Okya status read failed; answering from our copy"),
+            }
+        }
+        Ok(Some(OrderObject::current(order)?))
+    }
+}
+
+/// A page of the customer's orders, newest first.
+pub async fn customer_orders(
+    ctx: &Context<'_>,
+    customer_id: &str,
+    first: Option<i32>,
+    after: Option<String>,
+) -> Result<Connection<String, OrderObject>> {
+    let state = context::state(ctx)?;
+    let first = first.unwrap_or(20);
+    if !(0..=100).contains(&first) {
+        return Err(ApiError::BadUserInput("first must be between 0 and 100".into()).into());
+    }
+    let before = match after {
+        Some(cursor) => Some(decode_cursor(&cursor).ok_or_else(|| ApiError::BadUserInput("after is not a cursor from this list".into()))?),
+        None => None,
+    };
+    let limit = u64::try_from(first).unwrap_or(20);
+    let mut rows = store::orders::page_for_customer(&state.db, customer_id, before.clone(), limit + 1)
+        .await
+        .map_err(ApiError::from)?;
+    let has_next = rows.len() as u64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(20));
+    let mut connection = Connection::new(before.is_some(), has_next);
+    for row in rows {
+        let cursor = encode_cursor(row.created_at_ms, &row.id);
+        connection.edges.push(Edge::new(cursor, OrderObject::current(row)?));
+    }
+    Ok(connection)
+}
+
+fn encode_cursor(created_ms: i64, id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_ms}:{id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<(i64, String)> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (created, id) = text.split_once(':')?;
+    Some((created.parse().ok()?, id.to_owned()))
+}
+
+#[derive(Default)]
+pub struct OrderMutation;
+
+#[Object]
+impl OrderMutation {
+    /// Submits the cart as an order and pays for it. The same `idempotencyKey` always
+    /// returns the same order and never charges twice.
+    async fn checkout(&self, ctx: &Context<'_>, input: CheckoutInput) -> Result<CheckoutPayload> {
+        let state = context::state(ctx)?;
+        let customer = context::customer(ctx)?;
+        let mut errors = Vec::new();
+        let cart_id = CartId::parse(&input.cart_id);
+        let key = input.idempotency_key.trim();
+        if key.is_empty() || key.len() > 200 || key.chars().any(char::is_control) {
+            errors.push(UserError::new(UserErrorCode::InvalidInput, &["input", "idempotencyKey"], "Send a unique key of up to 200 characters."));
+        }
+        let pm = input.payment_method_id.trim();
+        if pm.is_empty() || pm.len() > 255 || !pm.bytes().all(|b| b.is_ascii_graphic()) {
+            errors.push(UserError::new(UserErrorCode::InvalidInput, &["input", "paymentMethodId"], "This is not a payment method."));
+        }
+        if input.voucher_id.is_some() {
+            errors.push(UserError::new(UserErrorCode::VoucherNotApplicable, &["input", "voucherId"], "Rewards cannot be used yet."));
+        }
+        let Some(cart_id) = cart_id else {
+            errors.push(UserError::new(UserErrorCode::CartNotFound, &["input", "cartId"], "There is no such cart."));
+            return Ok(CheckoutPayload { order: None, user_errors: errors });
+        };
+        if !errors.is_empty() {
+            return Ok(CheckoutPayload { order: None, user_errors: errors });
+        }
+        let request = CheckoutRequest {
+            customer_id: customer.as_str().to_owned(),
+            cart_id,
+            payment_method_id: pm.to_owned(),
+            voucher_id: None,
+            idempotency_key: key.to_owned(),
+        };
+        let outcome = place_order::checkout(state, request).await.map_err(|e| {
+            tracing::error!(error = %e, "checkout failed");
+            ApiError::Internal
+        })?;
+        let order = match outcome {
+            Ok(order) => order,
+            Err(CheckoutRefusal::CartNotFound) => {
+                return Ok(CheckoutPayload {
+                    order: None,
+                    user_errors: vec![UserError::new(UserErrorCode::CartNotFound, &["input", "cartId"], "There is no such cart.")],
+                });
+            }
+            Err(CheckoutRefusal::IdempotencyKeyReused) => {
+                return Ok(CheckoutPayload {
+                    order: None,
+                    user_errors: vec![UserError::new(
+                        UserErrorCode::IdempotencyKeyReused,
+                        &["input", "idempotencyKey"],
+                        "This key was already used for a different checkout.",
+                    )],
+                });
+            }
+        };
+        let user_errors = order_errors(&order);
+        if order.step == Step::Invalid.as_str() {
+            return Ok(CheckoutPayload { order: None, user_errors });
+        }
+        if Step::parse(&order.step).is_some_and(Step::is_active) {
+            // Still running (an upstream is slow); the same key will return the outcome.
+            return Err(ApiError::UpstreamUnavailable.into());
+        }
+        Ok(CheckoutPayload {
+            order: Some(OrderObject::current(order)?),
+            user_errors,
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct OrderSubscription;
+
+#[Subscription]
+impl OrderSubscription {
+    /// The order now, then once per status change, in order; ends after a final status.
+    async fn order_status_changed(&self, ctx: &Context<'_>, order_id: ID) -> Result<impl Stream<Item = Result<OrderObject>> + use<>> {
+        let state = context::state(ctx)?.clone();
+        let customer = context::customer(ctx)?.as_str().to_owned();
+        // Listen before reading, so no change can fall between the two.
+        let events = state.order_events.subscribe();
+        let Some(order) = owned_order(&state, &customer, &order_id).await? else {
+            return Err(ApiError::NotFound.into());
+        };
+        let seen = store::orders::history(&state.db, &order.id).await.map_err(ApiError::from)?.len();
+        let first = OrderObject::current(order.clone())?;
+        let done = first.status.is_final();
+        let follow = StatusFollower {
+            state,
+            order_id: order.id,
+            events,
+            seen,
+            pending: std::collections::VecDeque::new(),
+            done,
+        };
+        Ok(futures_util::stream::once(async move { Ok(first) }).chain(futures_util::stream::unfold(follow, StatusFollower::next)))
+    }
+}
+
+use futures_util::StreamExt;
+
+/// Follows one order's history for a subscriber.
+struct StatusFollower {
+    state: AppState,
+    order_id: String,
+    events: tokio::sync::broadcast::Receiver<crate::events::OrderChanged>,
+    seen: usize,
+    pending: std::collections::VecDeque<OrderObject>,
+    done: bool,
+}
+
+/// A missed hint is caught by this periodic re-read.
+const RECHECK: Duration = Duration::from_secs(5);
+
+impl StatusFollower {
+    async fn next(mut self) -> Option<(Result<OrderObject>, Self)> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                if item.status.is_final() {
+                    self.done = true;
+                }
+                return Some((Ok(item), self));
+            }
+            if self.done {
+                return None;
+            }
+            let hinted = tokio::select! {
+                received = self.events.recv() => match received {
+                    Ok(event) => event.order_id == self.order_id,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                },
+                () = tokio::time::sleep(RECHECK) => true,
+            };
+            if hinted && let Err(e) = self.catch_up().await {
+                return Some((Err(e), Self { done: true, ..self }));
+            }
+        }
+    }
+
+    /// Queues one order snapshot per history entry not yet sent.
+    async fn catch_up(&mut self) -> Result<()> {
+        let history = store::orders::history(&self.state.db, &self.order_id).await.map_err(ApiError::from)?;
+        if history.len() <= self.seen {
+            return Ok(());
+        }
+        let Some(row) = store::orders::find(&self.state.db, &self.order_id).await.map_err(ApiError::from)? else {
+            return Ok(());
+        };
+        for (index, entry) in history.iter().enumerate().skip(self.seen) {
+            if let Some(status) = DomainStatus::parse(&entry.status) {
+                self.pending.push_back(OrderObject {
+                    row: row.clone(),
+                    status,
+                    changed_at_ms: entry.at_ms,
+                    history_upto: Some(index + 1),
+                });
+            }
+        }
+        self.seen = history.len();
+        Ok(())
+    }
+}

@@ -1,0 +1,50 @@
+use sea_orm::entity::prelude::*;
+
+/// One Place Order flow: its recovery point (`step`), what the app sees (`status`), the
+/// payment, and the last Okya state applied (`okya_version`).
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "orders")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub customer_id: String,
+    pub idempotency_key: String,
+    /// SHA-256 of the checkout input, to tell a retry from a reuse of the key.
+    pub request_hash: String,
+    pub cart_id: String,
+    pub store_id: String,
+    pub payment_method_id: String,
+    pub voucher_id: Option<String>,
+    pub capture_mode: String,
+    pub status: String,
+    pub step: String,
+    pub step_attempts: i32,
+    pub next_attempt_at_ms: i64,
+    pub locked_until_ms: Option<i64>,
+    pub failure_code: Option<String>,
+    pub failure_message: Option<String>,
+    pub okya_order_id: Option<String>,
+    pub number: Option<String>,
+    pub currency: Option<String>,
+    pub subtotal_minor: Option<i64>,
+    pub discount_minor: Option<i64>,
+    pub tax_minor: Option<i64>,
+    pub total_minor: Option<i64>,
+    pub lines_json: Option<String>,
+    pub okya_version: i64,
+    pub okya_approval: Option<String>,
+    pub okya_fulfilment: Option<String>,
+    pub payment_intent_id: Option<String>,
+    pub payment_status: Option<String>,
+    pub card_brand: Option<String>,
+    pub card_last4: Option<String>,
+    pub pos_ticket_id: Option<String>,
+    pub points_earned: Option<i64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,18 @@
+use sea_orm::entity::prelude::*;
+
+/// Every status an order took, in order.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "order_status_history")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub order_id: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub seq: i32,
+    pub status: String,
+    pub at_ms: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

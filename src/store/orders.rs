@@ -1,0 +1,233 @@
+//! Orders and their status history.
+
+use super::{
+    StoreError,
+    entities::{order, order_status_history as history},
+    otp::numbered,
+};
+use crate::domain::{OrderStatus, Step};
+use sea_orm::{
+    ActiveModelTrait, ExprTrait, PaginatorTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
+    QuerySelect, Statement, Value, sea_query::Expr,
+};
+
+pub use order::Model as Order;
+
+fn stmt(db: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Statement {
+    let backend = db.get_database_backend();
+    let sql = if backend == DbBackend::Postgres {
+        numbered(sql)
+    } else {
+        sql.to_owned()
+    };
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+/// Inserts a new order unless this customer already used the idempotency key; returns
+/// whether this call created it. Concurrent duplicates race on the unique index, and
+/// exactly one wins.
+pub async fn insert_new(db: &impl ConnectionTrait, row: Order) -> Result<bool, StoreError> {
+    let result = order::Entity::insert(row.into_active_model())
+        .on_conflict(
+            sea_orm::sea_query::OnConflict::columns([order::Column::CustomerId, order::Column::IdempotencyKey])
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    Ok(result == 1)
+}
+
+pub async fn find(db: &impl ConnectionTrait, id: &str) -> Result<Option<Order>, StoreError> {
+    Ok(order::Entity::find_by_id(id.to_owned()).one(db).await?)
+}
+
+pub async fn find_by_key(db: &impl ConnectionTrait, customer_id: &str, key: &str) -> Result<Option<Order>, StoreError> {
+    Ok(order::Entity::find()
+        .filter(order::Column::CustomerId.eq(customer_id))
+        .filter(order::Column::IdempotencyKey.eq(key))
+        .one(db)
+        .await?)
+}
+
+pub async fn find_by_okya_id(db: &impl ConnectionTrait, okya_order_id: &str) -> Result<Option<Order>, StoreError> {
+    Ok(order::Entity::find()
+        .filter(order::Column::OkyaOrderId.eq(okya_order_id))
+        .one(db)
+        .await?)
+}
+
+pub async fn find_by_payment_intent(db: &impl ConnectionTrait, intent_id: &str) -> Result<Option<Order>, StoreError> {
+    Ok(order::Entity::find()
+        .filter(order::Column::PaymentIntentId.eq(intent_id))
+        .one(db)
+        .await?)
+}
+
+/// Saves every column of the row.
+pub async fn save(db: &impl ConnectionTrait, row: Order) -> Result<(), StoreError> {
+    let active = row.into_active_model().reset_all();
+    order::Entity::update(active).exec(db).await?;
+    Ok(())
+}
+
+/// Reserves the order for one runner until `now + lease_ms`; false if another holds it.
+pub async fn acquire(db: &impl ConnectionTrait, id: &str, now_ms: i64, lease_ms: i64) -> Result<bool, StoreError> {
+    let result = db
+        .execute_raw(stmt(
+            db,
+            "UPDATE orders SET locked_until_ms = ? WHERE id = ? AND (locked_until_ms IS NULL OR locked_until_ms < ?)",
+            vec![(now_ms + lease_ms).into(), id.into(), now_ms.into()],
+        ))
+        .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+pub async fn release(db: &impl ConnectionTrait, id: &str) -> Result<(), StoreError> {
+    order::Entity::update_many()
+        .col_expr(order::Column::LockedUntilMs, Expr::value(Option::<i64>::None))
+        .filter(order::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Orders whose flow should run now: an active step that is due, or a 3-D Secure wait
+/// that has run out. Locked orders are skipped; the lease decides who runs them.
+pub async fn due(db: &impl ConnectionTrait, now_ms: i64, auth_deadline_ms: i64, limit: u64) -> Result<Vec<String>, StoreError> {
+    let active: Vec<&str> = Step::active_names();
+    let rows = order::Entity::find()
+        .select_only()
+        .column(order::Column::Id)
+        .filter(
+            sea_orm::Condition::any()
+                .add(
+                    order::Column::Step
+                        .is_in(active)
+                        .and(order::Column::NextAttemptAtMs.lte(now_ms)),
+                )
+                .add(
+                    order::Column::Step
+                        .eq(Step::AwaitAuthentication.as_str())
+                        .and(order::Column::UpdatedAtMs.lt(auth_deadline_ms)),
+                ),
+        )
+        .filter(
+            sea_orm::Condition::any()
+                .add(order::Column::LockedUntilMs.is_null())
+                .add(order::Column::LockedUntilMs.lt(now_ms)),
+        )
+        .order_by_asc(order::Column::NextAttemptAtMs)
+        .limit(limit)
+        .into_tuple::<String>()
+        .all(db)
+        .await?;
+    Ok(rows)
+}
+
+/// Records a status change after checking it is allowed; returns false (and changes
+/// nothing) when the order is no longer in `from`.
+pub async fn transition(
+    db: &impl ConnectionTrait,
+    id: &str,
+    from: OrderStatus,
+    to: OrderStatus,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    if !from.can_become(to) {
+        return Ok(false);
+    }
+    let result = order::Entity::update_many()
+        .col_expr(order::Column::Status, Expr::value(to.as_str()))
+        .col_expr(order::Column::UpdatedAtMs, Expr::value(now_ms))
+        .filter(order::Column::Id.eq(id))
+        .filter(order::Column::Status.eq(from.as_str()))
+        .exec(db)
+        .await?;
+    if result.rows_affected != 1 {
+        return Ok(false);
+    }
+    append_history(db, id, to, now_ms).await?;
+    Ok(true)
+}
+
+/// Adds a status to the history; the first status of an order too.
+pub async fn append_history(db: &impl ConnectionTrait, id: &str, status: OrderStatus, now_ms: i64) -> Result<(), StoreError> {
+    let count = history::Entity::find()
+        .filter(history::Column::OrderId.eq(id))
+        .count(db)
+        .await?;
+    let row = history::ActiveModel {
+        order_id: Set(id.to_owned()),
+        seq: Set(i32::try_from(count).unwrap_or(i32::MAX - 1) + 1),
+        status: Set(status.as_str().to_owned()),
+        at_ms: Set(now_ms),
+    };
+    history::Entity::insert(row).exec_without_returning(db).await?;
+    Ok(())
+}
+
+pub async fn history(db: &impl ConnectionTrait, id: &str) -> Result<Vec<history::Model>, StoreError> {
+    Ok(history::Entity::find()
+        .filter(history::Column::OrderId.eq(id))
+        .order_by_asc(history::Column::Seq)
+        .all(db)
+        .await?)
+}
+
+/// A customer's visible orders, newest first, strictly before the `(created, id)` cursor.
+pub async fn page_for_customer(
+    db: &impl ConnectionTrait,
+    customer_id: &str,
+    before: Option<(i64, String)>,
+    limit: u64,
+) -> Result<Vec<Order>, StoreError> {
+    let mut query = order::Entity::find()
+        .filter(order::Column::CustomerId.eq(customer_id))
+        .filter(order::Column::Step.ne(Step::Invalid.as_str()))
+        .filter(order::Column::OkyaOrderId.is_not_null());
+    if let Some((created, id)) = before {
+        query = query.filter(
+            sea_orm::Condition::any()
+                .add(order::Column::CreatedAtMs.lt(created))
+                .add(order::Column::CreatedAtMs.eq(created).and(order::Column::Id.lt(id))),
+        );
+    }
+    Ok(query
+        .order_by_desc(order::Column::CreatedAtMs)
+        .order_by_desc(order::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?)
+}
+
+
+/// Records Okya's state of the order when `version` is newer than the one held; older or
+/// repeated webhooks change nothing.
+pub async fn record_okya_state(
+    db: &impl ConnectionTrait,
+    id: &str,
+    version: i64,
+    approval: &str,
+    fulfilment: &str,
+) -> Result<bool, StoreError> {
+    let result = order::Entity::update_many()
+        .col_expr(order::Column::OkyaVersion, Expr::value(version))
+        .col_expr(order::Column::OkyaApproval, Expr::value(approval))
+        .col_expr(order::Column::OkyaFulfilment, Expr::value(fulfilment))
+        .filter(order::Column::Id.eq(id))
+        .filter(order::Column::OkyaVersion.lt(version))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+pub async fn set_points(db: &impl ConnectionTrait, id: &str, points: i64) -> Result<(), StoreError> {
+    order::Entity::update_many()
+        .col_expr(order::Column::PointsEarned, Expr::value(points))
+        .filter(order::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
