@@ -191,7 +191,10 @@ fn router(gateway: Gateway) -> Router {
                 .fallback(http::graphql::other_method),
         )
         .route("/webhooks/okya", axum::routing::post(http::webhooks::okya))
-        .route("/webhooks/stripe", axum::routing::post(http::webhooks::stripe))
+        .route(
+            "/webhooks/stripe",
+            axum::routing::post(http::webhooks::stripe),
+        )
         .route("/healthz", get(http::health::healthz))
         .route("/readyz", get(http::health::readyz))
         .fallback(|| async {

@@ -493,7 +493,10 @@ impl Settings {
         {
             return Err(invalid("auth.*", "lifetimes and attempts must be above 0"));
         }
-        if self.orders.pos_max_attempts == 0 || self.orders.lease_ms < 1_000 || self.orders.sweep_interval_ms == 0 {
+        if self.orders.pos_max_attempts == 0
+            || self.orders.lease_ms < 1_000
+            || self.orders.sweep_interval_ms == 0
+        {
             return Err(invalid(
                 "orders.*",
                 "POS attempts and the sweep interval must be above 0, the lease at least 1000 ms",

@@ -114,6 +114,15 @@ async fn dispatch(
         flows::create_account::LINK_LOYALTY => {
             flows::create_account::link_loyalty(state, payload).await
         }
+        flows::place_order::OKYA_EVENT => {
+            flows::place_order::apply_okya_event(state, payload).await
+        }
+        flows::place_order::STRIPE_EVENT => {
+            flows::place_order::apply_stripe_event(state, payload).await
+        }
+        flows::place_order::SEND_TO_SESSIONM => {
+            flows::place_order::send_to_sessionm(state, payload).await
+        }
         other => Err(JobError::Permanent(format!("unknown job kind {other}"))),
     }
 }

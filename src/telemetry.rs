@@ -23,7 +23,9 @@ pub fn init(format: LogFormat) {
 /// For tests: logs go through the test harness's capture, so they show only for a
 /// failing test instead of flooding the output of every run.
 pub fn init_for_tests() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn,tower_http=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn,tower_http=warn")
+    });
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(fmt::layer().with_test_writer())

@@ -76,23 +76,57 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(Orders::Table)
                     .if_not_exists()
-                    .col(ColumnDef::new(Orders::Id).string_len(64).not_null().primary_key())
-                    .col(ColumnDef::new(Orders::CustomerId).string_len(128).not_null())
-                    .col(ColumnDef::new(Orders::IdempotencyKey).string_len(255).not_null())
-                    .col(ColumnDef::new(Orders::RequestHash).string_len(64).not_null())
+                    .col(
+                        ColumnDef::new(Orders::Id)
+                            .string_len(64)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Orders::CustomerId)
+                            .string_len(128)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Orders::IdempotencyKey)
+                            .string_len(255)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Orders::RequestHash)
+                            .string_len(64)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Orders::CartId).string_len(128).not_null())
                     .col(ColumnDef::new(Orders::StoreId).string_len(128).not_null())
-                    .col(ColumnDef::new(Orders::PaymentMethodId).string_len(255).not_null())
+                    .col(
+                        ColumnDef::new(Orders::PaymentMethodId)
+                            .string_len(255)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Orders::VoucherId).string_len(128).null())
-                    .col(ColumnDef::new(Orders::CaptureMode).string_len(16).not_null())
+                    .col(
+                        ColumnDef::new(Orders::CaptureMode)
+                            .string_len(16)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Orders::Status).string_len(32).not_null())
                     .col(ColumnDef::new(Orders::Step).string_len(32).not_null())
                     .col(ColumnDef::new(Orders::StepAttempts).integer().not_null())
-                    .col(ColumnDef::new(Orders::NextAttemptAtMs).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(Orders::NextAttemptAtMs)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Orders::LockedUntilMs).big_integer().null())
                     .col(ColumnDef::new(Orders::FailureCode).string_len(64).null())
                     .col(ColumnDef::new(Orders::FailureMessage).text().null())
-                    .col(ColumnDef::new(Orders::OkyaOrderId).string_len(128).null().unique_key())
+                    .col(
+                        ColumnDef::new(Orders::OkyaOrderId)
+                            .string_len(128)
+                            .null()
+                            .unique_key(),
+                    )
                     .col(ColumnDef::new(Orders::Number).string_len(32).null())
                     .col(ColumnDef::new(Orders::Currency).string_len(3).null())
                     .col(ColumnDef::new(Orders::SubtotalMinor).big_integer().null())
@@ -103,7 +137,12 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Orders::OkyaVersion).big_integer().not_null())
                     .col(ColumnDef::new(Orders::OkyaApproval).string_len(32).null())
                     .col(ColumnDef::new(Orders::OkyaFulfilment).string_len(32).null())
-                    .col(ColumnDef::new(Orders::PaymentIntentId).string_len(255).null().unique_key())
+                    .col(
+                        ColumnDef::new(Orders::PaymentIntentId)
+                            .string_len(255)
+                            .null()
+                            .unique_key(),
+                    )
                     .col(ColumnDef::new(Orders::PaymentStatus).string_len(32).null())
                     .col(ColumnDef::new(Orders::CardBrand).string_len(32).null())
                     .col(ColumnDef::new(Orders::CardLast4).string_len(4).null())
@@ -151,10 +190,22 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(OrderStatusHistory::Table)
                     .if_not_exists()
-                    .col(ColumnDef::new(OrderStatusHistory::OrderId).string_len(64).not_null())
+                    .col(
+                        ColumnDef::new(OrderStatusHistory::OrderId)
+                            .string_len(64)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(OrderStatusHistory::Seq).integer().not_null())
-                    .col(ColumnDef::new(OrderStatusHistory::Status).string_len(32).not_null())
-                    .col(ColumnDef::new(OrderStatusHistory::AtMs).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(OrderStatusHistory::Status)
+                            .string_len(32)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(OrderStatusHistory::AtMs)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .primary_key(
                         Index::create()
                             .col(OrderStatusHistory::OrderId)
@@ -168,11 +219,28 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(WebhookEvents::Table)
                     .if_not_exists()
-                    .col(ColumnDef::new(WebhookEvents::Id).string_len(255).not_null().primary_key())
-                    .col(ColumnDef::new(WebhookEvents::Source).string_len(16).not_null())
-                    .col(ColumnDef::new(WebhookEvents::EventType).string_len(64).not_null())
+                    .col(
+                        ColumnDef::new(WebhookEvents::Id)
+                            .string_len(255)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookEvents::Source)
+                            .string_len(16)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(WebhookEvents::EventType)
+                            .string_len(64)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(WebhookEvents::Payload).text().not_null())
-                    .col(ColumnDef::new(WebhookEvents::ReceivedAtMs).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(WebhookEvents::ReceivedAtMs)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .to_owned(),
             )
             .await

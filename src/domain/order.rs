@@ -54,7 +54,10 @@ impl OrderStatus {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            OrderStatus::Completed | OrderStatus::PaymentFailed | OrderStatus::Rejected | OrderStatus::Cancelled
+            OrderStatus::Completed
+                | OrderStatus::PaymentFailed
+                | OrderStatus::Rejected
+                | OrderStatus::Cancelled
         )
     }
 
@@ -150,13 +153,24 @@ impl Step {
     pub fn is_active(self) -> bool {
         matches!(
             self,
-            Step::Submit | Step::Charge | Step::RecordPayment | Step::Inject | Step::Capture | Step::Recall | Step::Refund | Step::CancelOkya
+            Step::Submit
+                | Step::Charge
+                | Step::RecordPayment
+                | Step::Inject
+                | Step::Capture
+                | Step::Recall
+                | Step::Refund
+                | Step::CancelOkya
         )
     }
 
     /// Active steps that run again on their own when resumed.
     pub fn active_names() -> Vec<&'static str> {
-        Self::ALL.into_iter().filter(|s| s.is_active()).map(Step::as_str).collect()
+        Self::ALL
+            .into_iter()
+            .filter(|s| s.is_active())
+            .map(Step::as_str)
+            .collect()
     }
 }
 
@@ -195,11 +209,20 @@ mod tests {
 
     #[test]
     fn the_happy_path_moves_forward_one_step_at_a_time() {
-        let path = [AwaitingPayment, AwaitingAcceptance, InPreparation, ReadyForPickup, Completed];
+        let path = [
+            AwaitingPayment,
+            AwaitingAcceptance,
+            InPreparation,
+            ReadyForPickup,
+            Completed,
+        ];
         for pair in path.windows(2) {
             assert!(pair[0].can_become(pair[1]), "{} -> {}", pair[0], pair[1]);
         }
-        assert!(InPreparation.can_become(Completed), "a store may skip ready");
+        assert!(
+            InPreparation.can_become(Completed),
+            "a store may skip ready"
+        );
     }
 
     #[test]
@@ -212,7 +235,10 @@ mod tests {
                 assert!(!from.can_become(to), "{from} -> {to}");
             }
         }
-        assert!(!AwaitingAcceptance.can_become(PaymentFailed), "a paid order cannot fail payment");
+        assert!(
+            !AwaitingAcceptance.can_become(PaymentFailed),
+            "a paid order cannot fail payment"
+        );
     }
 
     #[test]
@@ -239,6 +265,10 @@ mod tests {
             assert_eq!(Step::parse(step.as_str()), Some(step));
         }
         assert_eq!(OrderStatus::parse("SHIPPED"), None);
-        assert!(Step::Charge.is_active() && !Step::AwaitAcceptance.is_active() && !Step::Done.is_active());
+        assert!(
+            Step::Charge.is_active()
+                && !Step::AwaitAcceptance.is_active()
+                && !Step::Done.is_active()
+        );
     }
 }

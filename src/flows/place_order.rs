@@ -33,6 +33,7 @@ use crate::{
 };
 use sha2::{Digest, Sha256};
 use std::{collections::BTreeMap, time::Duration};
+use tracing::Instrument;
 
 pub const SEND_TO_SESSIONM: &str = "sessionm_order";
 pub const OKYA_EVENT: &str = "okya_event";
@@ -86,7 +87,11 @@ pub struct CheckoutRequest {
 impl CheckoutRequest {
     fn hash(&self) -> String {
         let mut hasher = Sha256::new();
-        for part in [self.cart_id.as_str(), &self.payment_method_id, self.voucher_id.as_deref().unwrap_or("")] {
+        for part in [
+            self.cart_id.as_str(),
+            &self.payment_method_id,
+            self.voucher_id.as_deref().unwrap_or(""),
+        ] {
             hasher.update(part.as_bytes());
             hasher.update([0]);
         }
@@ -104,10 +109,16 @@ pub enum CheckoutRefusal {
 /// Runs checkout: the same key returns the same order, whether the retry comes after the
 /// first finished or at the same moment; only one request ever runs the flow.
 #[tracing::instrument(skip_all, fields(cart_id = %request.cart_id))]
-pub async fn checkout(state: &AppState, request: CheckoutRequest) -> Result<Result<Order, CheckoutRefusal>, FlowError> {
+pub async fn checkout(
+    state: &AppState,
+    request: CheckoutRequest,
+) -> Result<Result<Order, CheckoutRefusal>, FlowError> {
     let hash = request.hash();
     loop {
-        if let Some(existing) = store::orders::find_by_key(&state.db, &request.customer_id, &request.idempotency_key).await? {
+        if let Some(existing) =
+            store::orders::find_by_key(&state.db, &request.customer_id, &request.idempotency_key)
+                .await?
+        {
             if existing.request_hash != hash {
                 return Ok(Err(CheckoutRefusal::IdempotencyKeyReused));
             }
@@ -178,13 +189,15 @@ fn parse_step(order: &Order) -> Result<Step, FlowError> {
 }
 
 fn parse_status(order: &Order) -> Result<OrderStatus, FlowError> {
-    OrderStatus::parse(&order.status).ok_or_else(|| FlowError::Corrupt(format!("status {:?}", order.status)))
+    OrderStatus::parse(&order.status)
+        .ok_or_else(|| FlowError::Corrupt(format!("status {:?}", order.status)))
 }
 
 /// Waits until the flow rests (waiting for the store or the customer, or finished), so
 /// every caller with the same key sees the same settled answer.
 async fn wait_until_resting(state: &AppState, id: &str) -> Result<Order, FlowError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(state.settings.orders.checkout_wait_ms);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(state.settings.orders.checkout_wait_ms);
     loop {
         let order = store::orders::find(&state.db, id)
             .await?
@@ -231,23 +244,7 @@ async fn run_steps(state: &AppState, id: &str) -> Result<(), FlowError> {
             .ok_or_else(|| FlowError::Corrupt(format!("order {id} vanished")))?;
         let step = parse_step(&order)?;
         let span = tracing::info_span!("flow_step", order_id = %id, step = step.as_str());
-        let next = {
-            let _enter = span.enter();
-            match step {
-                Step::Submit => submit(state, order).await?,
-                Step::Charge => charge(state, order).await?,
-                Step::AwaitAuthentication => await_authentication(state, order).await?,
-                Step::RecordPayment => record_payment(state, order).await?,
-                Step::AwaitAcceptance => await_acceptance(state, order).await?,
-                Step::Inject => inject(state, order).await?,
-                Step::Capture => capture(state, order).await?,
-                Step::Recall => recall(state, order).await?,
-                Step::Refund => refund(state, order).await?,
-                Step::CancelOkya => cancel_okya(state, order).await?,
-                Step::Done => follow_store(state, order).await?,
-                Step::Invalid => Next::Rest,
-            }
-        };
+        let next = run_step(state, step, order).instrument(span).await?;
         match next {
             Next::Continue => continue,
             Next::Rest => return Ok(()),
@@ -268,6 +265,23 @@ async fn run_steps(state: &AppState, id: &str) -> Result<(), FlowError> {
     Err(FlowError::Corrupt(format!("order {id} did not settle")))
 }
 
+async fn run_step(state: &AppState, step: Step, order: Order) -> Result<Next, FlowError> {
+    match step {
+        Step::Submit => submit(state, order).await,
+        Step::Charge => charge(state, order).await,
+        Step::AwaitAuthentication => await_authentication(state, order).await,
+        Step::RecordPayment => record_payment(state, order).await,
+        Step::AwaitAcceptance => await_acceptance(state, order).await,
+        Step::Inject => inject(state, order).await,
+        Step::Capture => capture(state, order).await,
+        Step::Recall => recall(state, order).await,
+        Step::Refund => refund(state, order).await,
+        Step::CancelOkya => cancel_okya(state, order).await,
+        Step::Done => follow_store(state, order).await,
+        Step::Invalid => Ok(Next::Rest),
+    }
+}
+
 fn retry_delay_ms(attempts: i32) -> i64 {
     let exponent = u32::try_from(attempts.clamp(1, 12) - 1).unwrap_or(0);
     i64::from(200_u32.saturating_mul(2_u32.saturating_pow(exponent))).min(60_000)
@@ -281,30 +295,35 @@ fn advance(order: &mut Order, step: Step) {
     order.updated_at_ms = now_ms();
 }
 
-/// Changes the visible status (allowed moves only) with its history entry, then
-/// announces it after the commit.
-async fn set_status(state: &AppState, order: &mut Order, to: OrderStatus) -> Result<(), FlowError> {
+/// Saves the row and, when `to` is given, changes the visible status (allowed moves only)
+/// with its history entry, all in one transaction, so no reader ever sees a resting step
+/// with a stale status. The change is announced after the commit.
+async fn commit(
+    state: &AppState,
+    order: &mut Order,
+    to: Option<OrderStatus>,
+) -> Result<(), FlowError> {
     let from = parse_status(order)?;
     let now = now_ms();
-    let moved = if from == to {
+    let txn = sea_orm::TransactionTrait::begin(&state.db).await?;
+    let moved = match to {
+        None => false,
         // The first visible status of a 3-D Secure order is the one it was created with.
-        let fresh = store::orders::history(&state.db, &order.id).await?.is_empty();
-        if fresh {
-            store::orders::append_history(&state.db, &order.id, to, now).await?;
-        }
-        fresh
-    } else {
-        let txn = sea_orm::TransactionTrait::begin(&state.db).await?;
-        let moved = store::orders::transition(&txn, &order.id, from, to, now).await?;
-        txn.commit().await?;
-        moved
+        Some(to) if to == from => store::orders::start_history(&txn, &order.id, to, now).await?,
+        Some(to) => store::orders::transition(&txn, &order.id, from, to, now).await?,
     };
-    if moved {
+    if moved && let Some(to) = to {
         order.status = to.as_str().to_owned();
-        tracing::info!(order_id = %order.id, from = from.as_str(), to = to.as_str(), "order status changed");
-        state.order_events.publish(&order.id).await;
-    } else if from != to {
-        tracing::warn!(order_id = %order.id, from = from.as_str(), to = to.as_str(), "refused status change");
+    }
+    store::orders::save(&txn, order.clone()).await?;
+    txn.commit().await?;
+    if let Some(to) = to {
+        if moved {
+            tracing::info!(order_id = %order.id, from = from.as_str(), to = to.as_str(), "order status changed");
+            state.order_events.publish(&order.id).await;
+        } else if from != to {
+            tracing::warn!(order_id = %order.id, from = from.as_str(), to = to.as_str(), "refused status change");
+        }
     }
     Ok(())
 }
@@ -322,12 +341,26 @@ fn money(order: &Order, minor: Option<i64>) -> Result<Money, FlowError> {
     Ok(Money::new(minor.unwrap_or(0), currency))
 }
 
-fn record_okya(order: &mut Order, okya: &OkyaOrder) {
+/// Records Okya's state from one of its answers, unless a newer one is already held.
+async fn record_okya(
+    state: &AppState,
+    order: &mut Order,
+    okya: &OkyaOrder,
+) -> Result<(), FlowError> {
     if okya.version > order.okya_version {
         order.okya_version = okya.version;
         order.okya_approval = Some(approval_name(okya.approval).to_owned());
         order.okya_fulfilment = Some(fulfilment_name(okya.fulfilment).to_owned());
     }
+    store::orders::record_okya_state(
+        &state.db,
+        &order.id,
+        okya.version,
+        approval_name(okya.approval),
+        fulfilment_name(okya.fulfilment),
+    )
+    .await?;
+    Ok(())
 }
 
 pub fn approval_name(approval: Approval) -> &'static str {
@@ -356,7 +389,12 @@ fn fail_with(order: &mut Order, code: &str, message: &str) {
 /// Step 7–10: Okya validates the cart and creates the order.
 async fn submit(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let cart_id = CartId::from_upstream(order.cart_id.clone());
-    match state.upstreams.okya.create_order(&cart_id, &order.customer_id, &key(&order, "submit")).await {
+    match state
+        .upstreams
+        .okya
+        .create_order(&cart_id, &order.customer_id, &key(&order, "submit"))
+        .await
+    {
         Ok(okya) => {
             order.okya_order_id = Some(okya.id.clone());
             order.number = Some(okya.number.clone());
@@ -366,8 +404,9 @@ async fn submit(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
             order.discount_minor = Some(okya.discount.amount);
             order.tax_minor = Some(okya.tax.amount);
             order.total_minor = Some(okya.total.amount);
-            order.lines_json = Some(serde_json::to_string(&okya.lines).unwrap_or_else(|_| "[]".into()));
-            record_okya(&mut order, &okya);
+            order.lines_json =
+                Some(serde_json::to_string(&okya.lines).unwrap_or_else(|_| "[]".into()));
+            record_okya(state, &mut order, &okya).await?;
             advance(&mut order, Step::Charge);
             store::orders::save(&state.db, order).await?;
             Ok(Next::Continue)
@@ -399,11 +438,23 @@ async fn charge(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let params = CreatePaymentIntent {
         amount: total,
         payment_method: order.payment_method_id.clone(),
-        capture_method: if manual { CaptureMethod::Manual } else { CaptureMethod::Automatic },
-        description: Some(format!("CBTL order {}", order.number.as_deref().unwrap_or(""))),
+        capture_method: if manual {
+            CaptureMethod::Manual
+        } else {
+            CaptureMethod::Automatic
+        },
+        description: Some(format!(
+            "CBTL order {}",
+            order.number.as_deref().unwrap_or("")
+        )),
         metadata,
     };
-    match state.upstreams.stripe.create_payment_intent(&params, &key(&order, "charge")).await {
+    match state
+        .upstreams
+        .stripe
+        .create_payment_intent(&params, &key(&order, "charge"))
+        .await
+    {
         Ok(intent) => {
             apply_intent(&mut order, &intent);
             match intent.status {
@@ -412,16 +463,25 @@ async fn charge(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
                 }
                 PaymentIntentStatus::RequiresAction | PaymentIntentStatus::Processing => {
                     advance(&mut order, Step::AwaitAuthentication);
-                    store::orders::save(&state.db, order.clone()).await?;
-                    set_status(state, &mut order, OrderStatus::AwaitingPayment).await?;
+                    commit(state, &mut order, Some(OrderStatus::AwaitingPayment)).await?;
                     return Ok(Next::Rest);
                 }
                 _ => {
                     let reason = intent
                         .last_payment_error
                         .as_ref()
-                        .map(|e| (e.code.clone().unwrap_or_else(|| "card_declined".into()), e.message.clone().unwrap_or_default()))
-                        .unwrap_or_else(|| ("payment_failed".into(), "The payment did not go through.".into()));
+                        .map(|e| {
+                            (
+                                e.code.clone().unwrap_or_else(|| "card_declined".into()),
+                                e.message.clone().unwrap_or_default(),
+                            )
+                        })
+                        .unwrap_or_else(|| {
+                            (
+                                "payment_failed".into(),
+                                "The payment did not go through.".into(),
+                            )
+                        });
                     order.payment_status = Some(payment::FAILED.into());
                     fail_with(&mut order, &reason.0, &reason.1);
                     advance(&mut order, Step::CancelOkya);
@@ -433,7 +493,10 @@ async fn charge(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
         Err(e) if e.is_transient() => Ok(Next::Retry(e.to_string())),
         Err(e) => {
             if let Some(decline) = stripe::decline_of(&e) {
-                order.payment_intent_id = decline.payment_intent_id.clone().or(order.payment_intent_id);
+                order.payment_intent_id = decline
+                    .payment_intent_id
+                    .clone()
+                    .or(order.payment_intent_id);
                 fail_with(&mut order, &decline.code, &decline.message);
             } else {
                 let (code, message) = e
@@ -461,7 +524,9 @@ fn apply_intent(order: &mut Order, intent: &PaymentIntent) {
         match intent.status {
             PaymentIntentStatus::Succeeded => payment::CAPTURED,
             PaymentIntentStatus::RequiresCapture => payment::AUTHORIZED,
-            PaymentIntentStatus::RequiresAction | PaymentIntentStatus::Processing => payment::REQUIRES_ACTION,
+            PaymentIntentStatus::RequiresAction | PaymentIntentStatus::Processing => {
+                payment::REQUIRES_ACTION
+            }
             PaymentIntentStatus::Canceled => payment::CANCELLED,
             _ => payment::FAILED,
         }
@@ -473,9 +538,17 @@ fn apply_intent(order: &mut Order, intent: &PaymentIntent) {
 /// authentication is cancelled once the timeout passes.
 async fn await_authentication(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let Some(intent_id) = order.payment_intent_id.clone() else {
-        return Err(FlowError::Corrupt(format!("order {} awaits authentication without an intent", order.id)));
+        return Err(FlowError::Corrupt(format!(
+            "order {} awaits authentication without an intent",
+            order.id
+        )));
     };
-    let intent = match state.upstreams.stripe.retrieve_payment_intent(&intent_id).await {
+    let intent = match state
+        .upstreams
+        .stripe
+        .retrieve_payment_intent(&intent_id)
+        .await
+    {
         Ok(intent) => intent,
         Err(e) if e.is_transient() => return Ok(Next::Rest),
         Err(e) => return Err(e.into()),
@@ -490,14 +563,27 @@ async fn await_authentication(state: &AppState, mut order: Order) -> Result<Next
             let (code, message) = intent
                 .last_payment_error
                 .as_ref()
-                .map(|e| (e.code.clone().unwrap_or_else(|| "authentication_failed".into()), e.message.clone().unwrap_or_default()))
-                .unwrap_or_else(|| ("authentication_failed".into(), "The card could not be authenticated.".into()));
+                .map(|e| {
+                    (
+                        e.code
+                            .clone()
+                            .unwrap_or_else(|| "authentication_failed".into()),
+                        e.message.clone().unwrap_or_default(),
+                    )
+                })
+                .unwrap_or_else(|| {
+                    (
+                        "authentication_failed".into(),
+                        "The card could not be authenticated.".into(),
+                    )
+                });
             order.payment_status = Some(payment::FAILED.into());
             fail_with(&mut order, &code, &message);
             advance(&mut order, Step::CancelOkya);
         }
         _ => {
-            let timeout = i64::try_from(state.settings.orders.authentication_timeout_secs * 1000).unwrap_or(900_000);
+            let timeout = i64::try_from(state.settings.orders.authentication_timeout_secs * 1000)
+                .unwrap_or(900_000);
             if now_ms() - order.updated_at_ms < timeout {
                 return Ok(Next::Rest);
             }
@@ -509,10 +595,16 @@ async fn await_authentication(state: &AppState, mut order: Order) -> Result<Next
             {
                 Ok(_) => {}
                 Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
-                Err(e) => tracing::warn!(order_id = %order.id, error = %e, "cancelling an abandoned intent failed"),
+                Err(e) => {
+                    tracing::warn!(order_id = %order.id, error = %e, "cancelling an abandoned intent failed")
+                }
             }
             order.payment_status = Some(payment::CANCELLED.into());
-            fail_with(&mut order, failure::AUTHENTICATION_ABANDONED, "The card was not authenticated in time.");
+            fail_with(
+                &mut order,
+                failure::AUTHENTICATION_ABANDONED,
+                "The card was not authenticated in time.",
+            );
             advance(&mut order, Step::CancelOkya);
         }
     }
@@ -528,15 +620,23 @@ async fn record_payment(state: &AppState, mut order: Order) -> Result<Next, Flow
         provider: "stripe".into(),
         reference: order.payment_intent_id.clone().unwrap_or_default(),
         amount: WireMoney::from_money(&money(&order, order.total_minor)?),
-        status: if captured { PaymentRecordStatus::Captured } else { PaymentRecordStatus::Authorized },
+        status: if captured {
+            PaymentRecordStatus::Captured
+        } else {
+            PaymentRecordStatus::Authorized
+        },
         card: card(&order),
     };
-    match state.upstreams.okya.record_payment(&okya_id, &body, &key(&order, "payment")).await {
+    match state
+        .upstreams
+        .okya
+        .record_payment(&okya_id, &body, &key(&order, "payment"))
+        .await
+    {
         Ok(okya) => {
-            record_okya(&mut order, &okya);
+            record_okya(state, &mut order, &okya).await?;
             advance(&mut order, Step::AwaitAcceptance);
-            store::orders::save(&state.db, order.clone()).await?;
-            set_status(state, &mut order, OrderStatus::AwaitingAcceptance).await?;
+            commit(state, &mut order, Some(OrderStatus::AwaitingAcceptance)).await?;
             Ok(Next::Continue)
         }
         Err(e) if e.is_transient() => Ok(Next::Retry(e.to_string())),
@@ -576,7 +676,11 @@ async fn await_acceptance(state: &AppState, mut order: Order) -> Result<Next, Fl
             Ok(Next::Continue)
         }
         Some("NOT_APPROVED") => {
-            fail_with(&mut order, failure::REJECTED, "The store declined the order.");
+            fail_with(
+                &mut order,
+                failure::REJECTED,
+                "The store declined the order.",
+            );
             advance(&mut order, Step::Refund);
             store::orders::save(&state.db, order).await?;
             Ok(Next::Continue)
@@ -593,18 +697,29 @@ async fn inject(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
         Err(e) => return Err(e),
     };
     let location = order.store_id.clone();
-    let outcome = state.upstreams.epoint.inject_order(&location, &body, &key(&order, "inject")).await;
+    let outcome = state
+        .upstreams
+        .epoint
+        .inject_order(&location, &body, &key(&order, "inject"))
+        .await;
     let failed = match outcome {
         Ok(receipt) => {
             order.pos_ticket_id = Some(receipt.ticket_id.clone());
             return finish_injection(state, order).await;
         }
         Err(e) if e.is_transient() => {
-            if i64::from(order.step_attempts) + 1 < i64::from(state.settings.orders.pos_max_attempts) {
+            if i64::from(order.step_attempts) + 1
+                < i64::from(state.settings.orders.pos_max_attempts)
+            {
                 return Ok(Next::Retry(e.to_string()));
             }
             // Out of attempts: it may have landed on a try whose answer was lost.
-            if let Ok(Some(receipt)) = state.upstreams.epoint.find_order(&location, &order.id).await {
+            if let Ok(Some(receipt)) = state
+                .upstreams
+                .epoint
+                .find_order(&location, &order.id)
+                .await
+            {
                 order.pos_ticket_id = Some(receipt.ticket_id.clone());
                 return finish_injection(state, order).await;
             }
@@ -623,34 +738,40 @@ async fn inject(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
 }
 
 async fn finish_injection(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
-    let on_acceptance = order.payment_status.as_deref() == Some(payment::AUTHORIZED);
-    advance(&mut order, if on_acceptance { Step::Capture } else { Step::Done });
-    store::orders::save(&state.db, order.clone()).await?;
-    if !on_acceptance {
+    if order.payment_status.as_deref() == Some(payment::AUTHORIZED) {
+        advance(&mut order, Step::Capture);
+        commit(state, &mut order, None).await?;
+    } else {
         in_preparation(state, &mut order).await?;
     }
     Ok(Next::Continue)
 }
 
-/// The order is with the store: tell the app, and send the order to SessionM (step 26).
+/// The order is with the store: tell the app, and queue the order for SessionM (step 26).
 async fn in_preparation(state: &AppState, order: &mut Order) -> Result<(), FlowError> {
-    let now = now_ms();
     store::jobs::enqueue(
         &state.db,
         SEND_TO_SESSIONM,
         &format!("{SEND_TO_SESSIONM}:{}", order.id),
         &serde_json::json!({"order_id": order.id}),
-        now,
+        now_ms(),
     )
     .await?;
+    advance(order, Step::Done);
+    commit(state, order, Some(OrderStatus::InPreparation)).await?;
     state.job_signal.wake();
-    set_status(state, order, OrderStatus::InPreparation).await
+    Ok(())
 }
 
 /// Capture on acceptance: take the authorised money now that the POS has the order.
 async fn capture(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let intent_id = order.payment_intent_id.clone().unwrap_or_default();
-    match state.upstreams.stripe.capture_payment_intent(&intent_id, None, &key(&order, "capture")).await {
+    match state
+        .upstreams
+        .stripe
+        .capture_payment_intent(&intent_id, None, &key(&order, "capture"))
+        .await
+    {
         Ok(intent) => apply_intent(&mut order, &intent),
         Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
         Err(e) => {
@@ -669,17 +790,22 @@ async fn capture(state: &AppState, mut order: Order) -> Result<Next, FlowError> 
         status: PaymentRecordStatus::Captured,
         card: card(&order),
     };
-    match state.upstreams.okya.record_payment(&okya_id, &body, &key(&order, "payment_captured")).await {
-        Ok(okya) => record_okya(&mut order, &okya),
+    match state
+        .upstreams
+        .okya
+        .record_payment(&okya_id, &body, &key(&order, "payment_captured"))
+        .await
+    {
+        Ok(okya) => record_okya(state, &mut order, &okya).await?,
         Err(e) if e.is_transient() => {
             store::orders::save(&state.db, order).await?;
             return Ok(Next::Retry(e.to_string()));
         }
         // The money is ours either way; Okya's copy is informational.
-        Err(e) => tracing::warn!(order_id = %order.id, error = %e, "Okya did not take the capture update"),
+        Err(e) => {
+            tracing::warn!(order_id = %order.id, error = %e, "Okya did not take the capture update")
+        }
     }
-    advance(&mut order, Step::Done);
-    store::orders::save(&state.db, order.clone()).await?;
     in_preparation(state, &mut order).await?;
     Ok(Next::Continue)
 }
@@ -687,9 +813,17 @@ async fn capture(state: &AppState, mut order: Order) -> Result<Next, FlowError> 
 /// Step 25: the POS refused, so the order is recalled in Okya.
 async fn recall(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let okya_id = okya_id(&order)?;
-    let reason = format!("pos_refused: {}", order.failure_code.as_deref().unwrap_or("unknown"));
-    match state.upstreams.okya.recall_order(&okya_id, &reason, &key(&order, "recall")).await {
-        Ok(okya) => record_okya(&mut order, &okya),
+    let reason = format!(
+        "pos_refused: {}",
+        order.failure_code.as_deref().unwrap_or("unknown")
+    );
+    match state
+        .upstreams
+        .okya
+        .recall_order(&okya_id, &reason, &key(&order, "recall"))
+        .await
+    {
+        Ok(okya) => record_okya(state, &mut order, &okya).await?,
         Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
         Err(e) if crate::upstream::okya::is_code(&e, okya_codes::INVALID_STATE) => {
             tracing::warn!(order_id = %order.id, "Okya would not recall the order; refunding anyway");
@@ -705,7 +839,12 @@ async fn recall(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
 async fn refund(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let intent_id = order.payment_intent_id.clone().unwrap_or_default();
     match order.payment_status.as_deref() {
-        Some(payment::CAPTURED) => match state.upstreams.stripe.create_refund(&intent_id, None, &key(&order, "refund")).await {
+        Some(payment::CAPTURED) => match state
+            .upstreams
+            .stripe
+            .create_refund(&intent_id, None, &key(&order, "refund"))
+            .await
+        {
             Ok(_) => order.payment_status = Some(payment::REFUNDED.into()),
             Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
             Err(e) => return Err(e.into()),
@@ -728,23 +867,31 @@ async fn refund(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
         _ => OrderStatus::Cancelled,
     };
     advance(&mut order, Step::Done);
-    store::orders::save(&state.db, order.clone()).await?;
-    set_status(state, &mut order, target).await?;
+    commit(state, &mut order, Some(target)).await?;
     Ok(Next::Rest)
 }
 
 /// The payment failed: cancel the Okya order so no store ever sees it.
 async fn cancel_okya(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let okya_id = okya_id(&order)?;
-    let reason = format!("payment_failed: {}", order.failure_code.as_deref().unwrap_or("unknown"));
-    match state.upstreams.okya.cancel_order(&okya_id, &reason, &key(&order, "cancel")).await {
-        Ok(okya) => record_okya(&mut order, &okya),
+    let reason = format!(
+        "payment_failed: {}",
+        order.failure_code.as_deref().unwrap_or("unknown")
+    );
+    match state
+        .upstreams
+        .okya
+        .cancel_order(&okya_id, &reason, &key(&order, "cancel"))
+        .await
+    {
+        Ok(okya) => record_okya(state, &mut order, &okya).await?,
         Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
-        Err(e) => tracing::warn!(order_id = %order.id, error = %e, "Okya would not cancel the unpaid order"),
+        Err(e) => {
+            tracing::warn!(order_id = %order.id, error = %e, "Okya would not cancel the unpaid order")
+        }
     }
     advance(&mut order, Step::Done);
-    store::orders::save(&state.db, order.clone()).await?;
-    set_status(state, &mut order, OrderStatus::PaymentFailed).await?;
+    commit(state, &mut order, Some(OrderStatus::PaymentFailed)).await?;
     Ok(Next::Rest)
 }
 
@@ -754,13 +901,13 @@ async fn follow_store(state: &AppState, mut order: Order) -> Result<Next, FlowEr
     let fulfilment = order.okya_fulfilment.clone();
     match (status, fulfilment.as_deref()) {
         (OrderStatus::InPreparation, Some("READY_FOR_PICKUP")) => {
-            set_status(state, &mut order, OrderStatus::ReadyForPickup).await?;
+            commit(state, &mut order, Some(OrderStatus::ReadyForPickup)).await?;
         }
         (OrderStatus::InPreparation | OrderStatus::ReadyForPickup, Some("COMPLETED")) => {
             if status == OrderStatus::InPreparation {
-                set_status(state, &mut order, OrderStatus::ReadyForPickup).await?;
+                commit(state, &mut order, Some(OrderStatus::ReadyForPickup)).await?;
             }
-            set_status(state, &mut order, OrderStatus::Completed).await?;
+            commit(state, &mut order, Some(OrderStatus::Completed)).await?;
         }
         _ => {}
     }
@@ -784,18 +931,27 @@ async fn injection(state: &AppState, order: &Order) -> Result<InjectOrder, FlowE
         let mut modifiers = Vec::new();
         let mut modifier_total = 0;
         for option_id in &line.modifier_option_ids {
-            let option = product.and_then(|p| p.modifier_groups.iter().flat_map(|g| g.options.iter()).find(|o| &o.id == option_id));
+            let option = product.and_then(|p| {
+                p.modifier_groups
+                    .iter()
+                    .flat_map(|g| g.options.iter())
+                    .find(|o| &o.id == option_id)
+            });
             let price = option.map(|o| o.price_delta.amount).unwrap_or(0);
             modifier_total += price;
             modifiers.push(InjectModifier {
                 id: option_id.clone(),
-                name: option.map(|o| o.name.clone()).unwrap_or_else(|| option_id.clone()),
+                name: option
+                    .map(|o| o.name.clone())
+                    .unwrap_or_else(|| option_id.clone()),
                 price: money(order, Some(price))?,
             });
         }
         inject_lines.push(InjectLine {
             product_id: line.product_id.clone(),
-            name: product.map(|p| p.name.clone()).unwrap_or_else(|| line.product_id.clone()),
+            name: product
+                .map(|p| p.name.clone())
+                .unwrap_or_else(|| line.product_id.clone()),
             quantity: line.quantity,
             unit_price: money(order, Some(line.unit_price.amount - modifier_total))?,
             modifiers,
@@ -806,7 +962,17 @@ async fn injection(state: &AppState, order: &Order) -> Result<InjectOrder, FlowE
         external_id: order.id.clone(),
         order_number: order.number.clone().unwrap_or_default(),
         customer_name: customer
-            .map(|c| format!("{} {}", c.first_name, c.last_name.chars().next().map(|i| format!("{i}.")).unwrap_or_default()))
+            .map(|c| {
+                format!(
+                    "{} {}",
+                    c.first_name,
+                    c.last_name
+                        .chars()
+                        .next()
+                        .map(|i| format!("{i}."))
+                        .unwrap_or_default()
+                )
+            })
             .unwrap_or_else(|| "Customer".into()),
         placed_at: chrono::DateTime::from_timestamp_millis(order.created_at_ms).unwrap_or_default(),
         pickup_at: None,
@@ -821,14 +987,23 @@ async fn injection(state: &AppState, order: &Order) -> Result<InjectOrder, FlowE
 
 /// Records the order state carried by an Okya webhook (only when newer than what we
 /// hold) and runs the flow. Busy orders are retried by the job runner.
-pub async fn apply_okya_event(state: &AppState, payload: serde_json::Value) -> Result<(), JobError> {
-    let event: crate::upstream::okya::orders::OrderEvent =
-        serde_json::from_value(payload).map_err(|e| JobError::Permanent(format!("unreadable Okya event: {e}")))?;
+pub async fn apply_okya_event(
+    state: &AppState,
+    payload: serde_json::Value,
+) -> Result<(), JobError> {
+    let event: crate::upstream::okya::orders::OrderEvent = serde_json::from_value(payload)
+        .map_err(|e| JobError::Permanent(format!("unreadable Okya event: {e}")))?;
     let okya = event.data.order;
     let transient = |e: &dyn std::fmt::Display| JobError::Transient(e.to_string());
-    let Some(order) = store::orders::find_by_okya_id(&state.db, &okya.id).await.map_err(|e| transient(&e))? else {
+    let Some(order) = store::orders::find_by_okya_id(&state.db, &okya.id)
+        .await
+        .map_err(|e| transient(&e))?
+    else {
         // An order created by someone else, or whose checkout has not recorded it yet.
-        return Err(JobError::Transient(format!("no order for Okya order {} yet", okya.id)));
+        return Err(JobError::Transient(format!(
+            "no order for Okya order {} yet",
+            okya.id
+        )));
     };
     store::orders::record_okya_state(
         &state.db,
@@ -848,7 +1023,10 @@ pub async fn apply_okya_event(state: &AppState, payload: serde_json::Value) -> R
 
 /// A Stripe event about one of our intents: the flow re-reads the intent itself, since
 /// events repeat and arrive out of order.
-pub async fn apply_stripe_event(state: &AppState, payload: serde_json::Value) -> Result<(), JobError> {
+pub async fn apply_stripe_event(
+    state: &AppState,
+    payload: serde_json::Value,
+) -> Result<(), JobError> {
     let Some(intent_id) = payload["data"]["object"]["id"]
         .as_str()
         .filter(|id| id.starts_with("pi_"))
@@ -857,7 +1035,10 @@ pub async fn apply_stripe_event(state: &AppState, payload: serde_json::Value) ->
         return Ok(());
     };
     let transient = |e: &dyn std::fmt::Display| JobError::Transient(e.to_string());
-    let Some(order) = store::orders::find_by_payment_intent(&state.db, intent_id).await.map_err(|e| transient(&e))? else {
+    let Some(order) = store::orders::find_by_payment_intent(&state.db, intent_id)
+        .await
+        .map_err(|e| transient(&e))?
+    else {
         return Ok(());
     };
     match drive(state, &order.id).await {
@@ -868,7 +1049,10 @@ pub async fn apply_stripe_event(state: &AppState, payload: serde_json::Value) ->
 }
 
 /// Step 26 (durable): the order's details go to SessionM, which credits points.
-pub async fn send_to_sessionm(state: &AppState, payload: serde_json::Value) -> Result<(), JobError> {
+pub async fn send_to_sessionm(
+    state: &AppState,
+    payload: serde_json::Value,
+) -> Result<(), JobError> {
     let Some(order_id) = payload["order_id"].as_str() else {
         return Err(JobError::Permanent("payload without order_id".into()));
     };
@@ -882,7 +1066,9 @@ pub async fn send_to_sessionm(state: &AppState, payload: serde_json::Value) -> R
         .map_err(|e| transient(&e))?
         .ok_or_else(|| JobError::Permanent(format!("no customer for {order_id}")))?;
     let Some(user_id) = customer.sessionm_user_id else {
-        return Err(JobError::Transient("the customer's SessionM link is not finished yet".into()));
+        return Err(JobError::Transient(
+            "the customer's SessionM link is not finished yet".into(),
+        ));
     };
     let sale = sale(&order, user_id).map_err(|e| JobError::Permanent(e.to_string()))?;
     let receipt = state
@@ -890,7 +1076,13 @@ pub async fn send_to_sessionm(state: &AppState, payload: serde_json::Value) -> R
         .sessionm
         .send_transaction(&sale, &key(&order, "transaction"))
         .await
-        .map_err(|e| if e.is_transient() { JobError::Transient(e.to_string()) } else { JobError::Permanent(e.to_string()) })?;
+        .map_err(|e| {
+            if e.is_transient() {
+                JobError::Transient(e.to_string())
+            } else {
+                JobError::Permanent(e.to_string())
+            }
+        })?;
     order.points_earned = Some(receipt.points_earned);
     order.updated_at_ms = now_ms();
     store::orders::set_points(&state.db, &order.id, receipt.points_earned)
@@ -915,15 +1107,21 @@ fn sale(order: &Order, user_id: String) -> Result<SendTransaction, FlowError> {
             unit_price: Money::new(l.unit_price.amount, currency.clone()),
         })
         .collect();
-    let transaction = Transaction::new(order.id.clone(), order.store_id.clone(), currency, transaction_lines)
-        .map_err(|e| FlowError::Corrupt(e.to_string()))?;
+    let transaction = Transaction::new(
+        order.id.clone(),
+        order.store_id.clone(),
+        currency,
+        transaction_lines,
+    )
+    .map_err(|e| FlowError::Corrupt(e.to_string()))?;
     Ok(SendTransaction {
         user_id,
         transaction,
         discounts: Vec::new(),
         tax: money(order, order.tax_minor)?,
         total: money(order, order.total_minor)?,
-        occurred_at: chrono::DateTime::from_timestamp_millis(order.created_at_ms).unwrap_or_default(),
+        occurred_at: chrono::DateTime::from_timestamp_millis(order.created_at_ms)
+            .unwrap_or_default(),
     })
 }
 
@@ -934,7 +1132,9 @@ pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
         let interval = Duration::from_millis(state.settings.orders.sweep_interval_ms);
         loop {
             let now = now_ms();
-            let auth_deadline = now - i64::try_from(state.settings.orders.authentication_timeout_secs * 1000).unwrap_or(900_000);
+            let auth_deadline = now
+                - i64::try_from(state.settings.orders.authentication_timeout_secs * 1000)
+                    .unwrap_or(900_000);
             match store::orders::due(&state.db, now, auth_deadline, 50).await {
                 Ok(ids) => {
                     for id in ids {

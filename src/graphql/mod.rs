@@ -3,10 +3,10 @@
 mod account;
 mod cart;
 mod catalog;
-mod orders;
 pub mod context;
 pub mod errors;
 pub mod loaders;
+mod orders;
 pub mod scalars;
 
 use crate::{app::AppState, config::GraphqlSettings};
@@ -31,11 +31,15 @@ pub type AppSchema = Schema<Query, Mutation, orders::OrderSubscription>;
 
 /// Builds the schema. `state` is `None` only for printing the SDL.
 pub fn build(limits: &GraphqlSettings, state: Option<AppState>) -> AppSchema {
-    let mut builder = Schema::build(Query::default(), Mutation::default(), orders::OrderSubscription)
-        .limit_depth(limits.max_depth)
-        .limit_complexity(limits.max_complexity)
-        .limit_recursive_depth(64)
-        .limit_directives(20);
+    let mut builder = Schema::build(
+        Query::default(),
+        Mutation::default(),
+        orders::OrderSubscription,
+    )
+    .limit_depth(limits.max_depth)
+    .limit_complexity(limits.max_complexity)
+    .limit_recursive_depth(64)
+    .limit_directives(20);
     if let Some(state) = state {
         builder = builder.data(state);
     }

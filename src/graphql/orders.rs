@@ -184,7 +184,8 @@ impl OrderObject {
 
     async fn lines(&self) -> Result<Vec<CartLineObject<'static>>> {
         let lines: Vec<CartLine> =
-            serde_json::from_str(self.row.lines_json.as_deref().unwrap_or("[]")).map_err(|_| ApiError::Internal)?;
+            serde_json::from_str(self.row.lines_json.as_deref().unwrap_or("[]"))
+                .map_err(|_| ApiError::Internal)?;
         Ok(lines.into_iter().map(CartLineObject::owned).collect())
     }
 
@@ -206,7 +207,10 @@ impl OrderObject {
     }
 
     async fn payment(&self) -> Option<PaymentObject<'_>> {
-        self.row.payment_status.as_ref().map(|_| PaymentObject(self))
+        self.row
+            .payment_status
+            .as_ref()
+            .map(|_| PaymentObject(self))
     }
 
     async fn placed_at(&self) -> chrono::DateTime<chrono::Utc> {
@@ -220,7 +224,9 @@ impl OrderObject {
     /// Every status the order took, oldest first.
     async fn status_history(&self, ctx: &Context<'_>) -> Result<Vec<OrderStatusChange>> {
         let state = context::state(ctx)?;
-        let history = store::orders::history(&state.db, &self.row.id).await.map_err(ApiError::from)?;
+        let history = store::orders::history(&state.db, &self.row.id)
+            .await
+            .map_err(ApiError::from)?;
         Ok(history
             .into_iter()
             .take(self.history_upto.unwrap_or(usize::MAX))
@@ -268,26 +274,49 @@ fn order_errors(row: &Order) -> Vec<UserError> {
     }
     let stripe_message = row.failure_message.clone().filter(|m| !m.is_empty());
     let (code, field, message) = match code {
-        "store_closed" => (UserErrorCode::StoreClosed, "cartId", "This store is not taking orders right now.".to_owned()),
-        "cart_empty" => (UserErrorCode::CartEmpty, "cartId", "Add something to the cart first.".to_owned()),
+        "store_closed" => (
+            UserErrorCode::StoreClosed,
+            "cartId",
+            "This store is not taking orders right now.".to_owned(),
+        ),
+        "cart_empty" => (
+            UserErrorCode::CartEmpty,
+            "cartId",
+            "Add something to the cart first.".to_owned(),
+        ),
         "product_unavailable" => (
             UserErrorCode::ProductUnavailable,
             "cartId",
             "Something in the cart is no longer available.".to_owned(),
         ),
-        "cart_already_ordered" => (UserErrorCode::CartAlreadyOrdered, "cartId", "This cart was already ordered.".to_owned()),
-        "cart_not_found" => (UserErrorCode::CartNotFound, "cartId", "There is no such cart.".to_owned()),
-        "card_declined" | "expired_card" | "incorrect_cvc" | "incorrect_number" | "insufficient_funds" | "processing_error" => (
+        "cart_already_ordered" => (
+            UserErrorCode::CartAlreadyOrdered,
+            "cartId",
+            "This cart was already ordered.".to_owned(),
+        ),
+        "cart_not_found" => (
+            UserErrorCode::CartNotFound,
+            "cartId",
+            "There is no such cart.".to_owned(),
+        ),
+        "card_declined" | "expired_card" | "incorrect_cvc" | "incorrect_number"
+        | "insufficient_funds" | "processing_error" => (
             UserErrorCode::CardDeclined,
             "paymentMethodId",
             stripe_message.unwrap_or_else(|| "Your card was declined.".to_owned()),
         ),
-        place_order::failure::AUTHENTICATION_ABANDONED | "authentication_failed" | "payment_intent_authentication_failure" => (
+        place_order::failure::AUTHENTICATION_ABANDONED
+        | "authentication_failed"
+        | "payment_intent_authentication_failure" => (
             UserErrorCode::AuthenticationFailed,
             "paymentMethodId",
             "The card could not be authenticated.".to_owned(),
         ),
-        _ if invalid => (UserErrorCode::OrderNotAccepted, "cartId", "The order could not be placed.".to_owned()),
+        _ if invalid => (
+            UserErrorCode::OrderNotAccepted,
+            "cartId",
+            "The order could not be placed.".to_owned(),
+        ),
         _ => (
             UserErrorCode::PaymentFailed,
             "paymentMethodId",
@@ -298,8 +327,14 @@ fn order_errors(row: &Order) -> Vec<UserError> {
 }
 
 pub async fn owned_order(state: &AppState, customer_id: &str, raw: &str) -> Result<Option<Order>> {
-    let order = store::orders::find(&state.db, raw).await.map_err(ApiError::from)?;
-    Ok(order.filter(|o| o.customer_id == customer_id && o.okya_order_id.is_some() && o.step != Step::Invalid.as_str()))
+    let order = store::orders::find(&state.db, raw)
+        .await
+        .map_err(ApiError::from)?;
+    Ok(order.filter(|o| {
+        o.customer_id == customer_id
+            && o.okya_order_id.is_some()
+            && o.step != Step::Invalid.as_str()
+    }))
 }
 
 #[derive(Default)]
@@ -328,13 +363,18 @@ impl OrderQuery {
                     .await
                     .map_err(ApiError::from)?;
                     let _ = place_order::drive(state, &order.id).await;
-                    if let Some(fresh) = store::orders::find(&state.db, &order.id).await.map_err(ApiError::from)? {
+                    if let Some(fresh) = store::orders::find(&state.db, &order.id)
+                        .await
+                        .map_err(ApiError::from)?
+                    {
                         order = fresh;
                     }
                 }
                 Ok(_) => {}
                 // What we hold is still a good answer when Okya is slow.
-                Err(e) => tracing::warn!(order_id = %order.id, error = %e, "Okya status read failed; answering from our copy"),
+                Err(e) => {
+                    tracing::warn!(order_id = %order.id, error = %e, "Okya status read failed; answering from our copy")
+                }
             }
         }
         Ok(Some(OrderObject::current(order)?))
@@ -354,19 +394,24 @@ pub async fn customer_orders(
         return Err(ApiError::BadUserInput("first must be between 0 and 100".into()).into());
     }
     let before = match after {
-        Some(cursor) => Some(decode_cursor(&cursor).ok_or_else(|| ApiError::BadUserInput("after is not a cursor from this list".into()))?),
+        Some(cursor) => Some(decode_cursor(&cursor).ok_or_else(|| {
+            ApiError::BadUserInput("after is not a cursor from this list".into())
+        })?),
         None => None,
     };
     let limit = u64::try_from(first).unwrap_or(20);
-    let mut rows = store::orders::page_for_customer(&state.db, customer_id, before.clone(), limit + 1)
-        .await
-        .map_err(ApiError::from)?;
+    let mut rows =
+        store::orders::page_for_customer(&state.db, customer_id, before.clone(), limit + 1)
+            .await
+            .map_err(ApiError::from)?;
     let has_next = rows.len() as u64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(20));
     let mut connection = Connection::new(before.is_some(), has_next);
     for row in rows {
         let cursor = encode_cursor(row.created_at_ms, &row.id);
-        connection.edges.push(Edge::new(cursor, OrderObject::current(row)?));
+        connection
+            .edges
+            .push(Edge::new(cursor, OrderObject::current(row)?));
     }
     Ok(connection)
 }
@@ -376,7 +421,9 @@ fn encode_cursor(created_ms: i64, id: &str) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Option<(i64, String)> {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
     let text = String::from_utf8(raw).ok()?;
     let (created, id) = text.split_once(':')?;
     Some((created.parse().ok()?, id.to_owned()))
@@ -396,21 +443,43 @@ impl OrderMutation {
         let cart_id = CartId::parse(&input.cart_id);
         let key = input.idempotency_key.trim();
         if key.is_empty() || key.len() > 200 || key.chars().any(char::is_control) {
-            errors.push(UserError::new(UserErrorCode::InvalidInput, &["input", "idempotencyKey"], "Send a unique key of up to 200 characters."));
+            errors.push(UserError::new(
+                UserErrorCode::InvalidInput,
+                &["input", "idempotencyKey"],
+                "Send a unique key of up to 200 characters.",
+            ));
         }
         let pm = input.payment_method_id.trim();
         if pm.is_empty() || pm.len() > 255 || !pm.bytes().all(|b| b.is_ascii_graphic()) {
-            errors.push(UserError::new(UserErrorCode::InvalidInput, &["input", "paymentMethodId"], "This is not a payment method."));
+            errors.push(UserError::new(
+                UserErrorCode::InvalidInput,
+                &["input", "paymentMethodId"],
+                "This is not a payment method.",
+            ));
         }
         if input.voucher_id.is_some() {
-            errors.push(UserError::new(UserErrorCode::VoucherNotApplicable, &["input", "voucherId"], "Rewards cannot be used yet."));
+            errors.push(UserError::new(
+                UserErrorCode::VoucherNotApplicable,
+                &["input", "voucherId"],
+                "Rewards cannot be used yet.",
+            ));
         }
         let Some(cart_id) = cart_id else {
-            errors.push(UserError::new(UserErrorCode::CartNotFound, &["input", "cartId"], "There is no such cart."));
-            return Ok(CheckoutPayload { order: None, user_errors: errors });
+            errors.push(UserError::new(
+                UserErrorCode::CartNotFound,
+                &["input", "cartId"],
+                "There is no such cart.",
+            ));
+            return Ok(CheckoutPayload {
+                order: None,
+                user_errors: errors,
+            });
         };
         if !errors.is_empty() {
-            return Ok(CheckoutPayload { order: None, user_errors: errors });
+            return Ok(CheckoutPayload {
+                order: None,
+                user_errors: errors,
+            });
         }
         let request = CheckoutRequest {
             customer_id: customer.as_str().to_owned(),
@@ -428,7 +497,11 @@ impl OrderMutation {
             Err(CheckoutRefusal::CartNotFound) => {
                 return Ok(CheckoutPayload {
                     order: None,
-                    user_errors: vec![UserError::new(UserErrorCode::CartNotFound, &["input", "cartId"], "There is no such cart.")],
+                    user_errors: vec![UserError::new(
+                        UserErrorCode::CartNotFound,
+                        &["input", "cartId"],
+                        "There is no such cart.",
+                    )],
                 });
             }
             Err(CheckoutRefusal::IdempotencyKeyReused) => {
@@ -444,7 +517,10 @@ impl OrderMutation {
         };
         let user_errors = order_errors(&order);
         if order.step == Step::Invalid.as_str() {
-            return Ok(CheckoutPayload { order: None, user_errors });
+            return Ok(CheckoutPayload {
+                order: None,
+                user_errors,
+            });
         }
         if Step::parse(&order.step).is_some_and(Step::is_active) {
             // Still running (an upstream is slow); the same key will return the outcome.
@@ -463,7 +539,11 @@ pub struct OrderSubscription;
 #[Subscription]
 impl OrderSubscription {
     /// The order now, then once per status change, in order; ends after a final status.
-    async fn order_status_changed(&self, ctx: &Context<'_>, order_id: ID) -> Result<impl Stream<Item = Result<OrderObject>> + use<>> {
+    async fn order_status_changed(
+        &self,
+        ctx: &Context<'_>,
+        order_id: ID,
+    ) -> Result<impl Stream<Item = Result<OrderObject>> + use<>> {
         let state = context::state(ctx)?.clone();
         let customer = context::customer(ctx)?.as_str().to_owned();
         // Listen before reading, so no change can fall between the two.
@@ -471,7 +551,10 @@ impl OrderSubscription {
         let Some(order) = owned_order(&state, &customer, &order_id).await? else {
             return Err(ApiError::NotFound.into());
         };
-        let seen = store::orders::history(&state.db, &order.id).await.map_err(ApiError::from)?.len();
+        let seen = store::orders::history(&state.db, &order.id)
+            .await
+            .map_err(ApiError::from)?
+            .len();
         let first = OrderObject::current(order.clone())?;
         let done = first.status.is_final();
         let follow = StatusFollower {
@@ -482,7 +565,8 @@ impl OrderSubscription {
             pending: std::collections::VecDeque::new(),
             done,
         };
-        Ok(futures_util::stream::once(async move { Ok(first) }).chain(futures_util::stream::unfold(follow, StatusFollower::next)))
+        Ok(futures_util::stream::once(async move { Ok(first) })
+            .chain(futures_util::stream::unfold(follow, StatusFollower::next)))
     }
 }
 
@@ -529,11 +613,16 @@ impl StatusFollower {
 
     /// Queues one order snapshot per history entry not yet sent.
     async fn catch_up(&mut self) -> Result<()> {
-        let history = store::orders::history(&self.state.db, &self.order_id).await.map_err(ApiError::from)?;
+        let history = store::orders::history(&self.state.db, &self.order_id)
+            .await
+            .map_err(ApiError::from)?;
         if history.len() <= self.seen {
             return Ok(());
         }
-        let Some(row) = store::orders::find(&self.state.db, &self.order_id).await.map_err(ApiError::from)? else {
+        let Some(row) = store::orders::find(&self.state.db, &self.order_id)
+            .await
+            .map_err(ApiError::from)?
+        else {
             return Ok(());
         };
         for (index, entry) in history.iter().enumerate().skip(self.seen) {

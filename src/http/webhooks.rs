@@ -22,14 +22,35 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
 }
 
-fn verify(headers: &HeaderMap, header: &str, body: &[u8], secrets: &[SecretString], tolerance: u64) -> Result<(), Response> {
+fn verify(
+    headers: &HeaderMap,
+    header: &str,
+    body: &[u8],
+    secrets: &[SecretString],
+    tolerance: u64,
+) -> Result<(), Response> {
     let Some(value) = headers.get(header).and_then(|v| v.to_str().ok()) else {
-        return Err(refuse(StatusCode::UNAUTHORIZED, "invalid_signature", "signature header missing"));
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "invalid_signature",
+            "signature header missing",
+        ));
     };
-    signature::verify(value, body, secrets, chrono::Utc::now().timestamp(), tolerance).map_err(|e| {
+    signature::verify(
+        value,
+        body,
+        secrets,
+        chrono::Utc::now().timestamp(),
+        tolerance,
+    )
+    .map_err(|e| {
         tracing::warn!(header, error = %e, "webhook refused");
         let message = match e {
             SignatureError::Stale => "signature timestamp outside the tolerance",
@@ -43,19 +64,39 @@ fn verify(headers: &HeaderMap, header: &str, body: &[u8], secrets: &[SecretStrin
 /// Stores the event and its processing job once; a repeat is acknowledged and ignored.
 async fn accept(state: &AppState, source: &str, job_kind: &str, body: &[u8]) -> Response {
     let Ok(event) = serde_json::from_slice::<Value>(body) else {
-        return refuse(StatusCode::BAD_REQUEST, "invalid_body", "the body is not JSON");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the body is not JSON",
+        );
     };
     let (Some(id), Some(event_type)) = (event["id"].as_str(), event["type"].as_str()) else {
-        return refuse(StatusCode::BAD_REQUEST, "invalid_body", "the event has no id or type");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the event has no id or type",
+        );
     };
     if id.is_empty() || id.len() > 200 || event_type.len() > 64 {
-        return refuse(StatusCode::BAD_REQUEST, "invalid_body", "the event id or type is malformed");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the event id or type is malformed",
+        );
     }
     let stored_id = format!("{source}:{id}");
     let now = now_ms();
     let outcome = async {
         let txn = state.db.begin().await?;
-        let new = store::webhooks::insert(&txn, &stored_id, source, event_type, &event.to_string(), now).await?;
+        let new = store::webhooks::insert(
+            &txn,
+            &stored_id,
+            source,
+            event_type,
+            &event.to_string(),
+            now,
+        )
+        .await?;
         if new {
             store::jobs::enqueue(&txn, job_kind, &format!("{job_kind}:{id}"), &event, now).await?;
         }
@@ -68,7 +109,13 @@ async fn accept(state: &AppState, source: &str, job_kind: &str, body: &[u8]) -> 
             if new {
                 state.job_signal.wake();
             }
-            tracing::info!(source, event_id = id, event_type, duplicate = !new, "webhook accepted");
+            tracing::info!(
+                source,
+                event_id = id,
+                event_type,
+                duplicate = !new,
+                "webhook accepted"
+            );
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => {
@@ -81,7 +128,13 @@ async fn accept(state: &AppState, source: &str, job_kind: &str, body: &[u8]) -> 
 
 pub async fn okya(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let hooks = &state.settings.webhooks;
-    if let Err(refused) = verify(&headers, "x-okya-signature", &body, &hooks.okya_secrets, hooks.tolerance_secs) {
+    if let Err(refused) = verify(
+        &headers,
+        "x-okya-signature",
+        &body,
+        &hooks.okya_secrets,
+        hooks.tolerance_secs,
+    ) {
         return refused;
     }
     accept(&state, "okya", OKYA_EVENT, &body).await
@@ -89,7 +142,13 @@ pub async fn okya(State(state): State<AppState>, headers: HeaderMap, body: Bytes
 
 pub async fn stripe(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let hooks = &state.settings.webhooks;
-    if let Err(refused) = verify(&headers, "stripe-signature", &body, &hooks.stripe_secrets, hooks.tolerance_secs) {
+    if let Err(refused) = verify(
+        &headers,
+        "stripe-signature",
+        &body,
+        &hooks.stripe_secrets,
+        hooks.tolerance_secs,
+    ) {
         return refused;
     }
     accept(&state, "stripe", STRIPE_EVENT, &body).await

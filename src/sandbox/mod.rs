@@ -77,10 +77,7 @@ pub async fn start(settings: &crate::config::Settings, app_url: &str) -> std::io
             api_key: settings.okya.api_key.expose_secret().to_owned(),
             otp_code: settings.sandbox.otp_code.clone(),
             auto_accept_delay_ms: settings.sandbox.auto_accept_delay_ms,
-            webhook_url: Some(format!(
-                "{}/webhooks/okya",
-                app_url.trim_end_matches('/')
-            )),
+            webhook_url: Some(format!("{}/webhooks/okya", app_url.trim_end_matches('/'))),
             webhook_secret: settings
                 .webhooks
                 .okya_secrets

@@ -7,9 +7,9 @@ use super::{
 };
 use crate::domain::{OrderStatus, Step};
 use sea_orm::{
-    ActiveModelTrait, ExprTrait, PaginatorTrait,
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
-    QuerySelect, Statement, Value, sea_query::Expr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
+    ExprTrait, IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
+    Value, sea_query::Expr,
 };
 
 pub use order::Model as Order;
@@ -30,9 +30,12 @@ fn stmt(db: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Statement {
 pub async fn insert_new(db: &impl ConnectionTrait, row: Order) -> Result<bool, StoreError> {
     let result = order::Entity::insert(row.into_active_model())
         .on_conflict(
-            sea_orm::sea_query::OnConflict::columns([order::Column::CustomerId, order::Column::IdempotencyKey])
-                .do_nothing()
-                .to_owned(),
+            sea_orm::sea_query::OnConflict::columns([
+                order::Column::CustomerId,
+                order::Column::IdempotencyKey,
+            ])
+            .do_nothing()
+            .to_owned(),
         )
         .exec_without_returning(db)
         .await?;
@@ -43,7 +46,11 @@ pub async fn find(db: &impl ConnectionTrait, id: &str) -> Result<Option<Order>, 
     Ok(order::Entity::find_by_id(id.to_owned()).one(db).await?)
 }
 
-pub async fn find_by_key(db: &impl ConnectionTrait, customer_id: &str, key: &str) -> Result<Option<Order>, StoreError> {
+pub async fn find_by_key(
+    db: &impl ConnectionTrait,
+    customer_id: &str,
+    key: &str,
+) -> Result<Option<Order>, StoreError> {
     Ok(order::Entity::find()
         .filter(order::Column::CustomerId.eq(customer_id))
         .filter(order::Column::IdempotencyKey.eq(key))
@@ -51,29 +58,47 @@ pub async fn find_by_key(db: &impl ConnectionTrait, customer_id: &str, key: &str
         .await?)
 }
 
-pub async fn find_by_okya_id(db: &impl ConnectionTrait, okya_order_id: &str) -> Result<Option<Order>, StoreError> {
+pub async fn find_by_okya_id(
+    db: &impl ConnectionTrait,
+    okya_order_id: &str,
+) -> Result<Option<Order>, StoreError> {
     Ok(order::Entity::find()
         .filter(order::Column::OkyaOrderId.eq(okya_order_id))
         .one(db)
         .await?)
 }
 
-pub async fn find_by_payment_intent(db: &impl ConnectionTrait, intent_id: &str) -> Result<Option<Order>, StoreError> {
+pub async fn find_by_payment_intent(
+    db: &impl ConnectionTrait,
+    intent_id: &str,
+) -> Result<Option<Order>, StoreError> {
     Ok(order::Entity::find()
         .filter(order::Column::PaymentIntentId.eq(intent_id))
         .one(db)
         .await?)
 }
 
-/// Saves every column of the row.
+/// Saves the flow's columns of the row. Columns other writers own are left alone: Okya's
+/// state (webhooks record it, version-guarded), the points (the SessionM job) and the
+/// lease (`acquire`/`release`), so a runner's stale copy can never overwrite them.
 pub async fn save(db: &impl ConnectionTrait, row: Order) -> Result<(), StoreError> {
-    let active = row.into_active_model().reset_all();
+    let mut active = row.into_active_model().reset_all();
+    active.okya_version = sea_orm::ActiveValue::NotSet;
+    active.okya_approval = sea_orm::ActiveValue::NotSet;
+    active.okya_fulfilment = sea_orm::ActiveValue::NotSet;
+    active.points_earned = sea_orm::ActiveValue::NotSet;
+    active.locked_until_ms = sea_orm::ActiveValue::NotSet;
     order::Entity::update(active).exec(db).await?;
     Ok(())
 }
 
 /// Reserves the order for one runner until `now + lease_ms`; false if another holds it.
-pub async fn acquire(db: &impl ConnectionTrait, id: &str, now_ms: i64, lease_ms: i64) -> Result<bool, StoreError> {
+pub async fn acquire(
+    db: &impl ConnectionTrait,
+    id: &str,
+    now_ms: i64,
+    lease_ms: i64,
+) -> Result<bool, StoreError> {
     let result = db
         .execute_raw(stmt(
             db,
@@ -86,7 +111,10 @@ pub async fn acquire(db: &impl ConnectionTrait, id: &str, now_ms: i64, lease_ms:
 
 pub async fn release(db: &impl ConnectionTrait, id: &str) -> Result<(), StoreError> {
     order::Entity::update_many()
-        .col_expr(order::Column::LockedUntilMs, Expr::value(Option::<i64>::None))
+        .col_expr(
+            order::Column::LockedUntilMs,
+            Expr::value(Option::<i64>::None),
+        )
         .filter(order::Column::Id.eq(id))
         .exec(db)
         .await?;
@@ -95,7 +123,12 @@ pub async fn release(db: &impl ConnectionTrait, id: &str) -> Result<(), StoreErr
 
 /// Orders whose flow should run now: an active step that is due, or a 3-D Secure wait
 /// that has run out. Locked orders are skipped; the lease decides who runs them.
-pub async fn due(db: &impl ConnectionTrait, now_ms: i64, auth_deadline_ms: i64, limit: u64) -> Result<Vec<String>, StoreError> {
+pub async fn due(
+    db: &impl ConnectionTrait,
+    now_ms: i64,
+    auth_deadline_ms: i64,
+    limit: u64,
+) -> Result<Vec<String>, StoreError> {
     let active: Vec<&str> = Step::active_names();
     let rows = order::Entity::find()
         .select_only()
@@ -153,7 +186,12 @@ pub async fn transition(
 }
 
 /// Adds a status to the history; the first status of an order too.
-pub async fn append_history(db: &impl ConnectionTrait, id: &str, status: OrderStatus, now_ms: i64) -> Result<(), StoreError> {
+pub async fn append_history(
+    db: &impl ConnectionTrait,
+    id: &str,
+    status: OrderStatus,
+    now_ms: i64,
+) -> Result<(), StoreError> {
     let count = history::Entity::find()
         .filter(history::Column::OrderId.eq(id))
         .count(db)
@@ -164,11 +202,36 @@ pub async fn append_history(db: &impl ConnectionTrait, id: &str, status: OrderSt
         status: Set(status.as_str().to_owned()),
         at_ms: Set(now_ms),
     };
-    history::Entity::insert(row).exec_without_returning(db).await?;
+    history::Entity::insert(row)
+        .exec_without_returning(db)
+        .await?;
     Ok(())
 }
 
-pub async fn history(db: &impl ConnectionTrait, id: &str) -> Result<Vec<history::Model>, StoreError> {
+/// Records an order's first visible status, once. A single write statement: SQLite
+/// refuses (rather than waits) a transaction that reads before it writes while another
+/// connection writes.
+pub async fn start_history(
+    db: &impl ConnectionTrait,
+    id: &str,
+    status: OrderStatus,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let result = db
+        .execute_raw(stmt(
+            db,
+            "INSERT INTO order_status_history (order_id, seq, status, at_ms) SELECT ?, 1, ?, ? \
+             WHERE NOT EXISTS (SELECT 1 FROM order_status_history WHERE order_id = ?)",
+            vec![id.into(), status.as_str().into(), now_ms.into(), id.into()],
+        ))
+        .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+pub async fn history(
+    db: &impl ConnectionTrait,
+    id: &str,
+) -> Result<Vec<history::Model>, StoreError> {
     Ok(history::Entity::find()
         .filter(history::Column::OrderId.eq(id))
         .order_by_asc(history::Column::Seq)
@@ -191,7 +254,11 @@ pub async fn page_for_customer(
         query = query.filter(
             sea_orm::Condition::any()
                 .add(order::Column::CreatedAtMs.lt(created))
-                .add(order::Column::CreatedAtMs.eq(created).and(order::Column::Id.lt(id))),
+                .add(
+                    order::Column::CreatedAtMs
+                        .eq(created)
+                        .and(order::Column::Id.lt(id)),
+                ),
         );
     }
     Ok(query
@@ -201,7 +268,6 @@ pub async fn page_for_customer(
         .all(db)
         .await?)
 }
-
 
 /// Records Okya's state of the order when `version` is newer than the one held; older or
 /// repeated webhooks change nothing.
@@ -223,7 +289,11 @@ pub async fn record_okya_state(
     Ok(result.rows_affected == 1)
 }
 
-pub async fn set_points(db: &impl ConnectionTrait, id: &str, points: i64) -> Result<(), StoreError> {
+pub async fn set_points(
+    db: &impl ConnectionTrait,
+    id: &str,
+    points: i64,
+) -> Result<(), StoreError> {
     order::Entity::update_many()
         .col_expr(order::Column::PointsEarned, Expr::value(points))
         .filter(order::Column::Id.eq(id))

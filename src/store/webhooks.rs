@@ -15,12 +15,22 @@ pub async fn insert(
     let backend = db.get_database_backend();
     let sql = "INSERT INTO webhook_events (id, source, event_type, payload, received_at_ms) VALUES (?, ?, ?, ?, ?) \
                ON CONFLICT (id) DO NOTHING";
-    let sql = if backend == DbBackend::Postgres { numbered(sql) } else { sql.to_owned() };
+    let sql = if backend == DbBackend::Postgres {
+        numbered(sql)
+    } else {
+        sql.to_owned()
+    };
     let result = db
         .execute_raw(Statement::from_sql_and_values(
             backend,
             sql,
-            [id.into(), source.into(), event_type.into(), payload.into(), now_ms.into()],
+            [
+                id.into(),
+                source.into(),
+                event_type.into(),
+                payload.into(),
+                now_ms.into(),
+            ],
         ))
         .await?;
     Ok(result.rows_affected() == 1)
