@@ -64,9 +64,15 @@ pub enum FlowError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("upstream: {0}")]
-    Upstream(#[from] UpstreamError),
+    Upstream(Box<UpstreamError>),
     #[error("stored order is unreadable: {0}")]
     Corrupt(String),
+}
+
+impl From<UpstreamError> for FlowError {
+    fn from(value: UpstreamError) -> Self {
+        FlowError::Upstream(Box::new(value))
+    }
 }
 
 impl From<sea_orm::DbErr> for FlowError {

@@ -29,15 +29,16 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// The refusal to send, when the signature does not hold.
 fn verify(
     headers: &HeaderMap,
     header: &str,
     body: &[u8],
     secrets: &[SecretString],
     tolerance: u64,
-) -> Result<(), Response> {
+) -> Option<Response> {
     let Some(value) = headers.get(header).and_then(|v| v.to_str().ok()) else {
-        return Err(refuse(
+        return Some(refuse(
             StatusCode::UNAUTHORIZED,
             "invalid_signature",
             "signature header missing",
@@ -59,6 +60,7 @@ fn verify(
         };
         refuse(StatusCode::UNAUTHORIZED, "invalid_signature", message)
     })
+    .err()
 }
 
 /// Stores the event and its processing job once; a repeat is acknowledged and ignored.
@@ -128,7 +130,7 @@ async fn accept(state: &AppState, source: &str, job_kind: &str, body: &[u8]) -> 
 
 pub async fn okya(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let hooks = &state.settings.webhooks;
-    if let Err(refused) = verify(
+    if let Some(refused) = verify(
         &headers,
         "x-okya-signature",
         &body,
@@ -142,7 +144,7 @@ pub async fn okya(State(state): State<AppState>, headers: HeaderMap, body: Bytes
 
 pub async fn stripe(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let hooks = &state.settings.webhooks;
-    if let Err(refused) = verify(
+    if let Some(refused) = verify(
         &headers,
         "stripe-signature",
         &body,
