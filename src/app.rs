@@ -25,6 +25,8 @@ pub struct AppInner {
     pub token_keys: TokenKeys,
     pub job_signal: JobSignal,
     pub order_events: OrderEvents,
+    #[cfg(feature = "crash-points")]
+    pub crash_points: crate::crash::CrashPoints,
 }
 
 /// What every request and background task shares; cheap to clone.
@@ -153,6 +155,8 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         token_keys,
         job_signal: JobSignal::default(),
         order_events,
+        #[cfg(feature = "crash-points")]
+        crash_points: crate::crash::CrashPoints::default(),
     }));
     let mut workers = jobs::spawn_workers(state.clone());
     workers.extend(event_listener);

@@ -3,6 +3,8 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+#[cfg(feature = "crash-points")]
+pub mod crash;
 pub mod domain;
 pub mod events;
 pub mod flows;

@@ -67,6 +67,22 @@ pub enum FlowError {
     Upstream(Box<UpstreamError>),
     #[error("stored order is unreadable: {0}")]
     Corrupt(String),
+    /// Tests only: the process "died" at a crash point.
+    #[error("crashed at {0}")]
+    Crashed(String),
+}
+
+/// With the `crash-points` feature (tests only), fails like a dead process just before
+/// the flow records its next step: the upstream call of the step has happened, its result
+/// is lost, and the lease is left to expire.
+fn crash_point(state: &AppState, order: &Order) -> Result<(), FlowError> {
+    #[cfg(feature = "crash-points")]
+    if state.crash_points.hit(&order.step) {
+        tracing::warn!(order_id = %order.id, next_step = %order.step, "crash point: dying before recording");
+        return Err(FlowError::Crashed(order.step.clone()));
+    }
+    let _ = (state, order);
+    Ok(())
 }
 
 impl From<UpstreamError> for FlowError {
@@ -230,6 +246,10 @@ pub async fn drive(state: &AppState, id: &str) -> Result<bool, FlowError> {
 /// Runs steps while holding the lease, until the flow rests or a step must wait to retry.
 async fn run_held(state: &AppState, id: &str) -> Result<(), FlowError> {
     let outcome = run_steps(state, id).await;
+    if matches!(outcome, Err(FlowError::Crashed(_))) {
+        // A dead process releases nothing; the lease runs out instead.
+        return outcome;
+    }
     store::orders::release(&state.db, id).await?;
     outcome
 }
@@ -309,6 +329,7 @@ async fn commit(
     order: &mut Order,
     to: Option<OrderStatus>,
 ) -> Result<(), FlowError> {
+    crash_point(state, order)?;
     let from = parse_status(order)?;
     let now = now_ms();
     let txn = sea_orm::TransactionTrait::begin(&state.db).await?;
@@ -414,7 +435,7 @@ async fn submit(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
                 Some(serde_json::to_string(&okya.lines).unwrap_or_else(|_| "[]".into()));
             record_okya(state, &mut order, &okya).await?;
             advance(&mut order, Step::Charge);
-            store::orders::save(&state.db, order).await?;
+            commit(state, &mut order, None).await?;
             Ok(Next::Continue)
         }
         Err(e) if e.is_transient() => Ok(Next::Retry(e.to_string())),
@@ -426,7 +447,7 @@ async fn submit(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
             tracing::info!(order_id = %order.id, %code, "Okya refused the order; nothing charged");
             fail_with(&mut order, &code, &message);
             advance(&mut order, Step::Invalid);
-            store::orders::save(&state.db, order).await?;
+            commit(state, &mut order, None).await?;
             Ok(Next::Rest)
         }
     }
@@ -493,7 +514,7 @@ async fn charge(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
                     advance(&mut order, Step::CancelOkya);
                 }
             }
-            store::orders::save(&state.db, order).await?;
+            commit(state, &mut order, None).await?;
             Ok(Next::Continue)
         }
         Err(e) if e.is_transient() => Ok(Next::Retry(e.to_string())),
@@ -514,7 +535,7 @@ async fn charge(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
             }
             order.payment_status = Some(payment::FAILED.into());
             advance(&mut order, Step::CancelOkya);
-            store::orders::save(&state.db, order).await?;
+            commit(state, &mut order, None).await?;
             Ok(Next::Continue)
         }
     }
@@ -614,7 +635,7 @@ async fn await_authentication(state: &AppState, mut order: Order) -> Result<Next
             advance(&mut order, Step::CancelOkya);
         }
     }
-    store::orders::save(&state.db, order).await?;
+    commit(state, &mut order, None).await?;
     Ok(Next::Continue)
 }
 
@@ -650,7 +671,7 @@ async fn record_payment(state: &AppState, mut order: Order) -> Result<Next, Flow
             tracing::error!(order_id = %order.id, error = %e, "Okya would not record the payment; refunding");
             fail_with(&mut order, failure::NOT_RECORDED, &e.to_string());
             advance(&mut order, Step::Refund);
-            store::orders::save(&state.db, order).await?;
+            commit(state, &mut order, None).await?;
             Ok(Next::Continue)
         }
     }
@@ -678,7 +699,7 @@ async fn await_acceptance(state: &AppState, mut order: Order) -> Result<Next, Fl
     match order.okya_approval.as_deref() {
         Some("APPROVED") => {
             advance(&mut order, Step::Inject);
-            store::orders::save(&state.db, order).await?;
+            commit(state, &mut order, None).await?;
             Ok(Next::Continue)
         }
         Some("NOT_APPROVED") => {
@@ -688,7 +709,7 @@ async fn await_acceptance(state: &AppState, mut order: Order) -> Result<Next, Fl
                 "The store declined the order.",
             );
             advance(&mut order, Step::Refund);
-            store::orders::save(&state.db, order).await?;
+            commit(state, &mut order, None).await?;
             Ok(Next::Continue)
         }
         _ => Ok(Next::Rest),
@@ -739,7 +760,7 @@ async fn inject(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     tracing::warn!(order_id = %order.id, code = %failed.0, "the POS could not take the order; recalling");
     fail_with(&mut order, &failed.0, &failed.1);
     advance(&mut order, Step::Recall);
-    store::orders::save(&state.db, order).await?;
+    commit(state, &mut order, None).await?;
     Ok(Next::Continue)
 }
 
@@ -784,7 +805,7 @@ async fn capture(state: &AppState, mut order: Order) -> Result<Next, FlowError> 
             tracing::error!(order_id = %order.id, error = %e, "capture failed; recalling the order");
             fail_with(&mut order, "capture_failed", &e.to_string());
             advance(&mut order, Step::Recall);
-            store::orders::save(&state.db, order).await?;
+            commit(state, &mut order, None).await?;
             return Ok(Next::Continue);
         }
     }
@@ -804,7 +825,7 @@ async fn capture(state: &AppState, mut order: Order) -> Result<Next, FlowError> 
     {
         Ok(okya) => record_okya(state, &mut order, &okya).await?,
         Err(e) if e.is_transient() => {
-            store::orders::save(&state.db, order).await?;
+            commit(state, &mut order, None).await?;
             return Ok(Next::Retry(e.to_string()));
         }
         // The money is ours either way; Okya's copy is informational.
@@ -837,7 +858,7 @@ async fn recall(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
         Err(e) => return Err(e.into()),
     }
     advance(&mut order, Step::Refund);
-    store::orders::save(&state.db, order).await?;
+    commit(state, &mut order, None).await?;
     Ok(Next::Continue)
 }
 

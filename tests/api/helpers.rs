@@ -125,7 +125,18 @@ pub async fn spawn_app_with(kind: Db, tweak: impl FnOnce(&mut Settings)) -> Test
 pub async fn spawn_with_settings(settings: Settings) -> TestApp {
     // Logs go to the captured output, shown when a test fails.
     cbtl_bff::telemetry::init_for_tests();
-    let app = cbtl_bff::app::build(settings).await.expect("app starts");
+    let mut tries = 0;
+    let app = loop {
+        match cbtl_bff::app::build(settings.clone()).await {
+            Ok(app) => break app,
+            // A stopped incarnation on a fixed port lets go of it a moment later.
+            Err(cbtl_bff::app::StartError::Bind { .. }) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("app starts: {e}"),
+        }
+    };
     let url = app.url();
     TestApp {
         app,

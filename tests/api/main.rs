@@ -6,6 +6,8 @@ mod account;
 mod cart;
 mod catalog;
 mod config;
+#[cfg(feature = "crash-points")]
+mod crash;
 mod helpers;
 mod orders;
 mod persistence;
