@@ -9,6 +9,7 @@ mod config;
 #[cfg(feature = "crash-points")]
 mod crash;
 mod helpers;
+mod instances;
 mod orders;
 mod persistence;
 mod protocol;

@@ -1,0 +1,208 @@
+//! Several instances on one PostgreSQL behave as one service: a webhook received by one
+//! reaches subscribers connected to another (LISTEN/NOTIFY), and background work is done
+//! once however many instances are running (leases, `FOR UPDATE SKIP LOCKED`).
+
+use crate::helpers::{Db, TestApp, TestDb, spawn_with_settings, test_settings};
+use cbtl_bff::sandbox::{epoint, faults::Faults, okya, sessionm, stripe};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::{
+    connect_async,
+    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
+};
+
+async fn get(app: &TestApp, url: String) -> Value {
+    app.http
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn two_instances_share_one_database_as_one_service() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let okya = okya::start(
+        okya::OkyaSimConfig {
+            webhook_url: Some(format!("http://127.0.0.1:{port}/webhooks/okya")),
+            webhook_secret: "whsec_okya_sandbox".to_owned(),
+            ..okya::OkyaSimConfig::default()
+        },
+        Faults::new(0, 0.0),
+    )
+    .await
+    .unwrap();
+    let stripe_sim = stripe::start(stripe::StripeSimConfig::default(), Faults::new(0, 0.0))
+        .await
+        .unwrap();
+    let epoint_sim = epoint::start(
+        epoint::EpointSimConfig {
+            offline_locations: vec![],
+        },
+        Faults::new(0, 0.0),
+    )
+    .await
+    .unwrap();
+    let sessionm_sim = sessionm::start(Faults::new(0, 0.0)).await.unwrap();
+    let (db, url) = TestDb::new(Db::Postgres).await;
+    let mut settings = test_settings(url);
+    settings.okya.base_url = Some(okya.base_url.clone());
+    settings.stripe.base_url = Some(stripe_sim.base_url.clone());
+    settings.stripe.secret_key = "sk_test_two_instances".to_owned().into();
+    settings.epoint.base_url = Some(epoint_sim.base_url.clone());
+    settings.sessionm.base_url = Some(sessionm_sim.base_url.clone());
+    settings.auth.jwt_secret = "a-shared-signing-key-of-at-least-32-bytes"
+        .to_owned()
+        .into();
+    settings.orders.sweep_interval_ms = 50;
+    settings.jobs.poll_interval_ms = 20;
+
+    // A receives Okya's webhooks; B serves the subscriber.
+    let mut a_settings = settings.clone();
+    a_settings.listen_addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let a = spawn_with_settings(a_settings).await;
+    let b = spawn_with_settings(settings).await;
+
+    let customer = a.sign_up("+16265550150", "ada@example.com").await;
+    a.use_token(Some(&customer.access_token));
+    b.use_token(Some(&customer.access_token));
+    let mut orders = Vec::new();
+    for n in 0..4 {
+        let cart = if n % 2 == 0 {
+            a.new_cart("str_pasadena").await
+        } else {
+            b.new_cart("str_pasadena").await
+        };
+        let app = if n % 2 == 0 { &a } else { &b };
+        app.data(
+            "mutation($c: ID!) { cartLinesAdd(cartId: $c, lines: [{productId: \"prd_water\", quantity: 3}]) { userErrors { code } } }",
+            json!({"c": cart}),
+        )
+        .await;
+        let placed = app
+            .data(
+                "mutation($i: CheckoutInput!) { checkout(input: $i) { order { id status } userErrors { code } } }",
+                json!({"i": {"cartId": cart, "paymentMethodId": "pm_card_visa", "idempotencyKey": format!("k{n}")}}),
+            )
+            .await;
+        assert_eq!(
+            placed["checkout"]["order"]["status"], "AWAITING_ACCEPTANCE",
+            "{placed}"
+        );
+        orders.push(
+            placed["checkout"]["order"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+
+    // Follow the first order through B.
+    let mut request = b
+        .graphql_url()
+        .replace("http://", "ws://")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static("graphql-transport-ws"),
+    );
+    let (mut ws, _) = connect_async(request).await.unwrap();
+    ws.send(Message::Text(json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {}", customer.access_token)}}).to_string().into()))
+        .await
+        .unwrap();
+    ws.send(Message::Text(
+        json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription($o: ID!) { orderStatusChanged(orderId: $o) { status } }", "variables": {"o": orders[0]}}}).to_string().into(),
+    ))
+    .await
+    .unwrap();
+    let mut statuses = Vec::new();
+    statuses.push(next_status(&mut ws).await);
+
+    // The store accepts every order; A gets the webhooks.
+    let okya_orders = get(&a, format!("{}/_sandbox/orders", okya.base_url)).await;
+    let accepted_at = Instant::now();
+    for order in okya_orders["orders"].as_array().unwrap() {
+        let id = order["id"].as_str().unwrap();
+        a.http
+            .post(format!("{}/_sandbox/orders/{id}/accept", okya.base_url))
+            .send()
+            .await
+            .unwrap();
+    }
+    statuses.push(next_status(&mut ws).await);
+    let latency = accepted_at.elapsed();
+    assert_eq!(statuses, ["AWAITING_ACCEPTANCE", "IN_PREPARATION"]);
+    assert!(
+        latency < Duration::from_secs(3),
+        "cross-instance delivery took {latency:?}"
+    );
+
+    // Every order was injected, charged and sent to SessionM exactly once, with two
+    // instances' workers and sweepers running.
+    a.eventually("every order sent to SessionM", || async {
+        let ledger = get(&a, format!("{}/_sandbox/ledger", sessionm_sim.base_url)).await;
+        ledger["transactions"].as_array().map(Vec::len) == Some(4)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let epoint_ledger = get(&a, format!("{}/_sandbox/ledger", epoint_sim.base_url)).await;
+    let stripe_ledger = get(&a, format!("{}/_sandbox/ledger", stripe_sim.base_url)).await;
+    let sessionm_ledger = get(&a, format!("{}/_sandbox/ledger", sessionm_sim.base_url)).await;
+    assert_eq!(
+        epoint_ledger["orders"].as_array().map(Vec::len),
+        Some(4),
+        "{epoint_ledger}"
+    );
+    assert_eq!(
+        stripe_ledger["payment_intents"].as_array().map(Vec::len),
+        Some(4)
+    );
+    assert_eq!(
+        sessionm_ledger["transactions"].as_array().map(Vec::len),
+        Some(4)
+    );
+    for id in &orders {
+        let order = b
+            .data(
+                "query($o: ID!) { order(id: $o) { status } }",
+                json!({"o": id}),
+            )
+            .await;
+        assert_eq!(order["order"]["status"], "IN_PREPARATION");
+    }
+    drop(a);
+    drop(b);
+    drop(db);
+}
+
+async fn next_status(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> String {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("in time")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = frame {
+            let value: Value = serde_json::from_str(&text).unwrap();
+            if value["type"] == "next" {
+                return value["payload"]["data"]["orderStatusChanged"]["status"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+            }
+        }
+    }
+}
