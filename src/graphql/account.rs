@@ -54,29 +54,39 @@ impl CustomerObject {
 
     /// The SessionM loyalty account; null for a moment after registration, while the
     /// account is being linked.
-    async fn loyalty(&self, ctx: &Context<'_>) -> Result<Option<LoyaltyAccount>> {
-        let Some(user_id) = &self.0.sessionm_user_id else {
+    async fn loyalty(&self) -> Result<Option<LoyaltyAccount>> {
+        if self.0.sessionm_user_id.is_none() {
             return Ok(None);
-        };
-        let state = context::state(ctx)?;
-        let user = state
-            .upstreams
-            .sessionm
-            .get_user(user_id)
-            .await
-            .map_err(ApiError::from)?;
+        }
         Ok(Some(LoyaltyAccount {
-            points_balance: user.available_points,
-            tier: user.tier,
+            customer_id: self.0.id.clone(),
         }))
     }
 }
 
-/// Points and tier from SessionM.
-#[derive(SimpleObject)]
+/// Points, tier and vouchers from SessionM, read with one wallet lookup per request.
 pub struct LoyaltyAccount {
-    pub points_balance: i64,
-    pub tier: Option<String>,
+    customer_id: String,
+}
+
+#[Object]
+impl LoyaltyAccount {
+    async fn points_balance(&self, ctx: &Context<'_>) -> Result<i64> {
+        let wallet = super::vouchers::wallet(ctx, &self.customer_id).await?;
+        Ok(wallet.map(|w| w.user.available_points).unwrap_or(0))
+    }
+
+    async fn tier(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        let wallet = super::vouchers::wallet(ctx, &self.customer_id).await?;
+        Ok(wallet.and_then(|w| w.user.tier))
+    }
+
+    /// Every voucher held, expired ones included.
+    async fn vouchers(&self, ctx: &Context<'_>) -> Result<Vec<super::vouchers::VoucherObject>> {
+        Ok(super::vouchers::vouchers_of(
+            super::vouchers::wallet(ctx, &self.customer_id).await?,
+        ))
+    }
 }
 
 #[derive(InputObject)]

@@ -53,11 +53,14 @@ impl Loader<StoreId> for StoreLoader {
 pub struct Loaders {
     pub products: DataLoader<ProductLoader>,
     pub stores: DataLoader<StoreLoader>,
+    pub wallets: DataLoader<super::vouchers::WalletLoader>,
 }
 
 impl Loaders {
-    pub fn new(okya: &OkyaClient) -> Self {
+    pub fn new(upstreams: &crate::upstream::Upstreams) -> Self {
+        let okya = &upstreams.okya;
         Self {
+            wallets: super::vouchers::WalletLoader::new(&upstreams.sessionm),
             // Okya answers at most 200 ids per call.
             products: DataLoader::new(ProductLoader { okya: okya.clone() }, tokio::spawn)
                 .max_batch_size(200),

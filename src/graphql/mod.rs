@@ -8,6 +8,7 @@ pub mod errors;
 pub mod loaders;
 mod orders;
 pub mod scalars;
+mod vouchers;
 
 use crate::{app::AppState, config::GraphqlSettings};
 use async_graphql::{MergedObject, Schema};
@@ -18,6 +19,7 @@ pub struct Query(
     cart::CartQuery,
     account::AccountQuery,
     orders::OrderQuery,
+    vouchers::VoucherQuery,
 );
 
 #[derive(MergedObject, Default)]

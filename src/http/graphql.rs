@@ -25,7 +25,7 @@ pub async fn execute(
     viewer: Viewer,
 ) -> async_graphql::Response {
     let request = request
-        .data(Loaders::new(&gateway.app.upstreams.okya))
+        .data(Loaders::new(&gateway.app.upstreams))
         .data(viewer);
     gateway.schema.execute(request).await
 }

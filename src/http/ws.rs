@@ -319,7 +319,7 @@ impl Connection {
         }
         let viewer = self.viewer_of(self.authorization.as_deref()).await;
         let request = request
-            .data(Loaders::new(&self.gateway.app.upstreams.okya))
+            .data(Loaders::new(&self.gateway.app.upstreams))
             .data(viewer);
         let stream = self
             .gateway

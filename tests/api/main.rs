@@ -13,4 +13,5 @@ mod instances;
 mod orders;
 mod persistence;
 mod protocol;
+mod vouchers;
 mod websocket;
