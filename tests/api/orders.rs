@@ -565,6 +565,12 @@ async fn the_subscription_follows_the_order_live_and_ends_when_it_is_final() {
                 .unwrap()
                 .to_owned(),
         );
+        // The store's action to the subscriber (Okya's webhook, our job, the POS call, the
+        // fan-out): reported with --nocapture, not asserted tightly; timing is for benchmarks.
+        eprintln!(
+            "{action}: store action to subscriber {:?}",
+            started.elapsed()
+        );
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "{action} took {:?}",
@@ -643,5 +649,129 @@ async fn orders_are_listed_newest_first_and_kept_to_their_customer() {
     assert_eq!(
         anonymous["errors"][0]["extensions"]["code"],
         "UNAUTHENTICATED"
+    );
+}
+
+#[tokio::test]
+async fn stripe_webhooks_need_a_valid_signature() {
+    use cbtl_bff::upstream::signature::sign;
+    let app = shop(|_| {}).await;
+    let event = json!({"id": "evt_1", "type": "payment_intent.succeeded", "data": {"object": {"id": "pi_unknown"}}}).to_string();
+    let post = |signature: Option<String>| {
+        let mut request = app
+            .http
+            .post(format!("{}/webhooks/stripe", app.url))
+            .body(event.clone());
+        if let Some(signature) = signature {
+            request = request.header("stripe-signature", signature);
+        }
+        request.send()
+    };
+    let now = chrono::Utc::now().timestamp();
+    assert_eq!(post(None).await.unwrap().status(), 401);
+    assert_eq!(
+        post(Some(sign("whsec_other", now, event.as_bytes())))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        post(Some(sign(
+            "whsec_stripe_sandbox",
+            now - 400,
+            event.as_bytes()
+        )))
+        .await
+        .unwrap()
+        .status(),
+        401
+    );
+    assert_eq!(
+        post(Some(sign("whsec_stripe_sandbox", now, event.as_bytes())))
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        post(Some(sign("whsec_stripe_sandbox", now, event.as_bytes())))
+            .await
+            .unwrap()
+            .status(),
+        204,
+        "a repeat is acknowledged"
+    );
+    let garbage = "not json";
+    let response = app
+        .http
+        .post(format!("{}/webhooks/stripe", app.url))
+        .header(
+            "stripe-signature",
+            sign("whsec_stripe_sandbox", now, garbage.as_bytes()),
+        )
+        .body(garbage)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn every_compensation_also_runs_on_postgres() {
+    let app = spawn_app_with(Db::Postgres, |s| {
+        s.sandbox.auto_accept_delay_ms = 0;
+        s.orders.sweep_interval_ms = 100;
+        s.orders.pos_max_attempts = 2;
+        s.jobs.poll_interval_ms = 50;
+    })
+    .await;
+    let customer = app.sign_up("+16265550170", "ada@example.com").await;
+    app.use_token(Some(&customer.access_token));
+
+    let cart = filled_cart(&app, "str_pasadena").await;
+    let declined = checkout(&app, &cart, "pm_card_chargeDeclined", "declined").await;
+    assert_eq!(declined["order"]["status"], "PAYMENT_FAILED");
+
+    let cart = filled_cart(&app, "str_pasadena").await;
+    let id = checkout(&app, &cart, "pm_card_visa", "rejected").await["order"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    store_action(&app, &cart, "reject").await;
+    assert_eq!(
+        wait_for_status(&app, &id, "REJECTED").await["payment"]["status"],
+        "REFUNDED"
+    );
+
+    let cart = filled_cart(&app, "str_burbank").await;
+    let id = checkout(&app, &cart, "pm_card_visa", "recalled").await["order"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    store_action(&app, &cart, "accept").await;
+    assert_eq!(
+        wait_for_status(&app, &id, "CANCELLED").await["payment"]["status"],
+        "REFUNDED"
+    );
+
+    let cart = filled_cart(&app, "str_pasadena").await;
+    let id = checkout(&app, &cart, "pm_card_visa", "happy").await["order"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    store_action(&app, &cart, "accept").await;
+    wait_for_status(&app, &id, "IN_PREPARATION").await;
+    let again = checkout(&app, &cart, "pm_card_visa", "happy").await;
+    assert_eq!(again["order"]["id"], id.as_str());
+
+    let stripe = app.ledger(Sim::Stripe).await;
+    assert_eq!(stripe["refunds"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        intents(&stripe)
+            .iter()
+            .filter(|pi| pi["status"] == "succeeded")
+            .count(),
+        3
     );
 }
