@@ -1041,7 +1041,13 @@ pub async fn apply_okya_event(
     )
     .await
     .map_err(|e| transient(&e))?;
-    match drive(state, &order.id).await {
+    drive_for_job(state, &order.id).await
+}
+
+/// Runs the flow for a webhook job; a busy order makes the job retry shortly, so the
+/// event is applied by whoever holds the order next.
+async fn drive_for_job(state: &AppState, id: &str) -> Result<(), JobError> {
+    match drive(state, id).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(JobError::Transient("order busy; will apply shortly".into())),
         Err(e) => Err(JobError::Transient(e.to_string())),
@@ -1068,11 +1074,7 @@ pub async fn apply_stripe_event(
     else {
         return Ok(());
     };
-    match drive(state, &order.id).await {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(JobError::Transient("order busy; will apply shortly".into())),
-        Err(e) => Err(JobError::Transient(e.to_string())),
-    }
+    drive_for_job(state, &order.id).await
 }
 
 /// Step 26 (durable): the order's details go to SessionM, which credits points.

@@ -2,18 +2,8 @@
 //! needs it, so it cannot be forgotten; workers on any instance claim due jobs under a
 //! lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises writers itself).
 
-use super::{StoreError, otp::numbered};
-use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
-
-fn stmt(db: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Statement {
-    let backend = db.get_database_backend();
-    let sql = if backend == DbBackend::Postgres {
-        numbered(sql)
-    } else {
-        sql.to_owned()
-    };
-    Statement::from_sql_and_values(backend, sql, values)
-}
+use super::{StoreError, sql::stmt};
+use sea_orm::{ConnectionTrait, DbBackend};
 
 pub const PENDING: &str = "pending";
 pub const DONE: &str = "done";

@@ -8,6 +8,7 @@ pub mod jobs;
 pub mod orders;
 pub mod otp;
 pub mod sessions;
+mod sql;
 pub mod webhooks;
 
 use cbtl_migrations::{Migrator, MigratorTrait};

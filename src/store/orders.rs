@@ -3,26 +3,15 @@
 use super::{
     StoreError,
     entities::{order, order_status_history as history},
-    otp::numbered,
+    sql::stmt,
 };
 use crate::domain::{OrderStatus, Step};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
-    ExprTrait, IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
-    Value, sea_query::Expr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
 };
 
 pub use order::Model as Order;
-
-fn stmt(db: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Statement {
-    let backend = db.get_database_backend();
-    let sql = if backend == DbBackend::Postgres {
-        numbered(sql)
-    } else {
-        sql.to_owned()
-    };
-    Statement::from_sql_and_values(backend, sql, values)
-}
 
 /// Inserts a new order unless this customer already used the idempotency key; returns
 /// whether this call created it. Concurrent duplicates race on the unique index, and

@@ -2,34 +2,8 @@
 //! too; keeping ours means abuse is contained even if an upstream is lax, and every
 //! answer is the same whether or not the phone has an account.
 
-use super::StoreError;
-use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
-
-fn stmt(db: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Statement {
-    let backend = db.get_database_backend();
-    let sql = if backend == DbBackend::Postgres {
-        numbered(sql)
-    } else {
-        sql.to_owned()
-    };
-    Statement::from_sql_and_values(backend, sql, values)
-}
-
-/// `?` placeholders become `$1, $2, …` for PostgreSQL.
-pub(crate) fn numbered(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 8);
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(&n.to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+use super::{StoreError, sql::stmt};
+use sea_orm::ConnectionTrait;
 
 /// When the phone was last sent a code, and how many it was sent since `since_ms`.
 pub async fn recent_sends(
@@ -147,12 +121,4 @@ pub async fn finish(db: &impl ConnectionTrait, phone: &str) -> Result<(), StoreE
     ))
     .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn placeholders_are_numbered_for_postgres() {
-        assert_eq!(super::numbered("a = ? AND b = ?"), "a = $1 AND b = $2");
-    }
 }

@@ -2,60 +2,26 @@
 //! Order in turn; a restarted service (same database, same upstreams) must finish or
 //! compensate the order, with every upstream effect happening exactly once.
 
-use crate::helpers::{Db, Sim, TestApp, TestDb, spawn_with_settings, test_settings};
-use cbtl_bff::sandbox::{Simulator, epoint, faults::Faults, okya, sessionm, stripe};
+use crate::helpers::{
+    Db, ExternalUpstreams, TestApp, TestDb, free_port, spawn_with_settings, test_settings,
+};
 use serde_json::{Value, json};
 use std::time::Duration;
 
 /// Upstreams that outlive the service, as real ones do.
 struct World {
-    okya: Simulator,
-    stripe: Simulator,
-    epoint: Simulator,
-    sessionm: Simulator,
+    upstreams: ExternalUpstreams,
     settings: cbtl_bff::config::Settings,
     _db: TestDb,
 }
 
 async fn world(capture: cbtl_bff::domain::CaptureMode) -> World {
-    // One fixed port for every incarnation of the service, so webhooks find it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let app_url = format!("http://127.0.0.1:{port}");
-    let okya = okya::start(
-        okya::OkyaSimConfig {
-            webhook_url: Some(format!("{app_url}/webhooks/okya")),
-            webhook_secret: "whsec_okya_sandbox".to_owned(),
-            ..okya::OkyaSimConfig::default()
-        },
-        Faults::new(0, 0.0),
-    )
-    .await
-    .unwrap();
-    let stripe = stripe::start(stripe::StripeSimConfig::default(), Faults::new(0, 0.0))
-        .await
-        .unwrap();
-    let epoint = epoint::start(
-        epoint::EpointSimConfig {
-            offline_locations: vec!["str_burbank".to_owned()],
-        },
-        Faults::new(0, 0.0),
-    )
-    .await
-    .unwrap();
-    let sessionm = sessionm::start(Faults::new(0, 0.0)).await.unwrap();
+    let port = free_port();
+    let upstreams = ExternalUpstreams::start(port).await;
     let (db, url) = TestDb::new(Db::Sqlite).await;
     let mut settings = test_settings(url);
     settings.listen_addr = format!("127.0.0.1:{port}").parse().unwrap();
-    settings.okya.base_url = Some(okya.base_url.clone());
-    settings.stripe.base_url = Some(stripe.base_url.clone());
-    settings.stripe.secret_key = "sk_test_crash_tests".to_owned().into();
-    settings.epoint.base_url = Some(epoint.base_url.clone());
-    settings.sessionm.base_url = Some(sessionm.base_url.clone());
-    settings.auth.jwt_secret = "a-test-signing-key-of-at-least-32-bytes".to_owned().into();
+    upstreams.configure(&mut settings);
     settings.orders.capture = capture;
     settings.orders.lease_ms = 1_000;
     settings.orders.sweep_interval_ms = 100;
@@ -63,10 +29,7 @@ async fn world(capture: cbtl_bff::domain::CaptureMode) -> World {
     settings.jobs.lease_ms = 1_000;
     settings.jobs.poll_interval_ms = 50;
     World {
-        okya,
-        stripe,
-        epoint,
-        sessionm,
+        upstreams,
         settings,
         _db: db,
     }
@@ -130,7 +93,7 @@ async fn die_before(
         .await;
     if app.app.state().crash_points.fired() == 0 {
         // The crash comes later, after the store's decision.
-        let okya_orders = ledger(&app, &world.okya.base_url, "/_sandbox/orders").await;
+        let okya_orders = ledger(&app, &world.upstreams.okya.base_url, "/_sandbox/orders").await;
         let okya_id = okya_orders["orders"][0]["id"]
             .as_str()
             .unwrap_or_else(|| panic!("no Okya order: {checkout}"))
@@ -143,7 +106,7 @@ async fn die_before(
         app.http
             .post(format!(
                 "{}/_sandbox/orders/{okya_id}/{action}",
-                world.okya.base_url
+                world.upstreams.okya.base_url
             ))
             .json(&json!({"reason": "test"}))
             .send()
@@ -189,15 +152,14 @@ async fn die_before(
         last["order"]["status"], expected,
         "after dying before {step}"
     );
-    let stripe = ledger(&app, &world.stripe.base_url, "/_sandbox/ledger").await;
-    let epoint = ledger(&app, &world.epoint.base_url, "/_sandbox/ledger").await;
-    let okya = ledger(&app, &world.okya.base_url, "/_sandbox/orders").await;
+    let stripe = ledger(&app, &world.upstreams.stripe.base_url, "/_sandbox/ledger").await;
+    let epoint = ledger(&app, &world.upstreams.epoint.base_url, "/_sandbox/ledger").await;
+    let okya = ledger(&app, &world.upstreams.okya.base_url, "/_sandbox/orders").await;
     assert_eq!(
         okya["orders"].as_array().map(Vec::len),
         Some(1),
         "one Okya order after dying before {step}"
     );
-    let _ = (&world.sessionm, Sim::Okya);
     (stripe, epoint, okya)
 }
 

@@ -383,3 +383,69 @@ pub fn error_codes(payload: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Simulators started by the test itself, so they outlive the service (restarts, several
+/// instances), as real upstreams do.
+pub struct ExternalUpstreams {
+    pub okya: cbtl_bff::sandbox::Simulator,
+    pub stripe: cbtl_bff::sandbox::Simulator,
+    pub epoint: cbtl_bff::sandbox::Simulator,
+    pub sessionm: cbtl_bff::sandbox::Simulator,
+}
+
+impl ExternalUpstreams {
+    /// Okya's webhooks go to the service on `app_port`; `str_burbank`'s POS is offline.
+    pub async fn start(app_port: u16) -> Self {
+        use cbtl_bff::sandbox::{epoint, faults::Faults, okya, sessionm, stripe};
+        let okya = okya::start(
+            okya::OkyaSimConfig {
+                webhook_url: Some(format!("http://127.0.0.1:{app_port}/webhooks/okya")),
+                webhook_secret: "whsec_okya_sandbox".to_owned(),
+                ..okya::OkyaSimConfig::default()
+            },
+            Faults::new(0, 0.0),
+        )
+        .await
+        .expect("okya simulator");
+        let stripe = stripe::start(stripe::StripeSimConfig::default(), Faults::new(0, 0.0))
+            .await
+            .expect("stripe simulator");
+        let epoint = epoint::start(
+            epoint::EpointSimConfig {
+                offline_locations: vec!["str_burbank".to_owned()],
+            },
+            Faults::new(0, 0.0),
+        )
+        .await
+        .expect("epoint simulator");
+        let sessionm = sessionm::start(Faults::new(0, 0.0))
+            .await
+            .expect("sessionm simulator");
+        Self {
+            okya,
+            stripe,
+            epoint,
+            sessionm,
+        }
+    }
+
+    /// Points `settings` at these simulators, with the keys real upstreams would need.
+    pub fn configure(&self, settings: &mut Settings) {
+        settings.okya.base_url = Some(self.okya.base_url.clone());
+        settings.stripe.base_url = Some(self.stripe.base_url.clone());
+        settings.stripe.secret_key = "sk_test_external_simulators".to_owned().into();
+        settings.epoint.base_url = Some(self.epoint.base_url.clone());
+        settings.sessionm.base_url = Some(self.sessionm.base_url.clone());
+        settings.auth.jwt_secret = "a-shared-signing-key-of-at-least-32-bytes"
+            .to_owned()
+            .into();
+    }
+}
+
+/// A free port to give every incarnation of a service, so webhooks find it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}

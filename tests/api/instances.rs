@@ -2,8 +2,9 @@
 //! reaches subscribers connected to another (LISTEN/NOTIFY), and background work is done
 //! once however many instances are running (leases, `FOR UPDATE SKIP LOCKED`).
 
-use crate::helpers::{Db, TestApp, TestDb, spawn_with_settings, test_settings};
-use cbtl_bff::sandbox::{epoint, faults::Faults, okya, sessionm, stripe};
+use crate::helpers::{
+    Db, ExternalUpstreams, TestApp, TestDb, free_port, spawn_with_settings, test_settings,
+};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -25,43 +26,11 @@ async fn get(app: &TestApp, url: String) -> Value {
 
 #[tokio::test]
 async fn two_instances_share_one_database_as_one_service() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let okya = okya::start(
-        okya::OkyaSimConfig {
-            webhook_url: Some(format!("http://127.0.0.1:{port}/webhooks/okya")),
-            webhook_secret: "whsec_okya_sandbox".to_owned(),
-            ..okya::OkyaSimConfig::default()
-        },
-        Faults::new(0, 0.0),
-    )
-    .await
-    .unwrap();
-    let stripe_sim = stripe::start(stripe::StripeSimConfig::default(), Faults::new(0, 0.0))
-        .await
-        .unwrap();
-    let epoint_sim = epoint::start(
-        epoint::EpointSimConfig {
-            offline_locations: vec![],
-        },
-        Faults::new(0, 0.0),
-    )
-    .await
-    .unwrap();
-    let sessionm_sim = sessionm::start(Faults::new(0, 0.0)).await.unwrap();
+    let port = free_port();
+    let upstreams = ExternalUpstreams::start(port).await;
     let (db, url) = TestDb::new(Db::Postgres).await;
     let mut settings = test_settings(url);
-    settings.okya.base_url = Some(okya.base_url.clone());
-    settings.stripe.base_url = Some(stripe_sim.base_url.clone());
-    settings.stripe.secret_key = "sk_test_two_instances".to_owned().into();
-    settings.epoint.base_url = Some(epoint_sim.base_url.clone());
-    settings.sessionm.base_url = Some(sessionm_sim.base_url.clone());
-    settings.auth.jwt_secret = "a-shared-signing-key-of-at-least-32-bytes"
-        .to_owned()
-        .into();
+    upstreams.configure(&mut settings);
     settings.orders.sweep_interval_ms = 50;
     settings.jobs.poll_interval_ms = 20;
 
@@ -128,12 +97,15 @@ async fn two_instances_share_one_database_as_one_service() {
     statuses.push(next_status(&mut ws).await);
 
     // The store accepts every order; A gets the webhooks.
-    let okya_orders = get(&a, format!("{}/_sandbox/orders", okya.base_url)).await;
+    let okya_orders = get(&a, format!("{}/_sandbox/orders", upstreams.okya.base_url)).await;
     let accepted_at = Instant::now();
     for order in okya_orders["orders"].as_array().unwrap() {
         let id = order["id"].as_str().unwrap();
         a.http
-            .post(format!("{}/_sandbox/orders/{id}/accept", okya.base_url))
+            .post(format!(
+                "{}/_sandbox/orders/{id}/accept",
+                upstreams.okya.base_url
+            ))
             .send()
             .await
             .unwrap();
@@ -149,14 +121,22 @@ async fn two_instances_share_one_database_as_one_service() {
     // Every order was injected, charged and sent to SessionM exactly once, with two
     // instances' workers and sweepers running.
     a.eventually("every order sent to SessionM", || async {
-        let ledger = get(&a, format!("{}/_sandbox/ledger", sessionm_sim.base_url)).await;
+        let ledger = get(
+            &a,
+            format!("{}/_sandbox/ledger", upstreams.sessionm.base_url),
+        )
+        .await;
         ledger["transactions"].as_array().map(Vec::len) == Some(4)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let epoint_ledger = get(&a, format!("{}/_sandbox/ledger", epoint_sim.base_url)).await;
-    let stripe_ledger = get(&a, format!("{}/_sandbox/ledger", stripe_sim.base_url)).await;
-    let sessionm_ledger = get(&a, format!("{}/_sandbox/ledger", sessionm_sim.base_url)).await;
+    let epoint_ledger = get(&a, format!("{}/_sandbox/ledger", upstreams.epoint.base_url)).await;
+    let stripe_ledger = get(&a, format!("{}/_sandbox/ledger", upstreams.stripe.base_url)).await;
+    let sessionm_ledger = get(
+        &a,
+        format!("{}/_sandbox/ledger", upstreams.sessionm.base_url),
+    )
+    .await;
     assert_eq!(
         epoint_ledger["orders"].as_array().map(Vec::len),
         Some(4),
