@@ -20,6 +20,7 @@ enum Orders {
     StoreId,
     PaymentMethodId,
     VoucherId,
+    VoucherName,
     CaptureMode,
     Status,
     Step,
@@ -105,6 +106,7 @@ impl MigrationTrait for Migration {
                             .not_null(),
                     )
                     .col(ColumnDef::new(Orders::VoucherId).string_len(128).null())
+                    .col(ColumnDef::new(Orders::VoucherName).string_len(255).null())
                     .col(
                         ColumnDef::new(Orders::CaptureMode)
                             .string_len(16)

@@ -88,6 +88,8 @@ impl fmt::Display for OrderStatus {
 pub enum Step {
     /// Submit the cart to Okya as an order.
     Submit,
+    /// Use Reward: SessionM locks the voucher and prices it; the discount goes on the Okya order.
+    Discount,
     /// Take the payment with Stripe.
     Charge,
     /// Waiting for the customer's 3-D Secure, reported by Stripe's webhook.
@@ -113,8 +115,9 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 12] = [
+    pub const ALL: [Step; 13] = [
         Step::Submit,
+        Step::Discount,
         Step::Charge,
         Step::AwaitAuthentication,
         Step::RecordPayment,
@@ -131,6 +134,7 @@ impl Step {
     pub fn as_str(self) -> &'static str {
         match self {
             Step::Submit => "submit",
+            Step::Discount => "discount",
             Step::Charge => "charge",
             Step::AwaitAuthentication => "await_authentication",
             Step::RecordPayment => "record_payment",

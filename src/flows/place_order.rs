@@ -25,7 +25,10 @@ use crate::{
         epoint::{InjectLine, InjectModifier, InjectOrder},
         okya::{
             CartLine, WireMoney, codes as okya_codes,
-            orders::{Approval, Fulfilment, NewPayment, Order as OkyaOrder, PaymentRecordStatus},
+            orders::{
+                Approval, Fulfilment, NewAdjustment, NewPayment, Order as OkyaOrder,
+                PaymentRecordStatus,
+            },
         },
         sessionm::{SendTransaction, Transaction, TransactionLine},
         stripe::{self, CaptureMethod, CreatePaymentIntent, PaymentIntent, PaymentIntentStatus},
@@ -162,6 +165,7 @@ pub async fn checkout(
             store_id: String::new(),
             payment_method_id: request.payment_method_id.clone(),
             voucher_id: request.voucher_id.clone(),
+            voucher_name: None,
             capture_mode: state.settings.orders.capture.as_str().to_owned(),
             status: OrderStatus::AwaitingPayment.as_str().to_owned(),
             step: Step::Submit.as_str().to_owned(),
@@ -294,6 +298,7 @@ async fn run_steps(state: &AppState, id: &str) -> Result<(), FlowError> {
 async fn run_step(state: &AppState, step: Step, order: Order) -> Result<Next, FlowError> {
     match step {
         Step::Submit => submit(state, order).await,
+        Step::Discount => discount(state, order).await,
         Step::Charge => charge(state, order).await,
         Step::AwaitAuthentication => await_authentication(state, order).await,
         Step::RecordPayment => record_payment(state, order).await,
@@ -434,7 +439,12 @@ async fn submit(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
             order.lines_json =
                 Some(serde_json::to_string(&okya.lines).unwrap_or_else(|_| "[]".into()));
             record_okya(state, &mut order, &okya).await?;
-            advance(&mut order, Step::Charge);
+            let next = if order.voucher_id.is_some() {
+                Step::Discount
+            } else {
+                Step::Charge
+            };
+            advance(&mut order, next);
             commit(state, &mut order, None).await?;
             Ok(Next::Continue)
         }
@@ -449,6 +459,139 @@ async fn submit(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
             advance(&mut order, Step::Invalid);
             commit(state, &mut order, None).await?;
             Ok(Next::Rest)
+        }
+    }
+}
+
+/// Use Reward, steps 14–19: SessionM prices the voucher against the order and locks it to
+/// this order; the discount goes on the Okya order, which recomputes tax and total.
+async fn discount(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
+    let voucher = order.voucher_id.clone().unwrap_or_default();
+    let customer = store::customers::find(&state.db, &order.customer_id).await?;
+    let Some(user_id) = customer.and_then(|c| c.sessionm_user_id) else {
+        fail_with(
+            &mut order,
+            "voucher_unavailable",
+            "Rewards are not ready for this account yet.",
+        );
+        advance(&mut order, Step::CancelOkya);
+        commit(state, &mut order, None).await?;
+        return Ok(Next::Continue);
+    };
+    let basket = basket(&order)?;
+    let locked = match state
+        .upstreams
+        .sessionm
+        .lock(&user_id, &voucher, &basket, &key(&order, "lock"))
+        .await
+    {
+        Ok(discount) => discount,
+        Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
+        Err(e) => {
+            let (code, message) = e
+                .rejection()
+                .map(|(_, r)| (r.code.clone(), r.message.clone()))
+                .unwrap_or_else(|| ("voucher_not_applicable".into(), e.to_string()));
+            tracing::info!(order_id = %order.id, %code, "SessionM refused the voucher; nothing charged");
+            fail_with(&mut order, &code, &message);
+            advance(&mut order, Step::CancelOkya);
+            commit(state, &mut order, None).await?;
+            return Ok(Next::Continue);
+        }
+    };
+    // From here a lock exists that every compensation must release.
+    order.voucher_name = Some(locked.name.clone().unwrap_or_else(|| "Reward".to_owned()));
+    commit(state, &mut order, None).await?;
+    let adjustment = NewAdjustment {
+        source: "sessionm".into(),
+        reference: voucher.clone(),
+        description: order
+            .voucher_name
+            .clone()
+            .unwrap_or_default()
+            .chars()
+            .take(200)
+            .collect(),
+        amount: WireMoney::from_money(&locked.amount),
+    };
+    match state
+        .upstreams
+        .okya
+        .add_adjustment(&okya_id(&order)?, &adjustment, &key(&order, "adjust"))
+        .await
+    {
+        Ok(okya) => {
+            order.subtotal_minor = Some(okya.subtotal.amount);
+            order.discount_minor = Some(okya.discount.amount);
+            order.tax_minor = Some(okya.tax.amount);
+            order.total_minor = Some(okya.total.amount);
+            record_okya(state, &mut order, &okya).await?;
+            // A reward that covers everything needs no payment at all.
+            let next = if okya.total.amount == 0 {
+                Step::RecordPayment
+            } else {
+                Step::Charge
+            };
+            advance(&mut order, next);
+            commit(state, &mut order, None).await?;
+            Ok(Next::Continue)
+        }
+        Err(e) if e.is_transient() => Ok(Next::Retry(e.to_string())),
+        Err(e) => {
+            tracing::warn!(order_id = %order.id, error = %e, "Okya refused the discount; releasing the voucher");
+            fail_with(&mut order, "voucher_not_applicable", &e.to_string());
+            advance(&mut order, Step::CancelOkya);
+            commit(state, &mut order, None).await?;
+            Ok(Next::Continue)
+        }
+    }
+}
+
+/// The order as a SessionM basket: what the voucher is priced against.
+fn basket(order: &Order) -> Result<Transaction, FlowError> {
+    let lines: Vec<CartLine> = serde_json::from_str(order.lines_json.as_deref().unwrap_or("[]"))
+        .map_err(|e| FlowError::Corrupt(format!("lines of {}: {e}", order.id)))?;
+    let currency = money(order, Some(0))?.currency;
+    let transaction_lines = lines
+        .iter()
+        .map(|l| TransactionLine {
+            line_id: l.id.clone(),
+            product_id: l.product_id.clone(),
+            sku: None,
+            name: l.product_id.clone(),
+            quantity: l.quantity,
+            unit_price: Money::new(l.unit_price.amount, currency.clone()),
+        })
+        .collect();
+    Transaction::new(
+        order.id.clone(),
+        order.store_id.clone(),
+        currency,
+        transaction_lines,
+    )
+    .map_err(|e| FlowError::Corrupt(e.to_string()))
+}
+
+/// Gives the voucher back when this order locked it and will not use it.
+async fn release_voucher(state: &AppState, order: &Order) -> Result<Option<Next>, FlowError> {
+    let (Some(voucher), Some(_)) = (&order.voucher_id, &order.voucher_name) else {
+        return Ok(None);
+    };
+    let customer = store::customers::find(&state.db, &order.customer_id).await?;
+    let Some(user_id) = customer.and_then(|c| c.sessionm_user_id) else {
+        return Ok(None);
+    };
+    match state
+        .upstreams
+        .sessionm
+        .unlock(&user_id, voucher, &order.id, &key(order, "unlock"))
+        .await
+    {
+        Ok(()) => Ok(None),
+        Err(e) if e.is_transient() => Ok(Some(Next::Retry(e.to_string()))),
+        Err(e) => {
+            tracing::warn!(order_id = %order.id, error = %e, "SessionM would not release the voucher");
+            Ok(None)
         }
     }
 }
@@ -643,11 +786,16 @@ async fn await_authentication(state: &AppState, mut order: Order) -> Result<Next
 async fn record_payment(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let okya_id = okya_id(&order)?;
     let captured = order.payment_status.as_deref() == Some(payment::CAPTURED);
+    let free = order.total_minor == Some(0);
     let body = NewPayment {
-        provider: "stripe".into(),
-        reference: order.payment_intent_id.clone().unwrap_or_default(),
+        provider: if free { "voucher" } else { "stripe" }.into(),
+        reference: if free {
+            order.voucher_id.clone().unwrap_or_else(|| order.id.clone())
+        } else {
+            order.payment_intent_id.clone().unwrap_or_default()
+        },
         amount: WireMoney::from_money(&money(&order, order.total_minor)?),
-        status: if captured {
+        status: if captured || free {
             PaymentRecordStatus::Captured
         } else {
             PaymentRecordStatus::Authorized
@@ -888,6 +1036,11 @@ async fn refund(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
         },
         _ => {}
     }
+    if let Some(retry) = release_voucher(state, &order).await? {
+        // The money is back; record that before retrying the voucher.
+        commit(state, &mut order, None).await?;
+        return Ok(retry);
+    }
     let target = match order.failure_code.as_deref() {
         Some(failure::REJECTED) => OrderStatus::Rejected,
         Some(failure::NOT_RECORDED) => OrderStatus::PaymentFailed,
@@ -916,6 +1069,15 @@ async fn cancel_okya(state: &AppState, mut order: Order) -> Result<Next, FlowErr
         Err(e) => {
             tracing::warn!(order_id = %order.id, error = %e, "Okya would not cancel the unpaid order")
         }
+    }
+    if let Some(retry) = release_voucher(state, &order).await? {
+        return Ok(retry);
+    }
+    if order.payment_status.is_none() {
+        // Refused before any payment (a voucher SessionM would not honour): never shown.
+        advance(&mut order, Step::Invalid);
+        commit(state, &mut order, None).await?;
+        return Ok(Next::Rest);
     }
     advance(&mut order, Step::Done);
     commit(state, &mut order, Some(OrderStatus::PaymentFailed)).await?;
@@ -1143,10 +1305,21 @@ fn sale(order: &Order, user_id: String) -> Result<SendTransaction, FlowError> {
         transaction_lines,
     )
     .map_err(|e| FlowError::Corrupt(e.to_string()))?;
+    let discounts = match (&order.voucher_id, &order.voucher_name) {
+        (Some(voucher), Some(name)) if order.discount_minor.unwrap_or(0) > 0 => {
+            vec![crate::upstream::sessionm::Discount {
+                user_offer_id: voucher.clone(),
+                transaction_id: order.id.clone(),
+                name: Some(name.clone()),
+                amount: money(order, order.discount_minor)?,
+            }]
+        }
+        _ => Vec::new(),
+    };
     Ok(SendTransaction {
         user_id,
         transaction,
-        discounts: Vec::new(),
+        discounts,
         tax: money(order, order.tax_minor)?,
         total: money(order, order.total_minor)?,
         occurred_at: chrono::DateTime::from_timestamp_millis(order.created_at_ms)

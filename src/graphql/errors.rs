@@ -53,6 +53,11 @@ pub enum UserErrorCode {
     PaymentFailed,
     /// The voucher cannot be used with this order.
     VoucherNotApplicable,
+    VoucherNotFound,
+    VoucherExpired,
+    VoucherAlreadyUsed,
+    /// Another order is using the voucher right now.
+    VoucherInUse,
 }
 
 /// An expected failure the customer can fix.

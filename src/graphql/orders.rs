@@ -239,10 +239,31 @@ impl OrderObject {
             .collect())
     }
 
+    /// The reward used on this order, if any.
+    async fn voucher(&self) -> Result<Option<AppliedVoucher>> {
+        let (Some(id), Some(name)) = (&self.row.voucher_id, &self.row.voucher_name) else {
+            return Ok(None);
+        };
+        Ok(Some(AppliedVoucher {
+            id: ID(id.clone()),
+            name: name.clone(),
+            discount: self.money(self.row.discount_minor)?,
+        }))
+    }
+
     /// Loyalty points SessionM credited for this order, once it has.
     async fn points_earned(&self) -> Option<i64> {
         self.row.points_earned
     }
+}
+
+/// A voucher as applied to an order.
+#[derive(SimpleObject)]
+pub struct AppliedVoucher {
+    pub id: ID,
+    pub name: String,
+    /// What it took off the order.
+    pub discount: MoneyObject,
 }
 
 #[derive(InputObject)]
@@ -311,6 +332,31 @@ fn order_errors(row: &Order) -> Vec<UserError> {
             UserErrorCode::AuthenticationFailed,
             "paymentMethodId",
             "The card could not be authenticated.".to_owned(),
+        ),
+        "offer_expired" => (
+            UserErrorCode::VoucherExpired,
+            "voucherId",
+            "This voucher has expired.".to_owned(),
+        ),
+        "offer_redeemed" => (
+            UserErrorCode::VoucherAlreadyUsed,
+            "voucherId",
+            "This voucher was already used.".to_owned(),
+        ),
+        "offer_locked" => (
+            UserErrorCode::VoucherInUse,
+            "voucherId",
+            "This voucher is being used by another order.".to_owned(),
+        ),
+        "offer_not_found" | "user_not_found" => (
+            UserErrorCode::VoucherNotFound,
+            "voucherId",
+            "There is no such voucher.".to_owned(),
+        ),
+        "offer_not_applicable" | "voucher_not_applicable" | "voucher_unavailable" => (
+            UserErrorCode::VoucherNotApplicable,
+            "voucherId",
+            "This voucher cannot be used with this order.".to_owned(),
         ),
         _ if invalid => (
             UserErrorCode::OrderNotAccepted,
@@ -457,11 +503,14 @@ impl OrderMutation {
                 "This is not a payment method.",
             ));
         }
-        if input.voucher_id.is_some() {
+        let voucher_id = input.voucher_id.as_ref().map(|v| v.trim().to_owned());
+        if voucher_id.as_deref().is_some_and(|v| {
+            v.is_empty() || v.len() > 128 || !v.bytes().all(|b| b.is_ascii_graphic())
+        }) {
             errors.push(UserError::new(
-                UserErrorCode::VoucherNotApplicable,
+                UserErrorCode::VoucherNotFound,
                 &["input", "voucherId"],
-                "Rewards cannot be used yet.",
+                "There is no such voucher.",
             ));
         }
         let Some(cart_id) = cart_id else {
@@ -485,7 +534,7 @@ impl OrderMutation {
             customer_id: customer.as_str().to_owned(),
             cart_id,
             payment_method_id: pm.to_owned(),
-            voucher_id: None,
+            voucher_id,
             idempotency_key: key.to_owned(),
         };
         let outcome = place_order::checkout(state, request).await.map_err(|e| {

@@ -13,5 +13,6 @@ mod instances;
 mod orders;
 mod persistence;
 mod protocol;
+mod rewards;
 mod vouchers;
 mod websocket;

@@ -354,11 +354,21 @@ fn parse_adjustment(body: &Bytes) -> Result<NewAdjustment, OkyaError> {
 fn parse_payment(body: &Bytes) -> Result<NewPayment, OkyaError> {
     let body = object(body)?;
     let provider = text(&body, "provider", MAX_REF_CHARS)?;
-    if provider != "stripe" {
-        return Err(bad_request(Some("provider"), "provider must be stripe"));
+    // `voucher` pays an order a reward made free; it carries no money.
+    if provider != "stripe" && provider != "voucher" {
+        return Err(bad_request(
+            Some("provider"),
+            "provider must be stripe or voucher",
+        ));
     }
     let reference = text(&body, "reference", MAX_KEY_CHARS)?;
     let amount = money(&body, "amount")?;
+    if provider == "voucher" && amount.amount != 0 {
+        return Err(bad_request(
+            Some("amount"),
+            "a voucher payment carries no money",
+        ));
+    }
     let status = match body.get("status").and_then(Value::as_str) {
         Some("authorized") => PaymentRecordStatus::Authorized,
         Some("captured") => PaymentRecordStatus::Captured,

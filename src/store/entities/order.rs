@@ -15,6 +15,9 @@ pub struct Model {
     pub store_id: String,
     pub payment_method_id: String,
     pub voucher_id: Option<String>,
+    /// Set once SessionM locked the voucher for this order (its name), so compensations
+    /// know there is a lock to release.
+    pub voucher_name: Option<String>,
     pub capture_mode: String,
     pub status: String,
     pub step: String,
