@@ -249,7 +249,7 @@ pub async fn drive(state: &AppState, id: &str) -> Result<bool, FlowError> {
 
 /// Runs steps while holding the lease, until the flow rests or a step must wait to retry.
 async fn run_held(state: &AppState, id: &str) -> Result<(), FlowError> {
-    let outcome = run_steps(state, id).await;
+    let outcome = Box::pin(run_steps(state, id)).await;
     if matches!(outcome, Err(FlowError::Crashed(_))) {
         // A dead process releases nothing; the lease runs out instead.
         return outcome;
@@ -274,7 +274,8 @@ async fn run_steps(state: &AppState, id: &str) -> Result<(), FlowError> {
             .ok_or_else(|| FlowError::Corrupt(format!("order {id} vanished")))?;
         let step = parse_step(&order)?;
         let span = tracing::info_span!("flow_step", order_id = %id, step = step.as_str());
-        let next = run_step(state, step, order).instrument(span).await?;
+        // Boxed: each step is a large future, and nesting them inline overflows the stack.
+        let next = Box::pin(run_step(state, step, order).instrument(span)).await?;
         match next {
             Next::Continue => continue,
             Next::Rest => return Ok(()),
