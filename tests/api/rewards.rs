@@ -313,3 +313,69 @@ async fn two_checkouts_racing_for_one_voucher_charge_only_one() {
         "{stripe}"
     );
 }
+
+#[tokio::test]
+async fn a_transaction_send_that_fails_is_retried_until_points_land_once() {
+    let (app, _) = shop().await;
+    app.faults(
+        Sim::Sessionm,
+        json!({"fail_next": {"POST /api/2.0/send_transaction": 8}}),
+    )
+    .await;
+    let cart = cart(&app).await;
+    let id = checkout(
+        &app,
+        &cart,
+        &voucher(&app, "FIXED_AMOUNT", "AVAILABLE").await,
+        "pm_card_visa",
+        "k",
+    )
+    .await["order"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    store(&app, &cart, "accept").await;
+    wait_for(&app, &id, "IN_PREPARATION").await;
+    app.eventually("points after the retries", || async {
+        app.data("{ me { loyalty { pointsBalance } } }", json!({}))
+            .await["me"]["loyalty"]["pointsBalance"]
+            == 16
+    })
+    .await;
+    let ledger = app.ledger(Sim::Sessionm).await;
+    assert_eq!(
+        ledger["transactions"].as_array().map(Vec::len),
+        Some(1),
+        "{ledger}"
+    );
+    assert!(
+        app.call_count(Sim::Sessionm, "POST /api/2.0/send_transaction")
+            .await
+            > 1
+    );
+}
+
+#[tokio::test]
+async fn use_reward_runs_on_postgres() {
+    let app = spawn_app_with(Db::Postgres, |s| {
+        s.sandbox.auto_accept_delay_ms = 0;
+        s.orders.sweep_interval_ms = 100;
+        s.jobs.poll_interval_ms = 50;
+    })
+    .await;
+    let token = member("+16265550182", "ada@example.com", &app).await;
+    app.use_token(Some(&token));
+    let fixed = voucher(&app, "FIXED_AMOUNT", "AVAILABLE").await;
+    let first = cart(&app).await;
+    let payload = checkout(&app, &first, &fixed, "pm_card_visa", "pg-1").await;
+    assert_eq!(payload["order"]["total"]["amount"], "16.54");
+    let second = cart(&app).await;
+    assert_eq!(
+        error_codes(&checkout(&app, &second, &fixed, "pm_card_visa", "pg-2").await),
+        vec!["VOUCHER_IN_USE"]
+    );
+    let id = payload["order"]["id"].as_str().unwrap().to_owned();
+    store(&app, &first, "reject").await;
+    wait_for(&app, &id, "REJECTED").await;
+    assert_eq!(status_of(&app, &fixed).await, "AVAILABLE");
+}
