@@ -296,6 +296,9 @@ pub struct OrderSettings {
     /// How long `checkout` waits for a concurrent duplicate to finish, in ms
     /// (`CBTL_ORDERS__CHECKOUT_WAIT_MS`).
     pub checkout_wait_ms: u64,
+    /// How often open orders are compared with Okya's copy, in case webhooks were lost,
+    /// in seconds (`CBTL_ORDERS__RECONCILE_INTERVAL_SECS`).
+    pub reconcile_interval_secs: u64,
 }
 
 impl Default for OrderSettings {
@@ -307,6 +310,7 @@ impl Default for OrderSettings {
             lease_ms: 15_000,
             sweep_interval_ms: 1_000,
             checkout_wait_ms: 15_000,
+            reconcile_interval_secs: 60,
         }
     }
 }

@@ -1328,12 +1328,58 @@ fn sale(order: &Order, user_id: String) -> Result<SendTransaction, FlowError> {
     })
 }
 
+/// Compares open orders with Okya's copy and applies what webhooks never brought (Okya
+/// gives up redelivering after a day; an outage of ours could outlast that).
+pub async fn reconcile(state: &AppState) -> Result<usize, FlowError> {
+    let open = store::orders::open_with_okya(&state.db, 200).await?;
+    let ids: Vec<String> = open
+        .iter()
+        .filter_map(|o| o.okya_order_id.clone())
+        .collect();
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut applied = 0;
+    for okya in state.upstreams.okya.orders(&ids).await? {
+        let Some(order) = open
+            .iter()
+            .find(|o| o.okya_order_id.as_deref() == Some(okya.id.as_str()))
+        else {
+            continue;
+        };
+        if okya.version <= order.okya_version {
+            continue;
+        }
+        tracing::info!(order_id = %order.id, version = okya.version, "reconciliation found a change no webhook brought");
+        store::orders::record_okya_state(
+            &state.db,
+            &order.id,
+            okya.version,
+            approval_name(okya.approval),
+            fulfilment_name(okya.fulfilment),
+        )
+        .await?;
+        drive(state, &order.id).await?;
+        applied += 1;
+    }
+    Ok(applied)
+}
+
 /// Resumes unfinished flows: at start, then on a timer. Any instance may run any order;
 /// the lease in the row keeps two from running the same one.
 pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let interval = Duration::from_millis(state.settings.orders.sweep_interval_ms);
+        let reconcile_every =
+            Duration::from_secs(state.settings.orders.reconcile_interval_secs.max(1));
+        let mut last_reconcile = tokio::time::Instant::now();
         loop {
+            if last_reconcile.elapsed() >= reconcile_every {
+                last_reconcile = tokio::time::Instant::now();
+                if let Err(e) = reconcile(&state).await {
+                    tracing::warn!(error = %e, "reconciling with Okya failed");
+                }
+            }
             let now = now_ms();
             let auth_deadline = now
                 - i64::try_from(state.settings.orders.authentication_timeout_secs * 1000)

@@ -290,3 +290,23 @@ pub async fn set_points(
         .await?;
     Ok(())
 }
+
+/// Open orders Okya still decides about (waiting for the store, or being prepared), the
+/// longest untouched first: what reconciliation compares with Okya.
+pub async fn open_with_okya(
+    db: &impl ConnectionTrait,
+    limit: u64,
+) -> Result<Vec<Order>, StoreError> {
+    Ok(order::Entity::find()
+        .filter(order::Column::OkyaOrderId.is_not_null())
+        .filter(order::Column::Step.is_in([Step::AwaitAcceptance.as_str(), Step::Done.as_str()]))
+        .filter(order::Column::Status.is_in([
+            OrderStatus::AwaitingAcceptance.as_str(),
+            OrderStatus::InPreparation.as_str(),
+            OrderStatus::ReadyForPickup.as_str(),
+        ]))
+        .order_by_asc(order::Column::UpdatedAtMs)
+        .limit(limit)
+        .all(db)
+        .await?)
+}

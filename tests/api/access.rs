@@ -85,6 +85,14 @@ async fn another_customers_cart_looks_exactly_like_a_missing_one() {
             assert_eq!(foreign["data"]["cart"], json!(null));
         }
     }
+    // Checking out someone else's cart is checking out a cart that does not exist.
+    let checkout = "mutation($c: ID!) { checkout(input: {cartId: $c, paymentMethodId: \"pm_card_visa\", idempotencyKey: \"k\"}) { order { id } userErrors { code } } }";
+    let foreign = app.gql_as(Some(&bob), checkout, json!({"c": cart})).await;
+    assert_eq!(
+        error_codes(&foreign["data"]["checkout"]),
+        vec!["CART_NOT_FOUND"]
+    );
+    assert_eq!(foreign["data"]["checkout"]["order"], json!(null));
     // The owner still has it, untouched.
     let own = app
         .gql_as(

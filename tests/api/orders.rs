@@ -775,3 +775,47 @@ async fn every_compensation_also_runs_on_postgres() {
         3
     );
 }
+
+#[tokio::test]
+async fn lost_webhooks_are_made_up_for_by_reconciliation() {
+    use crate::helpers::{
+        ExternalUpstreams, TestDb, free_port, spawn_with_settings, test_settings,
+    };
+    // Okya's webhooks go to a port nobody listens on: every one of them is lost.
+    let upstreams = ExternalUpstreams::start(free_port()).await;
+    let (_db, url) = TestDb::new(Db::Sqlite).await;
+    let mut settings = test_settings(url);
+    upstreams.configure(&mut settings);
+    settings.orders.reconcile_interval_secs = 1;
+    settings.orders.sweep_interval_ms = 100;
+    let app = spawn_with_settings(settings).await;
+    let customer = app.sign_up("+16265550190", "ada@example.com").await;
+    app.use_token(Some(&customer.access_token));
+    let cart = filled_cart(&app, "str_pasadena").await;
+    let id = checkout(&app, &cart, "pm_card_visa", "k").await["order"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    store_action(&app, &cart, "accept").await;
+    // Only the timer can notice: nothing reads the order meanwhile.
+    let epoint = format!("{}/_sandbox/ledger", upstreams.epoint.base_url);
+    let mut injected = false;
+    for _ in 0..60 {
+        let ledger: Value = app
+            .http
+            .get(&epoint)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ledger["orders"].as_array().map(Vec::len) == Some(1) {
+            injected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(injected, "reconciliation injected the accepted order");
+    assert_eq!(order(&app, &id).await["status"], "IN_PREPARATION");
+}
