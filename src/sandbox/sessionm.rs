@@ -175,7 +175,12 @@ impl UserOffer {
                 .map(|i| i.price)
                 .max()
                 .unwrap_or(0),
-            Kind::FixedAmount if basket.currency.code() == PROGRAM_CURRENCY => {
+            // A fixed amount off needs a basket worth at least twice as much, as such
+            // rewards usually come with a minimum spend; smaller baskets do not qualify.
+            Kind::FixedAmount
+                if basket.currency.code() == PROGRAM_CURRENCY
+                    && basket.subtotal >= 2 * self.amount.unwrap_or(0) =>
+            {
                 self.amount.unwrap_or(0)
             }
             Kind::FixedAmount => 0,
@@ -279,7 +284,7 @@ impl Ledger {
             (
                 "offer_2_off",
                 "$2 off",
-                "$2.00 off your order",
+                "$2.00 off an order of $4.00 or more",
                 Kind::FixedAmount,
                 Some(200),
                 None,

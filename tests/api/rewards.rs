@@ -379,3 +379,22 @@ async fn use_reward_runs_on_postgres() {
     wait_for(&app, &id, "REJECTED").await;
     assert_eq!(status_of(&app, &fixed).await, "AVAILABLE");
 }
+
+#[tokio::test]
+async fn a_voucher_that_does_not_apply_to_the_basket_is_refused_and_kept() {
+    let (app, _) = shop().await;
+    let fixed = voucher(&app, "FIXED_AMOUNT", "AVAILABLE").await;
+    // $2 off needs a $4 basket; a bottle of water is $2.25.
+    let cart = app.new_cart("str_pasadena").await;
+    app.data(
+        "mutation($c: ID!) { cartLinesAdd(cartId: $c, lines: [{productId: \"prd_water\", quantity: 1}]) { userErrors { code } } }",
+        json!({"c": cart}),
+    )
+    .await;
+    let refused = checkout(&app, &cart, &fixed, "pm_card_visa", "small").await;
+    assert_eq!(error_codes(&refused), vec!["VOUCHER_NOT_APPLICABLE"]);
+    assert_eq!(refused["order"], json!(null));
+    assert_eq!(app.ledger(Sim::Stripe).await["payment_intents"], json!([]));
+    assert_eq!(okya_order(&app, &cart).await["status"], "CANCELED");
+    assert_eq!(status_of(&app, &fixed).await, "AVAILABLE");
+}
