@@ -277,23 +277,14 @@ impl CartMutation {
                 parsed.push((product, line.quantity.unsigned_abs(), modifiers));
             }
         }
-        if !errors.is_empty() {
-            return Ok(CartPayload::failed(errors));
-        }
-        let cart_id = match owned_cart(ctx, &cart_id).await? {
-            Ok(id) => id,
-            Err(e) => return Ok(CartPayload::failed(vec![e])),
-        };
-        let key = uuid::Uuid::new_v4().to_string();
-        match state
-            .upstreams
-            .okya
-            .add_lines(&cart_id, &parsed, &key)
-            .await
-        {
-            Ok(cart) => Ok(CartPayload::ok(cart)),
-            Err(e) => refusal(e, &[]),
-        }
+        change_cart(ctx, errors, &cart_id, |cart_id, key| async move {
+            state
+                .upstreams
+                .okya
+                .add_lines(&cart_id, &parsed, &key)
+                .await
+        })
+        .await
     }
 
     /// Changes line quantities.
@@ -320,23 +311,14 @@ impl CartMutation {
                 )),
             }
         }
-        if !errors.is_empty() {
-            return Ok(CartPayload::failed(errors));
-        }
-        let cart_id = match owned_cart(ctx, &cart_id).await? {
-            Ok(id) => id,
-            Err(e) => return Ok(CartPayload::failed(vec![e])),
-        };
-        let key = uuid::Uuid::new_v4().to_string();
-        match state
-            .upstreams
-            .okya
-            .update_lines(&cart_id, &parsed, &key)
-            .await
-        {
-            Ok(cart) => Ok(CartPayload::ok(cart)),
-            Err(e) => refusal(e, &[]),
-        }
+        change_cart(ctx, errors, &cart_id, |cart_id, key| async move {
+            state
+                .upstreams
+                .okya
+                .update_lines(&cart_id, &parsed, &key)
+                .await
+        })
+        .await
     }
 
     /// Removes lines.
@@ -359,23 +341,14 @@ impl CartMutation {
                 )),
             }
         }
-        if !errors.is_empty() {
-            return Ok(CartPayload::failed(errors));
-        }
-        let cart_id = match owned_cart(ctx, &cart_id).await? {
-            Ok(id) => id,
-            Err(e) => return Ok(CartPayload::failed(vec![e])),
-        };
-        let key = uuid::Uuid::new_v4().to_string();
-        match state
-            .upstreams
-            .okya
-            .remove_lines(&cart_id, &parsed, &key)
-            .await
-        {
-            Ok(cart) => Ok(CartPayload::ok(cart)),
-            Err(e) => refusal(e, &[]),
-        }
+        change_cart(ctx, errors, &cart_id, |cart_id, key| async move {
+            state
+                .upstreams
+                .okya
+                .remove_lines(&cart_id, &parsed, &key)
+                .await
+        })
+        .await
     }
 }
 
@@ -399,6 +372,31 @@ fn check_quantity(quantity: i32, field: &[&str]) -> Option<UserError> {
             format!("Quantity must be between 1 and {MAX_QUANTITY}."),
         )
     })
+}
+
+/// Runs one change to an owned cart, unless the input already failed: the change gets a
+/// fresh idempotency key (so its retries are safe) and Okya's refusals become `userErrors`.
+async fn change_cart<F, Fut>(
+    ctx: &Context<'_>,
+    errors: Vec<UserError>,
+    raw_cart_id: &ID,
+    change: F,
+) -> Result<CartPayload>
+where
+    F: FnOnce(CartId, String) -> Fut,
+    Fut: std::future::Future<Output = Result<okya::Cart, UpstreamError>>,
+{
+    if !errors.is_empty() {
+        return Ok(CartPayload::failed(errors));
+    }
+    let cart_id = match owned_cart(ctx, raw_cart_id).await? {
+        Ok(id) => id,
+        Err(e) => return Ok(CartPayload::failed(vec![e])),
+    };
+    match change(cart_id, uuid::Uuid::new_v4().to_string()).await {
+        Ok(cart) => Ok(CartPayload::ok(cart)),
+        Err(e) => refusal(e, &[]),
+    }
 }
 
 /// The cart id, when it names a cart the signed-in customer created; another customer's
