@@ -819,3 +819,33 @@ async fn lost_webhooks_are_made_up_for_by_reconciliation() {
     assert!(injected, "reconciliation injected the accepted order");
     assert_eq!(order(&app, &id).await["status"], "IN_PREPARATION");
 }
+
+#[tokio::test]
+async fn a_pos_that_keeps_failing_is_given_up_on_after_bounded_retries_and_refunded() {
+    let app = shop(|s| s.orders.pos_max_attempts = 3).await;
+    // The POS answers 503 to every injection (each attempt is itself retried by the client).
+    app.faults(
+        Sim::Epoint,
+        json!({"fail_next": {"POST /v1/locations/{location_id}/orders": 100}}),
+    )
+    .await;
+    let cart = filled_cart(&app, "str_pasadena").await;
+    let id = checkout(&app, &cart, "pm_card_visa", "k").await["order"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    store_action(&app, &cart, "accept").await;
+    let cancelled = wait_for_status(&app, &id, "CANCELLED").await;
+    assert_eq!(cancelled["payment"]["status"], "REFUNDED");
+    assert_eq!(
+        okya_order(&app, &cart).await["cancellation"]["kind"],
+        "recalled"
+    );
+    assert_eq!(app.ledger(Sim::Epoint).await["orders"], json!([]));
+    assert_eq!(
+        app.ledger(Sim::Stripe).await["refunds"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+}
