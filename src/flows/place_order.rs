@@ -1189,7 +1189,15 @@ pub async fn apply_okya_event(
         .await
         .map_err(|e| transient(&e))?
     else {
-        // An order created by someone else, or whose checkout has not recorded it yet.
+        // One of ours whose checkout has not recorded it yet is retried; an order placed
+        // through another channel (a cart we never created) is none of our business.
+        let cart = store::carts::find(&state.db, &CartId::from_upstream(okya.cart_id.clone()))
+            .await
+            .map_err(|e| transient(&e))?;
+        if cart.is_none() {
+            tracing::debug!(okya_order_id = %okya.id, "event for an order not placed through us; ignored");
+            return Ok(());
+        }
         return Err(JobError::Transient(format!(
             "no order for Okya order {} yet",
             okya.id

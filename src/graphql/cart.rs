@@ -436,6 +436,7 @@ fn refusal(err: UpstreamError, prefix: &[&str]) -> Result<CartPayload> {
         okya::codes::MODIFIER_SELECTION => UserErrorCode::ModifierSelection,
         okya::codes::LINE_NOT_FOUND => UserErrorCode::LineNotFound,
         okya::codes::CART_FULL => UserErrorCode::CartFull,
+        okya::codes::CART_ALREADY_ORDERED => UserErrorCode::CartAlreadyOrdered,
         _ => return Err(ApiError::from(err).into()),
     };
     let field = input_path(prefix, rejection.field.as_deref());

@@ -236,6 +236,18 @@ async fn okya_refusals_are_user_errors_with_nothing_charged() {
         "only the first order was charged"
     );
 
+    // An ordered cart cannot change any more.
+    let frozen = app
+        .data(
+            "mutation($c: ID!) { cartLinesAdd(cartId: $c, lines: [{productId: \"prd_water\", quantity: 1}]) { cart { id } userErrors { code } } }",
+            json!({"c": cart}),
+        )
+        .await;
+    assert_eq!(
+        error_codes(&frozen["cartLinesAdd"]),
+        vec!["CART_ALREADY_ORDERED"]
+    );
+
     let missing = checkout(&app, "crt_missing", "pm_card_visa", "key-3").await;
     assert_eq!(error_codes(&missing), vec!["CART_NOT_FOUND"]);
     let bad_key = checkout(&app, &cart, "pm_card_visa", "   ").await;
