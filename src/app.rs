@@ -161,6 +161,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
     let mut workers = jobs::spawn_workers(state.clone());
     workers.extend(event_listener);
     workers.push(crate::flows::place_order::spawn_sweeper(state.clone()));
+    workers.push(store::housekeeping::spawn(state.db.clone()));
     let schema = graphql::build(&state.settings.graphql, Some(state.clone()));
     let router = router(Gateway {
         app: state.clone(),

@@ -4,6 +4,7 @@
 pub mod carts;
 pub mod customers;
 pub mod entities;
+pub mod housekeeping;
 pub mod jobs;
 pub mod orders;
 pub mod otp;

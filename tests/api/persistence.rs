@@ -100,3 +100,42 @@ async fn migrations_are_idempotent_across_starts_on_postgres() {
     drop(second);
     drop(db);
 }
+
+#[tokio::test]
+async fn housekeeping_forgets_only_what_no_longer_matters() {
+    use cbtl_bff::store::housekeeping::purge;
+    for kind in [Db::Sqlite, Db::Postgres] {
+        let app = spawn_app_with(kind, |_| {}).await;
+        let customer = app.sign_up("+16265550199", "ada@example.com").await;
+        app.eventually("the link job done", || async {
+            app.gql_as(
+                Some(&customer.access_token),
+                "{ me { loyalty { pointsBalance } } }",
+                json!({}),
+            )
+            .await["data"]["me"]["loyalty"]
+                .is_object()
+        })
+        .await;
+        let db = &app.app.state().db;
+        let now = chrono::Utc::now().timestamp_millis();
+        // Today nothing is old enough.
+        let today = purge(db, now).await.unwrap();
+        assert_eq!(
+            (today.jobs, today.sessions, today.refresh_tokens),
+            (0, 0, 0),
+            "{today:?}"
+        );
+        // A year on, the finished link job, the sent code and the long-expired session go.
+        let later = purge(db, now + 365 * 86_400_000).await.unwrap();
+        assert_eq!(later.jobs, 1, "{later:?}");
+        assert_eq!(later.sessions, 1);
+        assert_eq!(later.refresh_tokens, 1);
+        assert!(later.otp_sends >= 1);
+        // The customer is kept, and the ended session no longer signs anything in.
+        let me = app
+            .gql_as(Some(&customer.access_token), "{ me { id } }", json!({}))
+            .await;
+        assert_eq!(me["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
+    }
+}
