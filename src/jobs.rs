@@ -26,6 +26,10 @@ pub enum JobError {
     /// Will never succeed (the payload is unreadable, the record is gone).
     #[error("permanent: {0}")]
     Permanent(String),
+    /// The thing it acts on is being worked on right now; try again in a moment. Normal,
+    /// so neither logged loudly nor counted towards giving up.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 /// Wakes idle workers when a job is enqueued, so new work starts at once rather than at
@@ -81,9 +85,17 @@ async fn run_one(state: &AppState, job: Claimed) {
             store::jobs::complete(&state.db, &job.id, now).await
         }
         Err(error) => {
-            let dead = matches!(error, JobError::Permanent(_)) || job.attempts >= MAX_ATTEMPTS;
-            let delay = backoff_ms(job.attempts, state.settings.jobs.max_backoff_ms);
-            if dead {
+            let busy = matches!(error, JobError::Busy(_));
+            let dead =
+                matches!(error, JobError::Permanent(_)) || (!busy && job.attempts >= MAX_ATTEMPTS);
+            let delay = if busy {
+                100 + i64::try_from(fastrand::u64(0..100)).unwrap_or(0)
+            } else {
+                backoff_ms(job.attempts, state.settings.jobs.max_backoff_ms)
+            };
+            if busy {
+                tracing::debug!(%error, retry_in_ms = delay, "job waits for a busy record");
+            } else if dead {
                 tracing::error!(%error, "job failed for good");
             } else {
                 tracing::warn!(%error, retry_in_ms = delay, "job failed; will retry");

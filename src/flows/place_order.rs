@@ -1220,7 +1220,7 @@ pub async fn apply_okya_event(
 async fn drive_for_job(state: &AppState, id: &str) -> Result<(), JobError> {
     match drive(state, id).await {
         Ok(true) => Ok(()),
-        Ok(false) => Err(JobError::Transient("order busy; will apply shortly".into())),
+        Ok(false) => Err(JobError::Busy("order busy; will apply shortly".into())),
         Err(e) => Err(JobError::Transient(e.to_string())),
     }
 }
