@@ -9,7 +9,7 @@ use crate::{
         okya::{OkyaClient, Product, Store},
     },
 };
-use async_graphql::dataloader::{DataLoader, Loader};
+use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
 use std::{collections::HashMap, sync::Arc};
 
 /// DataLoader errors must be `Clone`; upstream errors are shared behind an `Arc`.
@@ -49,11 +49,13 @@ impl Loader<StoreId> for StoreLoader {
     }
 }
 
-/// The loaders of one GraphQL request.
+/// The loaders of one GraphQL request. Each caches what it loaded for the rest of the
+/// request: fields resolved at different moments (after a database read, say) still share
+/// one upstream call per resource.
 pub struct Loaders {
-    pub products: DataLoader<ProductLoader>,
-    pub stores: DataLoader<StoreLoader>,
-    pub wallets: DataLoader<super::vouchers::WalletLoader>,
+    pub products: DataLoader<ProductLoader, HashMapCache>,
+    pub stores: DataLoader<StoreLoader, HashMapCache>,
+    pub wallets: DataLoader<super::vouchers::WalletLoader, HashMapCache>,
 }
 
 impl Loaders {
@@ -62,10 +64,18 @@ impl Loaders {
         Self {
             wallets: super::vouchers::WalletLoader::new(&upstreams.sessionm),
             // Okya answers at most 200 ids per call.
-            products: DataLoader::new(ProductLoader { okya: okya.clone() }, tokio::spawn)
-                .max_batch_size(200),
-            stores: DataLoader::new(StoreLoader { okya: okya.clone() }, tokio::spawn)
-                .max_batch_size(200),
+            products: DataLoader::with_cache(
+                ProductLoader { okya: okya.clone() },
+                tokio::spawn,
+                HashMapCache::default(),
+            )
+            .max_batch_size(200),
+            stores: DataLoader::with_cache(
+                StoreLoader { okya: okya.clone() },
+                tokio::spawn,
+                HashMapCache::default(),
+            )
+            .max_batch_size(200),
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::{
 };
 use async_graphql::{
     Context, Enum, ID, Object, Result, SimpleObject,
-    dataloader::{DataLoader, Loader},
+    dataloader::{DataLoader, HashMapCache, Loader},
 };
 use std::{collections::HashMap, sync::Arc};
 
@@ -21,12 +21,13 @@ pub struct WalletLoader {
 }
 
 impl WalletLoader {
-    pub fn new(sessionm: &SessionmClient) -> DataLoader<Self> {
-        DataLoader::new(
+    pub fn new(sessionm: &SessionmClient) -> DataLoader<Self, HashMapCache> {
+        DataLoader::with_cache(
             Self {
                 sessionm: sessionm.clone(),
             },
             tokio::spawn,
+            HashMapCache::default(),
         )
     }
 }
