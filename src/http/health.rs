@@ -9,12 +9,19 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// The process can do its work: the database answers.
+/// The process can do its work: the database answers. Also reports the job queue, so an
+/// operator sees work piling up (pending) or needing a look (dead).
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if store::ping(&state.db).await {
+        let pending = store::jobs::count(&state.db, store::jobs::PENDING)
+            .await
+            .ok();
+        let dead = store::jobs::count(&state.db, store::jobs::DEAD).await.ok();
         (
             StatusCode::OK,
-            Json(json!({"status": "ready", "database": "ok"})),
+            Json(
+                json!({"status": "ready", "database": "ok", "jobs": {"pending": pending, "dead": dead}}),
+            ),
         )
     } else {
         (

@@ -237,6 +237,10 @@ async fn health_and_readiness_probes_answer() {
     assert_eq!(ready.status(), 200);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["database"], "ok");
+    assert!(
+        body["jobs"]["pending"].is_u64() && body["jobs"]["dead"] == 0,
+        "{body}"
+    );
     let missing = app
         .http
         .get(format!("{}/nope", app.url))
