@@ -3,7 +3,11 @@
 //!
 //! - `GET /_sandbox/calls` → `{"GET /v1/products": 1, …}` (method and route template)
 //! - `DELETE /_sandbox/calls` → counters back to zero
-//! - `PUT /_sandbox/faults` → `{"latency_ms": 0, "error_rate": 0.1, "fail_next": {"POST /v1/carts": 2}}`
+//! - `PUT /_sandbox/faults` → `{"latency_ms": 0, "error_rate": 0.1, "fail_next": {"POST /v1/carts": 2},
+//!   "refuse_next": {"POST /v1/refunds": {"status": 409, "code": "invalid_state", "times": 1}}}`
+//!
+//! `fail_next` answers 503 (transient: clients retry); `refuse_next` answers a definite
+//! refusal (a 4xx with the given code), to drive the branches where an upstream says no.
 
 use axum::{
     Json, Router,
@@ -36,6 +40,27 @@ pub struct Faults {
 struct FaultState {
     calls: BTreeMap<String, u64>,
     fail_next: BTreeMap<String, u32>,
+    refuse_next: BTreeMap<String, Refusal>,
+}
+
+/// A definite refusal to answer instead of the real one.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refusal {
+    pub status: u16,
+    pub code: String,
+    #[serde(default = "one")]
+    pub times: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+enum Admission {
+    Pass,
+    Fail,
+    Refuse(Refusal),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -46,6 +71,9 @@ pub struct FaultUpdate {
     /// Route key (`"POST /v1/carts"`) → how many of its next calls fail with a 503.
     #[serde(default)]
     pub fail_next: BTreeMap<String, u32>,
+    /// Route key → a refusal its next calls get, `times` times.
+    #[serde(default)]
+    pub refuse_next: BTreeMap<String, Refusal>,
 }
 
 impl Faults {
@@ -54,7 +82,7 @@ impl Faults {
         faults.apply(FaultUpdate {
             latency_ms: Some(latency_ms),
             error_rate: Some(error_rate),
-            fail_next: BTreeMap::new(),
+            ..FaultUpdate::default()
         });
         faults
     }
@@ -71,6 +99,9 @@ impl Faults {
         for (route, n) in update.fail_next {
             state.fail_next.insert(route, n);
         }
+        for (route, refusal) in update.refuse_next {
+            state.refuse_next.insert(route, refusal);
+        }
     }
 
     /// Calls received per route since start or the last reset.
@@ -86,18 +117,33 @@ impl Faults {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Counts the call and decides whether it fails.
+    /// Counts the call and decides whether it fails (tests read it as a yes or no).
+    #[cfg(test)]
     fn admit(&self, route: &str) -> bool {
+        matches!(self.decide(route), Admission::Pass)
+    }
+
+    fn decide(&self, route: &str) -> Admission {
         let mut state = self.lock();
         *state.calls.entry(route.to_owned()).or_default() += 1;
+        if let Some(refusal) = state.refuse_next.get_mut(route)
+            && refusal.times > 0
+        {
+            refusal.times -= 1;
+            return Admission::Refuse(refusal.clone());
+        }
         if let Some(n) = state.fail_next.get_mut(route)
             && *n > 0
         {
             *n -= 1;
-            return false;
+            return Admission::Fail;
         }
         let ppm = self.error_ppm.load(Ordering::Relaxed);
-        ppm == 0 || fastrand::u64(0..1_000_000) >= ppm
+        if ppm == 0 || fastrand::u64(0..1_000_000) >= ppm {
+            Admission::Pass
+        } else {
+            Admission::Fail
+        }
     }
 }
 
@@ -111,16 +157,24 @@ async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: Next)
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    if !faults.admit(&route) {
-        return (
+    match faults.decide(&route) {
+        Admission::Pass => next.run(request).await,
+        Admission::Fail => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({
                 "error": {"type": "api_error", "code": "sandbox_fault", "message": "injected fault"}
             })),
         )
-            .into_response();
+            .into_response(),
+        // Shaped so every client's error parser reads the code (Stripe's `type` included).
+        Admission::Refuse(refusal) => (
+            StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::CONFLICT),
+            Json(serde_json::json!({
+                "error": {"type": "invalid_request_error", "code": refusal.code, "message": "injected refusal"}
+            })),
+        )
+            .into_response(),
     }
-    next.run(request).await
 }
 
 /// Wraps a simulator's routes with fault injection and adds the `/_sandbox` knobs.

@@ -861,3 +861,46 @@ async fn a_pos_that_keeps_failing_is_given_up_on_after_bounded_retries_and_refun
         Some(1)
     );
 }
+
+#[tokio::test]
+async fn when_okya_will_not_record_the_payment_the_charge_is_refunded() {
+    let app = shop(|_| {}).await;
+    app.faults(Sim::Okya, json!({"refuse_next": {"POST /v1/orders/{order_id}/payments": {"status": 409, "code": "invalid_state", "times": 5}}})).await;
+    let cart = filled_cart(&app, "str_pasadena").await;
+    let payload = checkout(&app, &cart, "pm_card_visa", "k").await;
+    assert_eq!(payload["order"]["status"], "PAYMENT_FAILED");
+    assert_eq!(payload["order"]["payment"]["status"], "REFUNDED");
+    assert_eq!(error_codes(&payload), vec!["PAYMENT_FAILED"]);
+    let stripe = app.ledger(Sim::Stripe).await;
+    assert_eq!(
+        stripe["refunds"].as_array().map(Vec::len),
+        Some(1),
+        "{stripe}"
+    );
+    assert_eq!(stripe["refunds"][0]["amount"], 1874);
+}
+
+#[tokio::test]
+async fn when_the_capture_is_refused_the_order_is_recalled_and_the_authorisation_released() {
+    let app = shop(|s| s.orders.capture = cbtl_bff::domain::CaptureMode::OnAcceptance).await;
+    app.faults(Sim::Stripe, json!({"refuse_next": {"POST /v1/payment_intents/{id}/capture": {"status": 400, "code": "charge_expired_for_capture", "times": 5}}})).await;
+    let cart = filled_cart(&app, "str_pasadena").await;
+    let id = checkout(&app, &cart, "pm_card_visa", "k").await["order"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    store_action(&app, &cart, "accept").await;
+    let cancelled = wait_for_status(&app, &id, "CANCELLED").await;
+    assert_eq!(cancelled["payment"]["status"], "CANCELLED");
+    assert_eq!(
+        okya_order(&app, &cart).await["cancellation"]["kind"],
+        "recalled"
+    );
+    let stripe = app.ledger(Sim::Stripe).await;
+    assert_eq!(
+        intents(&stripe)[0]["status"],
+        "canceled",
+        "released, never captured: {stripe}"
+    );
+    assert_eq!(stripe["refunds"], json!([]));
+}

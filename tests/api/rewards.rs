@@ -398,3 +398,21 @@ async fn a_voucher_that_does_not_apply_to_the_basket_is_refused_and_kept() {
     assert_eq!(okya_order(&app, &cart).await["status"], "CANCELED");
     assert_eq!(status_of(&app, &fixed).await, "AVAILABLE");
 }
+
+#[tokio::test]
+async fn when_okya_refuses_the_discount_the_voucher_is_released_and_nothing_charged() {
+    let (app, _) = shop().await;
+    app.faults(Sim::Okya, json!({"refuse_next": {"POST /v1/orders/{order_id}/adjustments": {"status": 422, "code": "adjustment_too_large", "times": 5}}})).await;
+    let fixed = voucher(&app, "FIXED_AMOUNT", "AVAILABLE").await;
+    let cart = cart(&app).await;
+    let refused = checkout(&app, &cart, &fixed, "pm_card_visa", "k").await;
+    assert_eq!(error_codes(&refused), vec!["VOUCHER_NOT_APPLICABLE"]);
+    assert_eq!(refused["order"], json!(null));
+    assert_eq!(app.ledger(Sim::Stripe).await["payment_intents"], json!([]));
+    assert_eq!(okya_order(&app, &cart).await["status"], "CANCELED");
+    assert_eq!(
+        status_of(&app, &fixed).await,
+        "AVAILABLE",
+        "the lock was released"
+    );
+}
