@@ -55,14 +55,14 @@ impl Loader<StoreId> for StoreLoader {
 pub struct Loaders {
     pub products: DataLoader<ProductLoader, HashMapCache>,
     pub stores: DataLoader<StoreLoader, HashMapCache>,
-    pub wallets: DataLoader<super::vouchers::WalletLoader, HashMapCache>,
+    pub wallets: super::vouchers::Wallets,
 }
 
 impl Loaders {
     pub fn new(upstreams: &crate::upstream::Upstreams) -> Self {
         let okya = &upstreams.okya;
         Self {
-            wallets: super::vouchers::WalletLoader::new(&upstreams.sessionm),
+            wallets: super::vouchers::Wallets::new(&upstreams.sessionm),
             // Okya answers at most 200 ids per call.
             products: DataLoader::with_cache(
                 ProductLoader { okya: okya.clone() },

@@ -1,57 +1,49 @@
 //! The signed-in customer's SessionM vouchers. However many fields of one request ask for
-//! them, SessionM is asked once: the wallet is loaded through a per-request DataLoader.
+//! them, SessionM is asked once: the wallet is looked up through a per-request cache.
 
-use super::{context, errors::ApiError, loaders::LoadError, scalars::MoneyObject};
+use super::{context, errors::ApiError, scalars::MoneyObject};
 use crate::{
     store,
     upstream::sessionm::{DiscountKind, Lookup, Offer, OfferStatus, SessionmClient},
 };
-use async_graphql::{
-    Context, Enum, ID, Object, Result, SimpleObject,
-    dataloader::{DataLoader, HashMapCache, Loader},
+use async_graphql::{Context, Enum, ID, Object, Result, SimpleObject};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
 };
-use std::{collections::HashMap, sync::Arc};
+use tokio::sync::OnceCell;
 
-/// A SessionM user id, so a wallet can never be looked up by another kind of id.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct LoyaltyUserId(pub String);
-
-pub struct WalletLoader {
+/// The wallets looked up during one request. SessionM looks wallets up one member at a
+/// time, so there is nothing to batch; what matters is that fields resolved at different
+/// moments, even concurrently, share one lookup: the first asks, the others wait for it.
+pub struct Wallets {
     sessionm: SessionmClient,
+    cells: Mutex<HashMap<String, Arc<OnceCell<Lookup>>>>,
 }
 
-impl WalletLoader {
-    pub fn new(sessionm: &SessionmClient) -> DataLoader<Self, HashMapCache> {
-        DataLoader::with_cache(
-            Self {
-                sessionm: sessionm.clone(),
-            },
-            tokio::spawn,
-            HashMapCache::default(),
-        )
-    }
-}
-
-impl Loader<LoyaltyUserId> for WalletLoader {
-    type Value = Lookup;
-    type Error = LoadError;
-
-    async fn load(
-        &self,
-        keys: &[LoyaltyUserId],
-    ) -> Result<HashMap<LoyaltyUserId, Lookup>, LoadError> {
-        // SessionM looks wallets up one member at a time; a request only ever asks for one.
-        let mut wallets = HashMap::with_capacity(keys.len());
-        for key in keys {
-            let request_id = uuid::Uuid::new_v4().to_string();
-            let lookup = self
-                .sessionm
-                .lookup(&key.0, None, &request_id)
-                .await
-                .map_err(Arc::new)?;
-            wallets.insert(key.clone(), lookup);
+impl Wallets {
+    pub fn new(sessionm: &SessionmClient) -> Self {
+        Self {
+            sessionm: sessionm.clone(),
+            cells: Mutex::new(HashMap::new()),
         }
-        Ok(wallets)
+    }
+
+    async fn get(&self, user_id: &str) -> Result<Lookup, ApiError> {
+        let cell = self
+            .cells
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(user_id.to_owned())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| async {
+            let request_id = uuid::Uuid::new_v4().to_string();
+            self.sessionm.lookup(user_id, None, &request_id).await
+        })
+        .await
+        .cloned()
+        .map_err(ApiError::from)
     }
 }
 
@@ -140,11 +132,7 @@ pub async fn wallet(ctx: &Context<'_>, customer_id: &str) -> Result<Option<Looku
         return Ok(None);
     };
     let loaders = context::loaders(ctx)?;
-    Ok(loaders
-        .wallets
-        .load_one(LoyaltyUserId(user_id))
-        .await
-        .map_err(ApiError::from)?)
+    Ok(Some(loaders.wallets.get(&user_id).await?))
 }
 
 pub fn vouchers_of(lookup: Option<Lookup>) -> Vec<VoucherObject> {
