@@ -299,6 +299,15 @@ pub struct OrderSettings {
     /// How often open orders are compared with Okya's copy, in case webhooks were lost,
     /// in seconds (`CBTL_ORDERS__RECONCILE_INTERVAL_SECS`).
     pub reconcile_interval_secs: u64,
+    /// Tries of one flow step (transient failures, unknown outcomes, refusals still being
+    /// resolved) before the order is marked for an operator instead of being tried again
+    /// (`CBTL_ORDERS__MAX_STEP_ATTEMPTS`). Retries back off from 200 ms to 60 s, so the
+    /// default of 20 gives up after about 13 minutes.
+    pub max_step_attempts: u32,
+    /// Unknown outcomes of a charge (timeouts, Stripe's `idempotency_key_in_use`, 5xx)
+    /// retried under the same key before the PaymentIntent is also looked up by the
+    /// order's metadata (`CBTL_ORDERS__CHARGE_LOOKUP_AFTER`).
+    pub charge_lookup_after: u32,
 }
 
 impl Default for OrderSettings {
@@ -311,6 +320,8 @@ impl Default for OrderSettings {
             sweep_interval_ms: 1_000,
             checkout_wait_ms: 15_000,
             reconcile_interval_secs: 60,
+            max_step_attempts: 20,
+            charge_lookup_after: 3,
         }
     }
 }

@@ -17,6 +17,34 @@ const WORKERS: usize = 4;
 /// After this many attempts a job is buried and an operator must look at it.
 const MAX_ATTEMPTS: i32 = 100;
 
+/// What a job does: stored by name in `jobs.kind`, dispatched by an exhaustive `match`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::EnumIter)]
+pub enum JobKind {
+    /// Create Account: create the SessionM user and save its id on Okya.
+    LinkLoyalty,
+    /// Apply a stored Okya order-update webhook.
+    OkyaEvent,
+    /// Apply a stored Stripe webhook.
+    StripeEvent,
+    /// Place Order step 26: send the order to SessionM, which credits points.
+    SendToSessionm,
+}
+
+impl JobKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobKind::LinkLoyalty => "link_loyalty",
+            JobKind::OkyaEvent => "okya_event",
+            JobKind::StripeEvent => "stripe_event",
+            JobKind::SendToSessionm => "sessionm_order",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        <JobKind as strum::IntoEnumIterator>::iter().find(|k| k.as_str() == raw)
+    }
+}
+
 /// How a job failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -122,20 +150,14 @@ async fn dispatch(
     kind: &str,
     payload: serde_json::Value,
 ) -> Result<(), JobError> {
+    let Some(kind) = JobKind::parse(kind) else {
+        return Err(JobError::Permanent(format!("unknown job kind {kind}")));
+    };
     match kind {
-        flows::create_account::LINK_LOYALTY => {
-            flows::create_account::link_loyalty(state, payload).await
-        }
-        flows::place_order::OKYA_EVENT => {
-            flows::place_order::apply_okya_event(state, payload).await
-        }
-        flows::place_order::STRIPE_EVENT => {
-            flows::place_order::apply_stripe_event(state, payload).await
-        }
-        flows::place_order::SEND_TO_SESSIONM => {
-            flows::place_order::send_to_sessionm(state, payload).await
-        }
-        other => Err(JobError::Permanent(format!("unknown job kind {other}"))),
+        JobKind::LinkLoyalty => flows::create_account::link_loyalty(state, payload).await,
+        JobKind::OkyaEvent => flows::place_order::apply_okya_event(state, payload).await,
+        JobKind::StripeEvent => flows::place_order::apply_stripe_event(state, payload).await,
+        JobKind::SendToSessionm => flows::place_order::send_to_sessionm(state, payload).await,
     }
 }
 
@@ -151,7 +173,18 @@ fn backoff_ms(attempts: i32, max_ms: u64) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::backoff_ms;
+    use super::{JobKind, backoff_ms};
+
+    #[test]
+    fn every_job_kind_round_trips_and_the_flows_use_its_names() {
+        for kind in <JobKind as strum::IntoEnumIterator>::iter() {
+            assert_eq!(JobKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(
+            JobKind::parse(crate::flows::create_account::LINK_LOYALTY),
+            Some(JobKind::LinkLoyalty)
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

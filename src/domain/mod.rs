@@ -8,4 +8,4 @@ mod order;
 pub use contact::{Email, PersonName, Phone};
 pub use ids::{CartId, CartLineId, CustomerId, ModifierOptionId, OrderId, ProductId, StoreId};
 pub use money::{Currency, Money, MoneyError};
-pub use order::{CaptureMode, OrderStatus, Step};
+pub use order::{CaptureMode, OrderStatus, PaymentStatus, Step, StepKind};

@@ -5,7 +5,7 @@
 use std::fmt;
 
 /// What the app sees. Moves only forward; the last four are final.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::EnumIter)]
 pub enum OrderStatus {
     /// Only while the card needs 3-D Secure.
     AwaitingPayment,
@@ -23,16 +23,10 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
-    pub const ALL: [OrderStatus; 8] = [
-        OrderStatus::AwaitingPayment,
-        OrderStatus::AwaitingAcceptance,
-        OrderStatus::InPreparation,
-        OrderStatus::ReadyForPickup,
-        OrderStatus::Completed,
-        OrderStatus::PaymentFailed,
-        OrderStatus::Rejected,
-        OrderStatus::Cancelled,
-    ];
+    /// Every status, in declaration order (derived, so a new variant cannot be missed).
+    pub fn all() -> impl Iterator<Item = OrderStatus> {
+        <OrderStatus as strum::IntoEnumIterator>::iter()
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -48,30 +42,31 @@ impl OrderStatus {
     }
 
     pub fn parse(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+        Self::all().find(|s| s.as_str() == raw)
     }
 
+    /// Final statuses never change again.
     pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            OrderStatus::Completed
-                | OrderStatus::PaymentFailed
-                | OrderStatus::Rejected
-                | OrderStatus::Cancelled
-        )
+        self.successors().is_empty()
+    }
+
+    /// The statuses the order may move to from `self`: one exhaustive table, so a new
+    /// status must be placed in it before the code compiles.
+    pub fn successors(self) -> &'static [OrderStatus] {
+        use OrderStatus::*;
+        match self {
+            AwaitingPayment => &[AwaitingAcceptance, PaymentFailed],
+            AwaitingAcceptance => &[InPreparation, Rejected, Cancelled],
+            InPreparation => &[ReadyForPickup, Completed],
+            ReadyForPickup => &[Completed],
+            Completed | PaymentFailed | Rejected | Cancelled => &[],
+        }
     }
 
     /// Whether the order may move from `self` to `next`. Everything else, including any
     /// move out of a final status and any move backwards, is refused.
     pub fn can_become(self, next: OrderStatus) -> bool {
-        use OrderStatus::*;
-        matches!(
-            (self, next),
-            (AwaitingPayment, AwaitingAcceptance | PaymentFailed)
-                | (AwaitingAcceptance, InPreparation | Rejected | Cancelled)
-                | (InPreparation, ReadyForPickup | Completed)
-                | (ReadyForPickup, Completed)
-        )
+        self.successors().contains(&next)
     }
 }
 
@@ -83,15 +78,20 @@ impl fmt::Display for OrderStatus {
 
 /// Where a Place Order flow stands: its recovery point. Each active step is one upstream
 /// call under an idempotency key derived from the order and the step, so a step re-run
-/// after a crash repeats nothing. Waiting steps need an outside event (a webhook).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// after a crash repeats nothing. Waiting steps need an outside event (a webhook, the
+/// customer) or a deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::EnumIter)]
 pub enum Step {
-    /// Submit the cart to Okya as an order.
+    /// Submit the cart to Okya as an order, and snapshot its lines.
     Submit,
     /// Use Reward: SessionM locks the voucher and prices it; the discount goes on the Okya order.
     Discount,
     /// Take the payment with Stripe.
     Charge,
+    /// Stripe refused our own request (a bad key, a malformed request): nothing was
+    /// charged, and the customer may retry the same checkout; abandoned after the
+    /// authentication timeout.
+    AwaitPaymentRetry,
     /// Waiting for the customer's 3-D Secure, reported by Stripe's webhook.
     AwaitAuthentication,
     /// Save the payment details on the Okya order.
@@ -114,28 +114,32 @@ pub enum Step {
     Done,
 }
 
+/// What the flow runner does with an order at a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepKind {
+    /// The runner performs it on its own (an upstream call), now or at `next_attempt_at`.
+    Active,
+    /// Waits for the customer (3-D Secure, a retried checkout) until a deadline, after
+    /// which the sweeper runs it to give up.
+    AwaitingCustomer,
+    /// Waits for the store, through Okya's webhooks or reconciliation.
+    AwaitingStore,
+    /// Nothing left to do but follow the store's fulfilment, or nothing at all.
+    Finished,
+}
+
 impl Step {
-    pub const ALL: [Step; 13] = [
-        Step::Submit,
-        Step::Discount,
-        Step::Charge,
-        Step::AwaitAuthentication,
-        Step::RecordPayment,
-        Step::AwaitAcceptance,
-        Step::Inject,
-        Step::Capture,
-        Step::Recall,
-        Step::Refund,
-        Step::CancelOkya,
-        Step::Invalid,
-        Step::Done,
-    ];
+    /// Every step, in declaration order (derived, so a new variant cannot be missed).
+    pub fn all() -> impl Iterator<Item = Step> {
+        <Step as strum::IntoEnumIterator>::iter()
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
             Step::Submit => "submit",
             Step::Discount => "discount",
             Step::Charge => "charge",
+            Step::AwaitPaymentRetry => "await_payment_retry",
             Step::AwaitAuthentication => "await_authentication",
             Step::RecordPayment => "record_payment",
             Step::AwaitAcceptance => "await_acceptance",
@@ -150,31 +154,88 @@ impl Step {
     }
 
     pub fn parse(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+        Self::all().find(|s| s.as_str() == raw)
+    }
+
+    /// How the runner treats the step. Exhaustive: a new step must say what it is.
+    pub fn kind(self) -> StepKind {
+        match self {
+            Step::Submit
+            | Step::Discount
+            | Step::Charge
+            | Step::RecordPayment
+            | Step::Inject
+            | Step::Capture
+            | Step::Recall
+            | Step::Refund
+            | Step::CancelOkya => StepKind::Active,
+            Step::AwaitPaymentRetry | Step::AwaitAuthentication => StepKind::AwaitingCustomer,
+            Step::AwaitAcceptance => StepKind::AwaitingStore,
+            Step::Invalid | Step::Done => StepKind::Finished,
+        }
     }
 
     /// True for steps the flow runner performs on its own, as opposed to waiting.
     pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            Step::Submit
-                | Step::Charge
-                | Step::RecordPayment
-                | Step::Inject
-                | Step::Capture
-                | Step::Recall
-                | Step::Refund
-                | Step::CancelOkya
-        )
+        self.kind() == StepKind::Active
     }
 
-    /// Active steps that run again on their own when resumed.
-    pub fn active_names() -> Vec<&'static str> {
-        Self::ALL
-            .into_iter()
-            .filter(|s| s.is_active())
+    /// The names of the steps of one kind, for the sweeper's query.
+    pub fn names_of(kind: StepKind) -> Vec<&'static str> {
+        Self::all()
+            .filter(|s| s.kind() == kind)
             .map(Step::as_str)
             .collect()
+    }
+}
+
+/// The state of an order's payment as the app sees it (`Payment.status`), kept in step
+/// with Stripe's PaymentIntent: stored by name in `orders.payment_status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::EnumIter)]
+pub enum PaymentStatus {
+    /// 3-D Secure (or another customer action) is pending.
+    RequiresAction,
+    /// Authorised and held, not yet captured (capture on acceptance).
+    Authorized,
+    /// Captured: the money was taken (also a free order covered by a voucher).
+    Captured,
+    /// Declined or otherwise not taken; nothing to give back.
+    Failed,
+    /// Captured, then given back in full.
+    Refunded,
+    /// An authorisation released (or an intent cancelled) before capture.
+    Cancelled,
+}
+
+impl PaymentStatus {
+    pub fn all() -> impl Iterator<Item = PaymentStatus> {
+        <PaymentStatus as strum::IntoEnumIterator>::iter()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::RequiresAction => "REQUIRES_ACTION",
+            PaymentStatus::Authorized => "AUTHORIZED",
+            PaymentStatus::Captured => "CAPTURED",
+            PaymentStatus::Failed => "FAILED",
+            PaymentStatus::Refunded => "REFUNDED",
+            PaymentStatus::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::all().find(|s| s.as_str() == raw)
+    }
+
+    /// Whether money is taken or held that a compensation must give back.
+    pub fn holds_money(self) -> bool {
+        match self {
+            PaymentStatus::Authorized | PaymentStatus::Captured => true,
+            PaymentStatus::RequiresAction
+            | PaymentStatus::Failed
+            | PaymentStatus::Refunded
+            | PaymentStatus::Cancelled => false,
+        }
     }
 }
 
@@ -247,9 +308,10 @@ mod tests {
 
     #[test]
     fn nothing_moves_backwards_or_out_of_a_final_status() {
-        let rank = |s: OrderStatus| OrderStatus::ALL.iter().position(|x| *x == s).unwrap_or(0);
-        for from in OrderStatus::ALL {
-            for to in OrderStatus::ALL {
+        let all: Vec<OrderStatus> = OrderStatus::all().collect();
+        let rank = |s: OrderStatus| all.iter().position(|x| *x == s).unwrap_or(0);
+        for &from in &all {
+            for &to in &all {
                 if from.is_final() || to == from {
                     assert!(!from.can_become(to), "{from} -> {to}");
                 }
@@ -262,15 +324,19 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for status in OrderStatus::ALL {
+        for status in OrderStatus::all() {
             assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
         }
-        for step in Step::ALL {
+        for step in Step::all() {
             assert_eq!(Step::parse(step.as_str()), Some(step));
+        }
+        for payment in super::PaymentStatus::all() {
+            assert_eq!(super::PaymentStatus::parse(payment.as_str()), Some(payment));
         }
         assert_eq!(OrderStatus::parse("SHIPPED"), None);
         assert!(
             Step::Charge.is_active()
+                && Step::Discount.is_active()
                 && !Step::AwaitAcceptance.is_active()
                 && !Step::Done.is_active()
         );

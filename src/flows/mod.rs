@@ -2,4 +2,5 @@
 //! either finished in the request or recorded as a durable job that finishes it later.
 
 pub mod create_account;
+pub mod order_lines;
 pub mod place_order;

@@ -7,22 +7,37 @@
 //! sweeper resumes any flow left unfinished by a crash or an upstream outage. Webhooks
 //! only record what Okya or Stripe said and then run the flow.
 //!
+//! Every answer falls in one of three kinds, and each step handles all three:
+//! - **success**: record it and move on;
+//! - **unknown outcome** (a timeout, a dropped connection, a 5xx, Stripe's 409
+//!   `idempotency_key_in_use`): the upstream may have acted, so the step is tried again
+//!   later under the same key, and where a key can no longer tell (a replayed 500) the
+//!   step reads what the upstream says is true (the PaymentIntent, the Okya order, the
+//!   POS ticket) before deciding anything;
+//! - **definite refusal**: the step reads the upstream's truth too where money or a ticket
+//!   may exist after all, then compensates or continues from it.
+//!
+//! A step that cannot settle after `orders.max_step_attempts` tries, or an impossible
+//! stored state, marks the order for an operator (`attention`, logged at ERROR and counted
+//! by `/readyz`): never an endless loop and never a silent "done".
+//!
 //! ```text
-//! submit ─► charge ─► record_payment ─► await_acceptance ─► inject ─► [capture] ─► done
-//!    │         │  └─► await_authentication ─┘        │          │
-//!    ▼         ▼                                     ▼          ▼
-//! invalid   cancel_okya (PAYMENT_FAILED)     refund (REJECTED)  recall ─► refund (CANCELLED)
+//! submit ─► [discount] ─► charge ─► record_payment ─► await_acceptance ─► inject ─► [capture] ─► done
+//!    │          │          │ │ └─► await_authentication ─┘        │            │
+//!    ▼          ▼          │ └─► await_payment_retry ─► (charge)  ▼            ▼
+//! invalid   cancel_okya ◄──┘       (timeout: cancel_okya)   refund (REJECTED)  recall ─► refund (CANCELLED)
 //! ```
 
 use crate::{
     app::AppState,
     auth::now_ms,
-    domain::{CaptureMode, CartId, Currency, Money, OrderStatus, Step},
-    jobs::JobError,
+    domain::{CaptureMode, CartId, Currency, Money, OrderStatus, PaymentStatus, Step},
+    flows::order_lines::{self, LineSnapshot},
+    jobs::{JobError, JobKind},
     store::{self, StoreError, orders::Order},
     upstream::{
         UpstreamError,
-        epoint::{InjectLine, InjectModifier, InjectOrder},
+        epoint::InjectOrder,
         okya::{
             CartLine, WireMoney, codes as okya_codes,
             orders::{
@@ -30,7 +45,7 @@ use crate::{
                 PaymentRecordStatus,
             },
         },
-        sessionm::{SendTransaction, Transaction, TransactionLine},
+        sessionm::{self, SendTransaction, Transaction},
         stripe::{self, CaptureMethod, CreatePaymentIntent, PaymentIntent, PaymentIntentStatus},
     },
 };
@@ -38,19 +53,9 @@ use sha2::{Digest, Sha256};
 use std::{collections::BTreeMap, time::Duration};
 use tracing::Instrument;
 
-pub const SEND_TO_SESSIONM: &str = "sessionm_order";
-pub const OKYA_EVENT: &str = "okya_event";
-pub const STRIPE_EVENT: &str = "stripe_event";
-
-/// Payment statuses as the API names them.
-pub mod payment {
-    pub const REQUIRES_ACTION: &str = "REQUIRES_ACTION";
-    pub const AUTHORIZED: &str = "AUTHORIZED";
-    pub const CAPTURED: &str = "CAPTURED";
-    pub const FAILED: &str = "FAILED";
-    pub const REFUNDED: &str = "REFUNDED";
-    pub const CANCELLED: &str = "CANCELLED";
-}
+pub const SEND_TO_SESSIONM: &str = JobKind::SendToSessionm.as_str();
+pub const OKYA_EVENT: &str = JobKind::OkyaEvent.as_str();
+pub const STRIPE_EVENT: &str = JobKind::StripeEvent.as_str();
 
 /// Failure codes the flow records, beyond the upstreams' own.
 pub mod failure {
@@ -60,7 +65,20 @@ pub mod failure {
     pub const NOT_RECORDED: &str = "order_not_recorded";
     /// The customer never finished 3-D Secure.
     pub const AUTHENTICATION_ABANDONED: &str = "authentication_abandoned";
+    /// Stripe refused our own request (key, account, parameters): nothing was charged and
+    /// the customer may send the same checkout again.
+    pub const PAYMENT_UNAVAILABLE: &str = "payment_unavailable";
+    /// An upstream refused our own request outside payments (Okya, SessionM): nothing was
+    /// charged; the order was not placed.
+    pub const SERVICE_UNAVAILABLE: &str = "service_unavailable";
+    /// The authorisation was cancelled or lapsed before it could be captured.
+    pub const AUTHORIZATION_LOST: &str = "authorization_lost";
+    /// Stripe refused to capture a held authorisation.
+    pub const CAPTURE_FAILED: &str = "capture_failed";
 }
+
+/// Most steps one run may take before the order counts as looping.
+const MAX_STEPS_PER_RUN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
@@ -132,7 +150,9 @@ pub enum CheckoutRefusal {
 }
 
 /// Runs checkout: the same key returns the same order, whether the retry comes after the
-/// first finished or at the same moment; only one request ever runs the flow.
+/// first finished or at the same moment; only one request ever runs the flow. A payment
+/// Stripe refused for reasons of ours (`await_payment_retry`) is tried again when the same
+/// checkout is sent again.
 #[tracing::instrument(skip_all, fields(cart_id = %request.cart_id))]
 pub async fn checkout(
     state: &AppState,
@@ -146,6 +166,9 @@ pub async fn checkout(
         {
             if existing.request_hash != hash {
                 return Ok(Err(CheckoutRefusal::IdempotencyKeyReused));
+            }
+            if parse_step(&existing)? == Step::AwaitPaymentRetry {
+                retry_payment(state, &existing.id).await?;
             }
             return Ok(Ok(wait_until_resting(state, &existing.id).await?));
         }
@@ -194,6 +217,10 @@ pub async fn checkout(
             points_earned: None,
             created_at_ms: now,
             updated_at_ms: now,
+            attention: None,
+            attention_at_ms: None,
+            lines_snapshot_json: None,
+            key_generation: 0,
         };
         let id = row.id.clone();
         if !store::orders::insert_new(&state.db, row).await? {
@@ -204,6 +231,26 @@ pub async fn checkout(
         run_held(state, &id).await?;
         return Ok(Ok(wait_until_resting(state, &id).await?));
     }
+}
+
+/// The customer sent the same checkout again after Stripe refused a request of ours:
+/// charge again (Stripe saved no result for a request it refused before running it).
+async fn retry_payment(state: &AppState, id: &str) -> Result<(), FlowError> {
+    if !store::orders::acquire(&state.db, id, now_ms(), lease_ms(state)).await? {
+        return Ok(());
+    }
+    let mut order = load(state, id).await?;
+    if parse_step(&order)? != Step::AwaitPaymentRetry {
+        store::orders::release(&state.db, id).await?;
+        return Ok(());
+    }
+    tracing::info!(order_id = %id, "the customer retries a payment Stripe could not take");
+    order.failure_code = None;
+    order.failure_message = None;
+    order.payment_status = None;
+    advance(&mut order, Step::Charge);
+    commit(state, &mut order, None).await?;
+    run_held(state, id).await
 }
 
 fn lease_ms(state: &AppState) -> i64 {
@@ -219,17 +266,52 @@ fn parse_status(order: &Order) -> Result<OrderStatus, FlowError> {
         .ok_or_else(|| FlowError::Corrupt(format!("status {:?}", order.status)))
 }
 
+fn payment_status(order: &Order) -> Result<Option<PaymentStatus>, FlowError> {
+    order
+        .payment_status
+        .as_deref()
+        .map(|raw| {
+            PaymentStatus::parse(raw).ok_or_else(|| {
+                FlowError::Corrupt(format!("payment status {raw:?} of {}", order.id))
+            })
+        })
+        .transpose()
+}
+
+fn set_payment(order: &mut Order, status: PaymentStatus) {
+    order.payment_status = Some(status.as_str().to_owned());
+}
+
+fn approval(order: &Order) -> Option<Approval> {
+    order
+        .okya_approval
+        .as_deref()
+        .and_then(|raw| serde_json::from_value(serde_json::Value::String(raw.to_owned())).ok())
+}
+
+fn fulfilment(order: &Order) -> Option<Fulfilment> {
+    order
+        .okya_fulfilment
+        .as_deref()
+        .and_then(|raw| serde_json::from_value(serde_json::Value::String(raw.to_owned())).ok())
+}
+
+async fn load(state: &AppState, id: &str) -> Result<Order, FlowError> {
+    store::orders::find(&state.db, id)
+        .await?
+        .ok_or_else(|| FlowError::Corrupt(format!("order {id} vanished")))
+}
+
 /// Waits until the flow rests (waiting for the store or the customer, or finished), so
 /// every caller with the same key sees the same settled answer.
 async fn wait_until_resting(state: &AppState, id: &str) -> Result<Order, FlowError> {
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(state.settings.orders.checkout_wait_ms);
     loop {
-        let order = store::orders::find(&state.db, id)
-            .await?
-            .ok_or_else(|| FlowError::Corrupt(format!("order {id} vanished")))?;
+        let order = load(state, id).await?;
         let step = parse_step(&order)?;
-        if !step.is_active() || tokio::time::Instant::now() >= deadline {
+        if !step.is_active() || order.attention.is_some() || tokio::time::Instant::now() >= deadline
+        {
             return Ok(order);
         }
         // If its runner died, take it over once the lease has lapsed.
@@ -258,42 +340,87 @@ async fn run_held(state: &AppState, id: &str) -> Result<(), FlowError> {
     outcome
 }
 
+/// What a step wants the runner to do next: the transition it returns.
 enum Next {
     /// The step recorded its successor; keep going.
     Continue,
     /// Nothing to do until an outside event.
     Rest,
-    /// A transient failure: try again later.
+    /// A transient failure or an outcome not known yet: try again later, counting the
+    /// attempt towards `orders.max_step_attempts`.
     Retry(String),
+    /// The flow cannot resolve this on its own: an operator must look.
+    Attention(String),
 }
 
 async fn run_steps(state: &AppState, id: &str) -> Result<(), FlowError> {
-    for _ in 0..32 {
-        let order = store::orders::find(&state.db, id)
-            .await?
-            .ok_or_else(|| FlowError::Corrupt(format!("order {id} vanished")))?;
-        let step = parse_step(&order)?;
-        let span = tracing::info_span!("flow_step", order_id = %id, step = step.as_str());
-        // Boxed: each step is a large future, and nesting them inline overflows the stack.
-        let next = Box::pin(run_step(state, step, order).instrument(span)).await?;
+    for _ in 0..MAX_STEPS_PER_RUN {
+        let order = load(state, id).await?;
+        let outcome = match parse_step(&order) {
+            Ok(step) => {
+                let span = tracing::info_span!("flow_step", order_id = %id, step = step.as_str());
+                // Boxed: each step is a large future, and nesting them inline overflows the stack.
+                Box::pin(run_step(state, step, order).instrument(span)).await
+            }
+            Err(e) => Err(e),
+        };
+        let next = match outcome {
+            Ok(next) => next,
+            Err(FlowError::Crashed(point)) => return Err(FlowError::Crashed(point)),
+            Err(FlowError::Corrupt(reason)) => {
+                Next::Attention(format!("impossible stored state: {reason}"))
+            }
+            // An answer the step did not expect, or the database failing mid-step: the
+            // step is tried again later, within the bound.
+            Err(e @ (FlowError::Store(_) | FlowError::Upstream(_))) => Next::Retry(e.to_string()),
+        };
         match next {
             Next::Continue => continue,
             Next::Rest => return Ok(()),
-            Next::Retry(reason) => {
-                let mut order = store::orders::find(&state.db, id)
-                    .await?
-                    .ok_or_else(|| FlowError::Corrupt(format!("order {id} vanished")))?;
-                order.step_attempts += 1;
-                let delay = retry_delay_ms(order.step_attempts);
-                order.next_attempt_at_ms = now_ms() + delay;
-                order.updated_at_ms = now_ms();
-                tracing::warn!(order_id = %id, step = step.as_str(), attempt = order.step_attempts, %reason, retry_in_ms = delay, "step will be retried");
-                store::orders::save(&state.db, order).await?;
-                return Ok(());
-            }
+            Next::Retry(reason) => return schedule_retry(state, id, &reason).await,
+            Next::Attention(reason) => return mark_attention(state, id, &reason).await,
         }
     }
-    Err(FlowError::Corrupt(format!("order {id} did not settle")))
+    mark_attention(
+        state,
+        id,
+        &format!("the flow did not settle within {MAX_STEPS_PER_RUN} steps"),
+    )
+    .await
+}
+
+/// Records a failed attempt and when to try again, or gives the order to an operator
+/// once the step has been tried `orders.max_step_attempts` times.
+async fn schedule_retry(state: &AppState, id: &str, reason: &str) -> Result<(), FlowError> {
+    let mut order = load(state, id).await?;
+    order.step_attempts += 1;
+    let max = i32::try_from(state.settings.orders.max_step_attempts).unwrap_or(i32::MAX);
+    if order.step_attempts >= max {
+        let reason = format!(
+            "step {} did not succeed in {} attempts; last: {reason}",
+            order.step, order.step_attempts
+        );
+        store::orders::save(&state.db, order).await?;
+        return mark_attention(state, id, &reason).await;
+    }
+    let delay = retry_delay_ms(order.step_attempts);
+    order.next_attempt_at_ms = now_ms() + delay;
+    order.updated_at_ms = now_ms();
+    tracing::warn!(order_id = %id, step = %order.step, attempt = order.step_attempts, %reason, retry_in_ms = delay, "step will be retried");
+    store::orders::save(&state.db, order).await?;
+    Ok(())
+}
+
+/// Parks the order for an operator: the sweeper skips it, `/readyz` counts it, and the
+/// reason is logged at ERROR. Clearing `attention` (see the README) resumes it.
+async fn mark_attention(state: &AppState, id: &str, reason: &str) -> Result<(), FlowError> {
+    let mut order = load(state, id).await?;
+    tracing::error!(order_id = %id, step = %order.step, status = %order.status, %reason, "order needs an operator");
+    order.attention = Some(reason.chars().take(1_000).collect());
+    order.attention_at_ms = Some(now_ms());
+    order.updated_at_ms = now_ms();
+    store::orders::save(&state.db, order).await?;
+    Ok(())
 }
 
 async fn run_step(state: &AppState, step: Step, order: Order) -> Result<Next, FlowError> {
@@ -301,6 +428,7 @@ async fn run_step(state: &AppState, step: Step, order: Order) -> Result<Next, Fl
         Step::Submit => submit(state, order).await,
         Step::Discount => discount(state, order).await,
         Step::Charge => charge(state, order).await,
+        Step::AwaitPaymentRetry => await_payment_retry(state, order).await,
         Step::AwaitAuthentication => await_authentication(state, order).await,
         Step::RecordPayment => record_payment(state, order).await,
         Step::AwaitAcceptance => await_acceptance(state, order).await,
@@ -365,13 +493,25 @@ fn key(order: &Order, step: &str) -> String {
     format!("{}:{step}", order.id)
 }
 
+/// The key of a call that may have to be sent again under a new key, once its upstream
+/// is known to hold a stale answer under the old one (`key_generation`).
+fn generation_key(order: &Order, step: &str) -> String {
+    match order.key_generation {
+        0 => key(order, step),
+        generation => format!("{}:{step}:g{generation}", order.id),
+    }
+}
+
 fn money(order: &Order, minor: Option<i64>) -> Result<Money, FlowError> {
-    let currency = order
+    Ok(Money::new(minor.unwrap_or(0), currency(order)?))
+}
+
+fn currency(order: &Order) -> Result<Currency, FlowError> {
+    order
         .currency
         .as_deref()
         .and_then(|c| Currency::parse(c).ok())
-        .ok_or_else(|| FlowError::Corrupt(format!("order {} has no currency", order.id)))?;
-    Ok(Money::new(minor.unwrap_or(0), currency))
+        .ok_or_else(|| FlowError::Corrupt(format!("order {} has no currency", order.id)))
 }
 
 /// Records Okya's state from one of its answers, unless a newer one is already held.
@@ -419,55 +559,136 @@ fn fail_with(order: &mut Order, code: &str, message: &str) {
     order.failure_message = Some(message.chars().take(500).collect());
 }
 
-/// Step 7–10: Okya validates the cart and creates the order.
+/// The refusal in an error, for logs and failure records.
+fn refusal_of(e: &UpstreamError, fallback: &str) -> (String, String) {
+    e.rejection()
+        .map(|(_, r)| (r.code.clone(), r.message.clone()))
+        .unwrap_or_else(|| (fallback.to_owned(), e.to_string()))
+}
+
+/// Okya's refusals of a submission that are about the cart, for the customer to act on;
+/// anything else (a bad key, a request Okya could not read) is ours.
+fn is_customer_refusal_of_order(code: &str) -> bool {
+    [
+        okya_codes::STORE_CLOSED,
+        okya_codes::STORE_NOT_FOUND,
+        okya_codes::CART_EMPTY,
+        okya_codes::CART_NOT_FOUND,
+        okya_codes::CART_ALREADY_ORDERED,
+        okya_codes::PRODUCT_UNAVAILABLE,
+        okya_codes::PRODUCT_NOT_FOUND,
+    ]
+    .contains(&code)
+}
+
+/// SessionM's refusals of a voucher that are about the voucher, for the customer to act
+/// on; anything else (credentials, a request SessionM could not read) is ours.
+fn is_customer_refusal_of_voucher(code: &str) -> bool {
+    [
+        sessionm::codes::OFFER_NOT_FOUND,
+        sessionm::codes::OFFER_LOCKED,
+        sessionm::codes::OFFER_REDEEMED,
+        sessionm::codes::OFFER_EXPIRED,
+        sessionm::codes::OFFER_NOT_APPLICABLE,
+        sessionm::codes::USER_NOT_FOUND,
+    ]
+    .contains(&code)
+}
+
+/// Step 7–10: Okya validates the cart and creates the order; its lines are snapshotted
+/// with the catalogue's names so every later payload describes what was bought.
 async fn submit(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let cart_id = CartId::from_upstream(order.cart_id.clone());
-    match state
+    let okya = match state
         .upstreams
         .okya
         .create_order(&cart_id, &order.customer_id, &key(&order, "submit"))
         .await
     {
-        Ok(okya) => {
-            order.okya_order_id = Some(okya.id.clone());
-            order.number = Some(okya.number.clone());
-            order.store_id = okya.store_id.clone();
-            order.currency = Some(okya.currency.clone());
-            order.subtotal_minor = Some(okya.subtotal.amount);
-            order.discount_minor = Some(okya.discount.amount);
-            order.tax_minor = Some(okya.tax.amount);
-            order.total_minor = Some(okya.total.amount);
-            order.lines_json =
-                Some(serde_json::to_string(&okya.lines).unwrap_or_else(|_| "[]".into()));
-            record_okya(state, &mut order, &okya).await?;
-            let next = if order.voucher_id.is_some() {
-                Step::Discount
-            } else {
-                Step::Charge
-            };
-            advance(&mut order, next);
-            commit(state, &mut order, None).await?;
-            Ok(Next::Continue)
-        }
-        Err(e) if e.is_transient() => Ok(Next::Retry(e.to_string())),
+        Ok(okya) => okya,
+        Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
         Err(e) => {
-            let (code, message) = match e.rejection() {
-                Some((_, r)) => (r.code.clone(), r.message.clone()),
-                None => ("order_not_accepted".to_owned(), e.to_string()),
-            };
-            tracing::info!(order_id = %order.id, %code, "Okya refused the order; nothing charged");
-            fail_with(&mut order, &code, &message);
+            let (code, message) = refusal_of(&e, "order_not_accepted");
+            if is_customer_refusal_of_order(&code) {
+                tracing::info!(order_id = %order.id, %code, "Okya refused the order; nothing charged");
+                fail_with(&mut order, &code, &message);
+            } else {
+                tracing::error!(order_id = %order.id, error = %e, "Okya refused our order request; nothing charged");
+                fail_with(&mut order, failure::SERVICE_UNAVAILABLE, &e.to_string());
+            }
             advance(&mut order, Step::Invalid);
             commit(state, &mut order, None).await?;
-            Ok(Next::Rest)
+            return Ok(Next::Rest);
+        }
+    };
+    let mut ids: Vec<crate::domain::ProductId> = Vec::new();
+    for line in &okya.lines {
+        let id = crate::domain::ProductId::from_upstream(line.product_id.clone());
+        if !ids.contains(&id) {
+            ids.push(id);
         }
     }
+    // The order exists at Okya under our key; a failure here re-runs the step, and the
+    // key gives back the same order.
+    let products = state.upstreams.okya.products(&ids).await?;
+    let snapshot = order_lines::snapshot(&okya.lines, &products);
+    order.okya_order_id = Some(okya.id.clone());
+    order.number = Some(okya.number.clone());
+    order.store_id = okya.store_id.clone();
+    order.currency = Some(okya.currency.clone());
+    order.subtotal_minor = Some(okya.subtotal.amount);
+    order.discount_minor = Some(okya.discount.amount);
+    order.tax_minor = Some(okya.tax.amount);
+    order.total_minor = Some(okya.total.amount);
+    order.lines_json = Some(
+        serde_json::to_string(&okya.lines)
+            .map_err(|e| FlowError::Corrupt(format!("lines of {}: {e}", order.id)))?,
+    );
+    order.lines_snapshot_json = Some(
+        serde_json::to_string(&snapshot)
+            .map_err(|e| FlowError::Corrupt(format!("snapshot of {}: {e}", order.id)))?,
+    );
+    record_okya(state, &mut order, &okya).await?;
+    let next = if order.voucher_id.is_some() {
+        Step::Discount
+    } else {
+        Step::Charge
+    };
+    advance(&mut order, next);
+    commit(state, &mut order, None).await?;
+    Ok(Next::Continue)
+}
+
+/// The lines as ordered. Orders submitted before snapshots existed get one now, once,
+/// and keep it, so every payload after this one is the same.
+async fn snapshot(state: &AppState, order: &mut Order) -> Result<Vec<LineSnapshot>, FlowError> {
+    if let Some(raw) = order.lines_snapshot_json.as_deref() {
+        return serde_json::from_str(raw)
+            .map_err(|e| FlowError::Corrupt(format!("snapshot of {}: {e}", order.id)));
+    }
+    let lines: Vec<CartLine> = serde_json::from_str(order.lines_json.as_deref().unwrap_or("[]"))
+        .map_err(|e| FlowError::Corrupt(format!("lines of {}: {e}", order.id)))?;
+    let ids: Vec<crate::domain::ProductId> = lines
+        .iter()
+        .map(|l| crate::domain::ProductId::from_upstream(l.product_id.clone()))
+        .collect();
+    let products = state.upstreams.okya.products(&ids).await?;
+    let snapshot = order_lines::snapshot(&lines, &products);
+    order.lines_snapshot_json = Some(
+        serde_json::to_string(&snapshot)
+            .map_err(|e| FlowError::Corrupt(format!("snapshot of {}: {e}", order.id)))?,
+    );
+    commit(state, order, None).await?;
+    Ok(snapshot)
 }
 
 /// Use Reward, steps 14–19: SessionM prices the voucher against the order and locks it to
 /// this order; the discount goes on the Okya order, which recomputes tax and total.
 async fn discount(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
-    let voucher = order.voucher_id.clone().unwrap_or_default();
+    let voucher = order
+        .voucher_id
+        .clone()
+        .ok_or_else(|| FlowError::Corrupt(format!("order {} discounts no voucher", order.id)))?;
     let customer = store::customers::find(&state.db, &order.customer_id).await?;
     let Some(user_id) = customer.and_then(|c| c.sessionm_user_id) else {
         fail_with(
@@ -479,7 +700,13 @@ async fn discount(state: &AppState, mut order: Order) -> Result<Next, FlowError>
         commit(state, &mut order, None).await?;
         return Ok(Next::Continue);
     };
-    let basket = basket(&order)?;
+    if order.voucher_name.is_none() {
+        // From the moment the lock is asked for, a lock may exist (its answer can be lost
+        // or unreadable), so every compensation must try to release it.
+        order.voucher_name = Some(voucher.clone());
+        commit(state, &mut order, None).await?;
+    }
+    let basket = basket(state, &mut order).await?;
     let locked = match state
         .upstreams
         .sessionm
@@ -489,18 +716,19 @@ async fn discount(state: &AppState, mut order: Order) -> Result<Next, FlowError>
         Ok(discount) => discount,
         Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
         Err(e) => {
-            let (code, message) = e
-                .rejection()
-                .map(|(_, r)| (r.code.clone(), r.message.clone()))
-                .unwrap_or_else(|| ("voucher_not_applicable".into(), e.to_string()));
-            tracing::info!(order_id = %order.id, %code, "SessionM refused the voucher; nothing charged");
-            fail_with(&mut order, &code, &message);
+            let (code, message) = refusal_of(&e, "voucher_not_applicable");
+            if is_customer_refusal_of_voucher(&code) {
+                tracing::info!(order_id = %order.id, %code, "SessionM refused the voucher; nothing charged");
+                fail_with(&mut order, &code, &message);
+            } else {
+                tracing::error!(order_id = %order.id, error = %e, "SessionM refused our lock request; nothing charged");
+                fail_with(&mut order, failure::SERVICE_UNAVAILABLE, &e.to_string());
+            }
             advance(&mut order, Step::CancelOkya);
             commit(state, &mut order, None).await?;
             return Ok(Next::Continue);
         }
     };
-    // From here a lock exists that every compensation must release.
     order.voucher_name = Some(locked.name.clone().unwrap_or_else(|| "Reward".to_owned()));
     commit(state, &mut order, None).await?;
     let adjustment = NewAdjustment {
@@ -539,7 +767,7 @@ async fn discount(state: &AppState, mut order: Order) -> Result<Next, FlowError>
         }
         Err(e) if e.is_transient() => Ok(Next::Retry(e.to_string())),
         Err(e) => {
-            tracing::warn!(order_id = %order.id, error = %e, "Okya refused the discount; releasing the voucher");
+            tracing::error!(order_id = %order.id, error = %e, "Okya refused the discount; releasing the voucher");
             fail_with(&mut order, "voucher_not_applicable", &e.to_string());
             advance(&mut order, Step::CancelOkya);
             commit(state, &mut order, None).await?;
@@ -548,32 +776,20 @@ async fn discount(state: &AppState, mut order: Order) -> Result<Next, FlowError>
     }
 }
 
-/// The order as a SessionM basket: what the voucher is priced against.
-fn basket(order: &Order) -> Result<Transaction, FlowError> {
-    let lines: Vec<CartLine> = serde_json::from_str(order.lines_json.as_deref().unwrap_or("[]"))
-        .map_err(|e| FlowError::Corrupt(format!("lines of {}: {e}", order.id)))?;
-    let currency = money(order, Some(0))?.currency;
-    let transaction_lines = lines
-        .iter()
-        .map(|l| TransactionLine {
-            line_id: l.id.clone(),
-            product_id: l.product_id.clone(),
-            sku: None,
-            name: l.product_id.clone(),
-            quantity: l.quantity,
-            unit_price: Money::new(l.unit_price.amount, currency.clone()),
-        })
-        .collect();
+/// The order as a SessionM basket: what the voucher is priced against, from the snapshot.
+async fn basket(state: &AppState, order: &mut Order) -> Result<Transaction, FlowError> {
+    let lines = snapshot(state, order).await?;
+    let currency = currency(order)?;
     Transaction::new(
         order.id.clone(),
         order.store_id.clone(),
-        currency,
-        transaction_lines,
+        currency.clone(),
+        order_lines::loyalty_lines(&lines, &currency),
     )
     .map_err(|e| FlowError::Corrupt(e.to_string()))
 }
 
-/// Gives the voucher back when this order locked it and will not use it.
+/// Gives the voucher back when this order may hold a lock on it and will not use it.
 async fn release_voucher(state: &AppState, order: &Order) -> Result<Option<Next>, FlowError> {
     let (Some(voucher), Some(_)) = (&order.voucher_id, &order.voucher_name) else {
         return Ok(None);
@@ -591,16 +807,63 @@ async fn release_voucher(state: &AppState, order: &Order) -> Result<Option<Next>
         Ok(()) => Ok(None),
         Err(e) if e.is_transient() => Ok(Some(Next::Retry(e.to_string()))),
         Err(e) => {
+            // Not locked (the lock never happened) or already released: nothing held.
             tracing::warn!(order_id = %order.id, error = %e, "SessionM would not release the voucher");
             Ok(None)
         }
     }
 }
 
+/// Who must act on Stripe's refusal of a new payment.
+enum ChargeRefusal {
+    /// The card (or the payment method the app sent): the customer tries another one.
+    Customer { code: String, message: String },
+    /// Our key, account or request: nothing was charged, the customer can do nothing about
+    /// it but try again later; logged at ERROR for an operator.
+    Ours { code: String, message: String },
+}
+
+/// Only card declines (Stripe's `card_error`, HTTP 402) and a payment method Stripe does
+/// not know are the customer's; a 400, 401, 403 or 404 otherwise is a fault of ours.
+/// See <https://docs.stripe.com/api/errors>.
+fn classify_charge_refusal(e: &UpstreamError) -> ChargeRefusal {
+    if let Some(decline) = stripe::decline_of(e) {
+        return ChargeRefusal::Customer {
+            code: decline.code,
+            message: decline.message,
+        };
+    }
+    let Some((status, rejection)) = e.rejection() else {
+        return ChargeRefusal::Ours {
+            code: failure::PAYMENT_UNAVAILABLE.into(),
+            message: e.to_string(),
+        };
+    };
+    if status == 402 {
+        return ChargeRefusal::Customer {
+            code: "card_declined".into(),
+            message: rejection.message.clone(),
+        };
+    }
+    if rejection.code == "resource_missing" && rejection.field.as_deref() == Some("payment_method")
+    {
+        return ChargeRefusal::Customer {
+            code: "payment_method_invalid".into(),
+            message: "This card cannot be used. Try another card.".into(),
+        };
+    }
+    ChargeRefusal::Ours {
+        code: rejection.code.clone(),
+        message: rejection.message.clone(),
+    }
+}
+
 /// Steps 11–12: Stripe takes the total.
 async fn charge(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let total = money(&order, order.total_minor)?;
-    let manual = CaptureMode::parse(&order.capture_mode) == Some(CaptureMode::OnAcceptance);
+    let capture_mode = CaptureMode::parse(&order.capture_mode).ok_or_else(|| {
+        FlowError::Corrupt(format!("capture mode {:?} of {}", order.capture_mode, order.id))
+    })?;
     let mut metadata = BTreeMap::new();
     metadata.insert("order_id".to_owned(), order.id.clone());
     if let Some(okya) = &order.okya_order_id {
@@ -609,10 +872,9 @@ async fn charge(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let params = CreatePaymentIntent {
         amount: total,
         payment_method: order.payment_method_id.clone(),
-        capture_method: if manual {
-            CaptureMethod::Manual
-        } else {
-            CaptureMethod::Automatic
+        capture_method: match capture_mode {
+            CaptureMode::Immediate => CaptureMethod::Automatic,
+            CaptureMode::OnAcceptance => CaptureMethod::Manual,
         },
         description: Some(format!(
             "CBTL order {}",
@@ -620,69 +882,172 @@ async fn charge(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
         )),
         metadata,
     };
-    match state
+    let error = match state
         .upstreams
         .stripe
         .create_payment_intent(&params, &key(&order, "charge"))
         .await
     {
-        Ok(intent) => {
-            apply_intent(&mut order, &intent);
-            match intent.status {
-                PaymentIntentStatus::Succeeded | PaymentIntentStatus::RequiresCapture => {
-                    advance(&mut order, Step::RecordPayment);
-                }
-                PaymentIntentStatus::RequiresAction | PaymentIntentStatus::Processing => {
-                    advance(&mut order, Step::AwaitAuthentication);
-                    commit(state, &mut order, Some(OrderStatus::AwaitingPayment)).await?;
-                    return Ok(Next::Rest);
-                }
-                _ => {
-                    let reason = intent
-                        .last_payment_error
-                        .as_ref()
-                        .map(|e| {
-                            (
-                                e.code.clone().unwrap_or_else(|| "card_declined".into()),
-                                e.message.clone().unwrap_or_default(),
-                            )
-                        })
-                        .unwrap_or_else(|| {
-                            (
-                                "payment_failed".into(),
-                                "The payment did not go through.".into(),
-                            )
-                        });
-                    order.payment_status = Some(payment::FAILED.into());
-                    fail_with(&mut order, &reason.0, &reason.1);
-                    advance(&mut order, Step::CancelOkya);
-                }
+        Ok(intent) => return adopt_intent(state, order, &intent).await,
+        Err(e) => e,
+    };
+    // The answer was lost, is still coming (409 in use), or can never come under this
+    // key (a replayed 500): the intent may exist. After a few tries under the same key,
+    // look it up by the order's metadata before anything else is decided.
+    let idempotency_conflict = error
+        .rejection()
+        .is_some_and(|(_, r)| stripe::is_idempotency_error(r));
+    let unknown = error.is_transient() || idempotency_conflict;
+    let attempts = u32::try_from(order.step_attempts).unwrap_or(0) + 1;
+    if unknown
+        && (error.is_replayed_failure()
+            || idempotency_conflict
+            || attempts >= state.settings.orders.charge_lookup_after)
+    {
+        match find_intent(state, &order).await {
+            Ok(Some(intent)) => {
+                tracing::info!(order_id = %order.id, intent_id = %intent.id, "found the order's PaymentIntent after an unknown outcome");
+                return adopt_intent(state, order, &intent).await;
             }
-            commit(state, &mut order, None).await?;
-            Ok(Next::Continue)
+            Ok(None) => {}
+            Err(e) => tracing::warn!(order_id = %order.id, error = %e, "looking the PaymentIntent up failed"),
         }
-        Err(e) if e.is_transient() => Ok(Next::Retry(e.to_string())),
-        Err(e) => {
-            if let Some(decline) = stripe::decline_of(&e) {
-                order.payment_intent_id = decline
-                    .payment_intent_id
-                    .clone()
-                    .or(order.payment_intent_id);
-                fail_with(&mut order, &decline.code, &decline.message);
-            } else {
-                let (code, message) = e
-                    .rejection()
-                    .map(|(_, r)| (r.code.clone(), r.message.clone()))
-                    .unwrap_or_else(|| ("payment_failed".into(), e.to_string()));
-                tracing::warn!(order_id = %order.id, %code, "Stripe refused the payment request");
-                fail_with(&mut order, &code, &message);
+    }
+    if unknown {
+        return Ok(Next::Retry(format!("charge outcome unknown: {error}")));
+    }
+    match classify_charge_refusal(&error) {
+        ChargeRefusal::Customer { code, message } => {
+            if let Some(decline) = stripe::decline_of(&error) {
+                order.payment_intent_id = decline.payment_intent_id.or(order.payment_intent_id);
             }
-            order.payment_status = Some(payment::FAILED.into());
+            tracing::info!(order_id = %order.id, %code, "the card was declined");
+            set_payment(&mut order, PaymentStatus::Failed);
+            fail_with(&mut order, &code, &message);
             advance(&mut order, Step::CancelOkya);
             commit(state, &mut order, None).await?;
             Ok(Next::Continue)
         }
+        ChargeRefusal::Ours { code, message } => {
+            tracing::error!(order_id = %order.id, %code, error = %error, "Stripe refused our payment request; nothing charged, the customer may retry");
+            fail_with(&mut order, failure::PAYMENT_UNAVAILABLE, &message);
+            advance(&mut order, Step::AwaitPaymentRetry);
+            commit(state, &mut order, Some(OrderStatus::AwaitingPayment)).await?;
+            Ok(Next::Rest)
+        }
     }
+}
+
+/// The order's PaymentIntent found by its metadata, if Stripe shows one.
+async fn find_intent(state: &AppState, order: &Order) -> Result<Option<PaymentIntent>, FlowError> {
+    let found = state
+        .upstreams
+        .stripe
+        .search_payment_intents_by_metadata("order_id", &order.id)
+        .await?;
+    // One intent per order is the invariant; the newest wins if Stripe ever shows more.
+    Ok(found.into_iter().max_by_key(|pi| pi.created))
+}
+
+/// Goes on from the intent Stripe holds for the order, however it was learned.
+async fn adopt_intent(
+    state: &AppState,
+    mut order: Order,
+    intent: &PaymentIntent,
+) -> Result<Next, FlowError> {
+    apply_intent(&mut order, intent);
+    match intent.status {
+        PaymentIntentStatus::Succeeded | PaymentIntentStatus::RequiresCapture => {
+            advance(&mut order, Step::RecordPayment);
+            commit(state, &mut order, None).await?;
+            Ok(Next::Continue)
+        }
+        PaymentIntentStatus::RequiresAction
+        | PaymentIntentStatus::RequiresConfirmation
+        | PaymentIntentStatus::Processing => {
+            advance(&mut order, Step::AwaitAuthentication);
+            commit(state, &mut order, Some(OrderStatus::AwaitingPayment)).await?;
+            Ok(Next::Rest)
+        }
+        PaymentIntentStatus::RequiresPaymentMethod | PaymentIntentStatus::Canceled => {
+            let (code, message) = intent
+                .last_payment_error
+                .as_ref()
+                .map(|e| {
+                    (
+                        e.code.clone().unwrap_or_else(|| "card_declined".into()),
+                        e.message.clone().unwrap_or_default(),
+                    )
+                })
+                .unwrap_or_else(|| {
+                    (
+                        "payment_failed".into(),
+                        "The payment did not go through.".into(),
+                    )
+                });
+            set_payment(&mut order, PaymentStatus::Failed);
+            fail_with(&mut order, &code, &message);
+            advance(&mut order, Step::CancelOkya);
+            commit(state, &mut order, None).await?;
+            Ok(Next::Continue)
+        }
+        PaymentIntentStatus::Unknown => Ok(Next::Attention(format!(
+            "PaymentIntent {} has a status this service does not know",
+            intent.id
+        ))),
+    }
+}
+
+/// What Stripe says an intent's money is, in the app's terms.
+enum Truth {
+    Settled(PaymentStatus),
+    /// Stripe is still working on it; ask again later.
+    Processing,
+    /// A status this code does not know.
+    Unrecognised,
+}
+
+fn truth_of(intent: &PaymentIntent) -> Truth {
+    match intent.status {
+        PaymentIntentStatus::RequiresPaymentMethod => Truth::Settled(PaymentStatus::Failed),
+        PaymentIntentStatus::RequiresConfirmation | PaymentIntentStatus::RequiresAction => {
+            Truth::Settled(PaymentStatus::RequiresAction)
+        }
+        PaymentIntentStatus::Processing => Truth::Processing,
+        PaymentIntentStatus::RequiresCapture => Truth::Settled(PaymentStatus::Authorized),
+        PaymentIntentStatus::Succeeded => {
+            let refunded = intent.charge().is_some_and(|charge| {
+                charge.refunded
+                    || (charge.amount_captured > 0
+                        && charge.amount_refunded >= charge.amount_captured)
+            });
+            Truth::Settled(if refunded {
+                PaymentStatus::Refunded
+            } else {
+                PaymentStatus::Captured
+            })
+        }
+        PaymentIntentStatus::Canceled => Truth::Settled(PaymentStatus::Cancelled),
+        PaymentIntentStatus::Unknown => Truth::Unrecognised,
+    }
+}
+
+/// Reads the order's PaymentIntent: what is true, whatever our last call was told.
+async fn read_truth(state: &AppState, order: &mut Order) -> Result<Truth, FlowError> {
+    let intent_id = order
+        .payment_intent_id
+        .clone()
+        .ok_or_else(|| FlowError::Corrupt(format!("order {} has no intent", order.id)))?;
+    let intent = state
+        .upstreams
+        .stripe
+        .retrieve_payment_intent(&intent_id)
+        .await?;
+    if let Some((brand, last4)) = intent.card() {
+        order.card_brand = Some(brand.to_owned());
+        order.card_last4 = Some(last4.chars().take(4).collect());
+    }
+    Ok(truth_of(&intent))
 }
 
 fn apply_intent(order: &mut Order, intent: &PaymentIntent) {
@@ -691,18 +1056,31 @@ fn apply_intent(order: &mut Order, intent: &PaymentIntent) {
         order.card_brand = Some(brand.to_owned());
         order.card_last4 = Some(last4.chars().take(4).collect());
     }
-    order.payment_status = Some(
-        match intent.status {
-            PaymentIntentStatus::Succeeded => payment::CAPTURED,
-            PaymentIntentStatus::RequiresCapture => payment::AUTHORIZED,
-            PaymentIntentStatus::RequiresAction | PaymentIntentStatus::Processing => {
-                payment::REQUIRES_ACTION
-            }
-            PaymentIntentStatus::Canceled => payment::CANCELLED,
-            _ => payment::FAILED,
-        }
-        .into(),
-    );
+    let status = match truth_of(intent) {
+        Truth::Settled(status) => status,
+        Truth::Processing => PaymentStatus::RequiresAction,
+        Truth::Unrecognised => PaymentStatus::Failed,
+    };
+    set_payment(order, status);
+}
+
+/// Stripe refused a request of ours: the customer may send the same checkout again (see
+/// [`retry_payment`]); if nobody does before the authentication timeout, the order is
+/// cancelled with nothing charged.
+async fn await_payment_retry(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
+    if now_ms() - order.updated_at_ms < authentication_timeout_ms(state) {
+        return Ok(Next::Rest);
+    }
+    tracing::info!(order_id = %order.id, "the payment was not retried in time; cancelling the order");
+    set_payment(&mut order, PaymentStatus::Failed);
+    advance(&mut order, Step::CancelOkya);
+    commit(state, &mut order, None).await?;
+    Ok(Next::Continue)
+}
+
+fn authentication_timeout_ms(state: &AppState) -> i64 {
+    i64::try_from(state.settings.orders.authentication_timeout_secs.saturating_mul(1000))
+        .unwrap_or(900_000)
 }
 
 /// Waiting for 3-D Secure: Stripe's webhook moves the flow on; an abandoned
@@ -748,29 +1126,62 @@ async fn await_authentication(state: &AppState, mut order: Order) -> Result<Next
                         "The card could not be authenticated.".into(),
                     )
                 });
-            order.payment_status = Some(payment::FAILED.into());
+            set_payment(&mut order, PaymentStatus::Failed);
             fail_with(&mut order, &code, &message);
             advance(&mut order, Step::CancelOkya);
         }
-        _ => {
-            let timeout = i64::try_from(state.settings.orders.authentication_timeout_secs * 1000)
-                .unwrap_or(900_000);
-            if now_ms() - order.updated_at_ms < timeout {
+        PaymentIntentStatus::RequiresAction
+        | PaymentIntentStatus::RequiresConfirmation
+        | PaymentIntentStatus::Processing
+        | PaymentIntentStatus::Unknown => {
+            if now_ms() - order.updated_at_ms < authentication_timeout_ms(state) {
                 return Ok(Next::Rest);
             }
             match state
                 .upstreams
                 .stripe
-                .cancel_payment_intent(&intent_id, Some("abandoned"), &key(&order, "abandon"))
+                .cancel_payment_intent(
+                    &intent_id,
+                    Some("abandoned"),
+                    &generation_key(&order, "abandon"),
+                )
                 .await
             {
-                Ok(_) => {}
-                Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
+                Ok(intent) => apply_intent(&mut order, &intent),
+                Err(e) if e.is_transient() && !e.is_replayed_failure() => {
+                    return Ok(Next::Retry(e.to_string()));
+                }
                 Err(e) => {
-                    tracing::warn!(order_id = %order.id, error = %e, "cancelling an abandoned intent failed")
+                    // Refused: the customer may have finished at the last moment. What the
+                    // intent says now decides.
+                    tracing::warn!(order_id = %order.id, error = %e, "Stripe would not cancel the abandoned intent; reading it");
+                    match read_truth(state, &mut order).await? {
+                        Truth::Settled(status @ (PaymentStatus::Captured | PaymentStatus::Authorized)) => {
+                            set_payment(&mut order, status);
+                            advance(&mut order, Step::RecordPayment);
+                            commit(state, &mut order, None).await?;
+                            return Ok(Next::Continue);
+                        }
+                        Truth::Settled(
+                            PaymentStatus::Cancelled
+                            | PaymentStatus::Failed
+                            | PaymentStatus::Refunded,
+                        ) => {}
+                        Truth::Settled(PaymentStatus::RequiresAction) if e.is_replayed_failure() => {
+                            order.key_generation += 1;
+                            commit(state, &mut order, None).await?;
+                            return Ok(Next::Retry(e.to_string()));
+                        }
+                        Truth::Settled(PaymentStatus::RequiresAction) | Truth::Unrecognised => {
+                            return Ok(Next::Attention(format!(
+                                "Stripe refused to cancel an abandoned intent that still awaits the customer: {e}"
+                            )));
+                        }
+                        Truth::Processing => return Ok(Next::Retry(e.to_string())),
+                    }
                 }
             }
-            order.payment_status = Some(payment::CANCELLED.into());
+            set_payment(&mut order, PaymentStatus::Cancelled);
             fail_with(
                 &mut order,
                 failure::AUTHENTICATION_ABANDONED,
@@ -786,14 +1197,16 @@ async fn await_authentication(state: &AppState, mut order: Order) -> Result<Next
 /// Step 13: the payment details go on the Okya order, which puts it in front of the store.
 async fn record_payment(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let okya_id = okya_id(&order)?;
-    let captured = order.payment_status.as_deref() == Some(payment::CAPTURED);
+    let captured = payment_status(&order)? == Some(PaymentStatus::Captured);
     let free = order.total_minor == Some(0);
     let body = NewPayment {
         provider: if free { "voucher" } else { "stripe" }.into(),
         reference: if free {
             order.voucher_id.clone().unwrap_or_else(|| order.id.clone())
         } else {
-            order.payment_intent_id.clone().unwrap_or_default()
+            order.payment_intent_id.clone().ok_or_else(|| {
+                FlowError::Corrupt(format!("order {} records a payment without an intent", order.id))
+            })?
         },
         amount: WireMoney::from_money(&money(&order, order.total_minor)?),
         status: if captured || free {
@@ -803,27 +1216,47 @@ async fn record_payment(state: &AppState, mut order: Order) -> Result<Next, Flow
         },
         card: card(&order),
     };
-    match state
+    let recorded = match state
         .upstreams
         .okya
         .record_payment(&okya_id, &body, &key(&order, "payment"))
         .await
     {
-        Ok(okya) => {
+        Ok(okya) => Some(okya),
+        Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
+        Err(e) => {
+            // Okya may hold our payment after all (an earlier try whose answer was lost):
+            // its copy of the order decides.
+            let okya = state.upstreams.okya.order(&okya_id).await?;
+            match okya {
+                Some(okya)
+                    if okya
+                        .payment
+                        .as_ref()
+                        .is_some_and(|p| p.reference == body.reference) =>
+                {
+                    Some(okya)
+                }
+                _ => {
+                    tracing::error!(order_id = %order.id, error = %e, "Okya would not record the payment; refunding");
+                    fail_with(&mut order, failure::NOT_RECORDED, &e.to_string());
+                    None
+                }
+            }
+        }
+    };
+    match recorded {
+        Some(okya) => {
             record_okya(state, &mut order, &okya).await?;
             advance(&mut order, Step::AwaitAcceptance);
             commit(state, &mut order, Some(OrderStatus::AwaitingAcceptance)).await?;
-            Ok(Next::Continue)
         }
-        Err(e) if e.is_transient() => Ok(Next::Retry(e.to_string())),
-        Err(e) => {
-            tracing::error!(order_id = %order.id, error = %e, "Okya would not record the payment; refunding");
-            fail_with(&mut order, failure::NOT_RECORDED, &e.to_string());
+        None => {
             advance(&mut order, Step::Refund);
             commit(state, &mut order, None).await?;
-            Ok(Next::Continue)
         }
     }
+    Ok(Next::Continue)
 }
 
 fn card(order: &Order) -> Option<crate::upstream::okya::orders::Card> {
@@ -845,13 +1278,13 @@ fn okya_id(order: &Order) -> Result<String, FlowError> {
 
 /// Steps 19–21: waiting for the store; Okya's webhook records its decision.
 async fn await_acceptance(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
-    match order.okya_approval.as_deref() {
-        Some("APPROVED") => {
+    match approval(&order) {
+        Some(Approval::Approved) => {
             advance(&mut order, Step::Inject);
             commit(state, &mut order, None).await?;
             Ok(Next::Continue)
         }
-        Some("NOT_APPROVED") => {
+        Some(Approval::NotApproved) => {
             fail_with(
                 &mut order,
                 failure::REJECTED,
@@ -861,17 +1294,13 @@ async fn await_acceptance(state: &AppState, mut order: Order) -> Result<Next, Fl
             commit(state, &mut order, None).await?;
             Ok(Next::Continue)
         }
-        _ => Ok(Next::Rest),
+        Some(Approval::NeedsApproval) | None => Ok(Next::Rest),
     }
 }
 
 /// Steps 22–25: the accepted order goes into the store's POS, which prints it.
 async fn inject(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
-    let body = match injection(state, &order).await {
-        Ok(body) => body,
-        Err(FlowError::Upstream(e)) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
-        Err(e) => return Err(e),
-    };
+    let body = injection(state, &mut order).await?;
     let location = order.store_id.clone();
     let outcome = state
         .upstreams
@@ -889,23 +1318,28 @@ async fn inject(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
             {
                 return Ok(Next::Retry(e.to_string()));
             }
-            // Out of attempts: it may have landed on a try whose answer was lost.
-            if let Ok(Some(receipt)) = state
-                .upstreams
-                .epoint
-                .find_order(&location, &order.id)
-                .await
-            {
-                order.pos_ticket_id = Some(receipt.ticket_id.clone());
-                return finish_injection(state, order).await;
-            }
             ("pos_unreachable".to_owned(), e.to_string())
         }
-        Err(e) => e
-            .rejection()
-            .map(|(_, r)| (r.code.clone(), r.message.clone()))
-            .unwrap_or_else(|| ("pos_refused".into(), e.to_string())),
+        Err(e) => refusal_of(&e, "pos_refused"),
     };
+    // Before recalling: the POS may have the order after all (a try whose answer was lost,
+    // or a refusal of a repeat); its own record decides.
+    match state
+        .upstreams
+        .epoint
+        .find_order(&location, &order.id)
+        .await
+    {
+        Ok(Some(receipt)) => {
+            tracing::info!(order_id = %order.id, ticket = %receipt.ticket_id, "the POS had the order after all");
+            order.pos_ticket_id = Some(receipt.ticket_id.clone());
+            return finish_injection(state, order).await;
+        }
+        Ok(None) => {}
+        // Cannot tell yet: recalling now could refund an order the store is printing.
+        Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
+        Err(e) => tracing::warn!(order_id = %order.id, error = %e, "could not ask the POS for the order"),
+    }
     tracing::warn!(order_id = %order.id, code = %failed.0, "the POS could not take the order; recalling");
     fail_with(&mut order, &failed.0, &failed.1);
     advance(&mut order, Step::Recall);
@@ -914,11 +1348,24 @@ async fn inject(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
 }
 
 async fn finish_injection(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
-    if order.payment_status.as_deref() == Some(payment::AUTHORIZED) {
-        advance(&mut order, Step::Capture);
-        commit(state, &mut order, None).await?;
-    } else {
-        in_preparation(state, &mut order).await?;
+    match payment_status(&order)? {
+        Some(PaymentStatus::Authorized) => {
+            advance(&mut order, Step::Capture);
+            commit(state, &mut order, None).await?;
+        }
+        Some(PaymentStatus::Captured) | None => in_preparation(state, &mut order).await?,
+        Some(
+            other @ (PaymentStatus::RequiresAction
+            | PaymentStatus::Failed
+            | PaymentStatus::Refunded
+            | PaymentStatus::Cancelled),
+        ) => {
+            return Err(FlowError::Corrupt(format!(
+                "order {} was injected with payment {}",
+                order.id,
+                other.as_str()
+            )));
+        }
     }
     Ok(Next::Continue)
 }
@@ -941,22 +1388,70 @@ async fn in_preparation(state: &AppState, order: &mut Order) -> Result<(), FlowE
 
 /// Capture on acceptance: take the authorised money now that the POS has the order.
 async fn capture(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
-    let intent_id = order.payment_intent_id.clone().unwrap_or_default();
-    match state
-        .upstreams
-        .stripe
-        .capture_payment_intent(&intent_id, None, &key(&order, "capture"))
-        .await
-    {
-        Ok(intent) => apply_intent(&mut order, &intent),
-        Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
-        Err(e) => {
-            tracing::error!(order_id = %order.id, error = %e, "capture failed; recalling the order");
-            fail_with(&mut order, "capture_failed", &e.to_string());
-            advance(&mut order, Step::Recall);
-            commit(state, &mut order, None).await?;
-            return Ok(Next::Continue);
+    let intent_id = order
+        .payment_intent_id
+        .clone()
+        .ok_or_else(|| FlowError::Corrupt(format!("order {} captures no intent", order.id)))?;
+    if payment_status(&order)? != Some(PaymentStatus::Captured) {
+        match state
+            .upstreams
+            .stripe
+            .capture_payment_intent(&intent_id, None, &generation_key(&order, "capture"))
+            .await
+        {
+            Ok(intent) => apply_intent(&mut order, &intent),
+            Err(e) if e.is_transient() && !e.is_replayed_failure() => {
+                return Ok(Next::Retry(e.to_string()));
+            }
+            Err(e) => {
+                tracing::warn!(order_id = %order.id, error = %e, "Stripe did not capture; reading the intent");
+                match read_truth(state, &mut order).await? {
+                    Truth::Settled(PaymentStatus::Captured) => {
+                        set_payment(&mut order, PaymentStatus::Captured);
+                    }
+                    Truth::Settled(PaymentStatus::Authorized) if e.is_replayed_failure() => {
+                        // The key's saved answer is a failure; the hold is still there.
+                        order.key_generation += 1;
+                        commit(state, &mut order, None).await?;
+                        return Ok(Next::Retry(e.to_string()));
+                    }
+                    Truth::Settled(PaymentStatus::Authorized) => {
+                        tracing::error!(order_id = %order.id, error = %e, "Stripe refused the capture; recalling the order");
+                        fail_with(&mut order, failure::CAPTURE_FAILED, &e.to_string());
+                        advance(&mut order, Step::Recall);
+                        commit(state, &mut order, None).await?;
+                        return Ok(Next::Continue);
+                    }
+                    Truth::Settled(
+                        status @ (PaymentStatus::Cancelled
+                        | PaymentStatus::Failed
+                        | PaymentStatus::Refunded
+                        | PaymentStatus::RequiresAction),
+                    ) => {
+                        // The hold was released (or refunded) outside this service: there
+                        // is nothing to take, so the store must not make the order.
+                        tracing::error!(order_id = %order.id, payment = status.as_str(), "the authorisation is gone; recalling the order");
+                        set_payment(&mut order, status);
+                        fail_with(
+                            &mut order,
+                            failure::AUTHORIZATION_LOST,
+                            "The card authorisation was released before it could be captured.",
+                        );
+                        advance(&mut order, Step::Recall);
+                        commit(state, &mut order, None).await?;
+                        return Ok(Next::Continue);
+                    }
+                    Truth::Processing => return Ok(Next::Retry(e.to_string())),
+                    Truth::Unrecognised => {
+                        return Ok(Next::Attention(format!(
+                            "capture refused and the intent's status is unknown: {e}"
+                        )));
+                    }
+                }
+            }
         }
+        // The money is taken: record that before anything else can fail.
+        commit(state, &mut order, None).await?;
     }
     let okya_id = okya_id(&order)?;
     let body = NewPayment {
@@ -973,10 +1468,7 @@ async fn capture(state: &AppState, mut order: Order) -> Result<Next, FlowError> 
         .await
     {
         Ok(okya) => record_okya(state, &mut order, &okya).await?,
-        Err(e) if e.is_transient() => {
-            commit(state, &mut order, None).await?;
-            return Ok(Next::Retry(e.to_string()));
-        }
+        Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
         // The money is ours either way; Okya's copy is informational.
         Err(e) => {
             tracing::warn!(order_id = %order.id, error = %e, "Okya did not take the capture update")
@@ -1004,56 +1496,123 @@ async fn recall(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
         Err(e) if crate::upstream::okya::is_code(&e, okya_codes::INVALID_STATE) => {
             tracing::warn!(order_id = %order.id, "Okya would not recall the order; refunding anyway");
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            return Ok(Next::Retry(format!("Okya refused the recall: {e}")));
+        }
     }
     advance(&mut order, Step::Refund);
     commit(state, &mut order, None).await?;
     Ok(Next::Continue)
 }
 
-/// Gives the money back: a refund after a capture, a release of an authorisation.
+/// Gives the money back (a refund after a capture, a release of an authorisation), then
+/// the voucher, then ends the order. When Stripe refuses, the PaymentIntent says what is
+/// true (a support agent may have refunded already) and the step goes on from there.
 async fn refund(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
-    let intent_id = order.payment_intent_id.clone().unwrap_or_default();
-    match order.payment_status.as_deref() {
-        Some(payment::CAPTURED) => match state
-            .upstreams
-            .stripe
-            .create_refund(&intent_id, None, &key(&order, "refund"))
-            .await
-        {
-            Ok(_) => order.payment_status = Some(payment::REFUNDED.into()),
-            Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
-            Err(e) => return Err(e.into()),
-        },
-        Some(payment::AUTHORIZED) => match state
-            .upstreams
-            .stripe
-            .cancel_payment_intent(&intent_id, Some("abandoned"), &key(&order, "release"))
-            .await
-        {
-            Ok(_) => order.payment_status = Some(payment::CANCELLED.into()),
-            Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
-            Err(e) => return Err(e.into()),
-        },
-        _ => {}
+    let status = payment_status(&order)?;
+    let outcome = match status {
+        Some(PaymentStatus::Captured) => {
+            let intent_id = intent_id(&order)?;
+            state
+                .upstreams
+                .stripe
+                .create_refund(&intent_id, None, &generation_key(&order, "refund"))
+                .await
+                .map(|_| PaymentStatus::Refunded)
+        }
+        Some(PaymentStatus::Authorized | PaymentStatus::RequiresAction) => {
+            let intent_id = intent_id(&order)?;
+            state
+                .upstreams
+                .stripe
+                .cancel_payment_intent(&intent_id, Some("abandoned"), &generation_key(&order, "release"))
+                .await
+                .map(|_| PaymentStatus::Cancelled)
+        }
+        Some(PaymentStatus::Failed | PaymentStatus::Refunded | PaymentStatus::Cancelled) | None => {
+            Ok(status.unwrap_or(PaymentStatus::Failed))
+        }
+    };
+    match outcome {
+        Ok(given_back) => {
+            if status.is_some() {
+                set_payment(&mut order, given_back);
+            }
+        }
+        Err(e) if e.is_transient() && !e.is_replayed_failure() => {
+            return Ok(Next::Retry(e.to_string()));
+        }
+        Err(e) => {
+            tracing::warn!(order_id = %order.id, error = %e, "Stripe did not give the money back; reading the intent");
+            match read_truth(state, &mut order).await? {
+                Truth::Settled(
+                    now @ (PaymentStatus::Failed
+                    | PaymentStatus::Refunded
+                    | PaymentStatus::Cancelled),
+                ) => {
+                    tracing::info!(order_id = %order.id, payment = now.as_str(), "the money was already given back");
+                    set_payment(&mut order, now);
+                }
+                Truth::Settled(now) if Some(now) != status => {
+                    // Not what we believed (captured meanwhile, or only authorised): try
+                    // the way back that fits.
+                    set_payment(&mut order, now);
+                    commit(state, &mut order, None).await?;
+                    return Ok(Next::Continue);
+                }
+                Truth::Settled(_) if e.is_replayed_failure() => {
+                    // Stripe keeps answering the saved failure under this key, and the
+                    // money is still held: a new key asks again. A second refund cannot
+                    // over-refund (Stripe refuses more than the charge).
+                    order.key_generation += 1;
+                    commit(state, &mut order, None).await?;
+                    return Ok(Next::Retry(e.to_string()));
+                }
+                Truth::Processing => return Ok(Next::Retry(e.to_string())),
+                Truth::Settled(_) | Truth::Unrecognised => {
+                    return Ok(Next::Attention(format!(
+                        "Stripe refused to give the money back and still holds it: {e}"
+                    )));
+                }
+            }
+        }
     }
     if let Some(retry) = release_voucher(state, &order).await? {
         // The money is back; record that before retrying the voucher.
         commit(state, &mut order, None).await?;
         return Ok(retry);
     }
-    let target = match order.failure_code.as_deref() {
-        Some(failure::REJECTED) => OrderStatus::Rejected,
-        Some(failure::NOT_RECORDED) => OrderStatus::PaymentFailed,
-        _ => OrderStatus::Cancelled,
+    if order.failure_code.as_deref() == Some(failure::NOT_RECORDED) {
+        // Okya never took the payment: cancel its order too, which ends ours.
+        advance(&mut order, Step::CancelOkya);
+        commit(state, &mut order, None).await?;
+        return Ok(Next::Continue);
+    }
+    let target = if order.failure_code.as_deref() == Some(failure::REJECTED) {
+        OrderStatus::Rejected
+    } else {
+        OrderStatus::Cancelled
     };
     advance(&mut order, Step::Done);
     commit(state, &mut order, Some(target)).await?;
     Ok(Next::Rest)
 }
 
+fn intent_id(order: &Order) -> Result<String, FlowError> {
+    order
+        .payment_intent_id
+        .clone()
+        .ok_or_else(|| FlowError::Corrupt(format!("order {} has money but no intent", order.id)))
+}
+
 /// The payment failed: cancel the Okya order so no store ever sees it.
 async fn cancel_okya(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
+    if payment_status(&order)?.is_some_and(PaymentStatus::holds_money) {
+        // Money is held (the order could not be recorded): give it back first.
+        advance(&mut order, Step::Refund);
+        commit(state, &mut order, None).await?;
+        return Ok(Next::Continue);
+    }
     let okya_id = okya_id(&order)?;
     let reason = format!(
         "payment_failed: {}",
@@ -1088,12 +1647,11 @@ async fn cancel_okya(state: &AppState, mut order: Order) -> Result<Next, FlowErr
 /// After injection the flow only follows the store: ready, then collected.
 async fn follow_store(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let status = parse_status(&order)?;
-    let fulfilment = order.okya_fulfilment.clone();
-    match (status, fulfilment.as_deref()) {
-        (OrderStatus::InPreparation, Some("READY_FOR_PICKUP")) => {
+    match (status, fulfilment(&order)) {
+        (OrderStatus::InPreparation, Some(Fulfilment::ReadyForPickup)) => {
             commit(state, &mut order, Some(OrderStatus::ReadyForPickup)).await?;
         }
-        (OrderStatus::InPreparation | OrderStatus::ReadyForPickup, Some("COMPLETED")) => {
+        (OrderStatus::InPreparation | OrderStatus::ReadyForPickup, Some(Fulfilment::Completed)) => {
             if status == OrderStatus::InPreparation {
                 commit(state, &mut order, Some(OrderStatus::ReadyForPickup)).await?;
             }
@@ -1104,53 +1662,18 @@ async fn follow_store(state: &AppState, mut order: Order) -> Result<Next, FlowEr
     Ok(Next::Rest)
 }
 
-/// The POS ticket, built only from what the order row holds and the catalogue, so a retry
-/// sends the same body.
-async fn injection(state: &AppState, order: &Order) -> Result<InjectOrder, FlowError> {
-    let lines: Vec<CartLine> = serde_json::from_str(order.lines_json.as_deref().unwrap_or("[]"))
-        .map_err(|e| FlowError::Corrupt(format!("lines of {}: {e}", order.id)))?;
-    let ids: Vec<crate::domain::ProductId> = lines
-        .iter()
-        .map(|l| crate::domain::ProductId::from_upstream(l.product_id.clone()))
-        .collect();
-    let products = state.upstreams.okya.products(&ids).await?;
+/// The POS ticket, built only from the order row and its snapshot, so a retry sends the
+/// same body.
+async fn injection(state: &AppState, order: &mut Order) -> Result<InjectOrder, FlowError> {
+    let lines = snapshot(state, order).await?;
+    let currency = currency(order)?;
     let customer = store::customers::find(&state.db, &order.customer_id).await?;
-    let mut inject_lines = Vec::with_capacity(lines.len());
-    for line in &lines {
-        let product = products.iter().find(|p| p.id == line.product_id);
-        let mut modifiers = Vec::new();
-        let mut modifier_total = 0;
-        for option_id in &line.modifier_option_ids {
-            let option = product.and_then(|p| {
-                p.modifier_groups
-                    .iter()
-                    .flat_map(|g| g.options.iter())
-                    .find(|o| &o.id == option_id)
-            });
-            let price = option.map(|o| o.price_delta.amount).unwrap_or(0);
-            modifier_total += price;
-            modifiers.push(InjectModifier {
-                id: option_id.clone(),
-                name: option
-                    .map(|o| o.name.clone())
-                    .unwrap_or_else(|| option_id.clone()),
-                price: money(order, Some(price))?,
-            });
-        }
-        inject_lines.push(InjectLine {
-            product_id: line.product_id.clone(),
-            name: product
-                .map(|p| p.name.clone())
-                .unwrap_or_else(|| line.product_id.clone()),
-            quantity: line.quantity,
-            unit_price: money(order, Some(line.unit_price.amount - modifier_total))?,
-            modifiers,
-            note: None,
-        });
-    }
     Ok(InjectOrder {
         external_id: order.id.clone(),
-        order_number: order.number.clone().unwrap_or_default(),
+        order_number: order
+            .number
+            .clone()
+            .ok_or_else(|| FlowError::Corrupt(format!("order {} has no number", order.id)))?,
         customer_name: customer
             .map(|c| {
                 format!(
@@ -1166,7 +1689,7 @@ async fn injection(state: &AppState, order: &Order) -> Result<InjectOrder, FlowE
             .unwrap_or_else(|| "Customer".into()),
         placed_at: chrono::DateTime::from_timestamp_millis(order.created_at_ms).unwrap_or_default(),
         pickup_at: None,
-        lines: inject_lines,
+        lines: order_lines::pos_lines(&lines, &currency),
         subtotal: money(order, order.subtotal_minor)?,
         discount: money(order, order.discount_minor)?,
         tax: money(order, order.tax_minor)?,
@@ -1292,26 +1815,19 @@ pub async fn send_to_sessionm(
     Ok(())
 }
 
+/// The sale as SessionM records it, from the order row and its snapshot alone.
 fn sale(order: &Order, user_id: String) -> Result<SendTransaction, FlowError> {
-    let lines: Vec<CartLine> = serde_json::from_str(order.lines_json.as_deref().unwrap_or("[]"))
-        .map_err(|e| FlowError::Corrupt(format!("lines of {}: {e}", order.id)))?;
-    let currency = money(order, Some(0))?.currency;
-    let transaction_lines = lines
-        .iter()
-        .map(|l| TransactionLine {
-            line_id: l.id.clone(),
-            product_id: l.product_id.clone(),
-            sku: None,
-            name: l.product_id.clone(),
-            quantity: l.quantity,
-            unit_price: Money::new(l.unit_price.amount, currency.clone()),
-        })
-        .collect();
+    let raw = order.lines_snapshot_json.as_deref().ok_or_else(|| {
+        FlowError::Corrupt(format!("order {} reached SessionM without a snapshot", order.id))
+    })?;
+    let lines: Vec<LineSnapshot> = serde_json::from_str(raw)
+        .map_err(|e| FlowError::Corrupt(format!("snapshot of {}: {e}", order.id)))?;
+    let currency = currency(order)?;
     let transaction = Transaction::new(
         order.id.clone(),
         order.store_id.clone(),
-        currency,
-        transaction_lines,
+        currency.clone(),
+        order_lines::loyalty_lines(&lines, &currency),
     )
     .map_err(|e| FlowError::Corrupt(e.to_string()))?;
     let discounts = match (&order.voucher_id, &order.voucher_name) {
@@ -1389,10 +1905,8 @@ pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
                 }
             }
             let now = now_ms();
-            let auth_deadline = now
-                - i64::try_from(state.settings.orders.authentication_timeout_secs * 1000)
-                    .unwrap_or(900_000);
-            match store::orders::due(&state.db, now, auth_deadline, 50).await {
+            let customer_deadline = now - authentication_timeout_ms(&state);
+            match store::orders::due(&state.db, now, customer_deadline, 50).await {
                 Ok(ids) => {
                     for id in ids {
                         if let Err(e) = drive(&state, &id).await {

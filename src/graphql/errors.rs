@@ -51,6 +51,13 @@ pub enum UserErrorCode {
     AuthenticationFailed,
     /// The payment failed for another reason.
     PaymentFailed,
+    /// The payment could not be attempted right now, for reasons on our side (not the
+    /// card): nothing was charged. While the order is `AWAITING_PAYMENT`, sending the same
+    /// checkout again (same `idempotencyKey`) tries again.
+    PaymentUnavailable,
+    /// The order could not be placed right now, for reasons on our side: nothing was
+    /// charged. Try again in a moment.
+    ServiceUnavailable,
     /// The voucher cannot be used with this order.
     VoucherNotApplicable,
     VoucherNotFound,

@@ -9,7 +9,10 @@ use super::{
 };
 use crate::{
     app::AppState,
-    domain::{CartId, Currency, Money, OrderStatus as DomainStatus, Step, StoreId},
+    domain::{
+        CartId, Currency, Money, OrderStatus as DomainStatus, PaymentStatus as DomainPayment, Step,
+        StoreId,
+    },
     flows::place_order::{self, CheckoutRefusal, CheckoutRequest},
     store::{self, orders::Order},
     upstream::okya::CartLine,
@@ -42,29 +45,22 @@ pub enum OrderStatusEnum {
     Cancelled,
 }
 
+/// Where the order's payment stands, kept in step with Stripe's PaymentIntent.
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
-pub enum PaymentStatus {
+#[graphql(name = "PaymentStatus", remote = "crate::domain::PaymentStatus")]
+pub enum PaymentStatusEnum {
+    /// 3-D Secure is pending: finish it with `clientSecret`.
     RequiresAction,
+    /// Held on the card, not yet taken.
     Authorized,
+    /// Taken.
     Captured,
+    /// Not taken: declined, or could not be attempted.
     Failed,
+    /// Taken, then given back in full.
     Refunded,
+    /// The hold was released; nothing was taken.
     Cancelled,
-}
-
-impl PaymentStatus {
-    fn parse(raw: &str) -> Option<Self> {
-        use place_order::payment::*;
-        Some(match raw {
-            REQUIRES_ACTION => PaymentStatus::RequiresAction,
-            AUTHORIZED => PaymentStatus::Authorized,
-            CAPTURED => PaymentStatus::Captured,
-            FAILED => PaymentStatus::Failed,
-            REFUNDED => PaymentStatus::Refunded,
-            CANCELLED => PaymentStatus::Cancelled,
-            _ => return None,
-        })
-    }
 }
 
 /// An order, as it stood at `status` (the newest state, or a step of its history when
@@ -115,12 +111,13 @@ pub struct PaymentObject<'a>(&'a OrderObject);
 
 #[Object(name = "Payment")]
 impl PaymentObject<'_> {
-    async fn status(&self) -> Result<PaymentStatus> {
+    async fn status(&self) -> Result<PaymentStatusEnum> {
         self.0
             .row
             .payment_status
             .as_deref()
-            .and_then(PaymentStatus::parse)
+            .and_then(DomainPayment::parse)
+            .map(PaymentStatusEnum::from)
             .ok_or_else(|| ApiError::Internal.into())
     }
 
@@ -140,7 +137,9 @@ impl PaymentObject<'_> {
     /// `REQUIRES_ACTION`.
     async fn client_secret(&self, ctx: &Context<'_>) -> Result<Option<String>> {
         let row = &self.0.row;
-        if row.payment_status.as_deref() != Some(place_order::payment::REQUIRES_ACTION) {
+        if row.payment_status.as_deref().and_then(DomainPayment::parse)
+            != Some(DomainPayment::RequiresAction)
+        {
             return Ok(None);
         }
         let Some(intent_id) = &row.payment_intent_id else {
@@ -283,14 +282,16 @@ pub struct CheckoutPayload {
     pub user_errors: Vec<UserError>,
 }
 
-/// The customer-facing refusal an order ended with, if any.
+/// The customer-facing refusal an order ended with (or waits on), if any.
 fn order_errors(row: &Order) -> Vec<UserError> {
     let Some(code) = row.failure_code.as_deref() else {
         return Vec::new();
     };
-    let invalid = row.step == Step::Invalid.as_str();
+    let step = Step::parse(&row.step);
+    let invalid = step == Some(Step::Invalid);
+    let awaiting_retry = step == Some(Step::AwaitPaymentRetry);
     let failed = row.status == DomainStatus::PaymentFailed.as_str();
-    if !(invalid || failed) {
+    if !(invalid || failed || awaiting_retry) {
         return Vec::new();
     }
     let stripe_message = row.failure_message.clone().filter(|m| !m.is_empty());
@@ -305,7 +306,7 @@ fn order_errors(row: &Order) -> Vec<UserError> {
             "cartId",
             "Add something to the cart first.".to_owned(),
         ),
-        "product_unavailable" => (
+        "product_unavailable" | "product_not_found" => (
             UserErrorCode::ProductUnavailable,
             "cartId",
             "Something in the cart is no longer available.".to_owned(),
@@ -315,13 +316,13 @@ fn order_errors(row: &Order) -> Vec<UserError> {
             "cartId",
             "This cart was already ordered.".to_owned(),
         ),
-        "cart_not_found" => (
+        "cart_not_found" | "store_not_found" => (
             UserErrorCode::CartNotFound,
             "cartId",
             "There is no such cart.".to_owned(),
         ),
         "card_declined" | "expired_card" | "incorrect_cvc" | "incorrect_number"
-        | "insufficient_funds" | "processing_error" => (
+        | "insufficient_funds" | "processing_error" | "payment_method_invalid" => (
             UserErrorCode::CardDeclined,
             "paymentMethodId",
             stripe_message.unwrap_or_else(|| "Your card was declined.".to_owned()),
@@ -332,6 +333,29 @@ fn order_errors(row: &Order) -> Vec<UserError> {
             UserErrorCode::AuthenticationFailed,
             "paymentMethodId",
             "The card could not be authenticated.".to_owned(),
+        ),
+        place_order::failure::PAYMENT_UNAVAILABLE if awaiting_retry => (
+            UserErrorCode::PaymentUnavailable,
+            "idempotencyKey",
+            "The payment could not be processed right now. Nothing was charged; send the same \
+             checkout again in a moment to retry."
+                .to_owned(),
+        ),
+        place_order::failure::PAYMENT_UNAVAILABLE => (
+            UserErrorCode::PaymentUnavailable,
+            "idempotencyKey",
+            "The payment could not be processed. Nothing was charged.".to_owned(),
+        ),
+        place_order::failure::SERVICE_UNAVAILABLE => (
+            UserErrorCode::ServiceUnavailable,
+            "cartId",
+            "The order could not be placed right now. Nothing was charged; try again in a moment."
+                .to_owned(),
+        ),
+        place_order::failure::NOT_RECORDED => (
+            UserErrorCode::OrderNotAccepted,
+            "cartId",
+            "The order could not be placed; the payment was given back.".to_owned(),
         ),
         "offer_expired" => (
             UserErrorCode::VoucherExpired,

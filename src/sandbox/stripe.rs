@@ -10,12 +10,16 @@
 //! - `GET /_sandbox/ledger`: every intent, refund and event, and how many requests each
 //!   idempotency key received, so tests can prove a customer was charged exactly once.
 
-use super::{Simulator, faults::Faults, unix_now};
+use super::{
+    Simulator,
+    faults::{FaultPlan, Faults, LostAs},
+    unix_now,
+};
 use crate::upstream::signature;
 use axum::{
     Router,
     body::Bytes,
-    extract::{Path, RawQuery, State},
+    extract::{Extension, Path, RawQuery, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -75,6 +79,7 @@ pub async fn start(config: StripeSimConfig, faults: Arc<Faults>) -> std::io::Res
     });
     let router = Router::new()
         .route("/v1/payment_intents", post(create_intent))
+        .route("/v1/payment_intents/search", get(search_intents))
         .route("/v1/payment_intents/{id}", get(retrieve_intent))
         .route("/v1/payment_intents/{id}/capture", post(capture_intent))
         .route("/v1/payment_intents/{id}/cancel", post(cancel_intent))
@@ -784,49 +789,83 @@ impl Ctx {
     }
 }
 
-async fn create_intent(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
-    write(
-        sim,
-        &headers,
-        "/v1/payment_intents".to_owned(),
-        &body,
-        Op::CreateIntent,
-    )
-    .await
+/// The fault layer's plan for this request, if it has one.
+type Plan = Option<Extension<Arc<FaultPlan>>>;
+
+async fn create_intent(
+    State(sim): State<Arc<Sim>>,
+    plan: Plan,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = "/v1/payment_intents".to_owned();
+    write(sim, plan, &headers, path, &body, Op::CreateIntent).await
 }
 
 async fn capture_intent(
     State(sim): State<Arc<Sim>>,
     Path(id): Path<String>,
+    plan: Plan,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let path = format!("/v1/payment_intents/{id}/capture");
-    write(sim, &headers, path, &body, Op::Capture(id)).await
+    write(sim, plan, &headers, path, &body, Op::Capture(id)).await
 }
 
 async fn cancel_intent(
     State(sim): State<Arc<Sim>>,
     Path(id): Path<String>,
+    plan: Plan,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let path = format!("/v1/payment_intents/{id}/cancel");
-    write(sim, &headers, path, &body, Op::Cancel(id)).await
+    write(sim, plan, &headers, path, &body, Op::Cancel(id)).await
 }
 
-async fn create_refund(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
-    write(
-        sim,
-        &headers,
-        "/v1/refunds".to_owned(),
-        &body,
-        Op::CreateRefund,
-    )
-    .await
+async fn create_refund(
+    State(sim): State<Arc<Sim>>,
+    plan: Plan,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = "/v1/refunds".to_owned();
+    write(sim, plan, &headers, path, &body, Op::CreateRefund).await
 }
 
-async fn write(sim: Arc<Sim>, headers: &HeaderMap, path: String, body: &[u8], op: Op) -> Response {
+/// How the request's work goes, besides its parameters: extra processing time (the key
+/// stays in flight meanwhile) and whether Stripe "fails" with a 5xx after acting, which
+/// it then saves under the key like any other result of a started request.
+#[derive(Default)]
+struct RequestFaults {
+    slow: Option<Duration>,
+    server_error: Option<StatusCode>,
+}
+
+impl RequestFaults {
+    fn of(plan: &Plan) -> Self {
+        let Some(Extension(plan)) = plan else {
+            return Self::default();
+        };
+        Self {
+            slow: plan.take_slow(),
+            server_error: match plan.lost() {
+                Some(LostAs::Status(status)) if status >= 500 => StatusCode::from_u16(status).ok(),
+                _ => None,
+            },
+        }
+    }
+}
+
+async fn write(
+    sim: Arc<Sim>,
+    plan: Plan,
+    headers: &HeaderMap,
+    path: String,
+    body: &[u8],
+    op: Op,
+) -> Response {
     let request_id = new_id("req");
     let prepared = api_key(headers)
         .and_then(|api_key| Ok((api_key, Params::parse(body)?, idempotency_key(headers)?)));
@@ -843,15 +882,17 @@ async fn write(sim: Arc<Sim>, headers: &HeaderMap, path: String, body: &[u8], op
         *ledger.requests_per_key.entry(key.clone()).or_default() += 1;
         match ledger.idempotency.get(&slot) {
             Some(Stored::InFlight) => {
-                let mut conflict = ApiError::new(
+                // https://docs.stripe.com/error-codes#idempotency-key-in-use: the first
+                // request is still running; nothing is saved for this one.
+                return ApiError::new(
                     StatusCode::CONFLICT,
                     "idempotency_error",
                     "There is currently another in-progress request using this Idempotent \
                      Key (that probably means you submitted twice, and the other request is \
                      still going through). Please try again later.",
-                );
-                conflict.should_retry = Some(true);
-                return conflict.into_response(&request_id);
+                )
+                .code("idempotency_key_in_use")
+                .into_response(&request_id);
             }
             Some(Stored::Done {
                 fingerprint: first, ..
@@ -869,6 +910,7 @@ async fn write(sim: Arc<Sim>, headers: &HeaderMap, path: String, body: &[u8], op
                 return mismatch.into_response(&request_id);
             }
             Some(Stored::Done { status, body, .. }) => {
+                // Every saved result is replayed, a 500 included, for the key's lifetime.
                 echo.push(("idempotent-replayed", "true".to_owned()));
                 return reply(*status, body, &request_id, &echo);
             }
@@ -889,7 +931,15 @@ async fn write(sim: Arc<Sim>, headers: &HeaderMap, path: String, body: &[u8], op
     };
     // In its own task so that a client hanging up mid-charge cannot leave the key stuck
     // in flight: the charge finishes and is saved, as at Stripe.
-    let task = tokio::spawn(run(sim.clone(), op, ctx, api_key.clone(), fingerprint));
+    let behaviour = RequestFaults::of(&plan);
+    let task = tokio::spawn(run(
+        sim.clone(),
+        op,
+        ctx,
+        api_key.clone(),
+        fingerprint,
+        behaviour,
+    ));
     match task.await {
         Ok((status, body)) => reply(status, &body, &request_id, &echo),
         Err(_) => {
@@ -912,8 +962,9 @@ async fn run(
     mut ctx: Ctx,
     api_key: String,
     fingerprint: Fingerprint,
+    faults: RequestFaults,
 ) -> (StatusCode, Value) {
-    tokio::time::sleep(PROCESSING).await;
+    tokio::time::sleep(PROCESSING + faults.slow.unwrap_or_default()).await;
     let (status, body) = {
         let mut ledger = sim.lock();
         let outcome = match &op {
@@ -922,9 +973,21 @@ async fn run(
             Op::Cancel(id) => ledger.cancel(id, &mut ctx),
             Op::CreateRefund => ledger.refund(&mut ctx),
         };
-        let (status, body, saved) = match outcome {
-            Ok(body) => (StatusCode::OK, body, true),
-            Err(e) => (e.status, e.body(), e.saved),
+        let (status, body, saved) = match (outcome, faults.server_error) {
+            // The operation happened, then Stripe failed to answer: the 500 is what the
+            // key saves and replays.
+            (_, Some(status)) => (
+                status,
+                ApiError::new(
+                    status,
+                    "api_error",
+                    "An unknown error occurred while processing your request.",
+                )
+                .body(),
+                true,
+            ),
+            (Ok(body), None) => (StatusCode::OK, body, true),
+            (Err(e), None) => (e.status, e.body(), e.saved),
         };
         if let Some(key) = ctx.idempotency_key.clone() {
             let slot = (api_key, key);
@@ -1448,6 +1511,106 @@ async fn retrieve_intent(
     }
 }
 
+/// `GET /v1/payment_intents/search?query=…`: Stripe's Search API for the clauses this
+/// service uses, `metadata['key']:'value'` and `status:'value'` joined by `AND`
+/// (<https://docs.stripe.com/search#search-query-language>). Unlike Stripe's, results are
+/// searchable at once.
+async fn search_intents(
+    State(sim): State<Arc<Sim>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let request_id = new_id("req");
+    let found = api_key(&headers)
+        .and_then(|_| query_params(query.as_deref()))
+        .and_then(|params| {
+            let clauses = parse_search(params.required("query")?)?;
+            let limit = params.int("limit")?.unwrap_or(10).clamp(1, 100);
+            let expand = params
+                .list("expand")
+                .contains(&"data.latest_charge");
+            let ledger = sim.lock();
+            let mut intents: Vec<&Intent> = ledger
+                .intents
+                .values()
+                .filter(|intent| {
+                    clauses.iter().all(|clause| match clause {
+                        Clause::Metadata(key, value) => intent.metadata.get(key) == Some(value),
+                        Clause::Status(status) => intent.status.as_str() == status,
+                    })
+                })
+                .collect();
+            intents.sort_by_key(|i| std::cmp::Reverse(i.seq));
+            let data: Vec<Value> = intents
+                .into_iter()
+                .take(usize::try_from(limit).unwrap_or(10))
+                .map(|i| i.json(expand))
+                .collect();
+            Ok(json!({
+                "object": "search_result",
+                "url": "/v1/payment_intents/search",
+                "has_more": false,
+                "next_page": null,
+                "data": data,
+            }))
+        });
+    match found {
+        Ok(body) => reply(StatusCode::OK, &body, &request_id, &[]),
+        Err(e) => e.into_response(&request_id),
+    }
+}
+
+enum Clause {
+    Metadata(String, String),
+    Status(String),
+}
+
+/// Parses `field:'value' AND field:'value'`, with `\'` and `\\` escapes in values.
+fn parse_search(query: &str) -> Result<Vec<Clause>, ApiError> {
+    let invalid = || {
+        ApiError::invalid(format!("Invalid search query: {query}"))
+            .code("parameter_invalid_string")
+            .param("query")
+    };
+    let mut clauses = Vec::new();
+    let mut rest = query.trim();
+    loop {
+        let (field, after) = rest.split_once(':').ok_or_else(invalid)?;
+        let after = after.strip_prefix('\'').ok_or_else(invalid)?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => value.push(chars.next().ok_or_else(invalid)?.1),
+                '\'' => {
+                    end = Some(i + 1);
+                    break;
+                }
+                other => value.push(other),
+            }
+        }
+        let end = end.ok_or_else(invalid)?;
+        let field = field.trim();
+        let clause = if let Some(key) = field
+            .strip_prefix("metadata['")
+            .and_then(|k| k.strip_suffix("']"))
+        {
+            Clause::Metadata(key.to_owned(), value)
+        } else if field == "status" {
+            Clause::Status(value)
+        } else {
+            return Err(invalid());
+        };
+        clauses.push(clause);
+        rest = after[end..].trim_start();
+        if rest.is_empty() {
+            return Ok(clauses);
+        }
+        rest = rest.strip_prefix("AND").ok_or_else(invalid)?.trim_start();
+    }
+}
+
 async fn retrieve_refund(
     State(sim): State<Arc<Sim>>,
     Path(id): Path<String>,
@@ -1728,29 +1891,100 @@ mod tests {
         &automatic_payment_methods[enabled]=true&automatic_payment_methods[allow_redirects]=never";
 
     #[tokio::test]
-    async fn a_duplicate_in_flight_gets_409_with_retry_advice() {
+    async fn a_duplicate_in_flight_gets_409_idempotency_key_in_use() {
         let sim = sim().await;
         let http = reqwest::Client::new();
         let (a, b) = tokio::join!(
             create(&http, &sim, "dup", VISA).send(),
             create(&http, &sim, "dup", VISA).send()
         );
-        let mut statuses = [a.unwrap(), b.unwrap()]
-            .into_iter()
-            .map(|r| {
-                let retry = r
-                    .headers()
-                    .get("stripe-should-retry")
-                    .map(|v| v.to_str().unwrap_or_default().to_owned());
-                (r.status().as_u16(), retry)
-            })
-            .collect::<Vec<_>>();
-        statuses.sort();
-        assert_eq!(statuses, [(200, None), (409, Some("true".to_owned()))]);
+        let mut answers = Vec::new();
+        for response in [a.unwrap(), b.unwrap()] {
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            answers.push((status, body["error"]["code"].as_str().map(str::to_owned)));
+        }
+        answers.sort();
+        assert_eq!(
+            answers,
+            [(200, None), (409, Some("idempotency_key_in_use".to_owned()))]
+        );
 
         let replay = create(&http, &sim, "dup", VISA).send().await.unwrap();
         assert_eq!(replay.status(), 200);
         assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    }
+
+    async fn faults(sim: &Simulator, update: Value) {
+        let status = reqwest::Client::new()
+            .put(format!("{}/_sandbox/faults", sim.base_url))
+            .json(&update)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status.is_success());
+    }
+
+    #[tokio::test]
+    async fn a_slow_charge_holds_its_key_in_flight_for_as_long_as_it_takes() {
+        let sim = sim().await;
+        faults(
+            &sim,
+            json!({"slow_next": {"POST /v1/payment_intents": {"ms": 400}}}),
+        )
+        .await;
+        let http = reqwest::Client::new();
+        let first = tokio::spawn(create(&http, &sim, "slow", VISA).send());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let second = create(&http, &sim, "slow", VISA).send().await.unwrap();
+        assert_eq!(second.status(), 409);
+        let first = first.await.unwrap().unwrap();
+        assert_eq!(first.status(), 200);
+        let after = create(&http, &sim, "slow", VISA).send().await.unwrap();
+        assert_eq!(after.status(), 200);
+        assert_eq!(after.headers()["idempotent-replayed"], "true");
+    }
+
+    #[tokio::test]
+    async fn a_500_after_acting_is_saved_and_replayed_and_the_intent_is_found_by_search() {
+        let sim = sim().await;
+        faults(
+            &sim,
+            json!({"lose_next": {"POST /v1/payment_intents": {"status": 500}}}),
+        )
+        .await;
+        let http = reqwest::Client::new();
+        let form = format!("{VISA}&metadata[order_id]=ord_1");
+        let first = create(&http, &sim, "k500", &form).send().await.unwrap();
+        assert_eq!(first.status(), 500);
+        let again = create(&http, &sim, "k500", &form).send().await.unwrap();
+        assert_eq!(again.status(), 500, "the saved 500 is replayed");
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        let found: Value = http
+            .get(format!("{}/v1/payment_intents/search", sim.base_url))
+            .bearer_auth("sk_test_sim")
+            .query(&[("query", "metadata['order_id']:'ord_1'")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(found["object"], "search_result");
+        assert_eq!(found["data"].as_array().map(Vec::len), Some(1));
+        assert_eq!(found["data"][0]["status"], "succeeded");
+        let none: Value = http
+            .get(format!("{}/v1/payment_intents/search", sim.base_url))
+            .bearer_auth("sk_test_sim")
+            .query(&[("query", "metadata['order_id']:'ord_2' AND status:'succeeded'")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(none["data"], json!([]));
     }
 
     #[tokio::test]

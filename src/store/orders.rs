@@ -5,7 +5,7 @@ use super::{
     entities::{order, order_status_history as history},
     sql::stmt,
 };
-use crate::domain::{OrderStatus, Step};
+use crate::domain::{OrderStatus, Step, StepKind};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait,
     IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
@@ -110,15 +110,15 @@ pub async fn release(db: &impl ConnectionTrait, id: &str) -> Result<(), StoreErr
     Ok(())
 }
 
-/// Orders whose flow should run now: an active step that is due, or a 3-D Secure wait
-/// that has run out. Locked orders are skipped; the lease decides who runs them.
+/// Orders whose flow should run now: an active step that is due, or a wait for the
+/// customer (3-D Secure, a payment retry) that has run out. Locked orders are skipped
+/// (the lease decides who runs them), and so are orders waiting for an operator.
 pub async fn due(
     db: &impl ConnectionTrait,
     now_ms: i64,
-    auth_deadline_ms: i64,
+    customer_deadline_ms: i64,
     limit: u64,
 ) -> Result<Vec<String>, StoreError> {
-    let active: Vec<&str> = Step::active_names();
     let rows = order::Entity::find()
         .select_only()
         .column(order::Column::Id)
@@ -126,15 +126,16 @@ pub async fn due(
             sea_orm::Condition::any()
                 .add(
                     order::Column::Step
-                        .is_in(active)
+                        .is_in(Step::names_of(StepKind::Active))
                         .and(order::Column::NextAttemptAtMs.lte(now_ms)),
                 )
                 .add(
                     order::Column::Step
-                        .eq(Step::AwaitAuthentication.as_str())
-                        .and(order::Column::UpdatedAtMs.lt(auth_deadline_ms)),
+                        .is_in(Step::names_of(StepKind::AwaitingCustomer))
+                        .and(order::Column::UpdatedAtMs.lt(customer_deadline_ms)),
                 ),
         )
+        .filter(order::Column::Attention.is_null())
         .filter(
             sea_orm::Condition::any()
                 .add(order::Column::LockedUntilMs.is_null())
@@ -308,5 +309,13 @@ pub async fn open_with_okya(
         .order_by_asc(order::Column::UpdatedAtMs)
         .limit(limit)
         .all(db)
+        .await?)
+}
+
+/// How many orders wait for an operator (`attention` set), for `/readyz`.
+pub async fn needing_attention(db: &impl ConnectionTrait) -> Result<u64, StoreError> {
+    Ok(order::Entity::find()
+        .filter(order::Column::Attention.is_not_null())
+        .count(db)
         .await?)
 }

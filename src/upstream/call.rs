@@ -44,6 +44,9 @@ pub struct Rejection {
     pub field: Option<String>,
     /// Anything else the system adds (Stripe's `decline_code`, `type`).
     pub detail: serde_json::Value,
+    /// The system says an earlier request with the same idempotency key is still running
+    /// (Stripe's 409 `idempotency_key_in_use`): the outcome is not known yet.
+    pub in_progress: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,11 +67,22 @@ pub enum UpstreamError {
         system: System,
         operation: &'static str,
     },
-    #[error("{system} {operation}: server error {status}")]
+    #[error("{system} {operation}: server error {status}{}", if *replayed { " (replayed)" } else { "" })]
     Server {
         system: System,
         operation: &'static str,
         status: u16,
+        /// The answer was replayed from the system's idempotency store
+        /// (`Idempotent-Replayed: true`): sending the same key again will only repeat
+        /// it, so what happened must be found out another way.
+        replayed: bool,
+    },
+    /// An earlier request under the same idempotency key is still running at the upstream
+    /// (Stripe's 409 `idempotency_key_in_use`): its outcome is unknown, not refused.
+    #[error("{system} {operation}: an earlier request with this idempotency key is still in progress")]
+    InProgress {
+        system: System,
+        operation: &'static str,
     },
     #[error("{system} {operation}: rejected with {status} {}: {}", rejection.code, rejection.message)]
     Rejected {
@@ -99,14 +113,25 @@ impl UpstreamError {
     }
 
     /// True when the call may have failed for reasons that go away (a retry could work).
+    /// Every transient error is also an unknown outcome for a write: the upstream may have
+    /// acted before the answer was lost.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
+        match self {
             UpstreamError::Timeout { .. }
-                | UpstreamError::Unavailable { .. }
-                | UpstreamError::RateLimited { .. }
-                | UpstreamError::Server { .. }
-        )
+            | UpstreamError::Unavailable { .. }
+            | UpstreamError::RateLimited { .. }
+            | UpstreamError::Server { .. }
+            | UpstreamError::InProgress { .. } => true,
+            UpstreamError::Rejected { .. }
+            | UpstreamError::Protocol { .. }
+            | UpstreamError::Setup(_) => false,
+        }
+    }
+
+    /// True for a server error the upstream replayed from its idempotency store: the same
+    /// key will only ever get this answer again.
+    pub fn is_replayed_failure(&self) -> bool {
+        matches!(self, UpstreamError::Server { replayed: true, .. })
     }
 }
 
@@ -205,6 +230,11 @@ impl Call {
             .get("stripe-should-retry")
             .and_then(|v| v.to_str().ok())
             .map(|v| v == "true");
+        let replayed = response
+            .headers()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let body = response.bytes().await.map_err(|e| {
             let err = if e.is_timeout() {
                 UpstreamError::Timeout { system, operation }
@@ -227,15 +257,27 @@ impl Call {
                 system,
                 operation,
                 status: status.as_u16(),
+                replayed,
             }
         } else {
             let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            UpstreamError::Rejected {
-                system,
-                operation,
-                status: status.as_u16(),
-                rejection: (self.parse_error)(&parsed),
+            let rejection = (self.parse_error)(&parsed);
+            if rejection.in_progress {
+                UpstreamError::InProgress { system, operation }
+            } else {
+                UpstreamError::Rejected {
+                    system,
+                    operation,
+                    status: status.as_u16(),
+                    rejection,
+                }
             }
+        };
+        // A replayed failure repeats whatever we do with this key: no point retrying it.
+        let advice = if err.is_replayed_failure() {
+            Some(false)
+        } else {
+            advice
         };
         Err((err, advice))
     }
@@ -264,6 +306,7 @@ pub(crate) fn parse_plain_error(body: &serde_json::Value) -> Rejection {
         message: error["message"].as_str().unwrap_or_default().to_owned(),
         field: error["field"].as_str().map(str::to_owned),
         detail: serde_json::Value::Null,
+        in_progress: false,
     }
 }
 

@@ -866,6 +866,8 @@ pub(crate) fn parse_sessionm_error(body: &Value) -> Rejection {
         message,
         field,
         detail: errors,
+        // `pending_processing` is waited out by `pos_call` itself.
+        in_progress: false,
     }
 }
 

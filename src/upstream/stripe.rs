@@ -283,6 +283,12 @@ pub struct Refund {
     pub failure_reason: Option<String>,
 }
 
+/// Stripe's `search_result` list object.
+#[derive(Clone, Debug, Deserialize)]
+struct SearchResult<T> {
+    data: Vec<T>,
+}
+
 /// A card the issuer (or 3-D Secure) refused: the customer should try another card.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decline {
@@ -311,7 +317,10 @@ pub(crate) fn parse_stripe_error(body: &serde_json::Value) -> Rejection {
     if let Some(object) = payment_intent.as_object_mut() {
         object.remove("client_secret");
     }
+    // https://docs.stripe.com/error-codes#idempotency-key-in-use
+    let in_progress = code == "idempotency_key_in_use";
     Rejection {
+        in_progress,
         code,
         message: error["message"].as_str().unwrap_or_default().to_owned(),
         field: error["param"].as_str().map(str::to_owned),
@@ -419,6 +428,36 @@ impl StripeClient {
             .authorised(self.http.get(self.url(&["v1", "payment_intents", id])))
             .query(&[("expand[]", "latest_charge")]);
         call("payment_intents.retrieve").json(request).await
+    }
+
+    /// The PaymentIntents whose `metadata[key]` is `value`, newest first, with their latest
+    /// charge expanded: how to find an intent whose creation answer was lost for good (a
+    /// replayed 500 under its idempotency key).
+    ///
+    /// Stripe's Search API (<https://docs.stripe.com/api/payment_intents/search>, query
+    /// language <https://docs.stripe.com/search#search-query-language>) is eventually
+    /// consistent: an intent is usually searchable within a minute of its creation, so
+    /// "none found" right after a creation is not proof that none exists.
+    pub async fn search_payment_intents_by_metadata(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<PaymentIntent>, UpstreamError> {
+        let quote = |raw: &str| raw.replace('\\', "\\\\").replace('\'', "\\'");
+        let query = format!("metadata['{}']:'{}'", quote(key), quote(value));
+        let request = self
+            .authorised(
+                self.http
+                    .get(self.url(&["v1", "payment_intents", "search"])),
+            )
+            .query(&[
+                ("query", query.as_str()),
+                ("limit", "10"),
+                ("expand[]", "data.latest_charge"),
+            ]);
+        let page: SearchResult<PaymentIntent> =
+            call("payment_intents.search").json(request).await?;
+        Ok(page.data)
     }
 
     /// Captures a held amount; `None` captures all of it, less releases the rest.

@@ -870,7 +870,10 @@ async fn when_okya_will_not_record_the_payment_the_charge_is_refunded() {
     let payload = checkout(&app, &cart, "pm_card_visa", "k").await;
     assert_eq!(payload["order"]["status"], "PAYMENT_FAILED");
     assert_eq!(payload["order"]["payment"]["status"], "REFUNDED");
-    assert_eq!(error_codes(&payload), vec!["PAYMENT_FAILED"]);
+    // Okya's refusal is not the card's fault: no "try another card".
+    assert_eq!(error_codes(&payload), vec!["ORDER_NOT_ACCEPTED"]);
+    // And the Okya order is not left open without a payment.
+    assert_eq!(okya_order(&app, &cart).await["status"], "CANCELED");
     let stripe = app.ledger(Sim::Stripe).await;
     assert_eq!(
         stripe["refunds"].as_array().map(Vec::len),

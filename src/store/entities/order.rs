@@ -45,6 +45,13 @@ pub struct Model {
     pub points_earned: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Why an operator must look at this order; the sweeper skips it until cleared.
+    pub attention: Option<String>,
+    pub attention_at_ms: Option<i64>,
+    /// The lines as ordered, with names, modifiers and unit prices (`LineSnapshot`s).
+    pub lines_snapshot_json: Option<String>,
+    /// Part of the idempotency keys of calls re-sent after a stale saved answer.
+    pub key_generation: i32,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
