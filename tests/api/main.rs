@@ -14,5 +14,7 @@ mod orders;
 mod persistence;
 mod protocol;
 mod rewards;
+mod shop;
+mod step_faults;
 mod vouchers;
 mod websocket;

@@ -1,0 +1,268 @@
+//! A customer's shop for order tests: carts, checkout, the store's decisions, and the
+//! checks every order test ends with: what the service *sent* (the simulators' call logs,
+//! with each request's idempotency key) and what money moved (Stripe's ledger against the
+//! service's own orders).
+
+use crate::helpers::{Db, Sim, TestApp, spawn_app_with};
+use serde_json::{Value, json};
+use std::{collections::BTreeMap, ops::Deref};
+
+pub const ORDER_FIELDS: &str = "id number status total { amount } payment { status } voucher { id name } pointsEarned";
+
+/// A running service with a signed-in customer whose SessionM link is done.
+pub struct Shop {
+    pub app: TestApp,
+}
+
+impl Deref for Shop {
+    type Target = TestApp;
+    fn deref(&self) -> &TestApp {
+        &self.app
+    }
+}
+
+/// Settings every order test shares: the store decides when the test says, and background
+/// work is picked up quickly.
+pub async fn shop(tweak: impl FnOnce(&mut cbtl_bff::config::Settings)) -> Shop {
+    let app = spawn_app_with(Db::Sqlite, |s| {
+        s.sandbox.auto_accept_delay_ms = 0;
+        s.orders.sweep_interval_ms = 50;
+        s.jobs.poll_interval_ms = 50;
+        tweak(s);
+    })
+    .await;
+    let customer = app.sign_up("+16265550150", "grace@example.com").await;
+    app.use_token(Some(&customer.access_token));
+    let shop = Shop { app };
+    shop.eventually("the SessionM link", || async {
+        shop.gql("{ me { loyalty { pointsBalance } } }", json!({}))
+            .await["data"]["me"]["loyalty"]
+            .is_object()
+    })
+    .await;
+    shop
+}
+
+impl Shop {
+    /// Two large oat lattes (2 × 6.75) and a croissant (3.50): 17.00 + 10.25% tax = 18.74.
+    pub async fn filled_cart(&self, store: &str) -> String {
+        let cart = self.new_cart(store).await;
+        let added = self
+            .data(
+                "mutation($c: ID!) { cartLinesAdd(cartId: $c, lines: [{productId: \"prd_latte\", quantity: 2, modifierOptionIds: [\"opt_size_large\", \"opt_milk_oat\"]}, {productId: \"prd_croissant\", quantity: 1}]) { userErrors { code } } }",
+                json!({"c": cart}),
+            )
+            .await;
+        assert_eq!(added["cartLinesAdd"]["userErrors"], json!([]));
+        cart
+    }
+
+    /// The `checkout` payload (`order`, `userErrors`).
+    pub async fn checkout(&self, cart: &str, card: &str, voucher: Option<&str>, key: &str) -> Value {
+        let body = self
+            .gql(
+                &format!("mutation($i: CheckoutInput!) {{ checkout(input: $i) {{ order {{ {ORDER_FIELDS} }} userErrors {{ code field message }} }} }}"),
+                json!({"i": {"cartId": cart, "paymentMethodId": card, "voucherId": voucher, "idempotencyKey": key}}),
+            )
+            .await;
+        assert!(body.get("errors").is_none(), "{body}");
+        body["data"]["checkout"].clone()
+    }
+
+    pub async fn order(&self, id: &str) -> Value {
+        self.data(
+            &format!("query($o: ID!) {{ order(id: $o) {{ {ORDER_FIELDS} }} }}"),
+            json!({"o": id}),
+        )
+        .await["order"]
+            .clone()
+    }
+
+    /// The order's row in the service's database.
+    pub async fn row(&self, id: &str) -> cbtl_bff::store::orders::Order {
+        cbtl_bff::store::orders::find(&self.app.app.state().db, id)
+            .await
+            .expect("database")
+            .unwrap_or_else(|| panic!("no order {id}"))
+    }
+
+    /// Waits until the order shows `status` (a background step may take it there).
+    pub async fn wait_for_status(&self, id: &str, status: &str) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..200 {
+            last = self.order(id).await;
+            if last["status"] == status {
+                return last;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("order {id} never reached {status}: {last}");
+    }
+
+    /// Waits until the flow has nothing left to do on its own: its step waits for someone
+    /// else or is final, and no job is pending.
+    pub async fn wait_until_settled(&self, id: &str) -> cbtl_bff::store::orders::Order {
+        let db = &self.app.app.state().db;
+        for _ in 0..200 {
+            let row = self.row(id).await;
+            let step = cbtl_bff::domain::Step::parse(&row.step).expect("a known step");
+            let pending = cbtl_bff::store::jobs::count(db, cbtl_bff::store::jobs::PENDING)
+                .await
+                .expect("jobs");
+            if (!step.is_active() || row.attention.is_some()) && pending == 0 {
+                return row;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("order {id} never settled: {:?}", self.row(id).await);
+    }
+
+    /// The Okya simulator's copy of the order placed from `cart`.
+    pub async fn okya_order(&self, cart: &str) -> Value {
+        let ledger: Value = self
+            .http
+            .get(format!("{}/_sandbox/orders", self.sim_url(Sim::Okya)))
+            .send()
+            .await
+            .expect("okya orders")
+            .json()
+            .await
+            .expect("okya orders JSON");
+        ledger["orders"]
+            .as_array()
+            .and_then(|orders| orders.iter().find(|o| o["cart_id"] == cart).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    /// The store's order manager: `accept`, `reject`, `ready` or `complete`.
+    pub async fn store_action(&self, cart: &str, action: &str) {
+        let id = self.okya_order(cart).await["id"]
+            .as_str()
+            .expect("an Okya order for the cart")
+            .to_owned();
+        let status = self
+            .http
+            .post(format!(
+                "{}/_sandbox/orders/{id}/{action}",
+                self.sim_url(Sim::Okya)
+            ))
+            .json(&json!({"reason": "test"}))
+            .send()
+            .await
+            .expect("store action")
+            .status();
+        assert!(status.is_success(), "{action}: {status}");
+    }
+
+    /// A voucher of the customer's wallet, by kind and status.
+    pub async fn voucher(&self, kind: &str, status: &str) -> String {
+        self.vouchers()
+            .await
+            .into_iter()
+            .find(|v| v["discount"]["kind"] == kind && v["status"] == status)
+            .and_then(|v| v["id"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| panic!("no {status} {kind} voucher"))
+    }
+
+    pub async fn voucher_status(&self, id: &str) -> String {
+        self.vouchers()
+            .await
+            .into_iter()
+            .find(|v| v["id"] == id)
+            .and_then(|v| v["status"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    async fn vouchers(&self) -> Vec<Value> {
+        self.data("{ vouchers { id status discount { kind } } }", json!({}))
+            .await["vouchers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The requests a simulator received on `route`, oldest first, faulted ones included.
+    pub async fn log(&self, sim: Sim, route: &str) -> Vec<Value> {
+        self.http
+            .get(format!("{}/_sandbox/calls/log", self.sim_url(sim)))
+            .query(&[("route", route)])
+            .send()
+            .await
+            .expect("call log")
+            .json()
+            .await
+            .expect("call log JSON")
+    }
+
+    /// Every request to `route` carried the same idempotency key, and there were at least
+    /// `at_least` of them: a retry, whatever answer it followed, repeated the first try.
+    pub async fn assert_one_key(&self, sim: Sim, route: &str, at_least: usize) -> String {
+        let log = self.log(sim, route).await;
+        assert!(
+            log.len() >= at_least,
+            "{route}: expected at least {at_least} requests: {log:?}"
+        );
+        let mut keys: Vec<&str> = log.iter().filter_map(|r| r["key"].as_str()).collect();
+        assert_eq!(keys.len(), log.len(), "{route}: a request without a key: {log:?}");
+        keys.dedup();
+        assert_eq!(keys.len(), 1, "{route}: several keys for one effect: {log:?}");
+        keys[0].to_owned()
+    }
+
+    /// What the ledgers must say after any order test: every Stripe write carried a key;
+    /// no order has more than one PaymentIntent or refund; an order that is not live or
+    /// completed kept no money and holds none; the POS has at most one ticket per order.
+    pub async fn assert_money_invariants(&self) {
+        let stripe = self.ledger(Sim::Stripe).await;
+        assert_eq!(
+            stripe["requests_without_idempotency_key"], 0,
+            "a Stripe write without an Idempotency-Key: {stripe}"
+        );
+        let intents = stripe["payment_intents"].as_array().cloned().unwrap_or_default();
+        let refunds = stripe["refunds"].as_array().cloned().unwrap_or_default();
+        let mut per_order: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for intent in &intents {
+            let order = intent["metadata"]["order_id"].as_str().unwrap_or("").to_owned();
+            per_order.entry(order).or_default().push(intent.clone());
+        }
+        for (order_id, intents) in &per_order {
+            assert_eq!(intents.len(), 1, "order {order_id} has several intents: {intents:?}");
+            let intent = &intents[0];
+            let refunds_of: Vec<&Value> = refunds
+                .iter()
+                .filter(|r| r["payment_intent"] == intent["id"])
+                .collect();
+            assert!(refunds_of.len() <= 1, "refunded twice: {refunds_of:?}");
+            let kept = intent["amount_captured"].as_i64().unwrap_or(0)
+                - intent["amount_refunded"].as_i64().unwrap_or(0);
+            let row = self.row(order_id).await;
+            let live = matches!(
+                row.status.as_str(),
+                "AWAITING_ACCEPTANCE" | "IN_PREPARATION" | "READY_FOR_PICKUP" | "COMPLETED"
+            );
+            if live {
+                assert!(
+                    kept == 0 || Some(kept) == row.total_minor,
+                    "order {order_id} ({}) kept {kept} of {:?}",
+                    row.status,
+                    row.total_minor
+                );
+            } else if row.attention.is_none() {
+                assert_eq!(kept, 0, "order {order_id} ({}) kept money: {intent}", row.status);
+                assert_ne!(
+                    intent["status"], "requires_capture",
+                    "order {order_id} ({}) still holds an authorisation",
+                    row.status
+                );
+            }
+        }
+        let epoint = self.ledger(Sim::Epoint).await;
+        let mut tickets: BTreeMap<String, usize> = BTreeMap::new();
+        for ticket in epoint["orders"].as_array().cloned().unwrap_or_default() {
+            *tickets
+                .entry(ticket["external_id"].as_str().unwrap_or("").to_owned())
+                .or_default() += 1;
+        }
+        assert!(tickets.values().all(|n| *n == 1), "a ticket twice: {tickets:?}");
+    }
+}
