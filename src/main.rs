@@ -21,6 +21,14 @@ enum Command {
     Migrate,
     /// Print the GraphQL SDL.
     PrintSchema,
+    /// List the orders whose flow stopped for an operator, with the reason.
+    Attention,
+    /// Resume an order an operator has looked at: clears its attention mark, and the
+    /// next sweep runs its step again from what the upstreams say is true.
+    Resume {
+        /// The order's id (`ord_…`).
+        order_id: String,
+    },
 }
 
 #[tokio::main]
@@ -41,7 +49,9 @@ async fn main() -> ExitCode {
     telemetry::init(settings.log_format);
     let result = match command {
         Command::Migrate => migrate(&settings).await,
-        _ => serve(settings).await,
+        Command::Attention => attention(&settings).await,
+        Command::Resume { order_id } => resume(&settings, &order_id).await,
+        Command::Serve | Command::PrintSchema => serve(settings).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,6 +68,30 @@ async fn migrate(settings: &Settings) -> Result<(), Box<dyn std::error::Error>> 
     store::migrate(&db).await?;
     tracing::info!("migrations applied");
     Ok(())
+}
+
+async fn attention(settings: &Settings) -> Result<(), Box<dyn std::error::Error>> {
+    let db = store::connect(&settings.database_url).await?;
+    for order in store::orders::list_needing_attention(&db, 1_000).await? {
+        println!(
+            "{}\t{}\t{}\t{}",
+            order.id,
+            order.status,
+            order.step,
+            order.attention.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+async fn resume(settings: &Settings, order_id: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let db = store::connect(&settings.database_url).await?;
+    if store::orders::resume(&db, order_id, cbtl_bff::auth::now_ms()).await? {
+        println!("{order_id} resumes at the next sweep");
+        Ok(())
+    } else {
+        Err(format!("{order_id} is not waiting for an operator").into())
+    }
 }
 
 async fn serve(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {

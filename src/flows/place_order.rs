@@ -356,6 +356,10 @@ enum Next {
 async fn run_steps(state: &AppState, id: &str) -> Result<(), FlowError> {
     for _ in 0..MAX_STEPS_PER_RUN {
         let order = load(state, id).await?;
+        if order.attention.is_some() {
+            // An operator's now; webhooks still record Okya's state for when it resumes.
+            return Ok(());
+        }
         let outcome = match parse_step(&order) {
             Ok(step) => {
                 let span = tracing::info_span!("flow_step", order_id = %id, step = step.as_str());
@@ -862,7 +866,10 @@ fn classify_charge_refusal(e: &UpstreamError) -> ChargeRefusal {
 async fn charge(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let total = money(&order, order.total_minor)?;
     let capture_mode = CaptureMode::parse(&order.capture_mode).ok_or_else(|| {
-        FlowError::Corrupt(format!("capture mode {:?} of {}", order.capture_mode, order.id))
+        FlowError::Corrupt(format!(
+            "capture mode {:?} of {}",
+            order.capture_mode, order.id
+        ))
     })?;
     let mut metadata = BTreeMap::new();
     metadata.insert("order_id".to_owned(), order.id.clone());
@@ -910,7 +917,9 @@ async fn charge(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
                 return adopt_intent(state, order, &intent).await;
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(order_id = %order.id, error = %e, "looking the PaymentIntent up failed"),
+            Err(e) => {
+                tracing::warn!(order_id = %order.id, error = %e, "looking the PaymentIntent up failed")
+            }
         }
     }
     if unknown {
@@ -1079,8 +1088,14 @@ async fn await_payment_retry(state: &AppState, mut order: Order) -> Result<Next,
 }
 
 fn authentication_timeout_ms(state: &AppState) -> i64 {
-    i64::try_from(state.settings.orders.authentication_timeout_secs.saturating_mul(1000))
-        .unwrap_or(900_000)
+    i64::try_from(
+        state
+            .settings
+            .orders
+            .authentication_timeout_secs
+            .saturating_mul(1000),
+    )
+    .unwrap_or(900_000)
 }
 
 /// Waiting for 3-D Secure: Stripe's webhook moves the flow on; an abandoned
@@ -1156,7 +1171,9 @@ async fn await_authentication(state: &AppState, mut order: Order) -> Result<Next
                     // intent says now decides.
                     tracing::warn!(order_id = %order.id, error = %e, "Stripe would not cancel the abandoned intent; reading it");
                     match read_truth(state, &mut order).await? {
-                        Truth::Settled(status @ (PaymentStatus::Captured | PaymentStatus::Authorized)) => {
+                        Truth::Settled(
+                            status @ (PaymentStatus::Captured | PaymentStatus::Authorized),
+                        ) => {
                             set_payment(&mut order, status);
                             advance(&mut order, Step::RecordPayment);
                             commit(state, &mut order, None).await?;
@@ -1167,7 +1184,9 @@ async fn await_authentication(state: &AppState, mut order: Order) -> Result<Next
                             | PaymentStatus::Failed
                             | PaymentStatus::Refunded,
                         ) => {}
-                        Truth::Settled(PaymentStatus::RequiresAction) if e.is_replayed_failure() => {
+                        Truth::Settled(PaymentStatus::RequiresAction)
+                            if e.is_replayed_failure() =>
+                        {
                             order.key_generation += 1;
                             commit(state, &mut order, None).await?;
                             return Ok(Next::Retry(e.to_string()));
@@ -1205,7 +1224,10 @@ async fn record_payment(state: &AppState, mut order: Order) -> Result<Next, Flow
             order.voucher_id.clone().unwrap_or_else(|| order.id.clone())
         } else {
             order.payment_intent_id.clone().ok_or_else(|| {
-                FlowError::Corrupt(format!("order {} records a payment without an intent", order.id))
+                FlowError::Corrupt(format!(
+                    "order {} records a payment without an intent",
+                    order.id
+                ))
             })?
         },
         amount: WireMoney::from_money(&money(&order, order.total_minor)?),
@@ -1338,7 +1360,9 @@ async fn inject(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
         Ok(None) => {}
         // Cannot tell yet: recalling now could refund an order the store is printing.
         Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
-        Err(e) => tracing::warn!(order_id = %order.id, error = %e, "could not ask the POS for the order"),
+        Err(e) => {
+            tracing::warn!(order_id = %order.id, error = %e, "could not ask the POS for the order")
+        }
     }
     tracing::warn!(order_id = %order.id, code = %failed.0, "the POS could not take the order; recalling");
     fail_with(&mut order, &failed.0, &failed.1);
@@ -1525,7 +1549,11 @@ async fn refund(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
             state
                 .upstreams
                 .stripe
-                .cancel_payment_intent(&intent_id, Some("abandoned"), &generation_key(&order, "release"))
+                .cancel_payment_intent(
+                    &intent_id,
+                    Some("abandoned"),
+                    &generation_key(&order, "release"),
+                )
                 .await
                 .map(|_| PaymentStatus::Cancelled)
         }
@@ -1818,7 +1846,10 @@ pub async fn send_to_sessionm(
 /// The sale as SessionM records it, from the order row and its snapshot alone.
 fn sale(order: &Order, user_id: String) -> Result<SendTransaction, FlowError> {
     let raw = order.lines_snapshot_json.as_deref().ok_or_else(|| {
-        FlowError::Corrupt(format!("order {} reached SessionM without a snapshot", order.id))
+        FlowError::Corrupt(format!(
+            "order {} reached SessionM without a snapshot",
+            order.id
+        ))
     })?;
     let lines: Vec<LineSnapshot> = serde_json::from_str(raw)
         .map_err(|e| FlowError::Corrupt(format!("snapshot of {}: {e}", order.id)))?;

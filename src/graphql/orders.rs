@@ -321,8 +321,13 @@ fn order_errors(row: &Order) -> Vec<UserError> {
             "cartId",
             "There is no such cart.".to_owned(),
         ),
-        "card_declined" | "expired_card" | "incorrect_cvc" | "incorrect_number"
-        | "insufficient_funds" | "processing_error" | "payment_method_invalid" => (
+        "card_declined"
+        | "expired_card"
+        | "incorrect_cvc"
+        | "incorrect_number"
+        | "insufficient_funds"
+        | "processing_error"
+        | "payment_method_invalid" => (
             UserErrorCode::CardDeclined,
             "paymentMethodId",
             stripe_message.unwrap_or_else(|| "Your card was declined.".to_owned()),

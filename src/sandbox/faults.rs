@@ -166,7 +166,10 @@ impl FaultPlan {
     /// The extra processing time, if the handler takes it on itself (then the fault layer
     /// does not add it again).
     pub fn take_slow(&self) -> Option<Duration> {
-        self.slow.lock().unwrap_or_else(PoisonError::into_inner).take()
+        self.slow
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// How the answer will be lost, if it will.
@@ -504,13 +507,19 @@ mod tests {
         assert_eq!(update.lose_next["POST /a"].status, LostAs::Drop);
         assert_eq!(update.lose_next["POST /b"].status, LostAs::Status(500));
         assert_eq!(update.lose_next["POST /c"].status, LostAs::Status(503));
-        assert!(serde_json::from_str::<FaultUpdate>(r#"{"lose_next": {"POST /a": {"status": 200}}}"#).is_err());
+        assert!(
+            serde_json::from_str::<FaultUpdate>(r#"{"lose_next": {"POST /a": {"status": 200}}}"#)
+                .is_err()
+        );
     }
 
     #[test]
     fn keys_are_read_from_headers_or_the_body() {
         let mut headers = HeaderMap::new();
-        assert_eq!(idempotency_key(&headers, br#"{"request_id": "r1"}"#), Some("r1".into()));
+        assert_eq!(
+            idempotency_key(&headers, br#"{"request_id": "r1"}"#),
+            Some("r1".into())
+        );
         headers.insert("idempotency-key", "k1".parse().expect("value"));
         assert_eq!(idempotency_key(&headers, b""), Some("k1".into()));
     }

@@ -1526,9 +1526,7 @@ async fn search_intents(
         .and_then(|params| {
             let clauses = parse_search(params.required("query")?)?;
             let limit = params.int("limit")?.unwrap_or(10).clamp(1, 100);
-            let expand = params
-                .list("expand")
-                .contains(&"data.latest_charge");
+            let expand = params.list("expand").contains(&"data.latest_charge");
             let ledger = sim.lock();
             let mut intents: Vec<&Intent> = ledger
                 .intents
@@ -1907,7 +1905,10 @@ mod tests {
         answers.sort();
         assert_eq!(
             answers,
-            [(200, None), (409, Some("idempotency_key_in_use".to_owned()))]
+            [
+                (200, None),
+                (409, Some("idempotency_key_in_use".to_owned()))
+            ]
         );
 
         let replay = create(&http, &sim, "dup", VISA).send().await.unwrap();
@@ -1977,7 +1978,10 @@ mod tests {
         let none: Value = http
             .get(format!("{}/v1/payment_intents/search", sim.base_url))
             .bearer_auth("sk_test_sim")
-            .query(&[("query", "metadata['order_id']:'ord_2' AND status:'succeeded'")])
+            .query(&[(
+                "query",
+                "metadata['order_id']:'ord_2' AND status:'succeeded'",
+            )])
             .send()
             .await
             .unwrap()

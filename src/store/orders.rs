@@ -319,3 +319,37 @@ pub async fn needing_attention(db: &impl ConnectionTrait) -> Result<u64, StoreEr
         .count(db)
         .await?)
 }
+
+/// The orders waiting for an operator, oldest first.
+pub async fn list_needing_attention(
+    db: &impl ConnectionTrait,
+    limit: u64,
+) -> Result<Vec<Order>, StoreError> {
+    Ok(order::Entity::find()
+        .filter(order::Column::Attention.is_not_null())
+        .order_by_asc(order::Column::AttentionAtMs)
+        .limit(limit)
+        .all(db)
+        .await?)
+}
+
+/// Clears an order's attention mark and makes its step due now, with a fresh count of
+/// attempts; false when the order was not waiting for an operator.
+pub async fn resume(db: &impl ConnectionTrait, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+    let result = order::Entity::update_many()
+        .col_expr(
+            order::Column::Attention,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(
+            order::Column::AttentionAtMs,
+            Expr::value(Option::<i64>::None),
+        )
+        .col_expr(order::Column::StepAttempts, Expr::value(0))
+        .col_expr(order::Column::NextAttemptAtMs, Expr::value(now_ms))
+        .filter(order::Column::Id.eq(id))
+        .filter(order::Column::Attention.is_not_null())
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}

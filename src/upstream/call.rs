@@ -79,7 +79,9 @@ pub enum UpstreamError {
     },
     /// An earlier request under the same idempotency key is still running at the upstream
     /// (Stripe's 409 `idempotency_key_in_use`): its outcome is unknown, not refused.
-    #[error("{system} {operation}: an earlier request with this idempotency key is still in progress")]
+    #[error(
+        "{system} {operation}: an earlier request with this idempotency key is still in progress"
+    )]
     InProgress {
         system: System,
         operation: &'static str,

@@ -10,6 +10,7 @@ mod config;
 mod crash;
 mod helpers;
 mod instances;
+mod money_path;
 mod orders;
 mod persistence;
 mod protocol;

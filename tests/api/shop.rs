@@ -7,7 +7,8 @@ use crate::helpers::{Db, Sim, TestApp, spawn_app_with};
 use serde_json::{Value, json};
 use std::{collections::BTreeMap, ops::Deref};
 
-pub const ORDER_FIELDS: &str = "id number status total { amount } payment { status } voucher { id name } pointsEarned";
+pub const ORDER_FIELDS: &str =
+    "id number status total { amount } payment { status } voucher { id name } pointsEarned";
 
 /// A running service with a signed-in customer whose SessionM link is done.
 pub struct Shop {
@@ -58,7 +59,13 @@ impl Shop {
     }
 
     /// The `checkout` payload (`order`, `userErrors`).
-    pub async fn checkout(&self, cart: &str, card: &str, voucher: Option<&str>, key: &str) -> Value {
+    pub async fn checkout(
+        &self,
+        cart: &str,
+        card: &str,
+        voucher: Option<&str>,
+        key: &str,
+    ) -> Value {
         let body = self
             .gql(
                 &format!("mutation($i: CheckoutInput!) {{ checkout(input: $i) {{ order {{ {ORDER_FIELDS} }} userErrors {{ code field message }} }} }}"),
@@ -181,6 +188,70 @@ impl Shop {
             .unwrap_or_default()
     }
 
+    /// The Stripe PaymentIntents made for one of our orders.
+    pub async fn intents_for(&self, order: &str) -> Vec<Value> {
+        self.ledger(Sim::Stripe).await["payment_intents"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|pi| pi["metadata"]["order_id"] == order)
+            .collect()
+    }
+
+    /// Refunds an order's charge straight at Stripe, as a support agent would in the
+    /// Dashboard.
+    pub async fn refund_outside(&self, order: &str) {
+        let intent = self.intents_for(order).await[0]["id"]
+            .as_str()
+            .expect("an intent")
+            .to_owned();
+        let status = self
+            .http
+            .post(format!("{}/v1/refunds", self.sim_url(Sim::Stripe)))
+            .bearer_auth("sk_test_dashboard")
+            .header("Idempotency-Key", "dashboard-refund")
+            .form(&[("payment_intent", intent.as_str())])
+            .send()
+            .await
+            .expect("refund")
+            .status();
+        assert!(status.is_success(), "{status}");
+    }
+
+    /// Cancels an order's authorisation straight at Stripe.
+    pub async fn release_outside(&self, order: &str) {
+        let intent = self.intents_for(order).await[0]["id"]
+            .as_str()
+            .expect("an intent")
+            .to_owned();
+        let status = self
+            .http
+            .post(format!(
+                "{}/v1/payment_intents/{intent}/cancel",
+                self.sim_url(Sim::Stripe)
+            ))
+            .bearer_auth("sk_test_dashboard")
+            .header("Idempotency-Key", "dashboard-cancel")
+            .send()
+            .await
+            .expect("cancel")
+            .status();
+        assert!(status.is_success(), "{status}");
+    }
+
+    /// `/readyz`'s body.
+    pub async fn readiness(&self) -> Value {
+        let response = self
+            .http
+            .get(format!("{}/readyz", self.url))
+            .send()
+            .await
+            .expect("readyz");
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("readyz JSON")
+    }
+
     /// The requests a simulator received on `route`, oldest first, faulted ones included.
     pub async fn log(&self, sim: Sim, route: &str) -> Vec<Value> {
         self.http
@@ -203,9 +274,17 @@ impl Shop {
             "{route}: expected at least {at_least} requests: {log:?}"
         );
         let mut keys: Vec<&str> = log.iter().filter_map(|r| r["key"].as_str()).collect();
-        assert_eq!(keys.len(), log.len(), "{route}: a request without a key: {log:?}");
+        assert_eq!(
+            keys.len(),
+            log.len(),
+            "{route}: a request without a key: {log:?}"
+        );
         keys.dedup();
-        assert_eq!(keys.len(), 1, "{route}: several keys for one effect: {log:?}");
+        assert_eq!(
+            keys.len(),
+            1,
+            "{route}: several keys for one effect: {log:?}"
+        );
         keys[0].to_owned()
     }
 
@@ -218,15 +297,25 @@ impl Shop {
             stripe["requests_without_idempotency_key"], 0,
             "a Stripe write without an Idempotency-Key: {stripe}"
         );
-        let intents = stripe["payment_intents"].as_array().cloned().unwrap_or_default();
+        let intents = stripe["payment_intents"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let refunds = stripe["refunds"].as_array().cloned().unwrap_or_default();
         let mut per_order: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for intent in &intents {
-            let order = intent["metadata"]["order_id"].as_str().unwrap_or("").to_owned();
+            let order = intent["metadata"]["order_id"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
             per_order.entry(order).or_default().push(intent.clone());
         }
         for (order_id, intents) in &per_order {
-            assert_eq!(intents.len(), 1, "order {order_id} has several intents: {intents:?}");
+            assert_eq!(
+                intents.len(),
+                1,
+                "order {order_id} has several intents: {intents:?}"
+            );
             let intent = &intents[0];
             let refunds_of: Vec<&Value> = refunds
                 .iter()
@@ -248,7 +337,11 @@ impl Shop {
                     row.total_minor
                 );
             } else if row.attention.is_none() {
-                assert_eq!(kept, 0, "order {order_id} ({}) kept money: {intent}", row.status);
+                assert_eq!(
+                    kept, 0,
+                    "order {order_id} ({}) kept money: {intent}",
+                    row.status
+                );
                 assert_ne!(
                     intent["status"], "requires_capture",
                     "order {order_id} ({}) still holds an authorisation",
@@ -263,6 +356,9 @@ impl Shop {
                 .entry(ticket["external_id"].as_str().unwrap_or("").to_owned())
                 .or_default() += 1;
         }
-        assert!(tickets.values().all(|n| *n == 1), "a ticket twice: {tickets:?}");
+        assert!(
+            tickets.values().all(|n| *n == 1),
+            "a ticket twice: {tickets:?}"
+        );
     }
 }

@@ -94,16 +94,6 @@ fn order_id(payload: &Value) -> String {
         .to_owned()
 }
 
-async fn intents_for(shop: &Shop, order: &str) -> Vec<Value> {
-    shop.ledger(Sim::Stripe).await["payment_intents"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|pi| pi["metadata"]["order_id"] == order)
-        .collect()
-}
-
 /// A paid order the store accepts while `fault` is on `route` (armed just before).
 async fn accepted(
     shop: &Shop,
@@ -116,7 +106,10 @@ async fn accepted(
     let id = order_id(&payload);
     shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
     arm(shop, sim, route, fault, refusal).await;
-    tokio::join!(shop.store_action(&cart, "accept"), lift(shop, sim, route, fault));
+    tokio::join!(
+        shop.store_action(&cart, "accept"),
+        lift(shop, sim, route, fault)
+    );
     (cart, id)
 }
 
@@ -140,8 +133,20 @@ async fn submit(fault: Fault) {
             shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
             shop.store_action(&cart, "accept").await;
             shop.wait_for_status(&id, "IN_PREPARATION").await;
-            let okya: Value = shop.http.get(format!("{}/_sandbox/orders", shop.sim_url(Sim::Okya))).send().await.unwrap().json().await.unwrap();
-            assert_eq!(okya["orders"].as_array().map(Vec::len), Some(1), "one Okya order: {okya}");
+            let okya: Value = shop
+                .http
+                .get(format!("{}/_sandbox/orders", shop.sim_url(Sim::Okya)))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(
+                okya["orders"].as_array().map(Vec::len),
+                Some(1),
+                "one Okya order: {okya}"
+            );
         }
     }
     assert_retried_with_one_key(&shop, Sim::Okya, ORDERS, fault).await;
@@ -159,7 +164,11 @@ async fn discount(fault: Fault, route: &'static str, sim: Sim) {
     );
     match fault {
         Fault::Refusal => {
-            assert_eq!(error_codes(&payload), ["VOUCHER_NOT_APPLICABLE"], "{payload}");
+            assert_eq!(
+                error_codes(&payload),
+                ["VOUCHER_NOT_APPLICABLE"],
+                "{payload}"
+            );
             assert_eq!(shop.ledger(Sim::Stripe).await["payment_intents"], json!([]));
             assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
             assert_eq!(shop.voucher_status(&voucher).await, "AVAILABLE");
@@ -167,7 +176,10 @@ async fn discount(fault: Fault, route: &'static str, sim: Sim) {
         Fault::Transient | Fault::Lost => {
             let id = order_id(&payload);
             let order = shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
-            assert_eq!(order["total"]["amount"], "16.54", "the discount applied: {order}");
+            assert_eq!(
+                order["total"]["amount"], "16.54",
+                "the discount applied: {order}"
+            );
             shop.store_action(&cart, "accept").await;
             shop.wait_for_status(&id, "IN_PREPARATION").await;
             shop.eventually("the voucher redeemed", || async {
@@ -182,7 +194,14 @@ async fn discount(fault: Fault, route: &'static str, sim: Sim) {
 
 async fn charge(fault: Fault) {
     let shop = shop(|_| {}).await;
-    arm(&shop, Sim::Stripe, INTENTS, fault, (400, "parameter_invalid_integer")).await;
+    arm(
+        &shop,
+        Sim::Stripe,
+        INTENTS,
+        fault,
+        (400, "parameter_invalid_integer"),
+    )
+    .await;
     let cart = shop.filled_cart("str_pasadena").await;
     let (payload, ()) = tokio::join!(
         shop.checkout(&cart, "pm_card_visa", None, "k"),
@@ -193,7 +212,7 @@ async fn charge(fault: Fault) {
         // Our request was at fault: nothing charged, not the card's fault, retryable.
         assert_eq!(error_codes(&payload), ["PAYMENT_UNAVAILABLE"], "{payload}");
         assert_eq!(payload["order"]["status"], "AWAITING_PAYMENT");
-        assert!(intents_for(&shop, &id).await.is_empty());
+        assert!(shop.intents_for(&id).await.is_empty());
         let again = shop.checkout(&cart, "pm_card_visa", None, "k").await;
         assert_eq!(again["userErrors"], json!([]), "{again}");
         assert_eq!(again["order"]["id"], id.as_str());
@@ -201,7 +220,7 @@ async fn charge(fault: Fault) {
     shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
     shop.store_action(&cart, "accept").await;
     shop.wait_for_status(&id, "IN_PREPARATION").await;
-    assert_eq!(intents_for(&shop, &id).await.len(), 1);
+    assert_eq!(shop.intents_for(&id).await.len(), 1);
     assert_retried_with_one_key(&shop, Sim::Stripe, INTENTS, fault).await;
     shop.assert_money_invariants().await;
 }
@@ -225,7 +244,10 @@ async fn record_payment(fault: Fault) {
             shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
             shop.store_action(&cart, "accept").await;
             shop.wait_for_status(&id, "IN_PREPARATION").await;
-            assert_eq!(shop.okya_order(&cart).await["payment"]["status"], "captured");
+            assert_eq!(
+                shop.okya_order(&cart).await["payment"]["status"],
+                "captured"
+            );
         }
     }
     assert_retried_with_one_key(&shop, Sim::Okya, PAYMENTS, fault).await;
@@ -241,12 +263,19 @@ async fn inject(fault: Fault) {
         Fault::Refusal => {
             let order = shop.wait_for_status(&id, "CANCELLED").await;
             assert_eq!(order["payment"]["status"], "REFUNDED");
-            assert_eq!(shop.okya_order(&cart).await["cancellation"]["kind"], "recalled");
+            assert_eq!(
+                shop.okya_order(&cart).await["cancellation"]["kind"],
+                "recalled"
+            );
         }
         Fault::Transient | Fault::Lost => {
             shop.wait_for_status(&id, "IN_PREPARATION").await;
             let epoint = shop.ledger(Sim::Epoint).await;
-            assert_eq!(epoint["orders"].as_array().map(Vec::len), Some(1), "{epoint}");
+            assert_eq!(
+                epoint["orders"].as_array().map(Vec::len),
+                Some(1),
+                "{epoint}"
+            );
         }
     }
     assert_retried_with_one_key(&shop, Sim::Epoint, INJECT, fault).await;
@@ -255,18 +284,26 @@ async fn inject(fault: Fault) {
 
 async fn capture(fault: Fault) {
     let shop = shop(|s| s.orders.capture = CaptureMode::OnAcceptance).await;
-    let fault_on = (Sim::Stripe, CAPTURE, fault, (400, "charge_expired_for_capture"));
+    let fault_on = (
+        Sim::Stripe,
+        CAPTURE,
+        fault,
+        (400, "charge_expired_for_capture"),
+    );
     let (cart, id) = accepted(&shop, "str_pasadena", fault_on).await;
     match fault {
         Fault::Refusal => {
             let order = shop.wait_for_status(&id, "CANCELLED").await;
             assert_eq!(order["payment"]["status"], "CANCELLED");
-            assert_eq!(shop.okya_order(&cart).await["cancellation"]["kind"], "recalled");
+            assert_eq!(
+                shop.okya_order(&cart).await["cancellation"]["kind"],
+                "recalled"
+            );
         }
         Fault::Transient | Fault::Lost => {
             let order = shop.wait_for_status(&id, "IN_PREPARATION").await;
             assert_eq!(order["payment"]["status"], "CAPTURED");
-            assert_eq!(intents_for(&shop, &id).await[0]["status"], "succeeded");
+            assert_eq!(shop.intents_for(&id).await[0]["status"], "succeeded");
         }
     }
     assert_retried_with_one_key(&shop, Sim::Stripe, CAPTURE, fault).await;
@@ -279,7 +316,12 @@ async fn recall(fault: Fault) {
     let (_cart, id) = accepted(&shop, "str_burbank", fault_on).await;
     let order = shop.wait_for_status(&id, "CANCELLED").await;
     assert_eq!(order["payment"]["status"], "REFUNDED");
-    assert_eq!(shop.ledger(Sim::Stripe).await["refunds"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        shop.ledger(Sim::Stripe).await["refunds"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
     assert_retried_with_one_key(&shop, Sim::Okya, RECALL, fault).await;
     shop.assert_money_invariants().await;
 }
@@ -293,7 +335,7 @@ async fn refund(fault: Fault) {
     match fault {
         // The refusal as it happens: a support agent refunded the charge in Stripe's
         // Dashboard first, so Stripe refuses ours (`charge_already_refunded`).
-        Fault::Refusal => refund_outside(&shop, &id).await,
+        Fault::Refusal => shop.refund_outside(&id).await,
         Fault::Transient | Fault::Lost => arm(&shop, Sim::Stripe, REFUNDS, fault, (0, "")).await,
     }
     tokio::join!(
@@ -310,37 +352,6 @@ async fn refund(fault: Fault) {
     shop.assert_money_invariants().await;
 }
 
-/// Refunds an order's charge straight at Stripe, as a support agent would.
-async fn refund_outside(shop: &Shop, order: &str) {
-    let intent = intents_for(shop, order).await[0]["id"].as_str().unwrap().to_owned();
-    let status = shop
-        .http
-        .post(format!("{}/v1/refunds", shop.sim_url(Sim::Stripe)))
-        .bearer_auth("sk_test_dashboard")
-        .header("Idempotency-Key", "dashboard-refund")
-        .form(&[("payment_intent", intent.as_str())])
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert!(status.is_success(), "{status}");
-}
-
-/// Cancels an order's authorisation straight at Stripe.
-async fn release_outside(shop: &Shop, order: &str) {
-    let intent = intents_for(shop, order).await[0]["id"].as_str().unwrap().to_owned();
-    let status = shop
-        .http
-        .post(format!("{}/v1/payment_intents/{intent}/cancel", shop.sim_url(Sim::Stripe)))
-        .bearer_auth("sk_test_dashboard")
-        .header("Idempotency-Key", "dashboard-cancel")
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert!(status.is_success(), "{status}");
-}
-
 async fn release(fault: Fault) {
     let shop = shop(|s| s.orders.capture = CaptureMode::OnAcceptance).await;
     let cart = shop.filled_cart("str_pasadena").await;
@@ -348,7 +359,7 @@ async fn release(fault: Fault) {
     let id = order_id(&payload);
     shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
     match fault {
-        Fault::Refusal => release_outside(&shop, &id).await,
+        Fault::Refusal => shop.release_outside(&id).await,
         Fault::Transient | Fault::Lost => arm(&shop, Sim::Stripe, RELEASE, fault, (0, "")).await,
     }
     tokio::join!(
@@ -358,7 +369,7 @@ async fn release(fault: Fault) {
     let order = shop.wait_for_status(&id, "REJECTED").await;
     assert_eq!(order["payment"]["status"], "CANCELLED");
     assert_eq!(shop.wait_until_settled(&id).await.attention, None);
-    assert_eq!(intents_for(&shop, &id).await[0]["status"], "canceled");
+    assert_eq!(shop.intents_for(&id).await[0]["status"], "canceled");
     assert_retried_with_one_key(&shop, Sim::Stripe, RELEASE, fault).await;
     shop.assert_money_invariants().await;
 }
@@ -372,7 +383,10 @@ async fn cancel_okya(fault: Fault) {
         lift(&shop, Sim::Okya, CANCEL, fault)
     );
     let id = order_id(&payload);
-    assert_eq!(shop.wait_for_status(&id, "PAYMENT_FAILED").await["payment"]["status"], "FAILED");
+    assert_eq!(
+        shop.wait_for_status(&id, "PAYMENT_FAILED").await["payment"]["status"],
+        "FAILED"
+    );
     assert_eq!(shop.wait_until_settled(&id).await.attention, None);
     if !matches!(fault, Fault::Refusal) {
         assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
@@ -384,7 +398,14 @@ async fn cancel_okya(fault: Fault) {
 async fn unlock(fault: Fault) {
     let shop = shop(|_| {}).await;
     let voucher = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
-    arm(&shop, Sim::Sessionm, UNLOCK, fault, (422, "offer_not_locked")).await;
+    arm(
+        &shop,
+        Sim::Sessionm,
+        UNLOCK,
+        fault,
+        (422, "offer_not_locked"),
+    )
+    .await;
     let cart = shop.filled_cart("str_pasadena").await;
     let (payload, ()) = tokio::join!(
         shop.checkout(&cart, "pm_card_chargeDeclined", Some(&voucher), "k"),
@@ -409,8 +430,13 @@ async fn sale(fault: Fault) {
     match fault {
         // A durable job retries on its own schedule: its outage is a count of 503s that
         // outlasts one run's inline tries.
-        Fault::Transient => shop.faults(Sim::Sessionm, json!({"fail_next": {SALE: 5}})).await,
-        Fault::Refusal | Fault::Lost => arm(&shop, Sim::Sessionm, SALE, fault, (422, "validation")).await,
+        Fault::Transient => {
+            shop.faults(Sim::Sessionm, json!({"fail_next": {SALE: 5}}))
+                .await
+        }
+        Fault::Refusal | Fault::Lost => {
+            arm(&shop, Sim::Sessionm, SALE, fault, (422, "validation")).await
+        }
     }
     shop.store_action(&cart, "accept").await;
     shop.wait_for_status(&id, "IN_PREPARATION").await;
@@ -420,11 +446,14 @@ async fn sale(fault: Fault) {
         // SessionM will never take this sale: the job is dead, for an operator.
         Fault::Refusal => {
             assert_eq!(order["pointsEarned"], Value::Null);
-            let ready: Value = shop.http.get(format!("{}/readyz", shop.url)).send().await.unwrap().json().await.unwrap();
+            let ready = shop.readiness().await;
             assert_eq!(ready["jobs"]["dead"], 1, "{ready}");
         }
         Fault::Transient | Fault::Lost => {
-            assert!(order["pointsEarned"].as_i64().is_some_and(|p| p > 0), "{order}");
+            assert!(
+                order["pointsEarned"].as_i64().is_some_and(|p| p > 0),
+                "{order}"
+            );
             let sessionm = shop.ledger(Sim::Sessionm).await;
             let sales = sessionm["transactions"].as_array().map(Vec::len);
             assert_eq!(sales, Some(1), "{sessionm}");

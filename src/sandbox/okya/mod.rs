@@ -187,6 +187,10 @@ pub async fn start(config: OkyaSimConfig, faults: Arc<Faults>) -> std::io::Resul
         .route("/_sandbox/outbox", get(auth::outbox))
         .route("/_sandbox/accounts", get(auth::accounts))
         .route("/_sandbox/orders", get(orders::ledger))
+        .route(
+            "/_sandbox/products/{product_id}",
+            axum::routing::patch(edit_product),
+        )
         .route("/_sandbox/orders/{order_id}/accept", post(orders::accept))
         .route("/_sandbox/orders/{order_id}/reject", post(orders::reject))
         .route("/_sandbox/orders/{order_id}/ready", post(orders::ready))
@@ -279,6 +283,38 @@ async fn list_products(
         .filter_map(|id| inner.products.get(*id))
         .collect();
     Ok(Json(serde_json::json!({ "products": products })))
+}
+
+/// What the store's menu editor may change on a product.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProductEdit {
+    name: Option<String>,
+    available: Option<bool>,
+}
+
+/// `PATCH /_sandbox/products/{id}`: the menu editor renames a product or marks it sold
+/// out, as a store does while orders are in flight.
+async fn edit_product(
+    State(state): State<Arc<OkyaState>>,
+    axum::extract::Path(product_id): axum::extract::Path<String>,
+    Json(edit): Json<ProductEdit>,
+) -> Result<Json<Product>, OkyaError> {
+    let mut inner = state.lock();
+    let product = inner.products.get_mut(&product_id).ok_or_else(|| {
+        OkyaError::new(
+            StatusCode::NOT_FOUND,
+            "product_not_found",
+            "no such product",
+        )
+    })?;
+    if let Some(name) = edit.name {
+        product.name = name;
+    }
+    if let Some(available) = edit.available {
+        product.available = available;
+    }
+    Ok(Json(product.clone()))
 }
 
 /// Runs a write once per `Idempotency-Key`: a replay with the same request answers what

@@ -1,0 +1,269 @@
+//! The money path's hard cases, each from a reported failure: a refusal while giving money
+//! back, Stripe refusing requests of ours, a catalogue that changes under a POS retry, and
+//! Stripe's idempotency as Stripe documents it (slow first requests, saved 500s).
+
+use crate::helpers::{Sim, error_codes};
+use crate::shop::shop;
+use cbtl_bff::domain::CaptureMode;
+use serde_json::json;
+
+const INTENTS: &str = "POST /v1/payment_intents";
+const REFUNDS: &str = "POST /v1/refunds";
+const CAPTURE: &str = "POST /v1/payment_intents/{id}/capture";
+const INJECT: &str = "POST /v1/locations/{location_id}/orders";
+
+fn id_of(payload: &serde_json::Value) -> String {
+    payload["order"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an order: {payload}"))
+        .to_owned()
+}
+
+/// Item A2: a support agent refunds the charge in Stripe's Dashboard before the POS at
+/// `str_burbank` refuses the order. Our refund is refused (`charge_already_refunded`); the
+/// order must read Stripe's truth and end refunded, not ask Stripe again forever.
+#[tokio::test]
+async fn a_charge_refunded_by_support_before_a_pos_refusal_ends_cancelled_once() {
+    let shop = shop(|s| s.orders.pos_max_attempts = 1).await;
+    let cart = shop.filled_cart("str_burbank").await;
+    let id = id_of(&shop.checkout(&cart, "pm_card_visa", None, "k").await);
+    shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
+    shop.refund_outside(&id).await;
+    shop.store_action(&cart, "accept").await;
+    let order = shop.wait_for_status(&id, "CANCELLED").await;
+    assert_eq!(order["payment"]["status"], "REFUNDED");
+    let row = shop.wait_until_settled(&id).await;
+    assert_eq!(row.attention, None);
+    // The Dashboard's refund and our one refused try; the step is over, so no more.
+    let refunds = shop.log(Sim::Stripe, REFUNDS).await;
+    assert_eq!(refunds.len(), 2, "{refunds:?}");
+    assert_eq!(refunds[1]["status"], 400, "ours was refused: {refunds:?}");
+    shop.assert_money_invariants().await;
+}
+
+/// Item A2, capture on acceptance: the authorisation is cancelled outside the service, then
+/// the store accepts. The capture is refused; Stripe says the hold is gone, so the order
+/// is recalled (nothing to take, nothing to give back), not captured-and-forgotten or
+/// looping on a release Stripe refuses.
+#[tokio::test]
+async fn an_authorisation_cancelled_outside_is_recalled_not_captured() {
+    let shop = shop(|s| s.orders.capture = CaptureMode::OnAcceptance).await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let id = id_of(&shop.checkout(&cart, "pm_card_visa", None, "k").await);
+    shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
+    shop.release_outside(&id).await;
+    shop.store_action(&cart, "accept").await;
+    let order = shop.wait_for_status(&id, "CANCELLED").await;
+    assert_eq!(order["payment"]["status"], "CANCELLED");
+    let row = shop.wait_until_settled(&id).await;
+    assert_eq!(row.attention, None);
+    assert_eq!(row.failure_code.as_deref(), Some("authorization_lost"));
+    assert_eq!(
+        shop.okya_order(&cart).await["cancellation"]["kind"],
+        "recalled"
+    );
+    assert_eq!(shop.log(Sim::Stripe, CAPTURE).await.len(), 1);
+    shop.assert_money_invariants().await;
+}
+
+/// Item A2's bound: a refusal Stripe's own record cannot explain (the charge is still
+/// captured) is not retried forever: the order is marked for an operator, counted by
+/// `/readyz`, and Stripe is not asked again.
+#[tokio::test]
+async fn a_refund_refusal_stripe_cannot_explain_goes_to_an_operator() {
+    let shop = shop(|s| s.orders.max_step_attempts = 3).await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let id = id_of(&shop.checkout(&cart, "pm_card_visa", None, "k").await);
+    shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
+    shop.faults(
+        Sim::Stripe,
+        json!({"refuse_next": {REFUNDS: {"status": 400, "code": "charge_disputed", "times": 1000}}}),
+    )
+    .await;
+    shop.store_action(&cart, "reject").await;
+    shop.eventually("the order marked for an operator", || async {
+        shop.row(&id).await.attention.is_some()
+    })
+    .await;
+    let ready = shop.readiness().await;
+    assert_eq!(ready["orders"]["needing_attention"], 1, "{ready}");
+    let tries = shop.log(Sim::Stripe, REFUNDS).await.len();
+    assert!((1..=3).contains(&tries), "bounded: {tries}");
+    // The sweeper leaves it alone: another sweep sends nothing.
+    let settled = shop.wait_until_settled(&id).await;
+    assert!(
+        settled
+            .attention
+            .as_deref()
+            .unwrap_or("")
+            .contains("charge_disputed"),
+        "{settled:?}"
+    );
+    assert_eq!(shop.log(Sim::Stripe, REFUNDS).await.len(), tries);
+    assert_eq!(shop.order(&id).await["status"], "AWAITING_ACCEPTANCE");
+}
+
+/// Item A3: a 401 from Stripe (a revoked key) is ours, not the card's: no "try another
+/// card", nothing charged, and the same checkout sent again tries again.
+#[tokio::test]
+async fn a_revoked_stripe_key_is_not_the_customers_card_and_the_checkout_can_be_retried() {
+    let shop = shop(|_| {}).await;
+    shop.faults(
+        Sim::Stripe,
+        json!({"refuse_next": {INTENTS: {"status": 401, "code": "api_key_expired", "times": 1}}}),
+    )
+    .await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let first = shop.checkout(&cart, "pm_card_visa", None, "k").await;
+    assert_eq!(error_codes(&first), ["PAYMENT_UNAVAILABLE"], "{first}");
+    assert_ne!(error_codes(&first), ["PAYMENT_FAILED"]);
+    assert_eq!(first["order"]["status"], "AWAITING_PAYMENT");
+    let id = id_of(&first);
+    assert!(shop.intents_for(&id).await.is_empty());
+    let again = shop.checkout(&cart, "pm_card_visa", None, "k").await;
+    assert_eq!(again["userErrors"], json!([]), "{again}");
+    assert_eq!(again["order"]["status"], "AWAITING_ACCEPTANCE");
+    assert_eq!(again["order"]["id"], id.as_str());
+    shop.assert_money_invariants().await;
+}
+
+/// Item A3: a checkout Stripe refused for our reasons and never sent again is cancelled
+/// after the authentication timeout, with nothing charged and nothing left open.
+#[tokio::test]
+async fn an_unretried_payment_is_cancelled_after_the_timeout() {
+    let shop = shop(|s| s.orders.authentication_timeout_secs = 1).await;
+    shop.faults(
+        Sim::Stripe,
+        json!({"refuse_next": {INTENTS: {"status": 400, "code": "parameter_unknown", "times": 1}}}),
+    )
+    .await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let first = shop.checkout(&cart, "pm_card_visa", None, "k").await;
+    assert_eq!(error_codes(&first), ["PAYMENT_UNAVAILABLE"], "{first}");
+    let id = id_of(&first);
+    shop.wait_for_status(&id, "PAYMENT_FAILED").await;
+    assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
+    let again = shop.checkout(&cart, "pm_card_visa", None, "k").await;
+    assert_eq!(error_codes(&again), ["PAYMENT_UNAVAILABLE"], "{again}");
+    assert!(shop.intents_for(&id).await.is_empty());
+}
+
+/// Item A4: the store renames a product between two tries of the POS injection. The
+/// retry must send the same ticket under the same key (Epoint refuses a key reused with
+/// another body, which used to get a good order recalled and refunded).
+#[tokio::test]
+async fn a_product_renamed_between_two_pos_tries_does_not_change_the_ticket() {
+    // A slow sweeper leaves a wide gap between the first try and the flow's retry.
+    let shop = shop(|s| {
+        s.orders.sweep_interval_ms = 1_500;
+        s.orders.pos_max_attempts = 5;
+    })
+    .await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let id = id_of(&shop.checkout(&cart, "pm_card_visa", None, "k").await);
+    shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
+    // The POS takes the first try; all three of its answers are lost.
+    shop.faults(
+        Sim::Epoint,
+        json!({"lose_next": {INJECT: {"times": 3, "status": "drop"}}}),
+    )
+    .await;
+    shop.store_action(&cart, "accept").await;
+    shop.eventually("the first try", || async {
+        shop.log(Sim::Epoint, INJECT).await.len() >= 3
+    })
+    .await;
+    let renamed = shop
+        .http
+        .patch(format!(
+            "{}/_sandbox/products/prd_latte",
+            shop.sim_url(Sim::Okya)
+        ))
+        .json(&json!({"name": "Caffè Latte (new recipe)"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(renamed.status().is_success());
+    let order = shop.wait_for_status(&id, "IN_PREPARATION").await;
+    assert_eq!(order["payment"]["status"], "CAPTURED");
+    let tries = shop.log(Sim::Epoint, INJECT).await;
+    assert!(tries.len() >= 4, "{tries:?}");
+    assert!(
+        tries.iter().all(|t| t["status"] != 422),
+        "a try was refused: {tries:?}"
+    );
+    shop.assert_one_key(Sim::Epoint, INJECT, 4).await;
+    shop.assert_money_invariants().await;
+}
+
+/// Item A5, from the report: a 1 s Stripe timeout and a charge Stripe answers after 3 s.
+/// The retries meet `409 idempotency_key_in_use` while the first runs; the order must not
+/// end PAYMENT_FAILED while the card is charged, and must be charged exactly once.
+#[tokio::test]
+async fn a_charge_slower_than_the_timeout_is_charged_once_and_kept() {
+    let shop = shop(|s| s.stripe.timeout_ms = 1_000).await;
+    shop.faults(Sim::Stripe, json!({"slow_next": {INTENTS: {"ms": 3_000}}}))
+        .await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let payload = shop.checkout(&cart, "pm_card_visa", None, "k").await;
+    assert_eq!(payload["userErrors"], json!([]), "{payload}");
+    let id = id_of(&payload);
+    let order = shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
+    assert_eq!(order["payment"]["status"], "CAPTURED");
+    let tries = shop.log(Sim::Stripe, INTENTS).await;
+    assert!(
+        tries.iter().any(|t| t["status"] == 409),
+        "a retry met the key in use: {tries:?}"
+    );
+    shop.assert_one_key(Sim::Stripe, INTENTS, 2).await;
+    assert_eq!(shop.intents_for(&id).await.len(), 1);
+    assert_eq!(shop.ledger(Sim::Stripe).await["refunds"], json!([]));
+    shop.assert_money_invariants().await;
+}
+
+/// Item A5: Stripe charged, then answered 500 and saved that 500 under the key, so every
+/// retry gets it replayed. The flow finds the intent by the order's metadata.
+#[tokio::test]
+async fn a_charge_whose_saved_500_is_replayed_is_found_by_its_metadata() {
+    let shop = shop(|_| {}).await;
+    shop.faults(
+        Sim::Stripe,
+        json!({"lose_next": {INTENTS: {"status": 500}}}),
+    )
+    .await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let payload = shop.checkout(&cart, "pm_card_visa", None, "k").await;
+    assert_eq!(payload["userErrors"], json!([]), "{payload}");
+    let id = id_of(&payload);
+    assert_eq!(
+        shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await["payment"]["status"],
+        "CAPTURED"
+    );
+    assert_eq!(shop.intents_for(&id).await.len(), 1);
+    assert!(
+        !shop
+            .log(Sim::Stripe, "GET /v1/payment_intents/search")
+            .await
+            .is_empty()
+    );
+    shop.assert_money_invariants().await;
+}
+
+/// Item A5: a capture Stripe made, then answered with a saved 500: the intent says it is
+/// captured, and the order goes on (not recalled, not captured twice).
+#[tokio::test]
+async fn a_capture_whose_saved_500_is_replayed_is_read_from_the_intent() {
+    let shop = shop(|s| s.orders.capture = CaptureMode::OnAcceptance).await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let id = id_of(&shop.checkout(&cart, "pm_card_visa", None, "k").await);
+    shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
+    shop.faults(
+        Sim::Stripe,
+        json!({"lose_next": {CAPTURE: {"status": 500}}}),
+    )
+    .await;
+    shop.store_action(&cart, "accept").await;
+    let order = shop.wait_for_status(&id, "IN_PREPARATION").await;
+    assert_eq!(order["payment"]["status"], "CAPTURED");
+    shop.assert_money_invariants().await;
+}
