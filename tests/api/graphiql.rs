@@ -163,12 +163,16 @@ async fn run(browser: &Browser, query: &str) -> Value {
         )
         .await
         .expect("the response editor reads");
+    // GraphiQL parses the editor's text a moment after each edit (debounced) and decides
+    // from that parse, not from the text, whether an operation is a subscription for the
+    // websocket: run only once the parse is of this query, as a person's pause would ensure.
     browser
         .until(
-            "the query editor takes the query",
-            "const editor = document.querySelector('.graphiql-query-editor .CodeMirror');\
-             editor.CodeMirror.setValue(arguments[0]);\
-             return editor.CodeMirror.getValue() === arguments[0];",
+            "GraphiQL to parse the query",
+            "const editor = document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror;\
+             if (editor.getValue() !== arguments[0]) editor.setValue(arguments[0]);\
+             const parsed = editor.documentAST;\
+             return !!parsed && !!parsed.loc && parsed.loc.source.body === arguments[0];",
             vec![json!(query)],
         )
         .await;
