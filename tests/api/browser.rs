@@ -169,6 +169,11 @@ impl Drop for Browser {
     /// A test that panicked never reached `close`: ask chromedriver to shut down, which
     /// closes its browsers (killing chromedriver alone would leave Chromium running).
     fn drop(&mut self) {
+        // Only a chromedriver still running holds its port: once it has ended (after
+        // `close`), the port may already be another test's driver.
+        if !matches!(self.driver.try_wait(), Ok(None)) {
+            return;
+        }
         let port = self.driver_port;
         let shutdown = || -> std::io::Result<()> {
             let mut stream = std::net::TcpStream::connect_timeout(
