@@ -195,6 +195,7 @@ fn router(gateway: Gateway) -> Router {
                 .post(http::graphql::post)
                 .fallback(http::graphql::other_method),
         )
+        .route("/graphiql/{hash}/{name}", get(http::graphiql::asset))
         .route("/webhooks/okya", axum::routing::post(http::webhooks::okya))
         .route(
             "/webhooks/stripe",

@@ -7,14 +7,13 @@ use super::media::{ResponseType, is_json_content_type, negotiate};
 use crate::{app::Gateway, auth::Viewer, graphql::loaders::Loaders};
 use async_graphql::{
     Value,
-    http::GraphiQLSource,
     parser::types::{DocumentOperations, OperationType},
 };
 use async_graphql_axum::{GraphQLRequest, rejection::GraphQLRejection};
 use axum::{
     extract::{FromRequest, Request, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
-    response::{Html, IntoResponse, Response},
+    response::{IntoResponse, Response},
 };
 use serde_json::json;
 
@@ -173,7 +172,7 @@ pub async fn get(State(gateway): State<Gateway>, request: Request) -> Response {
             .and_then(|v| v.to_str().ok())
             .is_none_or(|a| a.contains("text/html") || a.contains("*/*"));
         if wants_html {
-            return graphiql().into_response();
+            return super::graphiql::page(request.headers());
         }
         return http_error(
             StatusCode::BAD_REQUEST,
@@ -226,16 +225,6 @@ fn is_mutation(request: &async_graphql::Request) -> bool {
             .filter(|(name, _)| wanted.is_none_or(|w| name.as_str() == w))
             .any(|(_, op)| op.node.ty == OperationType::Mutation),
     }
-}
-
-fn graphiql() -> Html<String> {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql")
-            .title("cbtl-bff GraphiQL")
-            .finish(),
-    )
 }
 
 /// Anything but GET and POST on `/graphql`.

@@ -1,5 +1,6 @@
-//! The HTTP surface: `/graphql` (POST, GET, websocket), health probes.
+//! The HTTP surface: `/graphql` (POST, GET, websocket), GraphiQL's files, health probes.
 
+pub mod graphiql;
 pub mod graphql;
 pub mod health;
 pub mod media;

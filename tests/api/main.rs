@@ -3,11 +3,13 @@
 
 mod access;
 mod account;
+mod browser;
 mod cart;
 mod catalog;
 mod config;
 #[cfg(feature = "crash-points")]
 mod crash;
+mod graphiql;
 mod helpers;
 mod instances;
 mod money_path;

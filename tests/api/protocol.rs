@@ -151,7 +151,6 @@ async fn get_runs_queries_refuses_mutations_and_serves_graphiql_to_browsers() {
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(html.contains("graphiql"), "GraphiQL page");
-    assert!(html.contains("/graphql"));
 
     let response = app.http.put(app.graphql_url()).send().await.unwrap();
     assert_eq!(response.status(), 405);
