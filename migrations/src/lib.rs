@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261125_000001_carts;
 mod m20261125_000002_accounts;
 mod m20261125_000003_orders;
+mod m20261202_000001_account_registrations;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_carts::Migration),
             Box::new(m20261125_000002_accounts::Migration),
             Box::new(m20261125_000003_orders::Migration),
+            Box::new(m20261202_000001_account_registrations::Migration),
         ]
     }
 }

@@ -551,3 +551,162 @@ async fn the_account_story_runs_on_postgres() {
         .await;
     assert_eq!(refreshed["data"]["tokenRefresh"]["userErrors"], json!([]));
 }
+
+/// The Okya simulator's own accounts, as another app of Okya's would see them.
+async fn okya_accounts(app: &TestApp) -> Vec<Value> {
+    let body: Value = app
+        .http
+        .get(format!("{}/_sandbox/accounts", app.sim_url(Sim::Okya)))
+        .send()
+        .await
+        .expect("accounts")
+        .json()
+        .await
+        .expect("accounts JSON");
+    body["accounts"]
+        .as_array()
+        .cloned()
+        .expect("an account list")
+}
+
+#[tokio::test]
+async fn a_repeated_registration_gets_its_first_answer_while_the_account_is_unconfirmed() {
+    let app = anonymous_app().await;
+    let first = register(&app, "+16265550120", "ada@example.com").await;
+    assert_eq!(first["userErrors"], json!([]));
+    // The app retries, say after a lost answer: the same account, no second code.
+    let again = register(&app, "+16265550120", "ada@example.com").await;
+    assert_eq!(again["userErrors"], json!([]), "{again}");
+    assert_eq!(again["customer"], first["customer"]);
+    assert_eq!(app.sent_codes("+16265550120").await.len(), 1);
+    assert_eq!(okya_accounts(&app).await.len(), 1);
+    // Other details are another registration, refused like any other.
+    let other = register(&app, "+16265550120", "someone@example.com").await;
+    assert_eq!(error_codes(&other), vec!["ACCOUNT_EXISTS"]);
+}
+
+#[tokio::test]
+async fn registering_again_after_confirming_is_an_existing_account() {
+    let app = anonymous_app().await;
+    let first = register(&app, "+16265550121", "ada@example.com").await;
+    let code = app.sent_codes("+16265550121").await.pop().expect("a code");
+    let confirmed = confirm(&app, "+16265550121", &code).await;
+    assert_eq!(confirmed["userErrors"], json!([]));
+    let token = confirmed["accessToken"].as_str().expect("token").to_owned();
+
+    let again = register(&app, "+16265550121", "ada@example.com").await;
+    assert_eq!(error_codes(&again), vec!["ACCOUNT_EXISTS"], "{again}");
+    assert_eq!(again["customer"], json!(null));
+    // Nothing the replay said was taken for the truth: the customer is still confirmed.
+    let me = app.gql_as(Some(&token), ME, json!({})).await;
+    assert_eq!(me["data"]["me"]["id"], first["customer"]["id"]);
+    assert_eq!(me["data"]["me"]["confirmed"], true);
+}
+
+#[tokio::test]
+async fn registering_again_after_confirming_in_another_app_is_an_existing_account() {
+    let app = anonymous_app().await;
+    assert_eq!(
+        register(&app, "+16265550122", "ada@example.com").await["userErrors"],
+        json!([])
+    );
+    // The customer confirms through another of Okya's apps: the service never hears of it.
+    let code = app.sent_codes("+16265550122").await.pop().expect("a code");
+    let verified = app
+        .http
+        .post(format!("{}/auth/v1/otp/verify", app.sim_url(Sim::Okya)))
+        .bearer_auth("okya_sandbox_key")
+        .json(&json!({"phone": "+16265550122", "code": code}))
+        .send()
+        .await
+        .expect("verify at Okya");
+    assert!(verified.status().is_success(), "{}", verified.status());
+    assert_eq!(okya_accounts(&app).await[0]["confirmed"], true);
+
+    let again = register(&app, "+16265550122", "ada@example.com").await;
+    assert_eq!(error_codes(&again), vec!["ACCOUNT_EXISTS"], "{again}");
+}
+
+#[tokio::test]
+async fn a_registration_is_replayed_only_while_its_code_lives() {
+    // The window is the code's lifetime: a one-second code makes a one-second window.
+    let app = spawn_app_with(Db::Sqlite, |s| s.auth.otp_ttl_secs = 1).await;
+    assert_eq!(
+        register(&app, "+16265550123", "ada@example.com").await["userErrors"],
+        json!([])
+    );
+    app.eventually("the same details to be an existing account", || async {
+        let again = register(&app, "+16265550123", "ada@example.com").await;
+        error_codes(&again) == ["ACCOUNT_EXISTS"]
+    })
+    .await;
+    assert_eq!(okya_accounts(&app).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_replayed_registration_does_not_restart_the_count_of_wrong_codes() {
+    let app = anonymous_app().await;
+    register(&app, "+16265550124", "ada@example.com").await;
+    let code = app.sent_codes("+16265550124").await.pop().expect("a code");
+    for _ in 0..5 {
+        assert_eq!(
+            error_codes(&confirm(&app, "+16265550124", "999999").await),
+            vec!["OTP_INVALID"]
+        );
+    }
+    let verifies = app.call_count(Sim::Okya, "POST /auth/v1/otp/verify").await;
+    assert_eq!(verifies, 5);
+    // A replay sends no code, so it must not give the guesser five more tries.
+    let again = register(&app, "+16265550124", "ada@example.com").await;
+    assert_eq!(again["userErrors"], json!([]));
+    let right_too_late = confirm(&app, "+16265550124", &code).await;
+    assert_eq!(error_codes(&right_too_late), vec!["OTP_ATTEMPTS_EXCEEDED"]);
+    assert_eq!(
+        app.call_count(Sim::Okya, "POST /auth/v1/otp/verify").await,
+        verifies,
+        "the sixth try was refused by our own count, before reaching Okya"
+    );
+}
+
+#[tokio::test]
+async fn a_sessionm_link_that_died_is_tried_again_at_the_next_sign_in() {
+    let app = spawn_app_with(Db::Sqlite, |s| {
+        s.jobs.poll_interval_ms = 50;
+    })
+    .await;
+    // SessionM refuses the new user once: a definite refusal, so the link job dies.
+    app.faults(
+        Sim::Sessionm,
+        json!({"refuse_next": {"POST /priv/v1/apps/{api_key}/users": {"status": 422, "code": "validation", "times": 1}}}),
+    )
+    .await;
+    register(&app, "+16265550125", "ada@example.com").await;
+    app.eventually("the link job to die", || async {
+        let ready: Value = app
+            .http
+            .get(format!("{}/readyz", app.url))
+            .send()
+            .await
+            .expect("readyz")
+            .json()
+            .await
+            .expect("readyz JSON");
+        ready["jobs"]["dead"] == 1
+    })
+    .await;
+    let token = app.sign_up_confirm_only("+16265550125").await;
+    app.eventually("the link after the sign-in", || async {
+        let me = app.gql_as(Some(&token), ME, json!({})).await;
+        me["data"]["me"]["loyalty"].is_object()
+    })
+    .await;
+    let users = app.ledger(Sim::Sessionm).await["users"].clone();
+    let users: Vec<&Value> = users
+        .as_array()
+        .expect("users")
+        .iter()
+        .filter(|u| u["email"] == "ada@example.com")
+        .collect();
+    assert_eq!(users.len(), 1);
+    assert_eq!(okya_accounts(&app).await[0]["loyalty_id"], users[0]["id"]);
+}
