@@ -209,6 +209,11 @@ async fn a_code_dies_after_five_wrong_tries() {
     let right_too_late = confirm(&app, "+16265550107", &code).await;
     assert_eq!(error_codes(&right_too_late), vec!["OTP_ATTEMPTS_EXCEEDED"]);
     assert_eq!(right_too_late["accessToken"], json!(null));
+    // Our own count refused it: Okya (which counts too) saw only the five wrong ones.
+    assert_eq!(
+        app.call_count(Sim::Okya, "POST /auth/v1/otp/verify").await,
+        5
+    );
 }
 
 #[tokio::test]
