@@ -22,6 +22,54 @@ pub enum ConfigError {
         setting: &'static str,
         problem: String,
     },
+    /// Every credential that keeps its published sandbox value although the upstream it
+    /// is for (or, for `auth.jwt_secret`, any upstream) is real, listed at once so they
+    /// can all be fixed in one go.
+    #[error("configuration: {}", describe_sandbox_credentials(.0))]
+    SandboxCredentials(Vec<SandboxCredential>),
+}
+
+/// A setting that still holds a sandbox value while a real upstream is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxCredential {
+    /// The setting's path, e.g. `okya.api_key`.
+    pub setting: &'static str,
+    /// Its environment variable, e.g. `CBTL_OKYA__API_KEY`.
+    pub env: &'static str,
+    /// The URL setting that makes the upstream real, e.g. `okya.base_url`.
+    pub real_because: &'static str,
+}
+
+fn describe_sandbox_credentials(found: &[SandboxCredential]) -> String {
+    let each: Vec<String> = found
+        .iter()
+        .map(|c| {
+            format!(
+                "setting `{}` ({}) has its public sandbox value although `{}` is set",
+                c.setting, c.env, c.real_because
+            )
+        })
+        .collect();
+    format!(
+        "{}; set each to the upstream's real credential (see the README, \"Against real upstreams\")",
+        each.join("; ")
+    )
+}
+
+/// The credentials the simulators accept. They are published (in this code and the
+/// README), so a real upstream configured with one of them would be open to anyone:
+/// [`Settings::validate`] refuses them whenever their upstream's URL is set.
+pub mod sandbox_credentials {
+    pub const OKYA_API_KEY: &str = "okya_sandbox_key";
+    pub const STRIPE_SECRET_KEY: &str = "sk_test_sandbox";
+    pub const EPOINT_API_KEY: &str = "epoint_sandbox_key";
+    pub const SESSIONM_API_KEY: &str = "sessionm_sandbox_key";
+    pub const SESSIONM_API_SECRET: &str = "sessionm_sandbox_secret";
+    pub const SESSIONM_CLIENT_SECRET: &str = "sessionm_sandbox_client_secret";
+    pub const OKYA_WEBHOOK_SECRET: &str = "whsec_okya_sandbox";
+    pub const STRIPE_WEBHOOK_SECRET: &str = "whsec_stripe_sandbox";
+    /// The development-only key that signs access tokens.
+    pub const JWT_SECRET: &str = super::DEV_JWT_SECRET;
 }
 
 impl From<figment::Error> for ConfigError {
@@ -159,7 +207,7 @@ impl Default for OkyaSettings {
         Self {
             base_url: None,
             auth_base_url: None,
-            api_key: SecretString::from("okya_sandbox_key"),
+            api_key: SecretString::from(sandbox_credentials::OKYA_API_KEY),
             connect_timeout_ms: 1_000,
             timeout_ms: 5_000,
         }
@@ -185,7 +233,7 @@ impl Default for StripeSettings {
     fn default() -> Self {
         Self {
             base_url: None,
-            secret_key: SecretString::from("sk_test_sandbox"),
+            secret_key: SecretString::from(sandbox_credentials::STRIPE_SECRET_KEY),
             connect_timeout_ms: 1_000,
             timeout_ms: 10_000,
         }
@@ -210,7 +258,7 @@ impl Default for EpointSettings {
     fn default() -> Self {
         Self {
             base_url: None,
-            api_key: SecretString::from("epoint_sandbox_key"),
+            api_key: SecretString::from(sandbox_credentials::EPOINT_API_KEY),
             connect_timeout_ms: 1_000,
             timeout_ms: 5_000,
         }
@@ -241,10 +289,10 @@ impl Default for SessionmSettings {
     fn default() -> Self {
         Self {
             base_url: None,
-            api_key: "sessionm_sandbox_key".to_owned(),
-            api_secret: SecretString::from("sessionm_sandbox_secret"),
+            api_key: sandbox_credentials::SESSIONM_API_KEY.to_owned(),
+            api_secret: SecretString::from(sandbox_credentials::SESSIONM_API_SECRET),
             client_id: "cbtl-bff".to_owned(),
-            client_secret: SecretString::from("sessionm_sandbox_client_secret"),
+            client_secret: SecretString::from(sandbox_credentials::SESSIONM_CLIENT_SECRET),
             connect_timeout_ms: 1_000,
             timeout_ms: 5_000,
         }
@@ -268,8 +316,10 @@ pub struct WebhookSettings {
 impl Default for WebhookSettings {
     fn default() -> Self {
         Self {
-            okya_secrets: vec![SecretString::from("whsec_okya_sandbox")],
-            stripe_secrets: vec![SecretString::from("whsec_stripe_sandbox")],
+            okya_secrets: vec![SecretString::from(sandbox_credentials::OKYA_WEBHOOK_SECRET)],
+            stripe_secrets: vec![SecretString::from(
+                sandbox_credentials::STRIPE_WEBHOOK_SECRET,
+            )],
             tolerance_secs: 300,
         }
     }
@@ -326,7 +376,7 @@ impl Default for OrderSettings {
     }
 }
 
-/// The development-only signing key; refused when real upstreams are configured.
+/// The development-only signing key; refused when any upstream is real (its URL set).
 pub const DEV_JWT_SECRET: &str = "dev-only-insecure-jwt-secret-do-not-use-in-production";
 
 #[derive(Debug, Clone, Deserialize)]
@@ -492,15 +542,12 @@ impl Settings {
             self.sessionm.base_url.as_deref(),
             &self.sessionm.timeouts(),
         )?;
-        let jwt = self.auth.jwt_secret.expose_secret();
-        if jwt.len() < 32 {
+        if self.auth.jwt_secret.expose_secret().len() < 32 {
             return Err(invalid("auth.jwt_secret", "must be at least 32 bytes"));
         }
-        if jwt == DEV_JWT_SECRET && self.okya.base_url.is_some() {
-            return Err(invalid(
-                "auth.jwt_secret",
-                "must be set to a private key when real upstreams are configured",
-            ));
+        let sandbox = self.sandbox_credentials_with_real_upstreams();
+        if !sandbox.is_empty() {
+            return Err(ConfigError::SandboxCredentials(sandbox));
         }
         if self.auth.access_token_ttl_secs == 0
             || self.auth.otp_ttl_secs == 0
@@ -525,7 +572,7 @@ impl Settings {
         }
         if self.stripe.base_url.is_some() {
             let key = self.stripe.secret_key.expose_secret();
-            if !(key.starts_with("sk_") || key.starts_with("rk_")) || key == "sk_test_sandbox" {
+            if !(key.starts_with("sk_") || key.starts_with("rk_")) {
                 return Err(invalid(
                     "stripe.secret_key",
                     "must be a real sk_test_… or sk_live_… key when stripe.base_url is set",
@@ -533,6 +580,139 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// Which credentials still hold a sandbox value while the upstream they are for is
+    /// real (its URL is set); the JWT key counts as soon as any upstream is real, since
+    /// the service then serves real customers.
+    ///
+    /// Every settings struct involved is destructured without `..`, so a field added
+    /// later does not compile until it is classified here as a credential or not.
+    pub fn sandbox_credentials_with_real_upstreams(&self) -> Vec<SandboxCredential> {
+        use sandbox_credentials as sandbox;
+        let OkyaSettings {
+            base_url: okya_url,
+            auth_base_url: okya_auth_url,
+            api_key: okya_key,
+            connect_timeout_ms: _,
+            timeout_ms: _,
+        } = &self.okya;
+        let StripeSettings {
+            base_url: stripe_url,
+            secret_key: stripe_key,
+            connect_timeout_ms: _,
+            timeout_ms: _,
+        } = &self.stripe;
+        let EpointSettings {
+            base_url: epoint_url,
+            api_key: epoint_key,
+            connect_timeout_ms: _,
+            timeout_ms: _,
+        } = &self.epoint;
+        let SessionmSettings {
+            base_url: sessionm_url,
+            api_key: sessionm_key,
+            api_secret: sessionm_secret,
+            // An identifier SessionM issues, not a secret: a wrong one is refused by
+            // SessionM itself and cannot be used by anyone else.
+            client_id: _,
+            client_secret: sessionm_client_secret,
+            connect_timeout_ms: _,
+            timeout_ms: _,
+        } = &self.sessionm;
+        let WebhookSettings {
+            okya_secrets,
+            stripe_secrets,
+            tolerance_secs: _,
+        } = &self.webhooks;
+        let AuthSettings {
+            jwt_secret,
+            access_token_ttl_secs: _,
+            refresh_token_ttl_secs: _,
+            otp_ttl_secs: _,
+            otp_max_attempts: _,
+            otp_resend_interval_secs: _,
+            otp_sends_per_hour: _,
+        } = &self.auth;
+
+        let set = |url: &Option<String>, setting: &'static str| url.as_ref().map(|_| setting);
+        let okya_commerce = set(okya_url, "okya.base_url");
+        let okya_any = okya_commerce.or(set(okya_auth_url, "okya.auth_base_url"));
+        let stripe = set(stripe_url, "stripe.base_url");
+        let epoint = set(epoint_url, "epoint.base_url");
+        let sessionm = set(sessionm_url, "sessionm.base_url");
+        let any = okya_any.or(stripe).or(epoint).or(sessionm);
+
+        let is = |secret: &SecretString, value: &str| secret.expose_secret() == value;
+        let contains = |secrets: &[SecretString], value: &str| secrets.iter().any(|s| is(s, value));
+        // (real because, setting, environment variable, still the sandbox value)
+        let checks: [(Option<&'static str>, &'static str, &'static str, bool); 9] = [
+            (
+                any,
+                "auth.jwt_secret",
+                "CBTL_AUTH__JWT_SECRET",
+                is(jwt_secret, sandbox::JWT_SECRET),
+            ),
+            (
+                okya_any,
+                "okya.api_key",
+                "CBTL_OKYA__API_KEY",
+                is(okya_key, sandbox::OKYA_API_KEY),
+            ),
+            // Okya commerce sends the order webhooks; Okya Auth sends none.
+            (
+                okya_commerce,
+                "webhooks.okya_secrets",
+                "CBTL_WEBHOOKS__OKYA_SECRETS",
+                contains(okya_secrets, sandbox::OKYA_WEBHOOK_SECRET),
+            ),
+            (
+                stripe,
+                "stripe.secret_key",
+                "CBTL_STRIPE__SECRET_KEY",
+                is(stripe_key, sandbox::STRIPE_SECRET_KEY),
+            ),
+            (
+                stripe,
+                "webhooks.stripe_secrets",
+                "CBTL_WEBHOOKS__STRIPE_SECRETS",
+                contains(stripe_secrets, sandbox::STRIPE_WEBHOOK_SECRET),
+            ),
+            (
+                epoint,
+                "epoint.api_key",
+                "CBTL_EPOINT__API_KEY",
+                is(epoint_key, sandbox::EPOINT_API_KEY),
+            ),
+            (
+                sessionm,
+                "sessionm.api_key",
+                "CBTL_SESSIONM__API_KEY",
+                sessionm_key == sandbox::SESSIONM_API_KEY,
+            ),
+            (
+                sessionm,
+                "sessionm.api_secret",
+                "CBTL_SESSIONM__API_SECRET",
+                is(sessionm_secret, sandbox::SESSIONM_API_SECRET),
+            ),
+            (
+                sessionm,
+                "sessionm.client_secret",
+                "CBTL_SESSIONM__CLIENT_SECRET",
+                is(sessionm_client_secret, sandbox::SESSIONM_CLIENT_SECRET),
+            ),
+        ];
+        checks
+            .into_iter()
+            .filter_map(|(real, setting, env, sandbox_value)| {
+                Some(SandboxCredential {
+                    setting,
+                    env,
+                    real_because: real.filter(|_| sandbox_value)?,
+                })
+            })
+            .collect()
     }
 }
 
@@ -552,4 +732,132 @@ fn check_upstream(
         return Err(invalid(setting, "has a zero timeout"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(settings: &Settings) -> Vec<(&'static str, &'static str)> {
+        settings
+            .sandbox_credentials_with_real_upstreams()
+            .into_iter()
+            .map(|c| (c.setting, c.real_because))
+            .collect()
+    }
+
+    const URL: &str = "https://upstream.example";
+
+    #[test]
+    fn the_simulators_may_keep_every_sandbox_credential() {
+        let settings = Settings::default();
+        assert_eq!(names(&settings), vec![]);
+        settings.validate().expect("the defaults are valid");
+    }
+
+    #[test]
+    fn each_real_upstream_names_its_sandbox_credentials_and_the_jwt_key() {
+        type Tweak = fn(&mut Settings);
+        let cases: [(Tweak, Vec<(&str, &str)>); 5] = [
+            (
+                |s| s.okya.base_url = Some(URL.into()),
+                vec![
+                    ("auth.jwt_secret", "okya.base_url"),
+                    ("okya.api_key", "okya.base_url"),
+                    ("webhooks.okya_secrets", "okya.base_url"),
+                ],
+            ),
+            (
+                |s| s.okya.auth_base_url = Some(URL.into()),
+                vec![
+                    ("auth.jwt_secret", "okya.auth_base_url"),
+                    ("okya.api_key", "okya.auth_base_url"),
+                ],
+            ),
+            (
+                |s| s.stripe.base_url = Some(URL.into()),
+                vec![
+                    ("auth.jwt_secret", "stripe.base_url"),
+                    ("stripe.secret_key", "stripe.base_url"),
+                    ("webhooks.stripe_secrets", "stripe.base_url"),
+                ],
+            ),
+            (
+                |s| s.epoint.base_url = Some(URL.into()),
+                vec![
+                    ("auth.jwt_secret", "epoint.base_url"),
+                    ("epoint.api_key", "epoint.base_url"),
+                ],
+            ),
+            (
+                |s| s.sessionm.base_url = Some(URL.into()),
+                vec![
+                    ("auth.jwt_secret", "sessionm.base_url"),
+                    ("sessionm.api_key", "sessionm.base_url"),
+                    ("sessionm.api_secret", "sessionm.base_url"),
+                    ("sessionm.client_secret", "sessionm.base_url"),
+                ],
+            ),
+        ];
+        for (tweak, expected) in cases {
+            let mut settings = Settings::default();
+            tweak(&mut settings);
+            assert_eq!(names(&settings), expected);
+            assert!(matches!(
+                settings.validate(),
+                Err(ConfigError::SandboxCredentials(found)) if found.len() == expected.len()
+            ));
+        }
+    }
+
+    #[test]
+    fn real_credentials_pass_and_a_sandbox_secret_among_rotated_ones_does_not() {
+        let mut settings = Settings::default();
+        settings.okya.base_url = Some(URL.into());
+        settings.stripe.base_url = Some(URL.into());
+        settings.epoint.base_url = Some(URL.into());
+        settings.sessionm.base_url = Some(URL.into());
+        settings.auth.jwt_secret = "a-private-key-of-at-least-32-bytes!!".to_owned().into();
+        settings.okya.api_key = "okya_live_1".to_owned().into();
+        settings.stripe.secret_key = "sk_live_1".to_owned().into();
+        settings.epoint.api_key = "epoint_1".to_owned().into();
+        settings.sessionm.api_key = "sm_1".to_owned();
+        settings.sessionm.api_secret = "sm_secret_1".to_owned().into();
+        settings.sessionm.client_secret = "sm_client_secret_1".to_owned().into();
+        settings.webhooks.okya_secrets = vec!["whsec_okya_1".to_owned().into()];
+        settings.webhooks.stripe_secrets = vec![
+            "whsec_stripe_new".to_owned().into(),
+            "whsec_stripe_old".to_owned().into(),
+        ];
+        assert_eq!(names(&settings), vec![]);
+        settings.validate().expect("real credentials are valid");
+
+        settings
+            .webhooks
+            .stripe_secrets
+            .push(sandbox_credentials::STRIPE_WEBHOOK_SECRET.to_owned().into());
+        assert_eq!(
+            names(&settings),
+            vec![("webhooks.stripe_secrets", "stripe.base_url")]
+        );
+    }
+
+    #[test]
+    fn the_message_names_each_setting_and_its_environment_variable() {
+        let mut settings = Settings::default();
+        settings.epoint.base_url = Some(URL.into());
+        let message = settings.validate().expect_err("refused").to_string();
+        for part in [
+            "`auth.jwt_secret` (CBTL_AUTH__JWT_SECRET)",
+            "`epoint.api_key` (CBTL_EPOINT__API_KEY)",
+            "`epoint.base_url` is set",
+        ] {
+            assert!(message.contains(part), "{part} in {message}");
+        }
+        assert!(!message.contains(DEV_JWT_SECRET), "no secret in {message}");
+        assert!(
+            !message.contains(sandbox_credentials::EPOINT_API_KEY),
+            "{message}"
+        );
+    }
 }

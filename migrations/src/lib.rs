@@ -7,6 +7,7 @@ mod m20261125_000001_carts;
 mod m20261125_000002_accounts;
 mod m20261125_000003_orders;
 mod m20261129_000004_order_recovery;
+mod m20261129_000005_account_registrations;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000002_accounts::Migration),
             Box::new(m20261125_000003_orders::Migration),
             Box::new(m20261129_000004_order_recovery::Migration),
+            Box::new(m20261129_000005_account_registrations::Migration),
         ]
     }
 }

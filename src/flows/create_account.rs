@@ -56,6 +56,9 @@ pub enum FlowError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// An upstream contradicts itself; nothing the customer can do about it.
+    #[error("inconsistent upstream: {0}")]
+    Inconsistent(String),
 }
 
 fn refused(refusal: Refusal) -> FlowError {
@@ -110,44 +113,94 @@ pub async fn register(
         first_name: first.as_str().to_owned(),
         last_name: last.as_str().to_owned(),
     };
-    // The same details give the same key, so an app retrying after a lost answer gets the
-    // account it created rather than `account_exists`.
-    let key = format!(
-        "register-{}",
-        hex::encode(Sha256::digest(
-            serde_json::to_vec(&account).unwrap_or_default()
-        ))
-    );
-    let registered = match state.upstreams.okya.register(&account, &key).await {
+    // The same details within the window share a key, so an app retrying after a lost
+    // answer gets the account it created rather than `account_exists`; nothing else may
+    // reach that replay (see `store::registrations`).
+    let fingerprint = hex::encode(Sha256::digest(
+        serde_json::to_vec(&account).unwrap_or_default(),
+    ));
+    let window_ms =
+        i64::try_from(state.settings.auth.otp_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let attempt =
+        store::registrations::begin(&state.db, &fingerprint, phone.as_str(), now_ms(), window_ms)
+            .await?;
+    let registered = match state
+        .upstreams
+        .okya
+        .register(&account, &attempt.idempotency_key)
+        .await
+    {
         Ok(registered) => registered,
         Err(e) if is_code(&e, okya_auth::codes::ACCOUNT_EXISTS) => {
             return Err(refused(Refusal::AccountExists));
         }
         Err(e) => return Err(otp_refusal(e)),
     };
-    let account = registered.account;
+    let account = if attempt.replay {
+        // Okya may have answered with the first answer, as it was then: what is true now
+        // decides (the account may have been confirmed since, here or in another app).
+        match state.upstreams.okya.account(&registered.account.id).await? {
+            Some(current) => current,
+            None => {
+                store::registrations::retire(&state.db, phone.as_str()).await?;
+                return Err(FlowError::Inconsistent(format!(
+                    "Okya replayed the registration of account {}, which it no longer has",
+                    registered.account.id
+                )));
+            }
+        }
+    } else {
+        registered.account
+    };
+    let confirmed_here = store::customers::find(&state.db, &account.id)
+        .await?
+        .is_some_and(|c| c.confirmed);
+    if account.confirmed || confirmed_here {
+        // The registration did its job; from now on these details are an existing account.
+        store::registrations::retire(&state.db, phone.as_str()).await?;
+        return Err(refused(Refusal::AccountExists));
+    }
     let now = now_ms();
     let txn = state.db.begin().await?;
     store::customers::upsert(&txn, new_customer(&account)).await?;
-    store::otp::record_send(&txn, phone.as_str(), now).await?;
+    if !attempt.answered {
+        store::otp::record_send(&txn, phone.as_str(), now).await?;
+        store::registrations::answered(&txn, &fingerprint, now).await?;
+    }
     if account.loyalty_id.is_none() {
-        store::jobs::enqueue(
-            &txn,
-            LINK_LOYALTY,
-            &format!("{LINK_LOYALTY}:{}", account.id),
-            &serde_json::json!({"customer_id": account.id}),
-            now,
-        )
-        .await?;
+        ensure_loyalty_link(&txn, &account.id, now).await?;
     }
     txn.commit().await?;
     state.job_signal.wake();
-    tracing::info!(customer_id = %account.id, "account registered; confirmation code sent");
+    tracing::info!(customer_id = %account.id, replay = attempt.replay, "account registered; confirmation code sent");
     store::customers::find(&state.db, &account.id)
         .await?
         .ok_or_else(|| {
             FlowError::Store(StoreError::Corrupt("customer vanished after insert".into()))
         })
+}
+
+/// Asks for the SessionM link of an account Okya says has none. A link job that already
+/// ended (done, or dead after a refusal) is run again: the dedupe key keeps two links from
+/// running at once, it must not stop a later one from running at all.
+async fn ensure_loyalty_link(
+    db: &impl sea_orm::ConnectionTrait,
+    account_id: &str,
+    now: i64,
+) -> Result<(), FlowError> {
+    let key = format!("{LINK_LOYALTY}:{account_id}");
+    let new = store::jobs::enqueue(
+        db,
+        LINK_LOYALTY,
+        &key,
+        &serde_json::json!({"customer_id": account_id}),
+        now,
+    )
+    .await?;
+    if !new && store::jobs::rearm(db, &key, now).await? {
+        tracing::info!(customer_id = %account_id, "SessionM link asked for again");
+    }
+    Ok(())
 }
 
 fn new_customer(account: &Account) -> NewCustomer<'_> {
@@ -269,18 +322,12 @@ pub async fn verify_code(
     store::customers::upsert(&txn, new_customer(&account)).await?;
     match &account.loyalty_id {
         Some(loyalty) => store::customers::set_sessionm_user(&txn, &account.id, loyalty).await?,
-        None => {
-            // An account registered elsewhere (another app, the website) gets linked too.
-            store::jobs::enqueue(
-                &txn,
-                LINK_LOYALTY,
-                &format!("{LINK_LOYALTY}:{}", account.id),
-                &serde_json::json!({"customer_id": account.id}),
-                now,
-            )
-            .await?;
-        }
+        // An account registered elsewhere (another app, the website) gets linked too, and
+        // one whose earlier link died is tried again.
+        None => ensure_loyalty_link(&txn, &account.id, now).await?,
     }
+    // The account is confirmed: no replay of its registration may answer any more.
+    store::registrations::retire(&txn, phone.as_str()).await?;
     txn.commit().await?;
     state.job_signal.wake();
     let tokens = sessions::start(

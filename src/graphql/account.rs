@@ -182,6 +182,10 @@ fn user_errors(err: FlowError) -> Result<Vec<UserError>> {
             tracing::error!(error = %e, "session failed");
             return Err(ApiError::Internal.into());
         }
+        FlowError::Inconsistent(e) => {
+            tracing::error!(error = %e, "account flow failed");
+            return Err(ApiError::Internal.into());
+        }
     };
     Ok(refusals
         .into_iter()

@@ -131,3 +131,23 @@ pub async fn count(db: &impl ConnectionTrait, state: &str) -> Result<i64, StoreE
         None => 0,
     })
 }
+
+/// Runs the job with `dedupe_key` again from the start if it is finished (`done` or
+/// `dead`), for when what it was for turns out not to have happened (the SessionM link
+/// that died, asked for again by the customer's next sign-in); a pending job is left as
+/// it is. Returns whether a job was re-armed.
+pub async fn rearm(
+    db: &impl ConnectionTrait,
+    dedupe_key: &str,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let result = db
+        .execute_raw(stmt(
+            db,
+            "UPDATE jobs SET state = 'pending', attempts = 0, run_at_ms = ?, locked_until_ms = NULL, \
+             last_error = NULL, updated_at_ms = ? WHERE dedupe_key = ? AND state IN ('done', 'dead')",
+            vec![now_ms.into(), now_ms.into(), dedupe_key.into()],
+        ))
+        .await?;
+    Ok(result.rows_affected() == 1)
+}

@@ -143,6 +143,10 @@ async fn invalid_details_are_user_errors_and_reach_no_upstream() {
         ]
     );
     assert_eq!(app.call_count(Sim::Okya, "POST /auth/v1/accounts").await, 0);
+    // The count reads the route registrations reach: a valid one is counted.
+    let valid = register(&app, "+16265550102", "a@example.com").await;
+    assert_eq!(valid["userErrors"], json!([]));
+    assert_eq!(app.call_count(Sim::Okya, "POST /auth/v1/accounts").await, 1);
 }
 
 #[tokio::test]
@@ -205,6 +209,11 @@ async fn a_code_dies_after_five_wrong_tries() {
     let right_too_late = confirm(&app, "+16265550107", &code).await;
     assert_eq!(error_codes(&right_too_late), vec!["OTP_ATTEMPTS_EXCEEDED"]);
     assert_eq!(right_too_late["accessToken"], json!(null));
+    // Our own count refused it: Okya (which counts too) saw only the five wrong ones.
+    assert_eq!(
+        app.call_count(Sim::Okya, "POST /auth/v1/otp/verify").await,
+        5
+    );
 }
 
 #[tokio::test]
@@ -212,6 +221,8 @@ async fn codes_expire() {
     let app = spawn_app_with(Db::Sqlite, |s| s.auth.otp_ttl_secs = 1).await;
     register(&app, "+16265550108", "ada@example.com").await;
     let code = app.sent_codes("+16265550108").await.pop().unwrap();
+    // Past the one-second lifetime by construction. Nothing can be polled instead: every
+    // try at the code counts against it, and the right one would use it up.
     tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
     assert_eq!(
         error_codes(&confirm(&app, "+16265550108", &code).await),
@@ -223,12 +234,15 @@ async fn codes_expire() {
 async fn a_wrong_code_and_an_unknown_phone_answer_alike() {
     let app = anonymous_app().await;
     register(&app, "+16265550109", "ada@example.com").await;
-    // Asking for a code for an unknown phone looks the same, and sends nothing.
+    assert_eq!(app.sent_codes("+16265550109").await.len(), 1);
+    // Asking for a code for an unknown phone looks the same: Okya is asked as for any
+    // phone (no shortcut to time), and it sends nothing.
     let unknown = app
         .gql_as(None, REQUEST_OTP, json!({"i": {"phone": "+16265550199"}}))
         .await;
     assert_eq!(unknown["data"]["signInRequestOtp"]["userErrors"], json!([]));
-    assert!(app.sent_codes("+16265550199").await.is_empty());
+    assert_eq!(app.call_count(Sim::Okya, "POST /auth/v1/otp").await, 1);
+    assert_eq!(app.sent_codes("+16265550199").await, Vec::<String>::new());
 
     let wrong = app
         .gql_as(
@@ -420,11 +434,30 @@ async fn missing_expired_tampered_and_foreign_tokens() {
         .await
         .unwrap();
     assert!(unauthenticated(&body));
-    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
-    assert!(unauthenticated(
-        &app.gql_as(Some(&customer.access_token), ME, json!({}))
-            .await
-    ));
+    // The token says it lives one second, and stops working once that has passed.
+    let claims = customer
+        .access_token
+        .split('.')
+        .nth(1)
+        .and_then(|part| {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .ok()
+        })
+        .and_then(|json| serde_json::from_slice::<Value>(&json).ok())
+        .expect("JWT claims");
+    assert_eq!(
+        claims["exp"].as_i64(),
+        claims["iat"].as_i64().map(|iat| iat + 1)
+    );
+    app.eventually("the access token to expire", || async {
+        unauthenticated(
+            &app.gql_as(Some(&customer.access_token), ME, json!({}))
+                .await,
+        )
+    })
+    .await;
 }
 
 /// Makes SessionM fail, restarts the service, and shows the link then completes once.
@@ -523,25 +556,53 @@ async fn the_sessionm_link_survives_failure_and_restart_on_postgres() {
 
 #[tokio::test]
 async fn the_account_story_runs_on_postgres() {
-    let app = spawn_app_with(Db::Postgres, |_| {}).await;
+    let app = spawn_app_with(Db::Postgres, |s| s.auth.otp_resend_interval_secs = 0).await;
     let customer = app.sign_up("+16265550115", "ada@example.com").await;
     assert_eq!(
         app.gql_as(Some(&customer.access_token), ME, json!({}))
             .await["data"]["me"]["id"],
         customer.id.as_str()
     );
-    assert_eq!(
-        error_codes(&register(&app, "+16265550115", "x@example.com").await),
-        vec!["ACCOUNT_EXISTS"]
-    );
-    for _ in 0..5 {
-        app.gql_as(
-            None,
-            SIGN_IN,
-            json!({"i": {"phone": "+16265550115", "code": "000000"}}),
-        )
-        .await;
+    // Once confirmed, the same details and other details are both an existing account.
+    for email in ["ada@example.com", "x@example.com"] {
+        assert_eq!(
+            error_codes(&register(&app, "+16265550115", email).await),
+            vec!["ACCOUNT_EXISTS"],
+            "{email}"
+        );
     }
+    // Our own count of wrong codes, on PostgreSQL: five wrong tries, then the right code
+    // is refused without Okya being asked.
+    let asked = app
+        .gql_as(None, REQUEST_OTP, json!({"i": {"phone": "+16265550115"}}))
+        .await;
+    assert_eq!(asked["data"]["signInRequestOtp"]["userErrors"], json!([]));
+    let code = app.sent_codes("+16265550115").await.pop().expect("a code");
+    let sign_in = |code: String| {
+        let app = &app;
+        async move {
+            app.gql_as(
+                None,
+                SIGN_IN,
+                json!({"i": {"phone": "+16265550115", "code": code}}),
+            )
+            .await["data"]["signIn"]
+                .clone()
+        }
+    };
+    let verifies_before = app.call_count(Sim::Okya, "POST /auth/v1/otp/verify").await;
+    for _ in 0..5 {
+        let wrong = sign_in("000000".to_owned()).await;
+        assert_eq!(error_codes(&wrong), vec!["OTP_INVALID"], "{wrong}");
+        assert_eq!(wrong["accessToken"], json!(null));
+    }
+    let right_too_late = sign_in(code).await;
+    assert_eq!(error_codes(&right_too_late), vec!["OTP_ATTEMPTS_EXCEEDED"]);
+    assert_eq!(
+        app.call_count(Sim::Okya, "POST /auth/v1/otp/verify").await,
+        verifies_before + 5
+    );
+    // Wrong codes end no session.
     let refreshed = app
         .gql_as(
             None,
@@ -550,4 +611,163 @@ async fn the_account_story_runs_on_postgres() {
         )
         .await;
     assert_eq!(refreshed["data"]["tokenRefresh"]["userErrors"], json!([]));
+}
+
+/// The Okya simulator's own accounts, as another app of Okya's would see them.
+async fn okya_accounts(app: &TestApp) -> Vec<Value> {
+    let body: Value = app
+        .http
+        .get(format!("{}/_sandbox/accounts", app.sim_url(Sim::Okya)))
+        .send()
+        .await
+        .expect("accounts")
+        .json()
+        .await
+        .expect("accounts JSON");
+    body["accounts"]
+        .as_array()
+        .cloned()
+        .expect("an account list")
+}
+
+#[tokio::test]
+async fn a_repeated_registration_gets_its_first_answer_while_the_account_is_unconfirmed() {
+    let app = anonymous_app().await;
+    let first = register(&app, "+16265550120", "ada@example.com").await;
+    assert_eq!(first["userErrors"], json!([]));
+    // The app retries, say after a lost answer: the same account, no second code.
+    let again = register(&app, "+16265550120", "ada@example.com").await;
+    assert_eq!(again["userErrors"], json!([]), "{again}");
+    assert_eq!(again["customer"], first["customer"]);
+    assert_eq!(app.sent_codes("+16265550120").await.len(), 1);
+    assert_eq!(okya_accounts(&app).await.len(), 1);
+    // Other details are another registration, refused like any other.
+    let other = register(&app, "+16265550120", "someone@example.com").await;
+    assert_eq!(error_codes(&other), vec!["ACCOUNT_EXISTS"]);
+}
+
+#[tokio::test]
+async fn registering_again_after_confirming_is_an_existing_account() {
+    let app = anonymous_app().await;
+    let first = register(&app, "+16265550121", "ada@example.com").await;
+    let code = app.sent_codes("+16265550121").await.pop().expect("a code");
+    let confirmed = confirm(&app, "+16265550121", &code).await;
+    assert_eq!(confirmed["userErrors"], json!([]));
+    let token = confirmed["accessToken"].as_str().expect("token").to_owned();
+
+    let again = register(&app, "+16265550121", "ada@example.com").await;
+    assert_eq!(error_codes(&again), vec!["ACCOUNT_EXISTS"], "{again}");
+    assert_eq!(again["customer"], json!(null));
+    // Nothing the replay said was taken for the truth: the customer is still confirmed.
+    let me = app.gql_as(Some(&token), ME, json!({})).await;
+    assert_eq!(me["data"]["me"]["id"], first["customer"]["id"]);
+    assert_eq!(me["data"]["me"]["confirmed"], true);
+}
+
+#[tokio::test]
+async fn registering_again_after_confirming_in_another_app_is_an_existing_account() {
+    let app = anonymous_app().await;
+    assert_eq!(
+        register(&app, "+16265550122", "ada@example.com").await["userErrors"],
+        json!([])
+    );
+    // The customer confirms through another of Okya's apps: the service never hears of it.
+    let code = app.sent_codes("+16265550122").await.pop().expect("a code");
+    let verified = app
+        .http
+        .post(format!("{}/auth/v1/otp/verify", app.sim_url(Sim::Okya)))
+        .bearer_auth("okya_sandbox_key")
+        .json(&json!({"phone": "+16265550122", "code": code}))
+        .send()
+        .await
+        .expect("verify at Okya");
+    assert!(verified.status().is_success(), "{}", verified.status());
+    assert_eq!(okya_accounts(&app).await[0]["confirmed"], true);
+
+    let again = register(&app, "+16265550122", "ada@example.com").await;
+    assert_eq!(error_codes(&again), vec!["ACCOUNT_EXISTS"], "{again}");
+}
+
+#[tokio::test]
+async fn a_registration_is_replayed_only_while_its_code_lives() {
+    // The window is the code's lifetime: a one-second code makes a one-second window.
+    let app = spawn_app_with(Db::Sqlite, |s| s.auth.otp_ttl_secs = 1).await;
+    assert_eq!(
+        register(&app, "+16265550123", "ada@example.com").await["userErrors"],
+        json!([])
+    );
+    app.eventually("the same details to be an existing account", || async {
+        let again = register(&app, "+16265550123", "ada@example.com").await;
+        error_codes(&again) == ["ACCOUNT_EXISTS"]
+    })
+    .await;
+    assert_eq!(okya_accounts(&app).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_replayed_registration_does_not_restart_the_count_of_wrong_codes() {
+    let app = anonymous_app().await;
+    register(&app, "+16265550124", "ada@example.com").await;
+    let code = app.sent_codes("+16265550124").await.pop().expect("a code");
+    for _ in 0..5 {
+        assert_eq!(
+            error_codes(&confirm(&app, "+16265550124", "999999").await),
+            vec!["OTP_INVALID"]
+        );
+    }
+    let verifies = app.call_count(Sim::Okya, "POST /auth/v1/otp/verify").await;
+    assert_eq!(verifies, 5);
+    // A replay sends no code, so it must not give the guesser five more tries.
+    let again = register(&app, "+16265550124", "ada@example.com").await;
+    assert_eq!(again["userErrors"], json!([]));
+    let right_too_late = confirm(&app, "+16265550124", &code).await;
+    assert_eq!(error_codes(&right_too_late), vec!["OTP_ATTEMPTS_EXCEEDED"]);
+    assert_eq!(
+        app.call_count(Sim::Okya, "POST /auth/v1/otp/verify").await,
+        verifies,
+        "the sixth try was refused by our own count, before reaching Okya"
+    );
+}
+
+#[tokio::test]
+async fn a_sessionm_link_that_died_is_tried_again_at_the_next_sign_in() {
+    let app = spawn_app_with(Db::Sqlite, |s| {
+        s.jobs.poll_interval_ms = 50;
+    })
+    .await;
+    // SessionM refuses the new user once: a definite refusal, so the link job dies.
+    app.faults(
+        Sim::Sessionm,
+        json!({"refuse_next": {"POST /priv/v1/apps/{api_key}/users": {"status": 422, "code": "validation", "times": 1}}}),
+    )
+    .await;
+    register(&app, "+16265550125", "ada@example.com").await;
+    app.eventually("the link job to die", || async {
+        let ready: Value = app
+            .http
+            .get(format!("{}/readyz", app.url))
+            .send()
+            .await
+            .expect("readyz")
+            .json()
+            .await
+            .expect("readyz JSON");
+        ready["jobs"]["dead"] == 1
+    })
+    .await;
+    let token = app.sign_up_confirm_only("+16265550125").await;
+    app.eventually("the link after the sign-in", || async {
+        let me = app.gql_as(Some(&token), ME, json!({})).await;
+        me["data"]["me"]["loyalty"].is_object()
+    })
+    .await;
+    let users = app.ledger(Sim::Sessionm).await["users"].clone();
+    let users: Vec<&Value> = users
+        .as_array()
+        .expect("users")
+        .iter()
+        .filter(|u| u["email"] == "ada@example.com")
+        .collect();
+    assert_eq!(users.len(), 1);
+    assert_eq!(okya_accounts(&app).await[0]["loyalty_id"], users[0]["id"]);
 }

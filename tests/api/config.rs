@@ -60,15 +60,197 @@ fn bad_settings_stop_the_start_naming_the_setting() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--config"));
 }
 
+/// An upstream made real by its URL setting, and the settings whose sandbox values that
+/// refuses besides `auth.jwt_secret`.
+struct RealUpstream {
+    url_env: &'static str,
+    url_setting: &'static str,
+    credentials: &'static [Credential],
+}
+
+/// A credential setting and a real-looking value for it.
+struct Credential {
+    env: &'static str,
+    setting: &'static str,
+    real: &'static str,
+}
+
+const OKYA_API_KEY: Credential = Credential {
+    env: "CBTL_OKYA__API_KEY",
+    setting: "okya.api_key",
+    real: "okya_live_key",
+};
+
+const REAL_UPSTREAMS: &[RealUpstream] = &[
+    RealUpstream {
+        url_env: "CBTL_OKYA__BASE_URL",
+        url_setting: "okya.base_url",
+        credentials: &[
+            OKYA_API_KEY,
+            Credential {
+                env: "CBTL_WEBHOOKS__OKYA_SECRETS",
+                setting: "webhooks.okya_secrets",
+                real: "[whsec_okya_live]",
+            },
+        ],
+    },
+    RealUpstream {
+        url_env: "CBTL_OKYA__AUTH_BASE_URL",
+        url_setting: "okya.auth_base_url",
+        credentials: &[OKYA_API_KEY],
+    },
+    RealUpstream {
+        url_env: "CBTL_STRIPE__BASE_URL",
+        url_setting: "stripe.base_url",
+        credentials: &[
+            Credential {
+                env: "CBTL_STRIPE__SECRET_KEY",
+                setting: "stripe.secret_key",
+                real: "sk_test_real",
+            },
+            Credential {
+                env: "CBTL_WEBHOOKS__STRIPE_SECRETS",
+                setting: "webhooks.stripe_secrets",
+                real: "[whsec_real]",
+            },
+        ],
+    },
+    RealUpstream {
+        url_env: "CBTL_EPOINT__BASE_URL",
+        url_setting: "epoint.base_url",
+        credentials: &[Credential {
+            env: "CBTL_EPOINT__API_KEY",
+            setting: "epoint.api_key",
+            real: "epoint_live_key",
+        }],
+    },
+    RealUpstream {
+        url_env: "CBTL_SESSIONM__BASE_URL",
+        url_setting: "sessionm.base_url",
+        credentials: &[
+            Credential {
+                env: "CBTL_SESSIONM__API_KEY",
+                setting: "sessionm.api_key",
+                real: "sm_live_key",
+            },
+            Credential {
+                env: "CBTL_SESSIONM__API_SECRET",
+                setting: "sessionm.api_secret",
+                real: "sm_live_secret",
+            },
+            Credential {
+                env: "CBTL_SESSIONM__CLIENT_SECRET",
+                setting: "sessionm.client_secret",
+                real: "sm_live_client_secret",
+            },
+        ],
+    },
+];
+
+const A_PRIVATE_JWT_KEY: &str = "a-private-signing-key-of-at-least-32-bytes";
+
+/// The credential settings `stderr` names, sorted.
+fn settings_in(stderr: &str) -> Vec<&'static str> {
+    let mut all = vec!["auth.jwt_secret"];
+    for upstream in REAL_UPSTREAMS {
+        all.extend(upstream.credentials.iter().map(|c| c.setting));
+    }
+    all.sort_unstable();
+    all.dedup();
+    all.retain(|setting| stderr.contains(&format!("`{setting}`")));
+    all
+}
+
 #[test]
-fn a_real_stripe_url_needs_a_real_key() {
+fn sandbox_credentials_with_a_real_upstream_stop_the_start_naming_each() {
+    for RealUpstream {
+        url_env,
+        url_setting,
+        credentials,
+    } in REAL_UPSTREAMS
+    {
+        let output = binary()
+            .env(url_env, "https://upstream.example")
+            .arg("serve")
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{url_env}: {stderr}");
+        let mut expected: Vec<&str> = credentials.iter().map(|c| c.setting).collect();
+        expected.push("auth.jwt_secret");
+        expected.sort_unstable();
+        expected.dedup();
+        assert_eq!(settings_in(&stderr), expected, "{url_env}: {stderr}");
+        assert!(
+            stderr.contains(&format!("`{url_setting}` is set")),
+            "{url_env}: {stderr}"
+        );
+        for Credential { env, .. } in *credentials {
+            assert!(stderr.contains(env), "{env} named in {stderr}");
+        }
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn the_development_jwt_key_is_refused_with_any_real_upstream() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    for RealUpstream {
+        url_env,
+        url_setting,
+        credentials,
+    } in REAL_UPSTREAMS
+    {
+        let real = |command: &mut Command| {
+            command.env(url_env, "https://upstream.example").env(
+                "DATABASE_URL",
+                format!("sqlite://{}/cbtl.db?mode=rwc", dir.path().display()),
+            );
+            for Credential { env, real, .. } in *credentials {
+                command.env(env, real);
+            }
+        };
+        let mut with_dev_key = binary();
+        real(&mut with_dev_key);
+        let output = with_dev_key.arg("migrate").output().expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{url_env}: {stderr}");
+        assert_eq!(settings_in(&stderr), ["auth.jwt_secret"], "{stderr}");
+        assert!(
+            stderr.contains(&format!("`{url_setting}` is set")),
+            "{stderr}"
+        );
+
+        // With a private key as well, the same settings are accepted.
+        let mut with_private_key = binary();
+        real(&mut with_private_key);
+        let output = with_private_key
+            .env("CBTL_AUTH__JWT_SECRET", A_PRIVATE_JWT_KEY)
+            .arg("migrate")
+            .output()
+            .expect("runs");
+        assert!(
+            output.status.success(),
+            "{url_env}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_real_stripe_url_needs_a_stripe_shaped_key() {
     let output = binary()
         .env("CBTL_STRIPE__BASE_URL", "https://api.stripe.com")
+        .env("CBTL_STRIPE__SECRET_KEY", "not-a-stripe-key")
+        .env("CBTL_WEBHOOKS__STRIPE_SECRETS", "[whsec_real]")
+        .env("CBTL_AUTH__JWT_SECRET", A_PRIVATE_JWT_KEY)
         .arg("serve")
         .output()
         .expect("runs");
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("stripe.secret_key"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("`stripe.secret_key`"), "{stderr}");
+    assert!(stderr.contains("sk_test_"), "{stderr}");
 }
 
 #[test]
