@@ -8,9 +8,12 @@ mod catalog;
 mod config;
 #[cfg(feature = "crash-points")]
 mod crash;
+mod errors;
 mod helpers;
 mod instances;
+mod introspection;
 mod orders;
+mod persisted_queries;
 mod persistence;
 mod protocol;
 mod rewards;
