@@ -8,8 +8,10 @@ use serde_json::{Value, json};
 
 const QUERY: &str = "query StoresGet {\n  stores {\n    id\n    name\n    __typename\n  }\n}";
 
+/// The hash the link computes: SHA-256 of the query text, lowercase hex.
 fn sha256(text: &str) -> String {
-    cbtl_bff::graphql::persisted::hash_of(text)
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
 /// The extensions the link sends; Apollo Client adds `clientLibrary` to every request.

@@ -193,6 +193,7 @@ async fn two_orders_that_used_one_voucher_never_share_an_identity() {
         )
         .await;
     assert_eq!(data["a"]["status"], "PAYMENT_FAILED");
+    assert_normalisable(&data);
     let (a, b) = (&data["a"]["voucher"], &data["b"]["voucher"]);
     assert_eq!(a["voucherId"], percent);
     assert_eq!(b["voucherId"], percent);
