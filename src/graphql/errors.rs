@@ -148,6 +148,13 @@ impl ErrorCode {
         error
     }
 
+    /// A GraphQL error object with this code, for answers built outside the schema (an
+    /// HTTP refusal, a websocket protocol error):
+    /// `{"message": …, "extensions": {"code": …}}`.
+    pub fn json(self, message: &str) -> serde_json::Value {
+        serde_json::json!({"message": message, "extensions": {"code": self.as_str()}})
+    }
+
     /// Puts this code on `error`, replacing any other.
     pub fn set_on(self, error: &mut async_graphql::ServerError) {
         error

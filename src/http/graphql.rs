@@ -54,9 +54,9 @@ pub fn response_body(response: &async_graphql::Response) -> serde_json::Value {
     if is_request_error(response) {
         json!({ "errors": response.errors })
     } else {
-        serde_json::to_value(response).unwrap_or_else(|_| {
-            json!({"errors": [{"message": "unserialisable response", "extensions": {"code": ErrorCode::Internal.as_str()}}]})
-        })
+        serde_json::to_value(response).unwrap_or_else(
+            |_| json!({ "errors": [ErrorCode::Internal.json("unserialisable response")] }),
+        )
     }
 }
 
@@ -67,7 +67,7 @@ pub fn http_error(
     code: ErrorCode,
     message: &str,
 ) -> Response {
-    let body = json!({"errors": [{"message": message, "extensions": {"code": code.as_str()}}]});
+    let body = json!({ "errors": [code.json(message)] });
     let mut response = (status, body.to_string()).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
