@@ -53,20 +53,22 @@ impl StoreObject {
     }
 }
 
-/// Looks the products up in one batch, keeping the order asked for (`None` where unknown).
+/// Looks the products up in one batch and answers one entry per id asked for, in order,
+/// repeats included (`None` where unknown). The loader answers a map with each id once,
+/// so a repeated id reads the same entry again rather than taking it out.
 pub(super) async fn load_products(
     ctx: &Context<'_>,
     ids: &[ProductId],
 ) -> Result<Vec<Option<ProductObject>>> {
     let loaders = context::loaders(ctx)?;
-    let mut found = loaders
+    let found = loaders
         .products
         .load_many(ids.iter().cloned())
         .await
         .map_err(ApiError::from)?;
     Ok(ids
         .iter()
-        .map(|id| found.remove(id).map(ProductObject))
+        .map(|id| found.get(id).cloned().map(ProductObject))
         .collect())
 }
 

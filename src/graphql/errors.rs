@@ -87,6 +87,90 @@ impl UserError {
     }
 }
 
+/// Every `extensions.code` the service puts on an error, over HTTP and websockets alike: the
+/// one list the README's "Error codes" section documents (a test checks that it lists each).
+///
+/// The GraphQL-level names follow Apollo Server's, which Apollo Client, urql and the
+/// persisted-query links recognise:
+/// <https://www.apollographql.com/docs/apollo-server/data/errors#built-in-error-codes>.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::EnumIter, strum::IntoStaticStr)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// The operation needs a signed-in customer, or the token is expired or revoked.
+    Unauthenticated,
+    /// The object does not exist or belongs to someone else.
+    NotFound,
+    /// An argument or variable value the field cannot take (a number out of range, a
+    /// malformed scalar, too many items).
+    BadUserInput,
+    /// An upstream system is down or slow; retrying later may succeed.
+    UpstreamUnavailable,
+    /// An upstream system asked us to slow down; retry later.
+    RateLimited,
+    /// Our fault; the detail is in the log, never in the answer.
+    Internal,
+    /// The document is not GraphQL (a syntax error).
+    GraphqlParseFailed,
+    /// The document does not fit the schema, names no runnable operation, or exceeds a
+    /// depth, complexity or introspection limit.
+    GraphqlValidationFailed,
+    /// An automatic persisted query's hash is not known (yet): send the query with it.
+    PersistedQueryNotFound,
+    /// A persisted-query protocol version other than 1.
+    PersistedQueryNotSupported,
+    /// The HTTP request is not a GraphQL request (a malformed body or parameter, a
+    /// persisted-query hash that does not match its query).
+    BadRequest,
+    /// A mutation over GET, or a method other than GET and POST (HTTP 405).
+    MethodNotAllowed,
+    /// `Accept` allows neither JSON media type (HTTP 406).
+    NotAcceptable,
+    /// The body is larger than `graphql.max_body_bytes` (HTTP 413).
+    PayloadTooLarge,
+    /// `Content-Type` is missing or is not JSON in UTF-8 (HTTP 415).
+    UnsupportedMediaType,
+}
+
+impl ErrorCode {
+    /// The code as it appears in `extensions.code`, e.g. `"BAD_USER_INPUT"`.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    /// The code an error already carries, if any.
+    pub fn of(error: &async_graphql::ServerError) -> Option<ErrorCode> {
+        use strum::IntoEnumIterator;
+        let Some(async_graphql::Value::String(code)) =
+            error.extensions.as_ref().and_then(|e| e.get("code"))
+        else {
+            return None;
+        };
+        ErrorCode::iter().find(|c| c.as_str() == code)
+    }
+
+    /// A request-level error (no path) carrying this code.
+    pub fn error(self, message: impl Into<String>) -> async_graphql::ServerError {
+        let mut error = async_graphql::ServerError::new(message, None);
+        self.set_on(&mut error);
+        error
+    }
+
+    /// A GraphQL error object with this code, for answers built outside the schema (an
+    /// HTTP refusal, a websocket protocol error):
+    /// `{"message": …, "extensions": {"code": …}}`.
+    pub fn json(self, message: &str) -> serde_json::Value {
+        serde_json::json!({"message": message, "extensions": {"code": self.as_str()}})
+    }
+
+    /// Puts this code on `error`, replacing any other.
+    pub fn set_on(self, error: &mut async_graphql::ServerError) {
+        error
+            .extensions
+            .get_or_insert_with(Default::default)
+            .set("code", self.as_str());
+    }
+}
+
 /// Unexpected failures, mapped once to `extensions.code`.
 ///
 /// Deliberately not `Display`: async-graphql converts any `Display` type into an error
@@ -103,14 +187,14 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            ApiError::Unauthenticated => "UNAUTHENTICATED",
-            ApiError::NotFound => "NOT_FOUND",
-            ApiError::BadUserInput(_) => "BAD_USER_INPUT",
-            ApiError::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
-            ApiError::RateLimited => "RATE_LIMITED",
-            ApiError::Internal => "INTERNAL",
+            ApiError::Unauthenticated => ErrorCode::Unauthenticated,
+            ApiError::NotFound => ErrorCode::NotFound,
+            ApiError::BadUserInput(_) => ErrorCode::BadUserInput,
+            ApiError::UpstreamUnavailable => ErrorCode::UpstreamUnavailable,
+            ApiError::RateLimited => ErrorCode::RateLimited,
+            ApiError::Internal => ErrorCode::Internal,
         }
     }
 
@@ -132,7 +216,7 @@ impl ApiError {
 impl From<ApiError> for async_graphql::Error {
     fn from(value: ApiError) -> Self {
         let code = value.code();
-        async_graphql::Error::new(value.message()).extend_with(|_, e| e.set("code", code))
+        async_graphql::Error::new(value.message()).extend_with(|_, e| e.set("code", code.as_str()))
     }
 }
 

@@ -1,12 +1,15 @@
 //! The GraphQL schema, split by domain and merged at the root.
 
 mod account;
+pub mod admission;
 mod cart;
 mod catalog;
 pub mod context;
+pub mod error_codes;
 pub mod errors;
 pub mod loaders;
 mod orders;
+pub mod persisted;
 pub mod scalars;
 mod vouchers;
 
@@ -38,9 +41,16 @@ pub fn build(limits: &GraphqlSettings, state: Option<AppState>) -> AppSchema {
         Mutation::default(),
         orders::OrderSubscription,
     )
-    .limit_depth(limits.max_depth)
+    // Extensions run in this order: codes wrap everything; a persisted query is resolved
+    // to its text before admission parses it and measures its depth (in place of
+    // async-graphql's `limit_depth`, which counts introspection like any other field).
+    .extension(error_codes::ErrorCodes)
+    .extension(persisted::PersistedQueries::default())
+    .extension(admission::Admission {
+        max_depth: limits.max_depth,
+    })
     .limit_complexity(limits.max_complexity)
-    .limit_recursive_depth(64)
+    .limit_recursive_depth(admission::MAX_NESTING)
     .limit_directives(20);
     if let Some(state) = state {
         builder = builder.data(state);

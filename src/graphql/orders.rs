@@ -244,7 +244,8 @@ impl OrderObject {
             return Ok(None);
         };
         Ok(Some(AppliedVoucher {
-            id: ID(id.clone()),
+            id: ID(format!("{}:{id}", self.row.id)),
+            voucher_id: ID(id.clone()),
             name: name.clone(),
             discount: self.money(self.row.discount_minor)?,
         }))
@@ -256,10 +257,15 @@ impl OrderObject {
     }
 }
 
-/// A voucher as applied to an order.
+/// A voucher as applied to one order.
 #[derive(SimpleObject)]
 pub struct AppliedVoucher {
+    /// This application of the voucher: the order and the voucher together, so that two
+    /// orders that used one voucher (a declined checkout and its retry) are two objects in
+    /// a normalised client cache, each with its own discount.
     pub id: ID,
+    /// The voucher in the customer's wallet (`Voucher.id`), as sent to `checkout`.
+    pub voucher_id: ID,
     pub name: String,
     /// What it took off the order.
     pub discount: MoneyObject,

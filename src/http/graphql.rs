@@ -1,20 +1,24 @@
-//! `/graphql` over HTTP per the GraphQL over HTTP specification: POST with JSON, GET for
-//! queries (and GraphiQL for browsers, and the websocket upgrade), content negotiation
-//! between `application/graphql-response+json` and `application/json`, and 4xx statuses
-//! for requests that cannot run.
+//! `/graphql` over HTTP per the GraphQL over HTTP specification
+//! (<https://graphql.github.io/graphql-over-http/draft/>): POST with JSON, GET for queries
+//! (and GraphiQL for browsers, and the websocket upgrade), content negotiation between
+//! `application/graphql-response+json` and `application/json`, and 4xx statuses for
+//! requests that cannot run. POST and GET read the same parameters by the same rules;
+//! every error carries a code from [`ErrorCode`].
 
-use super::media::{ResponseType, is_json_content_type, negotiate};
-use crate::{app::Gateway, auth::Viewer, graphql::loaders::Loaders};
-use async_graphql::{
-    Value,
-    parser::types::{DocumentOperations, OperationType},
+use super::media::{ResponseType, check_json_content_type, negotiate, prefers_html};
+use crate::{
+    app::Gateway,
+    auth::Viewer,
+    graphql::{admission::SafeMethod, errors::ErrorCode, loaders::Loaders},
 };
-use async_graphql_axum::{GraphQLRequest, rejection::GraphQLRejection};
+use async_graphql::Value;
 use axum::{
-    extract::{FromRequest, Request, State},
+    body::Body,
+    extract::{Request, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use serde::Deserialize;
 use serde_json::json;
 
 /// Runs one GraphQL request with its per-request data: the caller and fresh loaders.
@@ -50,14 +54,20 @@ pub fn response_body(response: &async_graphql::Response) -> serde_json::Value {
     if is_request_error(response) {
         json!({ "errors": response.errors })
     } else {
-        serde_json::to_value(response)
-            .unwrap_or_else(|_| json!({"errors": [{"message": "unserialisable response"}]}))
+        serde_json::to_value(response).unwrap_or_else(
+            |_| json!({ "errors": [ErrorCode::Internal.json("unserialisable response")] }),
+        )
     }
 }
 
 /// An error before GraphQL execution, in the GraphQL response shape.
-fn http_error(status: StatusCode, kind: ResponseType, code: &str, message: &str) -> Response {
-    let body = json!({"errors": [{"message": message, "extensions": {"code": code}}]});
+pub fn http_error(
+    status: StatusCode,
+    kind: ResponseType,
+    code: ErrorCode,
+    message: &str,
+) -> Response {
+    let body = json!({ "errors": [code.json(message)] });
     let mut response = (status, body.to_string()).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -74,13 +84,33 @@ fn not_acceptable() -> Response {
     http_error(
         StatusCode::NOT_ACCEPTABLE,
         ResponseType::Json,
-        "NOT_ACCEPTABLE",
+        ErrorCode::NotAcceptable,
         "Accept must allow application/graphql-response+json or application/json",
     )
 }
 
+fn method_not_allowed(kind: ResponseType, message: &str, allow: &'static str) -> Response {
+    let mut response = http_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        kind,
+        ErrorCode::MethodNotAllowed,
+        message,
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
 fn render(kind: ResponseType, response: &async_graphql::Response) -> Response {
-    let status = if kind == ResponseType::GraphqlResponseJson && is_request_error(response) {
+    let refused_on_get = response
+        .errors
+        .iter()
+        .any(|e| ErrorCode::of(e) == Some(ErrorCode::MethodNotAllowed));
+    let status = if refused_on_get {
+        // GraphQL over HTTP, "GET": a mutation MUST be answered with 405.
+        StatusCode::METHOD_NOT_ALLOWED
+    } else if kind == ResponseType::GraphqlResponseJson && is_request_error(response) {
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::OK
@@ -90,7 +120,109 @@ fn render(kind: ResponseType, response: &async_graphql::Response) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static(kind.content_type()),
     );
+    if refused_on_get {
+        http.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    }
     http
+}
+
+/// The parameters of a GraphQL-over-HTTP request as a JSON body carries them. Each must
+/// have its type or be null or absent; anything else is not a well-formed request (400).
+#[derive(Deserialize)]
+struct JsonParams {
+    query: Option<String>,
+    #[serde(rename = "operationName")]
+    operation_name: Option<String>,
+    variables: Option<serde_json::Map<String, serde_json::Value>>,
+    extensions: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The same parameters in a GET query string, `variables` and `extensions` as JSON text.
+#[derive(Deserialize)]
+struct QueryParams {
+    query: Option<String>,
+    #[serde(rename = "operationName")]
+    operation_name: Option<String>,
+    variables: Option<String>,
+    extensions: Option<String>,
+}
+
+impl QueryParams {
+    /// Whether the query string asks for GraphQL at all (else a browser wants GraphiQL).
+    fn is_graphql(&self) -> bool {
+        self.query.is_some() || self.extensions.is_some()
+    }
+
+    fn into_json(self) -> Result<JsonParams, String> {
+        let object = |name: &str, raw: Option<String>| match raw {
+            None => Ok(None),
+            Some(text) => match serde_json::from_str(&text) {
+                Ok(serde_json::Value::Object(map)) => Ok(Some(map)),
+                Ok(serde_json::Value::Null) => Ok(None),
+                _ => Err(format!("{name} must be a JSON object")),
+            },
+        };
+        Ok(JsonParams {
+            query: self.query,
+            operation_name: self.operation_name,
+            variables: object("variables", self.variables)?,
+            extensions: object("extensions", self.extensions)?,
+        })
+    }
+}
+
+/// Builds the request the schema runs. `query` may be left out only by a persisted-query
+/// request (the hash stands for it); an empty `operationName` is no name (the
+/// specification, "GET"; we apply it to POST alike).
+fn graphql_request(params: JsonParams) -> Result<async_graphql::Request, String> {
+    let persisted = params
+        .extensions
+        .as_ref()
+        .is_some_and(|e| e.contains_key("persistedQuery"));
+    let query = match params.query {
+        Some(query) => query,
+        None if persisted => String::new(),
+        None => return Err("query is required".to_owned()),
+    };
+    let mut request = async_graphql::Request::new(query);
+    if let Some(name) = params.operation_name.filter(|n| !n.is_empty()) {
+        request = request.operation_name(name);
+    }
+    if let Some(variables) = params.variables {
+        request = request.variables(async_graphql::Variables::from_json(
+            serde_json::Value::Object(variables),
+        ));
+    }
+    if let Some(extensions) = params.extensions {
+        for (name, value) in extensions {
+            let value = async_graphql::Value::from_json(value)
+                .map_err(|_| format!("extensions.{name} is not a GraphQL value"))?;
+            request.extensions.insert(name, value);
+        }
+    }
+    Ok(request)
+}
+
+/// Reads the whole body, at most `limit` bytes however it is framed: a declared
+/// `Content-Length` and a chunked body that grows too long are refused alike.
+async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, BodyError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let source = e.into_inner();
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(error) = cause {
+            if error.is::<http_body_util::LengthLimitError>() {
+                return BodyError::TooLarge;
+            }
+            cause = error.source();
+        }
+        BodyError::Unreadable
+    })
+}
+
+enum BodyError {
+    TooLarge,
+    Unreadable,
 }
 
 pub async fn post(State(gateway): State<Gateway>, request: Request) -> Response {
@@ -100,58 +232,56 @@ pub async fn post(State(gateway): State<Gateway>, request: Request) -> Response 
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    match content_type {
-        None => {
-            return http_error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                kind,
-                "BAD_REQUEST",
-                "Content-Type is required: send application/json",
-            );
-        }
-        Some(ct) if !is_json_content_type(ct) => {
-            return http_error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                kind,
-                "BAD_REQUEST",
-                "Content-Type must be application/json",
-            );
-        }
-        Some(_) => {}
-    }
-    let limit = gateway.app.settings.graphql.max_body_bytes;
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    if let Err(refusal) = check_json_content_type(content_type) {
         return http_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
             kind,
-            "BAD_REQUEST",
-            &format!("request body is larger than {limit} bytes"),
+            ErrorCode::UnsupportedMediaType,
+            &refusal.to_string(),
         );
     }
-    let viewer = viewer_of(&gateway, request.headers()).await;
-    let graphql_request = match GraphQLRequest::<GraphQLRejection>::from_request(request, &()).await
-    {
-        Ok(request) => request.into_inner(),
-        Err(rejection) => {
+    let limit = gateway.app.settings.graphql.max_body_bytes;
+    let (parts, body) = request.into_parts();
+    let bytes = match read_body(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => {
+            return http_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                kind,
+                ErrorCode::PayloadTooLarge,
+                &format!("request body is larger than {limit} bytes"),
+            );
+        }
+        Err(BodyError::Unreadable) => {
             return http_error(
                 StatusCode::BAD_REQUEST,
                 kind,
-                "BAD_REQUEST",
-                &format!("the body is not a GraphQL request: {}", rejection.0),
+                ErrorCode::BadRequest,
+                "the request body could not be read",
             );
         }
     };
+    let graphql_request = match serde_json::from_slice::<JsonParams>(&bytes)
+        .map_err(|e| e.to_string())
+        .and_then(graphql_request)
+    {
+        Ok(request) => request,
+        Err(reason) => {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                kind,
+                ErrorCode::BadRequest,
+                &format!("the body is not a GraphQL request: {reason}"),
+            );
+        }
+    };
+    let viewer = viewer_of(&gateway, &parts.headers).await;
     render(kind, &execute(&gateway, graphql_request, viewer).await)
 }
 
 /// GET serves three audiences: websocket clients upgrading, browsers wanting GraphiQL, and
-/// clients sending a query in the query string.
+/// clients sending a request in the query string (a query, or a persisted query's hash).
 pub async fn get(State(gateway): State<Gateway>, request: Request) -> Response {
     let is_upgrade = request
         .headers()
@@ -161,82 +291,54 @@ pub async fn get(State(gateway): State<Gateway>, request: Request) -> Response {
     if is_upgrade {
         return super::ws::upgrade(gateway, request).await;
     }
-    let has_query = request
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|pair| pair.starts_with("query=")));
-    if !has_query {
-        let wants_html = request
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_none_or(|a| a.contains("text/html") || a.contains("*/*"));
-        if wants_html {
+    let accept = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let params = serde_urlencoded::from_str::<QueryParams>(request.uri().query().unwrap_or(""));
+    let wants_graphql = params.as_ref().map_or(true, QueryParams::is_graphql);
+    if !wants_graphql {
+        if prefers_html(accept) {
             return super::graphiql::page(request.headers());
         }
         return http_error(
             StatusCode::BAD_REQUEST,
-            ResponseType::Json,
-            "BAD_REQUEST",
+            negotiate(accept).unwrap_or(ResponseType::Json),
+            ErrorCode::BadRequest,
             "GET /graphql needs a query parameter",
         );
     }
-    let Some(kind) = accepted_type(request.headers()) else {
+    let Some(kind) = negotiate(accept) else {
         return not_acceptable();
     };
-    let viewer = viewer_of(&gateway, request.headers()).await;
-    let graphql_request = match GraphQLRequest::<GraphQLRejection>::from_request(request, &()).await
+    let graphql_request = match params
+        .map_err(|e| e.to_string())
+        .and_then(QueryParams::into_json)
+        .and_then(graphql_request)
     {
-        Ok(request) => request.into_inner(),
-        Err(rejection) => {
+        Ok(request) => request,
+        Err(reason) => {
             return http_error(
                 StatusCode::BAD_REQUEST,
                 kind,
-                "BAD_REQUEST",
-                &format!("the query string is not a GraphQL request: {}", rejection.0),
+                ErrorCode::BadRequest,
+                &format!("the query string is not a GraphQL request: {reason}"),
             );
         }
     };
-    // GET must never change anything: caches and prefetchers replay it.
-    if is_mutation(&graphql_request) {
-        let mut response = http_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            kind,
-            "BAD_REQUEST",
-            "mutations must be sent with POST",
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return response;
-    }
+    let viewer = viewer_of(&gateway, request.headers()).await;
+    // GET must never change anything: caches and prefetchers replay it. Admission refuses
+    // a mutation once the operation is known (after a persisted query is resolved).
+    let graphql_request = graphql_request.data(SafeMethod);
     render(kind, &execute(&gateway, graphql_request, viewer).await)
 }
 
-fn is_mutation(request: &async_graphql::Request) -> bool {
-    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
-        return false;
-    };
-    let wanted = request.operation_name.as_deref();
-    match &document.operations {
-        DocumentOperations::Single(op) => op.node.ty == OperationType::Mutation,
-        DocumentOperations::Multiple(ops) => ops
-            .iter()
-            .filter(|(name, _)| wanted.is_none_or(|w| name.as_str() == w))
-            .any(|(_, op)| op.node.ty == OperationType::Mutation),
-    }
-}
 
 /// Anything but GET and POST on `/graphql`.
 pub async fn other_method(method: Method) -> Response {
-    let mut response = http_error(
-        StatusCode::METHOD_NOT_ALLOWED,
+    method_not_allowed(
         ResponseType::Json,
-        "BAD_REQUEST",
         &format!("{method} is not allowed on /graphql; use POST or GET"),
-    );
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
-    response
+        "GET, POST",
+    )
 }

@@ -1,5 +1,5 @@
 use crate::helpers::{Sim, spawn_app};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn stores_list_the_sandbox_estate_with_a_closed_store_and_an_offline_pos() {
@@ -134,4 +134,46 @@ async fn a_cart_of_twenty_distinct_products_costs_one_product_lookup() {
     assert_eq!(calls.get("GET /v1/products"), Some(&1), "{calls:?}");
     assert_eq!(calls.get("GET /v1/stores"), Some(&1), "{calls:?}");
     assert_eq!(calls.get("GET /v1/carts/{cart_id}"), Some(&1), "{calls:?}");
+}
+
+#[tokio::test]
+async fn a_repeated_id_gets_its_answer_at_every_place_it_was_asked() {
+    let app = spawn_app().await;
+    app.reset_calls(Sim::Okya).await;
+    let data = app
+        .data(
+            r#"{ products(ids: ["prd_latte", "prd_latte"]) { id }
+                 mixed: products(ids: ["prd_mocha", "prd_nope", "prd_mocha", "bad id", "prd_nope", "prd_latte", "prd_mocha"]) { id name } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        data["products"],
+        json!([{"id": "prd_latte"}, {"id": "prd_latte"}])
+    );
+    let ids: Vec<Value> = data["mixed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].clone())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            json!("prd_mocha"),
+            Value::Null,
+            json!("prd_mocha"),
+            Value::Null,
+            Value::Null,
+            json!("prd_latte"),
+            json!("prd_mocha")
+        ]
+    );
+    assert_eq!(data["mixed"][0], data["mixed"][6]);
+    let calls = app.calls(Sim::Okya).await;
+    assert_eq!(
+        calls.get("GET /v1/products"),
+        Some(&1),
+        "still one batch: {calls:?}"
+    );
 }

@@ -11,9 +11,8 @@ use std::panic::AssertUnwindSafe;
 
 #[tokio::test]
 async fn graphiql_renders_with_no_network_lists_the_schema_and_runs_queries_and_subscriptions() {
-    // Until issue 8 item 6 lands, GraphiQL's introspection query is deeper than the default
-    // `graphql.max_depth` allows; then this becomes `spawn_app()` at the defaults.
-    let app = spawn_app_with(Db::Sqlite, |s| s.graphql.max_depth = 20).await;
+    // At the default limits: GraphiQL's own introspection query must pass them.
+    let app = spawn_app_with(Db::Sqlite, |_| {}).await;
     let customer = app.sign_up("+16265550190", "grace@example.com").await;
     app.use_token(Some(&customer.access_token));
     let browser = Browser::start().await;

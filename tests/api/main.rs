@@ -9,11 +9,14 @@ mod catalog;
 mod config;
 #[cfg(feature = "crash-points")]
 mod crash;
+mod errors;
 mod graphiql;
 mod helpers;
 mod instances;
+mod introspection;
 mod money_path;
 mod orders;
+mod persisted_queries;
 mod persistence;
 mod protocol;
 mod rewards;

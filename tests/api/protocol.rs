@@ -35,9 +35,15 @@ const STORES: &str = r#"{"query": "{ stores { id } }"}"#;
 #[tokio::test]
 async fn accept_chooses_the_response_media_type() {
     let app = spawn_app().await;
+    // No Accept, or only `*/*`: application/json (graphql-http's audits 47DE and 80D8).
     let cases = [
-        (None, GRAPHQL_RESPONSE),
-        (Some("*/*"), GRAPHQL_RESPONSE),
+        (None, JSON),
+        (Some("*/*"), JSON),
+        (Some("application/*"), JSON),
+        (
+            Some("application/graphql-response+json, */*;q=0.5"),
+            GRAPHQL_RESPONSE,
+        ),
         (Some("application/graphql-response+json"), GRAPHQL_RESPONSE),
         (Some("application/json"), JSON),
         (
@@ -54,8 +60,192 @@ async fn accept_chooses_the_response_media_type() {
         assert_eq!((status, ct.as_str()), (200, expected), "{accept:?}");
         assert!(body["data"]["stores"].is_array());
     }
-    let (status, _, _) = post(&app, Some("text/html"), Some("application/json"), STORES).await;
+    let (status, _, body) = post(&app, Some("text/html"), Some("application/json"), STORES).await;
     assert_eq!(status, 406);
+    assert_eq!(body["errors"][0]["extensions"]["code"], "NOT_ACCEPTABLE");
+}
+
+/// Sends a request as raw HTTP/1.1 and returns the status and the body.
+async fn raw_http(app: &crate::helpers::TestApp, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(app.app.addr())
+        .await
+        .expect("connect");
+    socket.write_all(request).await.expect("request written");
+    let mut answer = Vec::new();
+    // The server may answer before it has read everything and then close: read what came.
+    let _ = socket.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn an_over_long_chunked_body_is_413_like_a_declared_one() {
+    let app = spawn_app_with(Db::Sqlite, |s| s.graphql.max_body_bytes = 4096).await;
+    let query =
+        json!({"query": format!("{{ stores {{ id }} }} # {}", "x".repeat(10_000))}).to_string();
+    let mut chunked = b"POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAccept: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for piece in query.as_bytes().chunks(1000) {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let (status, body) = raw_http(&app, &chunked).await;
+    assert_eq!(status, 413, "{body}");
+    let body: Value = serde_json::from_str(body.trim()).expect("a GraphQL-shaped body");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "PAYLOAD_TOO_LARGE");
+
+    let declared = format!(
+        "POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{query}",
+        query.len()
+    );
+    let (status, _) = raw_http(&app, declared.as_bytes()).await;
+    assert_eq!(status, 413);
+
+    // A chunked body within the limit runs.
+    let small = r#"{"query": "{ stores { id } }"}"#;
+    let request = format!(
+        "POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{small}\r\n0\r\n\r\n",
+        small.len()
+    );
+    let (status, body) = raw_http(&app, request.as_bytes()).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn content_types_are_parsed_as_http_defines_them() {
+    let app = spawn_app().await;
+    for content_type in [
+        "application/json ; charset=utf-8",
+        "Application/JSON;charset=\"UTF-8\"",
+        "application/json ;charset=utf-8",
+    ] {
+        let (status, _, body) = post(&app, None, Some(content_type), STORES).await;
+        assert_eq!(status, 200, "{content_type}: {body}");
+        assert!(body["data"]["stores"].is_array());
+    }
+    for content_type in [
+        "application/json; charset=iso-8859-1",
+        "application/jsonx",
+        "text/plain",
+    ] {
+        let (status, _, body) = post(&app, None, Some(content_type), STORES).await;
+        assert_eq!(status, 415, "{content_type}");
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"],
+            "UNSUPPORTED_MEDIA_TYPE"
+        );
+    }
+}
+
+/// The same GraphQL-over-HTTP request sent by POST and by GET, answered alike.
+async fn both_ways(app: &crate::helpers::TestApp, params: &[(&str, &str)]) -> [(u16, Value); 2] {
+    let mut body = serde_json::Map::new();
+    for (name, value) in params {
+        let value = match *name {
+            "variables" | "extensions" => serde_json::from_str(value).unwrap_or(json!(value)),
+            _ => json!(value),
+        };
+        body.insert((*name).to_owned(), value);
+    }
+    let posted = app
+        .http
+        .post(app.graphql_url())
+        .header("content-type", "application/json")
+        .header("accept", "application/graphql-response+json")
+        .body(Value::Object(body).to_string())
+        .send()
+        .await
+        .unwrap();
+    let got = app
+        .http
+        .get(app.graphql_url())
+        .query(params)
+        .header("accept", "application/graphql-response+json")
+        .send()
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    for response in [posted, got] {
+        let status = response.status().as_u16();
+        answers.push((status, response.json().await.unwrap_or(Value::Null)));
+    }
+    [answers.remove(0), answers.remove(0)]
+}
+
+#[tokio::test]
+async fn get_follows_the_same_rules_as_post() {
+    let app = spawn_app().await;
+    let two =
+        "query Stores { stores { id } } query Products { products(ids: [\"prd_latte\"]) { id } }";
+    let [post, get] = both_ways(&app, &[("query", two), ("operationName", "Products")]).await;
+    assert_eq!(post, get);
+    assert_eq!(get.0, 200);
+    assert_eq!(get.1["data"], json!({"products": [{"id": "prd_latte"}]}));
+
+    let [post, get] = both_ways(&app, &[("query", two), ("operationName", "")]).await;
+    assert_eq!(post.0, 400, "several operations and no name: {}", post.1);
+    assert_eq!(post, get);
+
+    let [post, get] = both_ways(
+        &app,
+        &[
+            (
+                "query",
+                "query($ids: [ID!]!) { products(ids: $ids) { id } }",
+            ),
+            ("variables", r#"{"ids": ["prd_mocha"]}"#),
+        ],
+    )
+    .await;
+    assert_eq!(post, get);
+    assert_eq!(get.1["data"]["products"][0]["id"], "prd_mocha");
+
+    let [post, get] = both_ways(
+        &app,
+        &[("query", "{ stores { id } }"), ("variables", "[1]")],
+    )
+    .await;
+    assert_eq!((post.0, get.0), (400, 400), "variables must be an object");
+    assert_eq!(get.1["errors"][0]["extensions"]["code"], "BAD_REQUEST");
+
+    // A mutation picked by operationName from a document that also holds a query: GET
+    // refuses it (405), while the query of the same document runs.
+    let mixed = "query Q { stores { id } } mutation M { cartCreate(input: {storeId: \"str_pasadena\"}) { cart { id } } }";
+    let refused = app
+        .http
+        .get(app.graphql_url())
+        .query(&[("query", mixed), ("operationName", "M")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 405);
+    assert_eq!(refused.headers()["allow"], "POST");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "METHOD_NOT_ALLOWED"
+    );
+    let allowed = app
+        .http
+        .get(app.graphql_url())
+        .query(&[("query", mixed), ("operationName", "Q")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+    // No Accept on GET: application/json (audit 80D8).
+    assert_eq!(allowed.headers()["content-type"], JSON);
 }
 
 #[tokio::test]
@@ -168,15 +358,15 @@ async fn deep_huge_and_expensive_queries_are_refused_cleanly() {
     )
     .await;
     assert_eq!(status, 200);
-    // Nesting beyond the depth limit through introspection, which allows any depth.
+    // Introspection has limits of its own, which 50 levels of `ofType` exceed.
     let nested = format!(
         "{{ __schema {{ types {{ {} name {} }} }} }}",
-        "ofType { ".repeat(14),
-        "} ".repeat(14)
+        "ofType { ".repeat(50),
+        "} ".repeat(50)
     );
     let (status, _, json) = post(
         &app,
-        None,
+        Some("application/graphql-response+json"),
         Some("application/json"),
         &json!({"query": nested}).to_string(),
     )
@@ -205,7 +395,13 @@ async fn deep_huge_and_expensive_queries_are_refused_cleanly() {
     );
     let body = json!({"query": many}).to_string();
     let app = spawn_app().await;
-    let (status, _, json) = post(&app, None, Some("application/json"), &body).await;
+    let (status, _, json) = post(
+        &app,
+        Some("application/graphql-response+json"),
+        Some("application/json"),
+        &body,
+    )
+    .await;
     assert_eq!(status, 400, "{json}");
     assert!(
         json["errors"][0]["message"]

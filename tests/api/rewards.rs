@@ -5,7 +5,7 @@ use crate::helpers::{Db, Sim, TestApp, error_codes, spawn_app_with};
 use serde_json::{Value, json};
 use std::time::Duration;
 
-const CHECKOUT: &str = "mutation($i: CheckoutInput!) { checkout(input: $i) { order { id status subtotal { amount } discount { amount } tax { amount } total { amount } payment { status amount { amount } } voucher { id name discount { amount } } } userErrors { code field message } } }";
+const CHECKOUT: &str = "mutation($i: CheckoutInput!) { checkout(input: $i) { order { id status subtotal { amount } discount { amount } tax { amount } total { amount } payment { status amount { amount } } voucher { id voucherId name discount { amount } } } userErrors { code field message } } }";
 
 async fn member(phone: &str, email: &str, app: &TestApp) -> String {
     let customer = app.sign_up(phone, email).await;
@@ -142,7 +142,7 @@ async fn a_voucher_discounts_the_okya_order_the_adjusted_total_is_charged_and_po
     assert_eq!(order["tax"]["amount"], "1.54");
     assert_eq!(order["total"]["amount"], "16.54");
     assert_eq!(order["payment"]["amount"]["amount"], "16.54");
-    assert_eq!(order["voucher"]["id"], fixed.as_str());
+    assert_eq!(order["voucher"]["voucherId"], fixed.as_str());
     assert_eq!(order["voucher"]["discount"]["amount"], "2.00");
     let stripe = app.ledger(Sim::Stripe).await;
     assert_eq!(stripe["payment_intents"][0]["amount"], 1654);

@@ -2,6 +2,7 @@
 
 use crate::helpers::{Db, Sim, spawn_app_with};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 #[tokio::test]
 async fn vouchers_list_the_wallet_with_expired_ones_and_cost_one_lookup() {
@@ -88,4 +89,121 @@ async fn vouchers_list_the_wallet_with_expired_ones_and_cost_one_lookup() {
         anonymous["errors"][0]["extensions"]["code"],
         "UNAUTHENTICATED"
     );
+}
+
+/// What a normalised client cache (Apollo's `InMemoryCache`, urql's Graphcache) does with
+/// a response: every object with `__typename` and `id` is stored once under that key and
+/// its fields merged. Panics when one key would hold two different values of a field:
+/// two objects sharing an id, one's data shown as the other's.
+fn assert_normalisable(response: &Value) {
+    fn walk(value: &Value, store: &mut BTreeMap<String, serde_json::Map<String, Value>>) -> Value {
+        match value {
+            Value::Array(items) => Value::Array(items.iter().map(|v| walk(v, store)).collect()),
+            Value::Object(fields) => {
+                let normalised: serde_json::Map<String, Value> = fields
+                    .iter()
+                    .map(|(name, v)| (name.clone(), walk(v, store)))
+                    .collect();
+                let (Some(typename), Some(id)) = (fields.get("__typename"), fields.get("id"))
+                else {
+                    return Value::Object(normalised);
+                };
+                let key = format!("{}:{}", typename.as_str().unwrap(), id.as_str().unwrap());
+                let entry = store.entry(key.clone()).or_default();
+                for (name, v) in normalised {
+                    if let Some(seen) = entry.get(&name) {
+                        assert_eq!(seen, &v, "{key}.{name}: two objects share one identity");
+                    }
+                    entry.insert(name, v);
+                }
+                json!({ "__ref": key })
+            }
+            other => other.clone(),
+        }
+    }
+    walk(response, &mut BTreeMap::new());
+}
+
+async fn add_lattes(app: &crate::helpers::TestApp, quantity: u32) -> String {
+    let cart = app.new_cart("str_pasadena").await;
+    let added = app
+        .data(
+            "mutation($c: ID!, $q: Int!) { cartLinesAdd(cartId: $c, lines: [{productId: \"prd_latte\", quantity: $q, modifierOptionIds: [\"opt_size_small\"]}]) { userErrors { code } } }",
+            json!({"c": cart, "q": quantity}),
+        )
+        .await;
+    assert_eq!(added["cartLinesAdd"]["userErrors"], json!([]));
+    cart
+}
+
+/// Every type with an `id` is identified by it alone: a declined checkout and its retry
+/// with the same voucher are two orders, each with its own applied voucher.
+#[tokio::test]
+async fn two_orders_that_used_one_voucher_never_share_an_identity() {
+    let app = spawn_app_with(Db::Sqlite, |s| s.sandbox.auto_accept_delay_ms = 0).await;
+    let ada = app.sign_up("+16265550162", "ada@example.com").await;
+    app.use_token(Some(&ada.access_token));
+    app.eventually("the SessionM link", || async {
+        app.data("{ me { loyalty { pointsBalance } } }", json!({}))
+            .await["me"]["loyalty"]
+            .is_object()
+    })
+    .await;
+    let wallet = app
+        .data("{ vouchers { id status discount { kind } } }", json!({}))
+        .await;
+    let percent = wallet["vouchers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["discount"]["kind"] == "PERCENTAGE" && v["status"] == "AVAILABLE")
+        .expect("a percentage voucher")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let checkout = "mutation($i: CheckoutInput!) { checkout(input: $i) { order { id status } userErrors { code } } }";
+    let mut orders = Vec::new();
+    for (lattes, card, key) in [
+        (1, "pm_card_chargeDeclined", "declined"),
+        (3, "pm_card_visa", "retry"),
+    ] {
+        let cart = add_lattes(&app, lattes).await;
+        let placed = app
+            .data(
+                checkout,
+                json!({"i": {"cartId": cart, "paymentMethodId": card, "voucherId": percent, "idempotencyKey": key}}),
+            )
+            .await;
+        orders.push(
+            placed["checkout"]["order"]["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("an order: {placed}"))
+                .to_owned(),
+        );
+    }
+    let order_fields = "__typename id status discount { amount } voucher { __typename id voucherId name discount { amount currencyCode } } lines { __typename id quantity product { __typename id name } } store { __typename id name }";
+    let data = app
+        .data(
+            &format!(
+                "query($a: ID!, $b: ID!) {{ a: order(id: $a) {{ {order_fields} }} b: order(id: $b) {{ {order_fields} }}
+                   me {{ __typename id orders {{ nodes {{ {order_fields} }} }} loyalty {{ vouchers {{ __typename id status }} }} }}
+                   vouchers {{ __typename id status }} }}"
+            ),
+            json!({"a": orders[0], "b": orders[1]}),
+        )
+        .await;
+    assert_eq!(data["a"]["status"], "PAYMENT_FAILED");
+    assert_normalisable(&data);
+    let (a, b) = (&data["a"]["voucher"], &data["b"]["voucher"]);
+    assert_eq!(a["voucherId"], percent);
+    assert_eq!(b["voucherId"], percent);
+    assert_ne!(
+        a["discount"], b["discount"],
+        "different baskets, different discounts"
+    );
+    assert_ne!(
+        a["id"], b["id"],
+        "two applications of one voucher are two objects"
+    );
+    assert_normalisable(&data);
 }
