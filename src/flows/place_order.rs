@@ -361,6 +361,11 @@ async fn run_steps(state: &AppState, id: &str) -> Result<(), FlowError> {
             return Ok(());
         }
         let outcome = match parse_step(&order) {
+            // A step backing off after a failure waits for its time, whoever drives the
+            // flow meanwhile (a webhook, a waiting checkout): retries keep their pace.
+            Ok(step) if step.is_active() && order.next_attempt_at_ms > now_ms() => {
+                return Ok(());
+            }
             Ok(step) => {
                 let span = tracing::info_span!("flow_step", order_id = %id, step = step.as_str());
                 // Boxed: each step is a large future, and nesting them inline overflows the stack.

@@ -267,3 +267,26 @@ async fn a_capture_whose_saved_500_is_replayed_is_read_from_the_intent() {
     assert_eq!(order["payment"]["status"], "CAPTURED");
     shop.assert_money_invariants().await;
 }
+
+/// Found by the step matrix: a checkout waiting for its order drove the flow every 25 ms,
+/// so a step backing off after a failure was tried again at once, over and over, and used
+/// up its attempts in seconds. Whoever drives the flow, a step waits for its retry time.
+#[tokio::test]
+async fn a_waiting_checkout_keeps_the_retry_pace_of_a_failing_step() {
+    const PAYMENTS: &str = "POST /v1/orders/{order_id}/payments";
+    let shop = shop(|s| s.orders.checkout_wait_ms = 2_000).await;
+    shop.faults(Sim::Okya, json!({"fail_next": {PAYMENTS: 1_000_000}}))
+        .await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let body = shop
+        .gql(
+            "mutation($i: CheckoutInput!) { checkout(input: $i) { order { id } } }",
+            json!({"i": {"cartId": cart, "paymentMethodId": "pm_card_visa", "idempotencyKey": "k"}}),
+        )
+        .await;
+    assert_eq!(body["errors"][0]["extensions"]["code"], "UPSTREAM_UNAVAILABLE", "{body}");
+    // Backing off from 200 ms, about 4 tries fit in 2 s (3 requests each), a webhook's
+    // run included; driven every 25 ms it was over a hundred.
+    let tries = shop.log(Sim::Okya, PAYMENTS).await.len();
+    assert!((3..=18).contains(&tries), "{tries} requests in 2 s");
+}
