@@ -323,6 +323,17 @@ mod tests {
     }
 
     #[test]
+    fn the_drawing_names_every_step_and_status() {
+        let drawing = include_str!("../../docs/order-state-machine.md");
+        for step in Step::all() {
+            assert!(drawing.contains(step.as_str()), "step {} is not drawn", step.as_str());
+        }
+        for status in OrderStatus::all() {
+            assert!(drawing.contains(status.as_str()), "status {status} is not drawn");
+        }
+    }
+
+    #[test]
     fn names_round_trip() {
         for status in OrderStatus::all() {
             assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
