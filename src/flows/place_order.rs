@@ -984,21 +984,11 @@ async fn adopt_intent(
             Ok(Next::Rest)
         }
         PaymentIntentStatus::RequiresPaymentMethod | PaymentIntentStatus::Canceled => {
-            let (code, message) = intent
-                .last_payment_error
-                .as_ref()
-                .map(|e| {
-                    (
-                        e.code.clone().unwrap_or_else(|| "card_declined".into()),
-                        e.message.clone().unwrap_or_default(),
-                    )
-                })
-                .unwrap_or_else(|| {
-                    (
-                        "payment_failed".into(),
-                        "The payment did not go through.".into(),
-                    )
-                });
+            let (code, message) = payment_error(
+                intent,
+                ("card_declined", "payment_failed"),
+                "The payment did not go through.",
+            );
             set_payment(&mut order, PaymentStatus::Failed);
             fail_with(&mut order, &code, &message);
             advance(&mut order, Step::CancelOkya);
@@ -1009,6 +999,22 @@ async fn adopt_intent(
             "PaymentIntent {} has a status this service does not know",
             intent.id
         ))),
+    }
+}
+
+/// The code and message of an intent's last payment error. `codes` are the code to use
+/// when the error has none, and when there is no error at all (with `message`).
+fn payment_error(
+    intent: &PaymentIntent,
+    codes: (&str, &str),
+    message: &str,
+) -> (String, String) {
+    match &intent.last_payment_error {
+        Some(e) => (
+            e.code.clone().unwrap_or_else(|| codes.0.to_owned()),
+            e.message.clone().unwrap_or_default(),
+        ),
+        None => (codes.1.to_owned(), message.to_owned()),
     }
 }
 
@@ -1129,23 +1135,11 @@ async fn await_authentication(state: &AppState, mut order: Order) -> Result<Next
         }
         PaymentIntentStatus::RequiresPaymentMethod | PaymentIntentStatus::Canceled => {
             apply_intent(&mut order, &intent);
-            let (code, message) = intent
-                .last_payment_error
-                .as_ref()
-                .map(|e| {
-                    (
-                        e.code
-                            .clone()
-                            .unwrap_or_else(|| "authentication_failed".into()),
-                        e.message.clone().unwrap_or_default(),
-                    )
-                })
-                .unwrap_or_else(|| {
-                    (
-                        "authentication_failed".into(),
-                        "The card could not be authenticated.".into(),
-                    )
-                });
+            let (code, message) = payment_error(
+                &intent,
+                ("authentication_failed", "authentication_failed"),
+                "The card could not be authenticated.",
+            );
             set_payment(&mut order, PaymentStatus::Failed);
             fail_with(&mut order, &code, &message);
             advance(&mut order, Step::CancelOkya);
