@@ -150,6 +150,9 @@ pub struct GraphqlSettings {
     pub max_body_bytes: usize,
     /// Seconds a websocket may stay open without `connection_init` (`CBTL_GRAPHQL__WS_INIT_TIMEOUT_SECS`).
     pub ws_init_timeout_secs: u64,
+    /// How often an open websocket is pinged (and a legacy `graphql-ws` one sent `ka`), in
+    /// ms (`CBTL_GRAPHQL__WS_KEEPALIVE_MS`); a peer silent for two of these is dropped.
+    pub ws_keepalive_ms: u64,
     /// Operations one websocket may run at once (`CBTL_GRAPHQL__WS_MAX_OPERATIONS`); one
     /// more is answered with an `error` message for its id.
     pub ws_max_operations: u32,
@@ -165,6 +168,7 @@ impl Default for GraphqlSettings {
             max_complexity: 1_000,
             max_body_bytes: 64 * 1024,
             ws_init_timeout_secs: 10,
+            ws_keepalive_ms: 15_000,
             ws_max_operations: 20,
             ws_max_operations_per_customer: 40,
         }

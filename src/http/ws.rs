@@ -52,8 +52,9 @@ const FRAME_ALLOWANCE: usize = 4;
 /// Initial read buffer; tungstenite grows it for larger messages and the default 128 KiB
 /// per idle connection is what makes stock websockets expensive.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
-/// How often we ping an idle peer, so dead connections are noticed and dropped.
-const HEARTBEAT: Duration = Duration::from_secs(30);
+/// Keep-alive intervals a peer may stay silent (not even a pong) before it is taken for
+/// gone and dropped, with everything its operations held.
+const SILENT_INTERVALS: u32 = 2;
 /// How long we wait for the peer's half of a closing handshake before dropping the
 /// connection anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -342,24 +343,32 @@ impl Connection {
         closing: CancellationToken,
     ) {
         let init_deadline = Instant::now() + init_timeout;
-        let mut heartbeat = interval_at(Instant::now() + HEARTBEAT, HEARTBEAT);
+        let keepalive = Duration::from_millis(self.gateway.app.settings.graphql.ws_keepalive_ms);
+        let mut heartbeat = interval_at(Instant::now() + keepalive, keepalive);
+        let mut last_heard = Instant::now();
         let end = loop {
             tokio::select! {
                 () = closing.cancelled() => break End::close(1001, "Server shutting down"),
-                incoming = socket.recv() => match incoming {
-                    None => break End::Gone,
-                    Some(Err(error)) => break End::after_read_error(error),
-                    Some(Ok(Message::Close(_))) => break End::Answer,
-                    Some(Ok(Message::Text(text))) => {
-                        if let Err(end) = self.on_text(text.as_str(), &mut socket).await {
-                            break end;
+                incoming = socket.recv() => {
+                    // Anything at all shows the peer is there.
+                    if matches!(incoming, Some(Ok(_))) {
+                        last_heard = Instant::now();
+                    }
+                    match incoming {
+                        None => break End::Gone,
+                        Some(Err(error)) => break End::after_read_error(error),
+                        Some(Ok(Message::Close(_))) => break End::Answer,
+                        Some(Ok(Message::Text(text))) => {
+                            if let Err(end) = self.on_text(text.as_str(), &mut socket).await {
+                                break end;
+                            }
                         }
+                        Some(Ok(Message::Binary(_))) => {
+                            break End::close(4400, "Binary messages are not supported");
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     }
-                    Some(Ok(Message::Binary(_))) => {
-                        break End::close(4400, "Binary messages are not supported");
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                },
+                }
                 Some(event) = events.recv() => {
                     if let Err(end) = self.on_event(event, &mut socket).await {
                         break end;
@@ -369,7 +378,21 @@ impl Connection {
                     break End::close(4408, "Connection initialisation timeout");
                 }
                 _ = heartbeat.tick() => {
+                    if last_heard.elapsed() > keepalive * SILENT_INTERVALS {
+                        // A peer that vanished without closing (a phone that lost its
+                        // network) would otherwise hold its operations until TCP gives up.
+                        tracing::debug!("websocket peer silent; dropping it");
+                        break End::Gone;
+                    }
+                    // Browsers and graphql-ws answer a ping with a pong by themselves.
                     if socket.send(Message::Ping(Default::default())).await.is_err() {
+                        break End::Gone;
+                    }
+                    // subscriptions-transport-ws closes a socket that has had one `ka` and
+                    // then none for its 30 s timeout.
+                    if self.protocol == Protocol::Legacy && self.acked
+                        && Self::send(&mut socket, json!({"type": "ka"})).await.is_err()
+                    {
                         break End::Gone;
                     }
                 }

@@ -572,3 +572,119 @@ async fn on_sigterm_every_socket_is_closed_with_going_away() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn one_customers_operations_are_bounded_over_all_their_sockets() {
+    let app = spawn_app_with(Db::Sqlite, |s| {
+        s.graphql.ws_max_operations_per_customer = 3;
+        s.sandbox.auto_accept_delay_ms = 0;
+    })
+    .await;
+    let ada = app.sign_up("+16265550142", "ada@example.com").await;
+    let (order, _) = place_order(&app, &ada.access_token, "ada-1").await;
+    let query = "subscription($o: ID!) { orderStatusChanged(orderId: $o) { id status } }";
+    let subscribe = |id: &str| json!({"id": id, "type": "subscribe", "payload": {"query": query, "variables": {"o": order["id"]}}});
+    let init = json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {}", ada.access_token)}});
+    let mut first = connect(&app, "graphql-transport-ws").await;
+    send(&mut first, init.clone()).await;
+    assert_eq!(recv(&mut first).await["type"], "connection_ack");
+    let mut second = connect(&app, "graphql-transport-ws").await;
+    send(&mut second, init).await;
+    assert_eq!(recv(&mut second).await["type"], "connection_ack");
+
+    for id in ["a1", "a2"] {
+        send(&mut first, subscribe(id)).await;
+        assert_eq!(recv(&mut first).await["type"], "next");
+    }
+    send(&mut second, subscribe("b1")).await;
+    assert_eq!(recv(&mut second).await["type"], "next");
+    send(&mut second, subscribe("b2")).await;
+    let refused = recv(&mut second).await;
+    assert_eq!(
+        (&refused["type"], &refused["id"]),
+        (&json!("error"), &json!("b2"))
+    );
+    assert_eq!(refused["payload"][0]["extensions"]["code"], "RATE_LIMITED");
+
+    // Completing one frees its place; a ping's pong shows the completion was handled.
+    send(&mut first, json!({"id": "a1", "type": "complete"})).await;
+    send(&mut first, json!({"type": "ping"})).await;
+    assert_eq!(recv(&mut first).await["type"], "pong");
+    send(&mut second, subscribe("b2")).await;
+    let next = recv(&mut second).await;
+    assert_eq!((&next["type"], &next["id"]), (&json!("next"), &json!("b2")));
+    // So does a socket that goes away.
+    drop(first);
+    app.eventually("the closed socket's operation is freed", || {
+        let app = &app;
+        let subscribe = &subscribe;
+        let token = ada.access_token.clone();
+        async move {
+            let mut third = connect(app, "graphql-transport-ws").await;
+            send(
+                &mut third,
+                json!({"type": "connection_init", "payload": {"authToken": token}}),
+            )
+            .await;
+            assert_eq!(recv(&mut third).await["type"], "connection_ack");
+            send(&mut third, subscribe("c1")).await;
+            recv(&mut third).await["type"] == "next"
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_peer_gone_silent_is_dropped_and_its_operations_freed() {
+    let app = spawn_app_with(Db::Sqlite, |s| {
+        s.graphql.ws_keepalive_ms = 200;
+        s.graphql.ws_max_operations_per_customer = 1;
+        s.sandbox.auto_accept_delay_ms = 0;
+    })
+    .await;
+    let ada = app.sign_up("+16265550143", "ada@example.com").await;
+    let (order, _) = place_order(&app, &ada.access_token, "ada-1").await;
+    let subscribe = json!({"id": "s", "type": "subscribe", "payload": {"query": "subscription($o: ID!) { orderStatusChanged(orderId: $o) { id } }", "variables": {"o": order["id"]}}});
+    let init = json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {}", ada.access_token)}});
+
+    // A phone that loses its network: the socket stays open but nothing answers pings.
+    let mut lost = connect(&app, "graphql-transport-ws").await;
+    send(&mut lost, init.clone()).await;
+    assert_eq!(recv(&mut lost).await["type"], "connection_ack");
+    send(&mut lost, subscribe.clone()).await;
+    assert_eq!(recv(&mut lost).await["type"], "next");
+
+    // Its reconnection is refused at first (the lost socket holds the one operation
+    // allowed), then served once the lost socket is found silent and dropped.
+    app.eventually("the silent socket's operation is freed", || {
+        let app = &app;
+        let (init, subscribe) = (init.clone(), subscribe.clone());
+        async move {
+            let mut again = connect(app, "graphql-transport-ws").await;
+            send(&mut again, init).await;
+            assert_eq!(recv(&mut again).await["type"], "connection_ack");
+            send(&mut again, subscribe).await;
+            recv(&mut again).await["type"] == "next"
+        }
+    })
+    .await;
+    drop(lost);
+}
+
+#[tokio::test]
+async fn the_legacy_protocol_is_kept_alive_with_ka() {
+    let app = spawn_app_with(Db::Sqlite, |s| s.graphql.ws_keepalive_ms = 200).await;
+    let mut ws = connect(&app, "graphql-ws").await;
+    send(&mut ws, json!({"type": "connection_init", "payload": {}})).await;
+    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+    // subscriptions-transport-ws closes the socket when, after a first `ka`, none comes
+    // within its timeout: they must keep coming.
+    // (Bounded as a whole: the pings that come meanwhile keep each `recv` from timing out.)
+    tokio::time::timeout(Duration::from_secs(10), async {
+        for _ in 0..3 {
+            assert_eq!(recv(&mut ws).await, json!({"type": "ka"}));
+        }
+    })
+    .await
+    .expect("`ka` keeps coming");
+}
