@@ -120,7 +120,7 @@ impl Application {
         }
         // Upgraded connections are no longer the server's: they are closed here, at the
         // same time as the server drains its requests.
-        let (served, _) =
+        let (served, ()) =
             tokio::join!(&mut self.server, self.sockets.close_all(SOCKET_CLOSE_GRACE));
         match served {
             Ok(result) => result,

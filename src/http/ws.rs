@@ -102,19 +102,15 @@ pub struct Sockets {
 impl Sockets {
     /// Asks every open socket to close with 1001 (Going Away), so clients reconnect at
     /// once (to another instance), and waits until they have, or `grace` has passed.
-    /// Returns how many were still open then.
-    pub async fn close_all(&self, grace: Duration) -> usize {
+    pub async fn close_all(&self, grace: Duration) {
         self.closing.cancel();
         self.open.close();
         if timeout(grace, self.open.wait()).await.is_err() {
-            let left = self.open.len();
             tracing::warn!(
-                left,
+                left = self.open.len(),
                 "websockets still open at the end of the shutdown grace"
             );
-            return left;
         }
-        0
     }
 }
 
@@ -689,7 +685,7 @@ async fn finish(mut socket: WebSocket, end: End) {
             tracing::debug!(code, %reason, "closing websocket");
             let frame = CloseFrame {
                 code,
-                reason: reason.into(),
+                reason: close_reason(&reason).into(),
             };
             let handshake = async {
                 if socket.send(Message::Close(Some(frame))).await.is_err() {
@@ -703,9 +699,31 @@ async fn finish(mut socket: WebSocket, end: End) {
     }
 }
 
+/// `reason` cut to what a Close frame holds: a control frame's payload is at most 125
+/// bytes, two of them the code (RFC 6455 §5.5), and the reason stays UTF-8 (§5.5.1).
+fn close_reason(reason: &str) -> &str {
+    const MAX: usize = 123;
+    if reason.len() <= MAX {
+        return reason;
+    }
+    let mut end = MAX;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Credential, Protocol};
+    use super::{Credential, Protocol, close_reason};
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        assert_eq!(close_reason("Forbidden"), "Forbidden");
+        let long = format!("Subscriber for {} already exists", "é".repeat(100));
+        let cut = close_reason(&long);
+        assert!(cut.len() <= 123 && long.starts_with(cut), "{cut}");
+    }
     use serde_json::{Value, json};
 
     #[test]

@@ -162,6 +162,20 @@ async fn transport_ws_closes_with_the_protocol_codes() {
         close_code(&mut ws).await,
         (4409, "Subscriber for dup already exists".to_owned())
     );
+    // With the longest id, the reason is cut to fit a Close frame (RFC 6455 §5.5).
+    let mut ws = connect(&app, "graphql-transport-ws").await;
+    init(&mut ws).await;
+    let id = "i".repeat(128);
+    let subscribe =
+        json!({"id": id, "type": "subscribe", "payload": {"query": "{ stores { id } }"}});
+    send(&mut ws, subscribe.clone()).await;
+    send(&mut ws, subscribe).await;
+    let (code, reason) = close_code(&mut ws).await;
+    assert_eq!(code, 4409);
+    assert!(
+        reason.starts_with("Subscriber for iii") && reason.len() <= 123,
+        "{reason}"
+    );
 }
 
 #[tokio::test]
