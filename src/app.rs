@@ -8,13 +8,14 @@ use crate::{
     graphql::{self, AppSchema},
     http,
     jobs::{self, JobSignal},
+    quota::Quotas,
     sandbox::{self, Sandbox},
     store::{self, StoreError},
     upstream::{UpstreamError, Upstreams},
 };
-use axum::{Json, Router, extract::FromRef, http::StatusCode, routing::get};
+use axum::{Json, Router, extract::FromRef, http::StatusCode, routing::get, serve::ListenerExt};
 use sea_orm::DatabaseConnection;
-use std::{net::SocketAddr, ops::Deref, sync::Arc};
+use std::{net::SocketAddr, ops::Deref, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tower_http::{catch_panic::CatchPanicLayer, limit::RequestBodyLimitLayer, trace::TraceLayer};
 
@@ -25,6 +26,8 @@ pub struct AppInner {
     pub token_keys: TokenKeys,
     pub job_signal: JobSignal,
     pub order_events: OrderEvents,
+    /// What one customer may hold of what everyone shares.
+    pub quotas: Quotas,
     #[cfg(feature = "crash-points")]
     pub crash_points: crate::crash::CrashPoints,
 }
@@ -40,11 +43,12 @@ impl Deref for AppState {
     }
 }
 
-/// The HTTP layer's state: the app and its schema.
+/// The HTTP layer's state: the app, its schema and its open websockets.
 #[derive(Clone)]
 pub struct Gateway {
     pub app: AppState,
     pub schema: AppSchema,
+    pub sockets: http::ws::Sockets,
 }
 
 impl FromRef<Gateway> for AppState {
@@ -75,8 +79,13 @@ pub struct Application {
     sandbox: Sandbox,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
+    sockets: http::ws::Sockets,
     workers: Vec<JoinHandle<()>>,
 }
+
+/// How long a shutdown waits for websockets to finish their closing handshake, within the
+/// 30 s orchestrators commonly allow between SIGTERM and SIGKILL.
+const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 impl Application {
     /// Where the service listens.
@@ -97,16 +106,23 @@ impl Application {
         &self.sandbox
     }
 
-    /// Serves until `signal` resolves, then lets in-flight requests finish.
+    /// Serves until `signal` resolves, then shuts down gracefully: stops accepting, lets
+    /// in-flight requests finish, and closes every websocket with 1001 (Going Away) so its
+    /// client reconnects at once, to another instance if there is one.
     pub async fn run_until(
         mut self,
         signal: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
         signal.await;
+        tracing::info!("shutting down");
         if let Some(stop) = self.shutdown.take() {
             let _ = stop.send(());
         }
-        match (&mut self.server).await {
+        // Upgraded connections are no longer the server's: they are closed here, at the
+        // same time as the server drains its requests.
+        let (served, ()) =
+            tokio::join!(&mut self.server, self.sockets.close_all(SOCKET_CLOSE_GRACE));
+        match served {
             Ok(result) => result,
             Err(join) => Err(std::io::Error::other(join)),
         }
@@ -140,7 +156,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         addr: settings.listen_addr,
         source,
     })?;
-    let db = store::connect(&settings.database_url).await?;
+    let db = store::connect(&settings.database_url, &settings.database).await?;
     store::migrate(&db).await?;
     let sandbox = sandbox::start(&settings, &format!("http://{addr}"))
         .await
@@ -148,6 +164,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
     let upstreams = Upstreams::new(&settings, &sandbox)?;
     let token_keys = TokenKeys::new(&settings.auth);
     let (order_events, event_listener) = OrderEvents::start(db.clone());
+    let quotas = Quotas::new(&settings);
     let state = AppState(Arc::new(AppInner {
         db,
         upstreams,
@@ -155,6 +172,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         token_keys,
         job_signal: JobSignal::default(),
         order_events,
+        quotas,
         #[cfg(feature = "crash-points")]
         crash_points: crate::crash::CrashPoints::default(),
     }));
@@ -163,9 +181,18 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
     workers.push(crate::flows::place_order::spawn_sweeper(state.clone()));
     workers.push(store::housekeeping::spawn(state.db.clone()));
     let schema = graphql::build(&state.settings.graphql, Some(state.clone()));
+    let sockets = http::ws::Sockets::default();
     let router = router(Gateway {
         app: state.clone(),
         schema,
+        sockets: sockets.clone(),
+    });
+    // Without TCP_NODELAY, Nagle's algorithm holds back a small write until the previous
+    // one is acknowledged: with delayed ACKs, ~40 ms between two websocket messages.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+        }
     });
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -182,6 +209,7 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
         sandbox,
         shutdown: Some(shutdown),
         server,
+        sockets,
         workers,
     })
 }

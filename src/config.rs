@@ -92,6 +92,8 @@ pub struct Settings {
     pub listen_addr: SocketAddr,
     /// Database (`DATABASE_URL`): `sqlite://path?mode=rwc` or `postgres://user@host/db`.
     pub database_url: String,
+    /// The database connection pool.
+    pub database: DatabaseSettings,
     /// Log output (`CBTL_LOG_FORMAT`): `pretty` for people, `json` for log shippers.
     pub log_format: LogFormat,
     /// Limits on GraphQL requests.
@@ -121,6 +123,7 @@ impl Default for Settings {
         Self {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: "sqlite://data/cbtl.db?mode=rwc".to_owned(),
+            database: DatabaseSettings::default(),
             log_format: LogFormat::Pretty,
             graphql: GraphqlSettings::default(),
             okya: OkyaSettings::default(),
@@ -133,6 +136,47 @@ impl Default for Settings {
             orders: OrderSettings::default(),
             sandbox: SandboxSettings::default(),
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Connections in the pool (`CBTL_DATABASE__MAX_CONNECTIONS`); unset: 8 with SQLite,
+    /// 20 with PostgreSQL. With PostgreSQL one of them listens for other instances' events.
+    pub max_connections: Option<u32>,
+    /// How long a query waits for a free connection before failing, in ms
+    /// (`CBTL_DATABASE__ACQUIRE_TIMEOUT_MS`).
+    pub acquire_timeout_ms: u64,
+    /// Connections one customer's live subscriptions may use at once
+    /// (`CBTL_DATABASE__MAX_CONNECTIONS_PER_CUSTOMER`); must leave some of the pool to
+    /// everyone else.
+    pub max_connections_per_customer: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            acquire_timeout_ms: 5_000,
+            max_connections_per_customer: 2,
+        }
+    }
+}
+
+impl DatabaseSettings {
+    /// The pool size for `database_url`.
+    pub fn pool_size(&self, database_url: &str) -> u32 {
+        self.max_connections
+            .unwrap_or(if database_url.starts_with("sqlite:") {
+                8
+            } else {
+                20
+            })
+    }
+
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms)
     }
 }
 
@@ -154,6 +198,15 @@ pub struct GraphqlSettings {
     pub max_body_bytes: usize,
     /// Seconds a websocket may stay open without `connection_init` (`CBTL_GRAPHQL__WS_INIT_TIMEOUT_SECS`).
     pub ws_init_timeout_secs: u64,
+    /// How often an open websocket is pinged (and a legacy `graphql-ws` one sent `ka`), in
+    /// ms (`CBTL_GRAPHQL__WS_KEEPALIVE_MS`); a peer silent for two of these is dropped.
+    pub ws_keepalive_ms: u64,
+    /// Operations one websocket may run at once (`CBTL_GRAPHQL__WS_MAX_OPERATIONS`); one
+    /// more is answered with an `error` message for its id.
+    pub ws_max_operations: u32,
+    /// Operations one signed-in customer may run at once over all their websockets
+    /// (`CBTL_GRAPHQL__WS_MAX_OPERATIONS_PER_CUSTOMER`).
+    pub ws_max_operations_per_customer: u32,
 }
 
 impl Default for GraphqlSettings {
@@ -163,6 +216,9 @@ impl Default for GraphqlSettings {
             max_complexity: 1_000,
             max_body_bytes: 64 * 1024,
             ws_init_timeout_secs: 10,
+            ws_keepalive_ms: 15_000,
+            ws_max_operations: 20,
+            ws_max_operations_per_customer: 40,
         }
     }
 }
@@ -502,9 +558,33 @@ impl Settings {
                 "must start with sqlite: or postgres://",
             ));
         }
+        let pool = self.database.pool_size(db);
+        if pool < 2 {
+            return Err(invalid("database.max_connections", "must be at least 2"));
+        }
+        if self.database.acquire_timeout_ms == 0 {
+            return Err(invalid("database.acquire_timeout_ms", "must be above 0"));
+        }
+        if self.database.max_connections_per_customer == 0
+            || self.database.max_connections_per_customer >= pool
+        {
+            return Err(invalid(
+                "database.max_connections_per_customer",
+                format!(
+                    "must be between 1 and the pool size less one ({})",
+                    pool - 1
+                ),
+            ));
+        }
         if self.graphql.max_depth == 0 || self.graphql.max_complexity == 0 {
             return Err(invalid(
                 "graphql.max_depth/max_complexity",
+                "must be above 0",
+            ));
+        }
+        if self.graphql.ws_max_operations == 0 || self.graphql.ws_max_operations_per_customer == 0 {
+            return Err(invalid(
+                "graphql.ws_max_operations/ws_max_operations_per_customer",
                 "must be above 0",
             ));
         }

@@ -11,6 +11,7 @@ pub mod flows;
 pub mod graphql;
 pub mod http;
 pub mod jobs;
+pub mod quota;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;

@@ -64,7 +64,7 @@ async fn main() -> ExitCode {
 }
 
 async fn migrate(settings: &Settings) -> Result<(), Box<dyn std::error::Error>> {
-    let db = store::connect(&settings.database_url).await?;
+    let db = store::connect(&settings.database_url, &settings.database).await?;
     store::migrate(&db).await?;
     tracing::info!("migrations applied");
     Ok(())

@@ -632,6 +632,9 @@ impl OrderSubscription {
         let customer = context::customer(ctx)?.as_str().to_owned();
         // Listen before reading, so no change can fall between the two.
         let events = state.order_events.subscribe();
+        // One customer's subscriptions share a few connections, so however many they open,
+        // everyone else still finds the pool free.
+        let slot = state.quotas.db_connections.acquire(&customer).await;
         let Some(order) = owned_order(&state, &customer, &order_id).await? else {
             return Err(ApiError::NotFound.into());
         };
@@ -639,10 +642,12 @@ impl OrderSubscription {
             .await
             .map_err(ApiError::from)?
             .len();
+        drop(slot);
         let first = OrderObject::current(order.clone())?;
         let done = first.status.is_final();
         let follow = StatusFollower {
             state,
+            customer,
             order_id: order.id,
             events,
             seen,
@@ -659,6 +664,8 @@ use futures_util::StreamExt;
 /// Follows one order's history for a subscriber.
 struct StatusFollower {
     state: AppState,
+    /// Whose database quota the re-reads draw on.
+    customer: String,
     order_id: String,
     events: tokio::sync::broadcast::Receiver<crate::events::OrderChanged>,
     seen: usize,
@@ -697,6 +704,12 @@ impl StatusFollower {
 
     /// Queues one order snapshot per history entry not yet sent.
     async fn catch_up(&mut self) -> Result<()> {
+        let _slot = self
+            .state
+            .quotas
+            .db_connections
+            .acquire(&self.customer)
+            .await;
         let history = store::orders::history(&self.state.db, &self.order_id)
             .await
             .map_err(ApiError::from)?;

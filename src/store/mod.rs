@@ -13,6 +13,7 @@ pub mod sessions;
 mod sql;
 pub mod webhooks;
 
+use crate::config::DatabaseSettings;
 use cbtl_migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
 use std::time::Duration;
@@ -30,8 +31,12 @@ pub enum StoreError {
     },
 }
 
-/// Connects to `url`, creating a SQLite file's directory when it is missing.
-pub async fn connect(url: &str) -> Result<DatabaseConnection, StoreError> {
+/// Connects to `url` with the pool `settings` describe, creating a SQLite file's directory
+/// when it is missing.
+pub async fn connect(
+    url: &str,
+    settings: &DatabaseSettings,
+) -> Result<DatabaseConnection, StoreError> {
     if let Some(path) = sqlite_path(url)
         && let Some(dir) = std::path::Path::new(path).parent()
         && !dir.as_os_str().is_empty()
@@ -43,9 +48,9 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, StoreError> {
     }
     let mut options = ConnectOptions::new(url.to_owned());
     options
-        .max_connections(if url.starts_with("sqlite:") { 8 } else { 20 })
+        .max_connections(settings.pool_size(url))
         .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(settings.acquire_timeout())
         .sqlx_logging(false)
         // WAL lets readers and one writer work at once; the busy timeout makes concurrent
         // writers queue instead of failing with SQLITE_BUSY.

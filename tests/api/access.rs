@@ -205,3 +205,183 @@ async fn websockets_authenticate_in_connection_init() {
     let mut ws = ws_init(&app, "graphql-ws", json!({"Authorization": "Bearer nope"})).await;
     assert!(matches!(next_text(&mut ws).await, Message::Text(t) if t.contains("connection_error")));
 }
+
+/// Reads the answer to `connection_init`: the ack's type, or the close code.
+async fn init_answer(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> String {
+    match next_text(ws).await {
+        Message::Text(text) => serde_json::from_str::<Value>(&text).unwrap()["type"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned(),
+        Message::Close(Some(frame)) => format!("close {}", u16::from(frame.code)),
+        other => format!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn connection_init_takes_credentials_in_the_shapes_clients_send() {
+    let (app, ada, _, _) = two_customers().await;
+    let bearer = format!("Bearer {ada}");
+    let shapes = [
+        json!({"Authorization": bearer}),
+        json!({"authorization": bearer}),
+        json!({"headers": {"Authorization": bearer}}),
+        json!({"headers": {"authorization": bearer}}),
+        json!({"authToken": ada}),
+        json!({"authToken": bearer}),
+        json!({"Authorization": format!("bearer  {ada}")}),
+    ];
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        for payload in &shapes {
+            let mut ws = ws_init(&app, protocol, payload.clone()).await;
+            assert_eq!(
+                init_answer(&mut ws).await,
+                "connection_ack",
+                "{protocol} {payload}"
+            );
+            let (subscribe, next) = if protocol == "graphql-ws" {
+                ("start", "data")
+            } else {
+                ("subscribe", "next")
+            };
+            ws.send(Message::Text(
+                json!({"id": "1", "type": subscribe, "payload": {"query": "{ me { email } }"}})
+                    .to_string()
+                    .into(),
+            ))
+            .await
+            .unwrap();
+            let answer = loop {
+                let Message::Text(text) = next_text(&mut ws).await else {
+                    panic!("{protocol} {payload}: expected an answer");
+                };
+                let value: Value = serde_json::from_str(&text).unwrap();
+                if value["type"] != "ka" {
+                    break value;
+                }
+            };
+            assert_eq!(answer["type"], next, "{protocol} {payload}: {answer}");
+            assert_eq!(
+                answer["payload"]["data"]["me"]["email"], "ada@example.com",
+                "{protocol} {payload}: {answer}"
+            );
+        }
+    }
+
+    // A credential that is there but is not one is refused, whatever its shape.
+    for payload in [
+        json!({"Authorization": "Bearer not-a-token"}),
+        json!({"headers": {"Authorization": "Bearer not-a-token"}}),
+        json!({"authToken": "not-a-token"}),
+        json!({"Authorization": 42}),
+        json!({"headers": "Bearer x"}),
+        json!({"Authorization": format!("Basic {ada}")}),
+    ] {
+        let mut ws = ws_init(&app, "graphql-transport-ws", payload.clone()).await;
+        assert_eq!(init_answer(&mut ws).await, "close 4403", "{payload}");
+    }
+}
+
+#[tokio::test]
+async fn the_authorization_header_is_read_as_http_defines_it() {
+    let (app, ada, _, _) = two_customers().await;
+    let me = |header: String| {
+        let app = &app;
+        async move {
+            let response = app
+                .http
+                .post(app.graphql_url())
+                .header("content-type", "application/json")
+                .header("authorization", header)
+                .json(&json!({"query": "{ me { email } }"}))
+                .send()
+                .await
+                .unwrap();
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    // RFC 9110 §11.1: the scheme is case-insensitive; §11.4: one or more spaces before the
+    // token68 of RFC 6750 §2.1; §5.5: surrounding whitespace is not part of the value.
+    for header in [
+        format!("Bearer {ada}"),
+        format!("bearer {ada}"),
+        format!("BEARER {ada}"),
+        format!("bEaReR {ada}"),
+        format!("Bearer    {ada}"),
+        format!("  Bearer {ada}  "),
+    ] {
+        let body = me(header.clone()).await;
+        assert_eq!(
+            body["data"]["me"]["email"], "ada@example.com",
+            "{header:?}: {body}"
+        );
+    }
+    for header in [
+        "Bearer".to_owned(),
+        "Bearer ".to_owned(),
+        format!("Bearer{ada}"),
+        format!("Bearer\t{ada}"),
+        format!("Bearer {ada} extra"),
+        format!("Bearer \"{ada}\""),
+        format!("Basic {ada}"),
+        format!("Token {ada}"),
+    ] {
+        let body = me(header.clone()).await;
+        assert_eq!(code(&body), "UNAUTHENTICATED", "{header:?}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_session_lookup_that_fails_is_an_internal_error_not_unauthenticated() {
+    let (app, ada, _, cart) = two_customers().await;
+    let db = sea_orm::Database::connect(&app.app.state().settings.database_url)
+        .await
+        .unwrap();
+    use sea_orm::ConnectionTrait;
+    // The database cannot answer for sessions (as when its pool is exhausted).
+    db.execute_unprepared("ALTER TABLE sessions RENAME TO sessions_away")
+        .await
+        .unwrap();
+
+    let me = app.gql_as(Some(&ada), "{ me { email } }", json!({})).await;
+    assert_eq!(code(&me), "INTERNAL", "{me}");
+    let own = app
+        .gql_as(
+            Some(&ada),
+            "query($c: ID!) { cart(id: $c) { id } }",
+            json!({"c": cart}),
+        )
+        .await;
+    assert_eq!(code(&own), "INTERNAL", "{own}");
+    let signed_out = app
+        .gql_as(
+            Some(&ada),
+            "mutation { signOut { userErrors { code } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(code(&signed_out), "INTERNAL", "{signed_out}");
+    // A websocket is told to come back later (1013), not that its token is bad (4403).
+    let mut ws = ws_init(
+        &app,
+        "graphql-transport-ws",
+        json!({"Authorization": format!("Bearer {ada}")}),
+    )
+    .await;
+    assert_eq!(init_answer(&mut ws).await, "close 1013");
+    // A token that is not one is still refused without asking the database.
+    let bad = app
+        .gql_as(Some("garbage"), "{ me { email } }", json!({}))
+        .await;
+    assert_eq!(code(&bad), "UNAUTHENTICATED", "{bad}");
+
+    db.execute_unprepared("ALTER TABLE sessions_away RENAME TO sessions")
+        .await
+        .unwrap();
+    let me = app.gql_as(Some(&ada), "{ me { email } }", json!({})).await;
+    assert_eq!(me["data"]["me"]["email"], "ada@example.com", "{me}");
+}
