@@ -71,7 +71,7 @@ async fn migrate(settings: &Settings) -> Result<(), Box<dyn std::error::Error>> 
 }
 
 async fn attention(settings: &Settings) -> Result<(), Box<dyn std::error::Error>> {
-    let db = store::connect(&settings.database_url).await?;
+    let db = store::connect(&settings.database_url, &settings.database).await?;
     for order in store::orders::list_needing_attention(&db, 1_000).await? {
         println!(
             "{}\t{}\t{}\t{}",
@@ -85,7 +85,7 @@ async fn attention(settings: &Settings) -> Result<(), Box<dyn std::error::Error>
 }
 
 async fn resume(settings: &Settings, order_id: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let db = store::connect(&settings.database_url).await?;
+    let db = store::connect(&settings.database_url, &settings.database).await?;
     if store::orders::resume(&db, order_id, cbtl_bff::auth::now_ms()).await? {
         println!("{order_id} resumes at the next sweep");
         Ok(())

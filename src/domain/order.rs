@@ -326,10 +326,17 @@ mod tests {
     fn the_drawing_names_every_step_and_status() {
         let drawing = include_str!("../../docs/order-state-machine.md");
         for step in Step::all() {
-            assert!(drawing.contains(step.as_str()), "step {} is not drawn", step.as_str());
+            assert!(
+                drawing.contains(step.as_str()),
+                "step {} is not drawn",
+                step.as_str()
+            );
         }
         for status in OrderStatus::all() {
-            assert!(drawing.contains(status.as_str()), "status {status} is not drawn");
+            assert!(
+                drawing.contains(status.as_str()),
+                "status {status} is not drawn"
+            );
         }
     }
 

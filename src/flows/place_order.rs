@@ -1004,11 +1004,7 @@ async fn adopt_intent(
 
 /// The code and message of an intent's last payment error. `codes` are the code to use
 /// when the error has none, and when there is no error at all (with `message`).
-fn payment_error(
-    intent: &PaymentIntent,
-    codes: (&str, &str),
-    message: &str,
-) -> (String, String) {
+fn payment_error(intent: &PaymentIntent, codes: (&str, &str), message: &str) -> (String, String) {
     match &intent.last_payment_error {
         Some(e) => (
             e.code.clone().unwrap_or_else(|| codes.0.to_owned()),

@@ -333,7 +333,6 @@ pub async fn get(State(gateway): State<Gateway>, request: Request) -> Response {
     render(kind, &execute(&gateway, graphql_request, viewer).await)
 }
 
-
 /// Anything but GET and POST on `/graphql`.
 pub async fn other_method(method: Method) -> Response {
     method_not_allowed(

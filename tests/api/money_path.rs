@@ -284,7 +284,10 @@ async fn a_waiting_checkout_keeps_the_retry_pace_of_a_failing_step() {
             json!({"i": {"cartId": cart, "paymentMethodId": "pm_card_visa", "idempotencyKey": "k"}}),
         )
         .await;
-    assert_eq!(body["errors"][0]["extensions"]["code"], "UPSTREAM_UNAVAILABLE", "{body}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "UPSTREAM_UNAVAILABLE",
+        "{body}"
+    );
     // Backing off from 200 ms, about 4 tries fit in 2 s (3 requests each), a webhook's
     // run included; driven every 25 ms it was over a hundred.
     let tries = shop.log(Sim::Okya, PAYMENTS).await.len();
