@@ -465,13 +465,13 @@ impl Connection {
         };
         let refusal = match &viewer {
             Viewer::Anonymous | Viewer::Customer { .. } => None,
-            Viewer::Rejected => Some((4403, "Forbidden")),
+            Viewer::Rejected => Some((4403, "Forbidden", "UNAUTHENTICATED")),
             // Not the client's fault: 1013 (Try Again Later) makes graphql-ws retry.
-            Viewer::Unavailable => Some((1013, "Try again later")),
+            Viewer::Unavailable => Some((1013, "Try again later", "INTERNAL")),
         };
-        if let Some((code, reason)) = refusal {
+        if let Some((code, reason, error_code)) = refusal {
             if legacy {
-                let error = json!({"type": "connection_error", "payload": {"message": reason}});
+                let error = json!({"type": "connection_error", "payload": {"message": reason, "extensions": {"code": error_code}}});
                 let _ = Self::send(socket, error).await;
             }
             return Err(End::close(code, reason));

@@ -109,8 +109,11 @@ async fn an_over_long_chunked_body_is_413_like_a_declared_one() {
         "POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{query}",
         query.len()
     );
-    let (status, _) = raw_http(&app, declared.as_bytes()).await;
+    let (status, body) = raw_http(&app, declared.as_bytes()).await;
     assert_eq!(status, 413);
+    // The same GraphQL-shaped answer, however the body was framed.
+    let body: Value = serde_json::from_str(body.trim()).expect("a GraphQL-shaped body");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "PAYLOAD_TOO_LARGE");
 
     // A chunked body within the limit runs.
     let small = r#"{"query": "{ stores { id } }"}"#;
