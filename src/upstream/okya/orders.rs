@@ -314,7 +314,11 @@ mod tests {
     use super::*;
     use crate::config::OkyaSettings;
     use crate::domain::{ModifierOptionId, ProductId, StoreId};
-    use crate::sandbox::{Simulator, faults::Faults, okya as sim};
+    use crate::sandbox::{
+        Simulator,
+        faults::{FaultUpdate, Faults, Loss, LostAs},
+        okya as sim,
+    };
     use crate::upstream::signature;
     use axum::{Router, body::Bytes, extract::State, http::HeaderMap, routing::post};
     use secrecy::SecretString;
@@ -532,6 +536,48 @@ mod tests {
             order.id
         );
         assert!(env.okya.order("ord_nope").await.unwrap().is_none());
+    }
+
+    /// Okya made the order, then its answer was lost: the retry must carry the first
+    /// try's key, so Okya answers with that order (under another key it would refuse the
+    /// cart as already ordered).
+    #[tokio::test]
+    async fn a_lost_answer_is_retried_with_the_same_key() {
+        let env = env().await;
+        let cart = env.cart("str_pasadena").await;
+        env.sim.faults.apply(FaultUpdate {
+            lose_next: [(
+                "POST /v1/orders".to_owned(),
+                Loss {
+                    times: 1,
+                    status: LostAs::Status(503),
+                },
+            )]
+            .into(),
+            ..FaultUpdate::default()
+        });
+        let order = env
+            .okya
+            .create_order(&cart, "acc_ada", "submit-1")
+            .await
+            .unwrap();
+        let sent: Vec<(Option<String>, String)> = env
+            .sim
+            .faults
+            .log(Some("POST /v1/orders"))
+            .into_iter()
+            .map(|r| (r.key, r.fault))
+            .collect();
+        let key = Some("submit-1".to_owned());
+        assert_eq!(
+            sent,
+            [(key.clone(), "lost".to_owned()), (key, "none".to_owned())]
+        );
+        let ledger = env.sandbox("orders").await;
+        let orders = ledger["orders"].as_array().unwrap();
+        assert_eq!(orders.len(), 1, "{ledger}");
+        assert_eq!(orders[0]["id"], order.id.as_str());
+        assert_eq!(order.version, 1);
     }
 
     #[tokio::test]
