@@ -1027,7 +1027,8 @@ mod tests {
                 paid.version + 1
             )
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The unpaid order was made before the paid one was paid, so a timer it had
+        // started (with the same delay) would have fired by now.
         let still = env.okya.order(&unpaid.id).await.unwrap().unwrap();
         assert_eq!(
             (still.approval, still.version),
@@ -1045,7 +1046,19 @@ mod tests {
             )
             .await;
         assert_eq!(status, 200);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // A later order paid after the rejection, accepted on its own: the rejected one's
+        // timer (started earlier, with the same delay) has fired too.
+        let canary = env.order().await;
+        let canary = env.pay(&canary, PaymentRecordStatus::Authorized).await;
+        let mut canary_now = canary.clone();
+        for _ in 0..100 {
+            canary_now = env.okya.order(&canary.id).await.unwrap().unwrap();
+            if canary_now.approval != Approval::NeedsApproval {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(canary_now.approval, Approval::Approved);
         let rejected = env.okya.order(&slow.id).await.unwrap().unwrap();
         assert_eq!(
             (rejected.approval, rejected.status, rejected.version),
