@@ -1474,7 +1474,13 @@ mod tests {
         let (a, b) = tokio::join!(
             client.lock(&user.id, &pct.user_offer_id, &txn, "lock-1"),
             async {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // The repeat goes once the first has arrived and is pending.
+                for _ in 0..200 {
+                    if ledger(&sim).await["request_ids"]["lock-1"].as_u64() >= Some(1) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 client
                     .lock(&user.id, &pct.user_offer_id, &txn, "lock-1")
                     .await
