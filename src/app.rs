@@ -152,6 +152,30 @@ pub async fn build(settings: Settings) -> Result<Application, StartError> {
             addr: settings.listen_addr,
             source,
         })?;
+    start(settings, listener).await
+}
+
+/// Like [`build`], but serves on a socket the caller has already bound (and is listening
+/// on); `settings.listen_addr` is not used. A supervisor that hands sockets over, or a
+/// test that keeps one port for several incarnations of the service (so upstream
+/// webhooks configured with that port keep arriving), binds once and passes a handle
+/// (`std::net::TcpListener::try_clone`) to each.
+///
+/// # Errors
+/// [`StartError::Bind`] when the socket cannot be made non-blocking or registered with
+/// the runtime; otherwise as [`build`].
+pub async fn build_on(
+    settings: Settings,
+    listener: std::net::TcpListener,
+) -> Result<Application, StartError> {
+    let addr = listener.local_addr().unwrap_or(settings.listen_addr);
+    let bind_error = move |source| StartError::Bind { addr, source };
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    let listener = TcpListener::from_std(listener).map_err(bind_error)?;
+    start(settings, listener).await
+}
+
+async fn start(settings: Settings, listener: TcpListener) -> Result<Application, StartError> {
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
         addr: settings.listen_addr,
         source,

@@ -218,8 +218,16 @@ mod tests {
     #[test]
     fn parse_refuses_rounding_and_junk() {
         for s in ["4.505", "", ".5", "4.", "1e3", "4,50", "--1", "abc"] {
-            assert!(Money::parse_decimal(s, Currency::usd()).is_err(), "{s}");
+            assert_eq!(
+                Money::parse_decimal(s, Currency::usd()),
+                Err(MoneyError::BadDecimal(s.to_owned())),
+                "{s}"
+            );
         }
+        assert_eq!(
+            Money::parse_decimal("99999999999999999", Currency::usd()),
+            Err(MoneyError::Overflow)
+        );
     }
 
     #[test]

@@ -507,10 +507,17 @@ mod tests {
         assert_eq!(update.lose_next["POST /a"].status, LostAs::Drop);
         assert_eq!(update.lose_next["POST /b"].status, LostAs::Status(500));
         assert_eq!(update.lose_next["POST /c"].status, LostAs::Status(503));
-        assert!(
-            serde_json::from_str::<FaultUpdate>(r#"{"lose_next": {"POST /a": {"status": 200}}}"#)
-                .is_err()
-        );
+        for refused in [r#"200"#, r#""later""#, r#"600"#] {
+            let err = serde_json::from_str::<FaultUpdate>(&format!(
+                r#"{{"lose_next": {{"POST /a": {{"status": {refused}}}}}}}"#
+            ))
+            .expect_err(refused);
+            assert!(
+                err.to_string()
+                    .contains("status is a 4xx/5xx code or \"drop\""),
+                "{refused}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -1937,7 +1937,22 @@ mod tests {
         .await;
         let http = reqwest::Client::new();
         let first = tokio::spawn(create(&http, &sim, "slow", VISA).send());
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // The second request goes once the first has arrived and holds the key.
+        let ledger_url = format!("{}/_sandbox/ledger", sim.base_url);
+        for _ in 0..200 {
+            let ledger: Value = http
+                .get(&ledger_url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if ledger["idempotency_keys"]["slow"].as_u64() >= Some(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let second = create(&http, &sim, "slow", VISA).send().await.unwrap();
         assert_eq!(second.status(), 409);
         let first = first.await.unwrap().unwrap();

@@ -338,7 +338,7 @@ mod tests {
     use crate::sandbox::{
         Simulator,
         epoint::EpointSimConfig,
-        faults::{FaultUpdate, Faults},
+        faults::{FaultUpdate, Faults, Loss, LostAs},
     };
     use serde_json::{Value, json};
 
@@ -569,11 +569,22 @@ mod tests {
         assert!(matches!(err, UpstreamError::Setup(_)), "{err}");
     }
 
+    /// The POS printed the ticket, then its answers were lost twice: every retry must
+    /// carry the first try's key, so the POS replays that ticket (under another key it
+    /// would refuse the order as a duplicate).
     #[tokio::test]
-    async fn injected_server_errors_are_retried_with_the_same_key() {
+    async fn a_lost_answer_is_retried_with_the_same_key() {
         let (sim, client) = setup(&[]).await;
+        let route = "POST /v1/locations/{location_id}/orders";
         sim.faults.apply(FaultUpdate {
-            fail_next: [("POST /v1/locations/{location_id}/orders".to_owned(), 2)].into(),
+            lose_next: [(
+                route.to_owned(),
+                Loss {
+                    times: 2,
+                    status: LostAs::Status(503),
+                },
+            )]
+            .into(),
             ..FaultUpdate::default()
         });
         sim.faults.reset_calls();
@@ -582,11 +593,24 @@ mod tests {
             .await
             .unwrap();
         assert!(receipt.printed);
+        let sent: Vec<(Option<String>, String)> = sim
+            .faults
+            .log(Some(route))
+            .into_iter()
+            .map(|r| (r.key, r.fault))
+            .collect();
+        let k1 = Some("k1".to_owned());
         assert_eq!(
-            sim.faults.calls()["POST /v1/locations/{location_id}/orders"],
-            3
+            sent,
+            [
+                (k1.clone(), "lost".to_owned()),
+                (k1.clone(), "lost".to_owned()),
+                (k1, "none".to_owned())
+            ]
         );
-        assert_eq!(ledger(&sim).await["orders"].as_array().unwrap().len(), 1);
+        let ledger = ledger(&sim).await;
+        assert_eq!(ledger["orders"].as_array().unwrap().len(), 1);
+        assert_eq!(ledger["orders"][0]["ticket_id"], receipt.ticket_id.as_str());
     }
 
     #[tokio::test]

@@ -1003,7 +1003,7 @@ mod tests {
     use super::*;
     use crate::sandbox::{
         Simulator,
-        faults::{FaultUpdate, Faults},
+        faults::{FaultUpdate, Faults, Loss, LostAs},
     };
     use serde_json::json;
 
@@ -1400,19 +1400,58 @@ mod tests {
         assert_eq!(code_of(&err), codes::REQUEST_ID_CONFLICT);
     }
 
+    /// SessionM recorded the sale, then its answers were lost twice: every retry must
+    /// carry the first try's `request_id`, so SessionM replays that sale. (It would also
+    /// answer a new `request_id` for the same transaction with the first receipt, so its
+    /// ledger cannot tell; the requests it received can.)
     #[tokio::test]
-    async fn injected_server_errors_are_retried_transparently() {
+    async fn a_lost_answer_is_retried_under_the_same_request_id() {
         let (sim, client) = setup().await;
         let user = client.create_user(&new_user(1), "r0").await.unwrap();
+        let route = "POST /api/2.0/send_transaction";
         sim.faults.apply(FaultUpdate {
-            fail_next: [("POST /api/2.0/lookup".to_owned(), 2)].into(),
+            lose_next: [(
+                route.to_owned(),
+                Loss {
+                    times: 2,
+                    status: LostAs::Status(503),
+                },
+            )]
+            .into(),
             ..FaultUpdate::default()
         });
-        sim.faults.reset_calls();
-        let wallet = client.lookup(&user.id, None, "r1").await.unwrap();
-        assert_eq!(wallet.offers.len(), 4);
-        assert_eq!(sim.faults.calls()["POST /api/2.0/lookup"], 3);
-        assert_eq!(ledger(&sim).await["request_ids"]["r1"], 1);
+        let sale = SendTransaction {
+            user_id: user.id.clone(),
+            transaction: basket("txn_1"),
+            discounts: vec![],
+            tax: usd(125),
+            total: usd(1350),
+            occurred_at: Utc::now(),
+        };
+        let receipt = client.send_transaction(&sale, "sale-1").await.unwrap();
+        assert_eq!(receipt.points_earned, 13);
+        let sent: Vec<(Option<String>, String)> = sim
+            .faults
+            .log(Some(route))
+            .into_iter()
+            .map(|r| (r.key, r.fault))
+            .collect();
+        let key = Some("sale-1".to_owned());
+        assert_eq!(
+            sent,
+            [
+                (key.clone(), "lost".to_owned()),
+                (key.clone(), "lost".to_owned()),
+                (key, "none".to_owned())
+            ]
+        );
+        let ledger = ledger(&sim).await;
+        assert_eq!(ledger["request_ids"]["sale-1"], 3, "{ledger}");
+        assert_eq!(ledger["transactions"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            client.get_user(&user.id).await.unwrap().available_points,
+            13
+        );
     }
 
     #[tokio::test]
@@ -1435,7 +1474,13 @@ mod tests {
         let (a, b) = tokio::join!(
             client.lock(&user.id, &pct.user_offer_id, &txn, "lock-1"),
             async {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // The repeat goes once the first has arrived and is pending.
+                for _ in 0..200 {
+                    if ledger(&sim).await["request_ids"]["lock-1"].as_u64() >= Some(1) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 client
                     .lock(&user.id, &pct.user_offer_id, &txn, "lock-1")
                     .await

@@ -560,7 +560,7 @@ mod tests {
     use crate::domain::Currency;
     use crate::sandbox::{
         self, Simulator,
-        faults::{FaultUpdate, Faults},
+        faults::{FaultUpdate, Faults, Loss, LostAs},
         stripe::StripeSimConfig,
     };
     use axum::{Router, body::Bytes, http::HeaderMap, routing::post};
@@ -921,29 +921,48 @@ mod tests {
         assert_eq!(ledger["payment_intents"].as_array().unwrap().len(), 1);
     }
 
+    /// Stripe charged, then the connection broke before its answer arrived: the retry
+    /// must carry the first try's key, so Stripe replays that charge instead of making a
+    /// second one.
     #[tokio::test]
-    async fn an_injected_outage_is_retried_with_the_same_key() {
+    async fn a_lost_answer_is_retried_with_the_same_key() {
         let (sim, client) = simulator(None).await;
         sim.faults.apply(FaultUpdate {
-            fail_next: [("POST /v1/payment_intents".to_owned(), 1)].into(),
+            lose_next: [(
+                "POST /v1/payment_intents".to_owned(),
+                Loss {
+                    times: 1,
+                    status: LostAs::Drop,
+                },
+            )]
+            .into(),
             ..FaultUpdate::default()
         });
         let pi = client
             .create_payment_intent(
                 &charge(450, "pm_card_visa", CaptureMethod::Automatic),
-                "503",
+                "charge-1",
             )
             .await
             .unwrap();
         assert_eq!(pi.status, PaymentIntentStatus::Succeeded);
-        assert_eq!(sim.faults.calls()["POST /v1/payment_intents"], 2);
+        let sent: Vec<(Option<String>, String)> = sim
+            .faults
+            .log(Some("POST /v1/payment_intents"))
+            .into_iter()
+            .map(|r| (r.key, r.fault))
+            .collect();
         assert_eq!(
-            ledger(&sim).await["payment_intents"]
-                .as_array()
-                .unwrap()
-                .len(),
-            1
+            sent,
+            [
+                (Some("charge-1".to_owned()), "lost".to_owned()),
+                (Some("charge-1".to_owned()), "none".to_owned())
+            ]
         );
+        let ledger = ledger(&sim).await;
+        assert_eq!(ledger["payment_intents"].as_array().unwrap().len(), 1);
+        assert_eq!(ledger["payment_intents"][0]["id"], pi.id.as_str());
+        assert_eq!(ledger["idempotency_keys"]["charge-1"], 2, "replayed");
     }
 
     #[tokio::test]

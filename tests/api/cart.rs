@@ -1,4 +1,5 @@
 use crate::helpers::{Sim, TestApp, error_codes, spawn_app};
+use crate::shop::Shop;
 use serde_json::{Value, json};
 
 const CART_FIELDS: &str = "id store { id } totalQuantity lines { id quantity product { id } modifiers { id } unitPrice { amount } lineTotal { amount } } subtotal { amount currencyCode } discount { amount } tax { amount } total { amount }";
@@ -279,14 +280,30 @@ async fn unknown_lines_and_carts_are_user_errors() {
 }
 
 #[tokio::test]
-async fn transient_okya_failures_are_retried_and_persistent_ones_are_upstream_unavailable() {
-    let app = spawn_app().await;
-    app.faults(Sim::Okya, json!({"fail_next": {"POST /v1/carts": 2}}))
-        .await;
+async fn lost_okya_answers_are_retried_under_one_key_and_persistent_failures_are_upstream_unavailable()
+ {
+    let app = Shop {
+        app: spawn_app().await,
+    };
+    // Okya makes the cart, then its answer is lost twice: the retries carry the first
+    // try's key, so Okya answers with that cart rather than making two more.
+    let lose_twice = json!({"times": 2, "status": 503});
+    app.faults(
+        Sim::Okya,
+        json!({"lose_next": {"POST /v1/carts": lose_twice}}),
+    )
+    .await;
     let cart = app.new_cart("str_pasadena").await;
-    assert_eq!(app.call_count(Sim::Okya, "POST /v1/carts").await, 3);
-    // The retries carried one idempotency key: one cart exists, recorded once.
     assert!(cart.starts_with("crt_"));
+    app.assert_one_key(Sim::Okya, "POST /v1/carts", 3).await;
+    // Lines added, then the answer lost twice: added once, not three times.
+    let lines = "POST /v1/carts/{cart_id}/lines";
+    app.faults(Sim::Okya, json!({"lose_next": {lines: lose_twice}}))
+        .await;
+    let added = add(&app, &cart, json!([latte(2)])).await;
+    assert_eq!(added["userErrors"], json!([]));
+    assert_eq!(added["cart"]["totalQuantity"], 2, "{added}");
+    app.assert_one_key(Sim::Okya, lines, 3).await;
 
     app.faults(Sim::Okya, json!({"error_rate": 1.0})).await;
     let body = app.gql("{ stores { id } }", json!({})).await;

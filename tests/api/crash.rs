@@ -1,26 +1,28 @@
 //! The process dies between an upstream call and its bookkeeping, at each step of Place
-//! Order in turn; a restarted service (same database, same upstreams) must finish or
-//! compensate the order, with every upstream effect happening exactly once.
+//! Order in turn; a restarted service (same database, same upstreams, same port) must
+//! finish or compensate the order. The step it died in is sent again: the simulators'
+//! call logs must show that second request under the first one's idempotency key, since
+//! their ledgers (which refuse or replay duplicates) cannot tell.
 
-use crate::helpers::{
-    Db, ExternalUpstreams, TestApp, TestDb, free_port, spawn_with_settings, test_settings,
-};
-use serde_json::{Value, json};
-use std::time::Duration;
+use crate::helpers::{Db, ExternalUpstreams, Port, Sim, TestDb, spawn_on, test_settings};
+use crate::shop::Shop;
+use cbtl_bff::domain::CaptureMode::{self, Immediate, OnAcceptance};
+use serde_json::json;
 
-/// Upstreams that outlive the service, as real ones do.
+/// Upstreams that outlive the service, as real ones do, and the port every incarnation
+/// of the service listens on (Okya's webhooks are sent there).
 struct World {
     upstreams: ExternalUpstreams,
     settings: cbtl_bff::config::Settings,
+    port: Port,
     _db: TestDb,
 }
 
-async fn world(capture: cbtl_bff::domain::CaptureMode) -> World {
-    let port = free_port();
-    let upstreams = ExternalUpstreams::start(port).await;
+async fn world(capture: CaptureMode) -> World {
+    let port = Port::bind();
+    let upstreams = ExternalUpstreams::start(port.number()).await;
     let (db, url) = TestDb::new(Db::Sqlite).await;
     let mut settings = test_settings(url);
-    settings.listen_addr = format!("127.0.0.1:{port}").parse().unwrap();
     upstreams.configure(&mut settings);
     settings.orders.capture = capture;
     settings.orders.lease_ms = 1_000;
@@ -31,24 +33,14 @@ async fn world(capture: cbtl_bff::domain::CaptureMode) -> World {
     World {
         upstreams,
         settings,
+        port,
         _db: db,
     }
 }
 
-async fn ledger(app: &TestApp, base: &str, path: &str) -> Value {
-    app.http
-        .get(format!("{base}{path}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn cart_with_coffee(app: &TestApp, store: &str) -> String {
-    let cart = app.new_cart(store).await;
-    let added = app
+async fn cart_with_coffee(shop: &Shop, store: &str) -> String {
+    let cart = shop.new_cart(store).await;
+    let added = shop
         .data(
             "mutation($c: ID!) { cartLinesAdd(cartId: $c, lines: [{productId: \"prd_americano\", quantity: 2, modifierOptionIds: [\"opt_size_small\"]}]) { userErrors { code } } }",
             json!({"c": cart}),
@@ -65,113 +57,113 @@ enum Store {
     PosOffline,
 }
 
+/// The restarted service with its order, settled, and the world it runs in.
+struct Survivor {
+    shop: Shop,
+    id: String,
+    cart: String,
+    /// Bind it (`world: _world`): the simulators stop when it is dropped.
+    world: World,
+}
+
+const CHECKOUT: &str = "mutation($i: CheckoutInput!) { checkout(input: $i) { order { id status } userErrors { code } } }";
+
 /// Runs one order, dying once before recording `step`, then restarts and waits for
-/// `expected`; returns the Stripe and Epoint ledgers.
+/// `expected` and for the flow to have nothing left to do.
 async fn die_before(
     step: &str,
     card: &str,
     store: Store,
-    capture: cbtl_bff::domain::CaptureMode,
+    capture: CaptureMode,
     expected: &str,
-) -> (Value, Value, Value) {
+) -> Survivor {
     let world = world(capture).await;
-    let app = spawn_with_settings(world.settings.clone()).await;
-    let customer = app.sign_up("+16265550140", "ada@example.com").await;
-    app.use_token(Some(&customer.access_token));
+    let shop = Shop {
+        app: spawn_on(world.settings.clone(), &world.port).await,
+    };
+    let customer = shop.sign_up("+16265550140", "ada@example.com").await;
+    shop.use_token(Some(&customer.access_token));
     let store_id = if matches!(store, Store::PosOffline) {
         "str_burbank"
     } else {
         "str_pasadena"
     };
-    let cart = cart_with_coffee(&app, store_id).await;
-    app.app.state().crash_points.arm(step);
-    let checkout = app
+    let cart = cart_with_coffee(&shop, store_id).await;
+    shop.app.app.state().crash_points.arm(step);
+    let checkout = shop
         .gql(
-            "mutation($i: CheckoutInput!) { checkout(input: $i) { order { id status } userErrors { code } } }",
+            CHECKOUT,
             json!({"i": {"cartId": cart, "paymentMethodId": card, "idempotencyKey": "crash"}}),
         )
         .await;
-    if app.app.state().crash_points.fired() == 0 {
+    if shop.app.app.state().crash_points.fired() == 0 {
         // The crash comes later, after the store's decision.
-        let okya_orders = ledger(&app, &world.upstreams.okya.base_url, "/_sandbox/orders").await;
-        let okya_id = okya_orders["orders"][0]["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no Okya order: {checkout}"))
-            .to_owned();
+        assert!(
+            shop.okya_order(&cart).await.is_object(),
+            "no Okya order: {checkout}"
+        );
         let action = if matches!(store, Store::Rejects) {
             "reject"
         } else {
             "accept"
         };
-        app.http
-            .post(format!(
-                "{}/_sandbox/orders/{okya_id}/{action}",
-                world.upstreams.okya.base_url
-            ))
-            .json(&json!({"reason": "test"}))
-            .send()
-            .await
-            .unwrap();
-        app.eventually("the crash", || async {
-            app.app.state().crash_points.fired() == 1
+        shop.store_action(&cart, action).await;
+        shop.eventually("the crash", || async {
+            shop.app.app.state().crash_points.fired() == 1
         })
         .await;
     }
-    let token = customer.access_token.clone();
-    drop(app);
+    drop(shop);
 
-    let app = spawn_with_settings(world.settings.clone()).await;
-    app.use_token(Some(&token));
+    let shop = Shop {
+        app: spawn_on(world.settings.clone(), &world.port).await,
+    };
+    shop.use_token(Some(&customer.access_token));
     // The app retries its checkout with the same key: it gets the same order.
-    let retried = app
+    let retried = shop
         .gql(
-            "mutation($i: CheckoutInput!) { checkout(input: $i) { order { id status } userErrors { code } } }",
+            CHECKOUT,
             json!({"i": {"cartId": cart, "paymentMethodId": card, "idempotencyKey": "crash"}}),
         )
         .await;
-    let id = retried["data"]["checkout"]["order"]["id"]
-        .as_str()
-        .map(str::to_owned);
-    let Some(id) = id else {
+    let Some(id) = retried["data"]["checkout"]["order"]["id"].as_str() else {
         panic!("the retried checkout found no order after dying before {step}: {retried}");
     };
-    let mut last = Value::Null;
-    for _ in 0..100 {
-        last = app
-            .data(
-                "query($o: ID!) { order(id: $o) { status payment { status } } }",
-                json!({"o": id}),
-            )
-            .await;
-        if last["order"]["status"] == expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        last["order"]["status"], expected,
-        "after dying before {step}"
-    );
-    let stripe = ledger(&app, &world.upstreams.stripe.base_url, "/_sandbox/ledger").await;
-    let epoint = ledger(&app, &world.upstreams.epoint.base_url, "/_sandbox/ledger").await;
-    let okya = ledger(&app, &world.upstreams.okya.base_url, "/_sandbox/orders").await;
+    let id = id.to_owned();
+    shop.wait_for_status(&id, expected).await;
+    shop.wait_until_settled(&id).await;
+    let okya: serde_json::Value = shop
+        .http
+        .get(format!("{}/_sandbox/orders", world.upstreams.okya.base_url))
+        .send()
+        .await
+        .expect("okya orders")
+        .json()
+        .await
+        .expect("okya orders JSON");
     assert_eq!(
         okya["orders"].as_array().map(Vec::len),
         Some(1),
         "one Okya order after dying before {step}"
     );
-    (stripe, epoint, okya)
+    shop.assert_sent_once(Sim::Okya, Shop::ORDERS, &id, 1).await;
+    shop.assert_money_invariants().await;
+    Survivor {
+        shop,
+        id,
+        cart,
+        world,
+    }
 }
-
-fn count(ledger: &Value, key: &str) -> usize {
-    ledger[key].as_array().map(Vec::len).unwrap_or(0)
-}
-
-use cbtl_bff::domain::CaptureMode::{Immediate, OnAcceptance};
 
 #[tokio::test]
 async fn dying_before_recording_the_okya_order_submits_and_charges_once() {
-    let (stripe, _, _) = die_before(
+    let Survivor {
+        shop,
+        id,
+        world: _world,
+        ..
+    } = die_before(
         "charge",
         "pm_card_visa",
         Store::Accepts,
@@ -179,12 +171,21 @@ async fn dying_before_recording_the_okya_order_submits_and_charges_once() {
         "AWAITING_ACCEPTANCE",
     )
     .await;
-    assert_eq!(count(&stripe, "payment_intents"), 1);
+    shop.assert_sent_once(Sim::Okya, Shop::ORDERS, &id, 2).await;
+    shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, &id, 1)
+        .await;
+    assert_eq!(shop.intents_for(&id).await.len(), 1);
 }
 
 #[tokio::test]
 async fn dying_before_recording_the_charge_charges_once() {
-    let (stripe, _, okya) = die_before(
+    let Survivor {
+        shop,
+        id,
+        cart,
+        world: _world,
+        ..
+    } = die_before(
         "record_payment",
         "pm_card_visa",
         Store::Accepts,
@@ -192,16 +193,25 @@ async fn dying_before_recording_the_charge_charges_once() {
         "AWAITING_ACCEPTANCE",
     )
     .await;
-    assert_eq!(count(&stripe, "payment_intents"), 1);
+    shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, &id, 2)
+        .await;
+    let intents = shop.intents_for(&id).await;
+    assert_eq!(intents.len(), 1);
     assert_eq!(
-        okya["orders"][0]["payment"]["reference"],
-        stripe["payment_intents"][0]["id"]
+        shop.okya_order(&cart).await["payment"]["reference"],
+        intents[0]["id"]
     );
 }
 
 #[tokio::test]
 async fn dying_before_recording_the_saved_payment_saves_it_once() {
-    let (stripe, _, okya) = die_before(
+    let Survivor {
+        shop,
+        id,
+        cart,
+        world: _world,
+        ..
+    } = die_before(
         "await_acceptance",
         "pm_card_visa",
         Store::Accepts,
@@ -209,13 +219,22 @@ async fn dying_before_recording_the_saved_payment_saves_it_once() {
         "AWAITING_ACCEPTANCE",
     )
     .await;
-    assert_eq!(count(&stripe, "payment_intents"), 1);
-    assert!(okya["orders"][0]["payment"].is_object());
+    shop.assert_sent_once(Sim::Okya, Shop::PAYMENTS, &id, 2)
+        .await;
+    shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, &id, 1)
+        .await;
+    assert!(shop.okya_order(&cart).await["payment"].is_object());
 }
 
 #[tokio::test]
 async fn dying_before_recording_a_decline_still_cancels_the_okya_order() {
-    let (stripe, _, okya) = die_before(
+    let Survivor {
+        shop,
+        id,
+        cart,
+        world: _world,
+        ..
+    } = die_before(
         "cancel_okya",
         "pm_card_chargeDeclined",
         Store::Accepts,
@@ -223,19 +242,23 @@ async fn dying_before_recording_a_decline_still_cancels_the_okya_order() {
         "PAYMENT_FAILED",
     )
     .await;
-    assert!(
-        stripe["payment_intents"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|pi| pi["status"] != "succeeded")
-    );
-    assert_eq!(okya["orders"][0]["status"], "CANCELED");
+    let intents = shop.intents_for(&id).await;
+    assert_eq!(intents.len(), 1, "{intents:?}");
+    assert_eq!(intents[0]["amount_received"], 0);
+    shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, &id, 2)
+        .await;
+    shop.assert_sent_once(Sim::Okya, Shop::CANCEL, &id, 1).await;
+    assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
 }
 
 #[tokio::test]
 async fn dying_before_recording_the_injection_injects_once() {
-    let (stripe, epoint, _) = die_before(
+    let Survivor {
+        shop,
+        id,
+        world: _world,
+        ..
+    } = die_before(
         "done",
         "pm_card_visa",
         Store::Accepts,
@@ -243,13 +266,49 @@ async fn dying_before_recording_the_injection_injects_once() {
         "IN_PREPARATION",
     )
     .await;
-    assert_eq!(count(&epoint, "orders"), 1, "{epoint}");
-    assert_eq!(count(&stripe, "payment_intents"), 1);
+    shop.assert_sent_once(Sim::Epoint, Shop::INJECT, &id, 2)
+        .await;
+    shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, &id, 1)
+        .await;
 }
 
 #[tokio::test]
-async fn dying_before_recording_the_capture_captures_once() {
-    let (stripe, epoint, _) = die_before(
+async fn dying_before_recording_the_injection_of_an_authorised_order_injects_and_captures_once() {
+    let Survivor {
+        shop,
+        id,
+        world: _world,
+        ..
+    } = die_before(
+        "capture",
+        "pm_card_visa",
+        Store::Accepts,
+        OnAcceptance,
+        "IN_PREPARATION",
+    )
+    .await;
+    shop.assert_sent_once(Sim::Epoint, Shop::INJECT, &id, 2)
+        .await;
+    assert_eq!(
+        shop.assert_sent_once(Sim::Stripe, Shop::CAPTURE, &id, 1)
+            .await,
+        1
+    );
+    let intent = &shop.intents_for(&id).await[0];
+    assert_eq!(intent["status"], "succeeded");
+    assert_eq!(intent["amount_received"], intent["amount"]);
+}
+
+/// The capture is recorded the moment Stripe answers, before Okya is told of it; dying
+/// after telling Okya sends Okya's update again, and never the capture.
+#[tokio::test]
+async fn dying_after_a_capture_before_recording_okyas_update_captures_once() {
+    let Survivor {
+        shop,
+        id,
+        world: _world,
+        ..
+    } = die_before(
         "done",
         "pm_card_visa",
         Store::Accepts,
@@ -257,17 +316,40 @@ async fn dying_before_recording_the_capture_captures_once() {
         "IN_PREPARATION",
     )
     .await;
-    assert_eq!(count(&epoint, "orders"), 1);
-    assert_eq!(stripe["payment_intents"][0]["status"], "succeeded");
     assert_eq!(
-        stripe["payment_intents"][0]["amount_received"],
-        stripe["payment_intents"][0]["amount"]
+        shop.assert_sent_once(Sim::Stripe, Shop::CAPTURE, &id, 1)
+            .await,
+        1,
+        "captured by one request"
     );
+    assert_eq!(
+        shop.assert_sent_once(Sim::Epoint, Shop::INJECT, &id, 1)
+            .await,
+        1
+    );
+    // Okya hears of the payment twice under two keys, authorised then captured; the
+    // captured update, sent again after the restart, under its first key.
+    let mut sent: Vec<usize> = shop
+        .keys_sent(Sim::Okya, Shop::PAYMENTS, &id)
+        .await
+        .into_values()
+        .collect();
+    sent.sort_unstable();
+    assert_eq!(sent, [1, 2], "requests per key");
+    let intent = &shop.intents_for(&id).await[0];
+    assert_eq!(intent["status"], "succeeded");
+    assert_eq!(intent["amount_received"], intent["amount"]);
 }
 
 #[tokio::test]
 async fn dying_before_recording_a_recall_still_refunds_once() {
-    let (stripe, epoint, okya) = die_before(
+    let Survivor {
+        shop,
+        id,
+        cart,
+        world: _world,
+        ..
+    } = die_before(
         "refund",
         "pm_card_visa",
         Store::PosOffline,
@@ -275,14 +357,24 @@ async fn dying_before_recording_a_recall_still_refunds_once() {
         "CANCELLED",
     )
     .await;
-    assert_eq!(count(&epoint, "orders"), 0);
-    assert_eq!(okya["orders"][0]["cancellation"]["kind"], "recalled");
-    assert_eq!(count(&stripe, "refunds"), 1, "{stripe}");
+    assert_eq!(shop.ledger(Sim::Epoint).await["orders"], json!([]));
+    assert_eq!(
+        shop.okya_order(&cart).await["cancellation"]["kind"],
+        "recalled"
+    );
+    shop.assert_sent_once(Sim::Okya, Shop::RECALL, &id, 2).await;
+    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &id, 1)
+        .await;
 }
 
 #[tokio::test]
 async fn dying_before_recording_a_refund_refunds_once() {
-    let (stripe, _, _) = die_before(
+    let Survivor {
+        shop,
+        id,
+        world: _world,
+        ..
+    } = die_before(
         "done",
         "pm_card_visa",
         Store::Rejects,
@@ -290,16 +382,20 @@ async fn dying_before_recording_a_refund_refunds_once() {
         "REJECTED",
     )
     .await;
-    assert_eq!(count(&stripe, "refunds"), 1, "{stripe}");
-    assert_eq!(
-        stripe["refunds"][0]["amount"],
-        stripe["payment_intents"][0]["amount"]
-    );
+    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &id, 2)
+        .await;
+    let intent = &shop.intents_for(&id).await[0];
+    assert_eq!(intent["amount_refunded"], intent["amount"]);
 }
 
 #[tokio::test]
 async fn dying_before_recording_a_release_releases_once() {
-    let (stripe, _, _) = die_before(
+    let Survivor {
+        shop,
+        id,
+        world: _world,
+        ..
+    } = die_before(
         "done",
         "pm_card_visa",
         Store::Rejects,
@@ -307,6 +403,8 @@ async fn dying_before_recording_a_release_releases_once() {
         "REJECTED",
     )
     .await;
-    assert_eq!(count(&stripe, "refunds"), 0);
-    assert_eq!(stripe["payment_intents"][0]["status"], "canceled");
+    shop.assert_sent_once(Sim::Stripe, Shop::RELEASE, &id, 2)
+        .await;
+    shop.assert_not_sent(Sim::Stripe, Shop::REFUNDS, &id).await;
+    assert_eq!(shop.intents_for(&id).await[0]["status"], "canceled");
 }

@@ -125,18 +125,22 @@ pub async fn spawn_app_with(kind: Db, tweak: impl FnOnce(&mut Settings)) -> Test
 pub async fn spawn_with_settings(settings: Settings) -> TestApp {
     // Logs go to the captured output, shown when a test fails.
     cbtl_bff::telemetry::init_for_tests();
-    let mut tries = 0;
-    let app = loop {
-        match cbtl_bff::app::build(settings.clone()).await {
-            Ok(app) => break app,
-            // A stopped incarnation on a fixed port lets go of it a moment later.
-            Err(cbtl_bff::app::StartError::Bind { .. }) if tries < 50 => {
-                tries += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("app starts: {e}"),
-        }
-    };
+    let app = cbtl_bff::app::build(settings)
+        .await
+        .unwrap_or_else(|e| panic!("app starts: {e}"));
+    test_app(app)
+}
+
+/// Starts an incarnation of the service on `port`, which the test holds for all of them.
+pub async fn spawn_on(settings: Settings, port: &Port) -> TestApp {
+    cbtl_bff::telemetry::init_for_tests();
+    let app = cbtl_bff::app::build_on(settings, port.handle())
+        .await
+        .unwrap_or_else(|e| panic!("app starts: {e}"));
+    test_app(app)
+}
+
+fn test_app(app: Application) -> TestApp {
     let url = app.url();
     TestApp {
         app,
@@ -442,10 +446,32 @@ impl ExternalUpstreams {
     }
 }
 
-/// A free port to give every incarnation of a service, so webhooks find it.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// A port the test binds once and keeps, so the service can be stopped and started again
+/// on it (upstream simulators send webhooks to it) without a moment in which another
+/// process could take it: a port merely checked free and bound later can be.
+///
+/// Each incarnation serves on a handle to the same listening socket. Between two
+/// incarnations the socket stays open, so connections made then wait in its backlog for
+/// the next incarnation (as behind a supervisor that holds the socket) rather than being
+/// refused; an upstream's delivery retries cover either.
+pub struct Port {
+    listener: std::net::TcpListener,
+}
+
+impl Port {
+    pub fn bind() -> Self {
+        Self {
+            listener: std::net::TcpListener::bind("127.0.0.1:0").expect("a port"),
+        }
+    }
+
+    pub fn number(&self) -> u16 {
+        self.listener.local_addr().expect("a bound port").port()
+    }
+
+    /// A handle on the socket for one incarnation; the socket closes when the last
+    /// handle (this `Port`'s included) is dropped.
+    pub fn handle(&self) -> std::net::TcpListener {
+        self.listener.try_clone().expect("a handle on the listener")
+    }
 }

@@ -3,11 +3,12 @@
 //! once however many instances are running (leases, `FOR UPDATE SKIP LOCKED`).
 
 use crate::helpers::{
-    Db, ExternalUpstreams, TestApp, TestDb, free_port, spawn_with_settings, test_settings,
+    Db, ExternalUpstreams, Port, Sim, TestApp, TestDb, spawn_on, spawn_with_settings, test_settings,
 };
+use crate::shop::Shop;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_tungstenite::{
     connect_async,
     tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
@@ -26,8 +27,8 @@ async fn get(app: &TestApp, url: String) -> Value {
 
 #[tokio::test]
 async fn two_instances_share_one_database_as_one_service() {
-    let port = free_port();
-    let upstreams = ExternalUpstreams::start(port).await;
+    let port = Port::bind();
+    let upstreams = ExternalUpstreams::start(port.number()).await;
     let (db, url) = TestDb::new(Db::Postgres).await;
     let mut settings = test_settings(url);
     upstreams.configure(&mut settings);
@@ -35,9 +36,7 @@ async fn two_instances_share_one_database_as_one_service() {
     settings.jobs.poll_interval_ms = 20;
 
     // A receives Okya's webhooks; B serves the subscriber.
-    let mut a_settings = settings.clone();
-    a_settings.listen_addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let a = spawn_with_settings(a_settings).await;
+    let a = spawn_on(settings.clone(), &port).await;
     let b = spawn_with_settings(settings).await;
 
     let customer = a.sign_up("+16265550150", "ada@example.com").await;
@@ -98,68 +97,56 @@ async fn two_instances_share_one_database_as_one_service() {
 
     // The store accepts every order; A gets the webhooks.
     let okya_orders = get(&a, format!("{}/_sandbox/orders", upstreams.okya.base_url)).await;
-    let accepted_at = Instant::now();
-    for order in okya_orders["orders"].as_array().unwrap() {
-        let id = order["id"].as_str().unwrap();
-        a.http
+    let okya_orders = okya_orders["orders"].as_array().expect("Okya's orders");
+    assert_eq!(okya_orders.len(), 4);
+    for order in okya_orders {
+        let id = order["id"].as_str().expect("an Okya order id");
+        let accepted = a
+            .http
             .post(format!(
                 "{}/_sandbox/orders/{id}/accept",
                 upstreams.okya.base_url
             ))
             .send()
             .await
-            .unwrap();
+            .expect("accept");
+        assert!(accepted.status().is_success(), "{}", accepted.status());
     }
+    // How fast the change crosses instances is the benchmarks' business.
     statuses.push(next_status(&mut ws).await);
-    let latency = accepted_at.elapsed();
     assert_eq!(statuses, ["AWAITING_ACCEPTANCE", "IN_PREPARATION"]);
-    assert!(
-        latency < Duration::from_secs(3),
-        "cross-instance delivery took {latency:?}"
-    );
 
     // Every order was injected, charged and sent to SessionM exactly once, with two
-    // instances' workers and sweepers running.
-    a.eventually("every order sent to SessionM", || async {
-        let ledger = get(
-            &a,
-            format!("{}/_sandbox/ledger", upstreams.sessionm.base_url),
-        )
-        .await;
-        ledger["transactions"].as_array().map(Vec::len) == Some(4)
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let epoint_ledger = get(&a, format!("{}/_sandbox/ledger", upstreams.epoint.base_url)).await;
-    let stripe_ledger = get(&a, format!("{}/_sandbox/ledger", upstreams.stripe.base_url)).await;
-    let sessionm_ledger = get(
-        &a,
-        format!("{}/_sandbox/ledger", upstreams.sessionm.base_url),
-    )
-    .await;
-    assert_eq!(
-        epoint_ledger["orders"].as_array().map(Vec::len),
-        Some(4),
-        "{epoint_ledger}"
-    );
-    assert_eq!(
-        stripe_ledger["payment_intents"].as_array().map(Vec::len),
-        Some(4)
-    );
-    assert_eq!(
-        sessionm_ledger["transactions"].as_array().map(Vec::len),
-        Some(4)
-    );
+    // instances' workers and sweepers running: no step ran on both. The simulators'
+    // ledgers would hide a second run (each replays a repeated key); the requests cannot.
+    let shop = Shop { app: a };
     for id in &orders {
-        let order = b
+        shop.wait_for_status(id, "IN_PREPARATION").await;
+        shop.eventually("the order sent to SessionM", || async {
+            shop.order(id).await["pointsEarned"].is_number()
+        })
+        .await;
+        shop.wait_until_settled(id).await;
+        for (sim, route) in [
+            (Sim::Okya, Shop::ORDERS),
+            (Sim::Stripe, Shop::INTENTS),
+            (Sim::Okya, Shop::PAYMENTS),
+            (Sim::Epoint, Shop::INJECT),
+            (Sim::Sessionm, Shop::SALE),
+        ] {
+            let sent = shop.assert_sent_once(sim, route, id, 1).await;
+            assert_eq!(sent, 1, "{route} sent {sent} times for {id}");
+        }
+        let seen_by_b = b
             .data(
                 "query($o: ID!) { order(id: $o) { status } }",
                 json!({"o": id}),
             )
             .await;
-        assert_eq!(order["order"]["status"], "IN_PREPARATION");
+        assert_eq!(seen_by_b["order"]["status"], "IN_PREPARATION");
     }
-    drop(a);
+    shop.assert_money_invariants().await;
+    drop(shop);
     drop(b);
     drop(db);
 }

@@ -14,6 +14,7 @@ mod graphiql;
 mod helpers;
 mod instances;
 mod introspection;
+mod lost_answers;
 mod money_path;
 mod orders;
 mod persisted_queries;

@@ -1,7 +1,11 @@
 //! Place Order end to end: checkout, payment, the store's decision, POS injection, live
-//! status, and every compensation, read back from the sandbox ledgers.
+//! status, and every compensation. Each test checks what the service *sent* (the
+//! simulators' call logs: each effect asked for under one idempotency key) as well as
+//! what the ledgers hold, and ends with the money invariants.
 
-use crate::helpers::{Db, Sim, TestApp, error_codes, spawn_app_with};
+use crate::helpers::{Db, Sim, TestApp, error_codes};
+use crate::shop::{Shop, shop};
+use cbtl_bff::domain::CaptureMode;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -18,163 +22,67 @@ fn checkout_query() -> String {
     )
 }
 
-/// A signed-in customer's app with store acceptance left to the test.
-async fn shop(tweak: impl FnOnce(&mut cbtl_bff::config::Settings)) -> TestApp {
-    let app = spawn_app_with(Db::Sqlite, |s| {
-        s.sandbox.auto_accept_delay_ms = 0;
-        s.orders.sweep_interval_ms = 100;
-        s.jobs.poll_interval_ms = 50;
-        tweak(s);
-    })
-    .await;
-    let customer = app.sign_up("+16265550130", "ada@example.com").await;
-    app.use_token(Some(&customer.access_token));
-    app
-}
-
-/// A cart with two large oat lattes (2 × 6.75) and a croissant (3.50): 17.00 + 10.25% tax = 18.74.
-async fn filled_cart(app: &TestApp, store: &str) -> String {
-    let cart = app.new_cart(store).await;
-    let added = app
-        .data(
-            "mutation($c: ID!) { cartLinesAdd(cartId: $c, lines: [{productId: \"prd_latte\", quantity: 2, modifierOptionIds: [\"opt_size_large\", \"opt_milk_oat\"]}, {productId: \"prd_croissant\", quantity: 1}]) { userErrors { code } } }",
-            json!({"c": cart}),
-        )
-        .await;
-    assert_eq!(added["cartLinesAdd"]["userErrors"], json!([]));
-    cart
-}
-
-async fn checkout(app: &TestApp, cart: &str, pm: &str, key: &str) -> Value {
-    let body = app
-        .gql(
-            &checkout_query(),
-            json!({"i": {"cartId": cart, "paymentMethodId": pm, "idempotencyKey": key}}),
-        )
-        .await;
-    assert!(body.get("errors").is_none(), "{body}");
-    body["data"]["checkout"].clone()
-}
-
-async fn order(app: &TestApp, id: &str) -> Value {
-    app.data(
-        &format!("query($o: ID!) {{ order(id: $o) {{ {ORDER_FIELDS} }} }}"),
-        json!({"o": id}),
-    )
-    .await["order"]
-        .clone()
-}
-
-async fn wait_for_status(app: &TestApp, id: &str, status: &str) -> Value {
-    for _ in 0..100 {
-        let current = order(app, id).await;
-        if current["status"] == status {
-            return current;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "order {id} never reached {status}: {}",
-        order(app, id).await
-    );
-}
-
-/// The Okya simulator's copy of the order placed from `cart`.
-async fn okya_order(app: &TestApp, cart: &str) -> Value {
-    let ledger: Value = app
-        .http
-        .get(format!("{}/_sandbox/orders", app.sim_url(Sim::Okya)))
-        .send()
+/// The `checkout` payload with this file's order fields.
+async fn checkout(shop: &Shop, cart: &str, card: &str, key: &str) -> Value {
+    shop.checkout_selecting(ORDER_FIELDS, cart, card, None, key)
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    ledger["orders"]
-        .as_array()
-        .and_then(|orders| orders.iter().find(|o| o["cart_id"] == cart).cloned())
-        .unwrap_or(Value::Null)
 }
 
-/// Plays the store: accept, reject, ready or complete, through the simulator.
-async fn store_action(app: &TestApp, cart: &str, action: &str) {
-    let okya = okya_order(app, cart).await;
-    let id = okya["id"].as_str().expect("Okya order");
-    let response = app
-        .http
-        .post(format!(
-            "{}/_sandbox/orders/{id}/{action}",
-            app.sim_url(Sim::Okya)
-        ))
-        .json(&json!({"reason": "test"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{action}: {}",
-        response.status()
-    );
-}
-
-fn intents(ledger: &Value) -> Vec<Value> {
-    ledger["payment_intents"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+/// The id of the order a checkout placed.
+fn placed(payload: &Value) -> String {
+    payload["order"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an order: {payload}"))
+        .to_owned()
 }
 
 #[tokio::test]
 async fn an_order_is_paid_accepted_injected_prepared_and_collected() {
-    let app = shop(|_| {}).await;
-    let cart = filled_cart(&app, "str_pasadena").await;
-    let payload = checkout(&app, &cart, "pm_card_visa", "key-1").await;
+    let shop = shop(|_| {}).await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let payload = checkout(&shop, &cart, "pm_card_visa", "key-1").await;
     assert_eq!(payload["userErrors"], json!([]));
-    let placed = &payload["order"];
-    assert_eq!(placed["status"], "AWAITING_ACCEPTANCE");
+    let placed_order = &payload["order"];
+    assert_eq!(placed_order["status"], "AWAITING_ACCEPTANCE");
     assert_eq!(
-        placed["total"],
+        placed_order["total"],
         json!({"amount": "18.74", "currencyCode": "USD"})
     );
-    assert_eq!(placed["payment"]["status"], "CAPTURED");
-    assert_eq!(placed["payment"]["amount"]["amount"], "18.74");
+    assert_eq!(placed_order["payment"]["status"], "CAPTURED");
+    assert_eq!(placed_order["payment"]["amount"]["amount"], "18.74");
     assert_eq!(
         (
-            placed["payment"]["brand"].as_str(),
-            placed["payment"]["last4"].as_str()
+            placed_order["payment"]["brand"].as_str(),
+            placed_order["payment"]["last4"].as_str()
         ),
         (Some("visa"), Some("4242"))
     );
-    assert_eq!(placed["payment"]["clientSecret"], json!(null));
-    let id = placed["id"].as_str().unwrap().to_owned();
+    assert_eq!(placed_order["payment"]["clientSecret"], json!(null));
+    let id = placed(&payload);
 
-    let stripe = app.ledger(Sim::Stripe).await;
-    let charged = intents(&stripe);
+    let charged = shop.intents_for(&id).await;
     assert_eq!(charged.len(), 1);
     assert_eq!(charged[0]["amount"], 1874);
     assert_eq!(charged[0]["status"], "succeeded");
-    let okya = okya_order(&app, &cart).await;
+    let okya = shop.okya_order(&cart).await;
     assert_eq!(okya["payment"]["reference"], charged[0]["id"]);
 
-    store_action(&app, &cart, "accept").await;
-    let prepared = wait_for_status(&app, &id, "IN_PREPARATION").await;
-    let epoint = app.ledger(Sim::Epoint).await;
-    assert_eq!(
-        epoint["orders"].as_array().map(Vec::len),
-        Some(1),
-        "{epoint}"
-    );
+    shop.store_action(&cart, "accept").await;
+    let prepared = shop.wait_for_status(&id, "IN_PREPARATION").await;
     assert_eq!(prepared["payment"]["status"], "CAPTURED");
+    let epoint = shop.ledger(Sim::Epoint).await;
+    assert_eq!(epoint["orders"][0]["external_id"], id.as_str(), "{epoint}");
 
-    store_action(&app, &cart, "ready").await;
-    wait_for_status(&app, &id, "READY_FOR_PICKUP").await;
-    store_action(&app, &cart, "complete").await;
-    let done = wait_for_status(&app, &id, "COMPLETED").await;
+    shop.store_action(&cart, "ready").await;
+    shop.wait_for_status(&id, "READY_FOR_PICKUP").await;
+    shop.store_action(&cart, "complete").await;
+    shop.wait_for_status(&id, "COMPLETED").await;
+    let done = shop.order_selecting("statusHistory { status }", &id).await;
     let history: Vec<&str> = done["statusHistory"]
         .as_array()
-        .unwrap()
+        .expect("a history")
         .iter()
-        .map(|h| h["status"].as_str().unwrap())
+        .filter_map(|h| h["status"].as_str())
         .collect();
     assert_eq!(
         history,
@@ -187,17 +95,33 @@ async fn an_order_is_paid_accepted_injected_prepared_and_collected() {
     );
 
     // SessionM gets the order and credits a point per whole dollar paid.
-    app.eventually("points", || async {
-        order(&app, &id).await["pointsEarned"] == 18
+    shop.eventually("points", || async {
+        shop.order(&id).await["pointsEarned"] == 18
     })
     .await;
+    shop.wait_until_settled(&id).await;
+    // Nothing failed, so every effect was asked for by exactly one request.
+    for (sim, route) in [
+        (Sim::Okya, Shop::ORDERS),
+        (Sim::Stripe, Shop::INTENTS),
+        (Sim::Okya, Shop::PAYMENTS),
+        (Sim::Epoint, Shop::INJECT),
+        (Sim::Sessionm, Shop::SALE),
+    ] {
+        assert_eq!(
+            shop.assert_sent_once(sim, route, &id, 1).await,
+            1,
+            "{route}"
+        );
+    }
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn a_declined_card_fails_the_order_and_no_store_sees_it() {
-    let app = shop(|_| {}).await;
-    let cart = filled_cart(&app, "str_pasadena").await;
-    let payload = checkout(&app, &cart, "pm_card_chargeDeclined", "key-1").await;
+    let shop = shop(|_| {}).await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let payload = checkout(&shop, &cart, "pm_card_chargeDeclined", "key-1").await;
     assert_eq!(error_codes(&payload), vec!["CARD_DECLINED"]);
     assert_eq!(
         payload["userErrors"][0]["field"],
@@ -205,39 +129,40 @@ async fn a_declined_card_fails_the_order_and_no_store_sees_it() {
     );
     assert_eq!(payload["order"]["status"], "PAYMENT_FAILED");
     assert_eq!(payload["order"]["payment"]["status"], "FAILED");
-    assert_eq!(okya_order(&app, &cart).await["status"], "CANCELED");
-    let stripe = app.ledger(Sim::Stripe).await;
-    assert!(
-        intents(&stripe)
-            .iter()
-            .all(|pi| pi["status"] != "succeeded"),
-        "{stripe}"
-    );
+    let id = placed(&payload);
+    assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
+    let intents = shop.intents_for(&id).await;
+    assert_eq!(intents.len(), 1, "{intents:?}");
+    assert_eq!(intents[0]["status"], "requires_payment_method");
+    assert_eq!(intents[0]["amount_received"], 0);
+    shop.wait_until_settled(&id).await;
+    shop.assert_sent_once(Sim::Okya, Shop::CANCEL, &id, 1).await;
+    shop.assert_not_sent(Sim::Okya, Shop::PAYMENTS, &id).await;
+    shop.assert_not_sent(Sim::Epoint, Shop::INJECT, &id).await;
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn okya_refusals_are_user_errors_with_nothing_charged() {
-    let app = shop(|_| {}).await;
-    let empty = app.new_cart("str_pasadena").await;
-    let payload = checkout(&app, &empty, "pm_card_visa", "key-empty").await;
+    let shop = shop(|_| {}).await;
+    let empty = shop.new_cart("str_pasadena").await;
+    let payload = checkout(&shop, &empty, "pm_card_visa", "key-empty").await;
     assert_eq!(error_codes(&payload), vec!["CART_EMPTY"]);
     assert_eq!(payload["order"], json!(null));
 
-    let cart = filled_cart(&app, "str_pasadena").await;
-    assert_eq!(
-        checkout(&app, &cart, "pm_card_visa", "key-1").await["userErrors"],
-        json!([])
-    );
-    let again = checkout(&app, &cart, "pm_card_visa", "key-2").await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let first = checkout(&shop, &cart, "pm_card_visa", "key-1").await;
+    assert_eq!(first["userErrors"], json!([]));
+    let id = placed(&first);
+    let again = checkout(&shop, &cart, "pm_card_visa", "key-2").await;
     assert_eq!(error_codes(&again), vec!["CART_ALREADY_ORDERED"]);
-    assert_eq!(
-        intents(&app.ledger(Sim::Stripe).await).len(),
-        1,
-        "only the first order was charged"
-    );
+    // Only the first order asked Stripe for money, and only once.
+    assert_eq!(shop.log(Sim::Stripe, Shop::INTENTS).await.len(), 1);
+    shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, &id, 1)
+        .await;
 
     // An ordered cart cannot change any more.
-    let frozen = app
+    let frozen = shop
         .data(
             "mutation($c: ID!) { cartLinesAdd(cartId: $c, lines: [{productId: \"prd_water\", quantity: 1}]) { cart { id } userErrors { code } } }",
             json!({"c": cart}),
@@ -248,176 +173,195 @@ async fn okya_refusals_are_user_errors_with_nothing_charged() {
         vec!["CART_ALREADY_ORDERED"]
     );
 
-    let missing = checkout(&app, "crt_missing", "pm_card_visa", "key-3").await;
+    let missing = checkout(&shop, "crt_missing", "pm_card_visa", "key-3").await;
     assert_eq!(error_codes(&missing), vec!["CART_NOT_FOUND"]);
-    let bad_key = checkout(&app, &cart, "pm_card_visa", "   ").await;
+    let bad_key = checkout(&shop, &cart, "pm_card_visa", "   ").await;
     assert_eq!(error_codes(&bad_key), vec!["INVALID_INPUT"]);
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn the_same_key_returns_the_same_order_and_charges_once() {
-    let app = shop(|_| {}).await;
-    let cart = filled_cart(&app, "str_pasadena").await;
-    let first = checkout(&app, &cart, "pm_card_visa", "key-1").await;
-    let second = checkout(&app, &cart, "pm_card_visa", "key-1").await;
-    assert_eq!(first["order"]["id"], second["order"]["id"]);
-    assert_eq!(intents(&app.ledger(Sim::Stripe).await).len(), 1);
+    let shop = shop(|_| {}).await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let first = checkout(&shop, &cart, "pm_card_visa", "key-1").await;
+    let second = checkout(&shop, &cart, "pm_card_visa", "key-1").await;
+    let id = placed(&first);
+    assert_eq!(second["order"]["id"], id.as_str());
+    assert_eq!(shop.intents_for(&id).await.len(), 1);
+    shop.assert_sent_once(Sim::Okya, Shop::ORDERS, &id, 1).await;
+    shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, &id, 1)
+        .await;
 
-    let other_cart = filled_cart(&app, "str_pasadena").await;
-    let reused = checkout(&app, &other_cart, "pm_card_visa", "key-1").await;
+    let other_cart = shop.filled_cart("str_pasadena").await;
+    let reused = checkout(&shop, &other_cart, "pm_card_visa", "key-1").await;
     assert_eq!(error_codes(&reused), vec!["IDEMPOTENCY_KEY_REUSED"]);
     assert_eq!(reused["order"], json!(null));
+    assert_eq!(shop.log(Sim::Okya, Shop::ORDERS).await.len(), 1);
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn ten_simultaneous_checkouts_with_one_key_charge_once() {
-    let app = shop(|_| {}).await;
-    let cart = filled_cart(&app, "str_pasadena").await;
-    let attempts = (0..10).map(|_| checkout(&app, &cart, "pm_card_visa", "same-key"));
+    let shop = shop(|_| {}).await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let attempts = (0..10).map(|_| checkout(&shop, &cart, "pm_card_visa", "same-key"));
     let results = futures_util::future::join_all(attempts).await;
-    let ids: std::collections::BTreeSet<String> = results
-        .iter()
-        .map(|r| {
-            r["order"]["id"]
-                .as_str()
-                .expect("every caller gets the order")
-                .to_owned()
-        })
-        .collect();
+    let ids: std::collections::BTreeSet<String> = results.iter().map(placed).collect();
     assert_eq!(ids.len(), 1, "{results:?}");
-    assert!(
-        results
-            .iter()
-            .all(|r| r["order"]["status"] == "AWAITING_ACCEPTANCE")
-    );
-    let stripe = app.ledger(Sim::Stripe).await;
-    assert_eq!(intents(&stripe).len(), 1, "{stripe}");
+    let statuses: Vec<&str> = results
+        .iter()
+        .filter_map(|r| r["order"]["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["AWAITING_ACCEPTANCE"; 10]);
+    let id = ids.into_iter().next().expect("one order");
+    assert_eq!(shop.intents_for(&id).await.len(), 1);
+    // Okya and Stripe would each refuse a second order or replay a second charge, so
+    // their ledgers cannot tell; what was sent can.
+    shop.assert_sent_once(Sim::Okya, Shop::ORDERS, &id, 1).await;
+    shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, &id, 1)
+        .await;
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn a_rejected_order_is_refunded() {
-    let app = shop(|_| {}).await;
-    let cart = filled_cart(&app, "str_pasadena").await;
-    let id = checkout(&app, &cart, "pm_card_visa", "k").await["order"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    store_action(&app, &cart, "reject").await;
-    let rejected = wait_for_status(&app, &id, "REJECTED").await;
+    let shop = shop(|_| {}).await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let id = placed(&checkout(&shop, &cart, "pm_card_visa", "k").await);
+    shop.store_action(&cart, "reject").await;
+    let rejected = shop.wait_for_status(&id, "REJECTED").await;
     assert_eq!(rejected["payment"]["status"], "REFUNDED");
-    let stripe = app.ledger(Sim::Stripe).await;
-    assert_eq!(
-        stripe["refunds"].as_array().map(Vec::len),
-        Some(1),
-        "{stripe}"
-    );
-    assert_eq!(stripe["refunds"][0]["amount"], 1874);
-    assert_eq!(app.ledger(Sim::Epoint).await["orders"], json!([]));
+    shop.wait_until_settled(&id).await;
+    let stripe = shop.ledger(Sim::Stripe).await;
+    assert_eq!(stripe["refunds"][0]["amount"], 1874, "{stripe}");
+    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &id, 1)
+        .await;
+    shop.assert_not_sent(Sim::Epoint, Shop::INJECT, &id).await;
+    assert_eq!(shop.ledger(Sim::Epoint).await["orders"], json!([]));
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn when_the_pos_refuses_the_order_is_recalled_and_refunded() {
-    let app = shop(|s| s.orders.pos_max_attempts = 2).await;
-    let cart = filled_cart(&app, "str_burbank").await;
-    let id = checkout(&app, &cart, "pm_card_visa", "k").await["order"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    store_action(&app, &cart, "accept").await;
-    let cancelled = wait_for_status(&app, &id, "CANCELLED").await;
+    let shop = shop(|s| s.orders.pos_max_attempts = 2).await;
+    let cart = shop.filled_cart("str_burbank").await;
+    let id = placed(&checkout(&shop, &cart, "pm_card_visa", "k").await);
+    shop.store_action(&cart, "accept").await;
+    let cancelled = shop.wait_for_status(&id, "CANCELLED").await;
     assert_eq!(cancelled["payment"]["status"], "REFUNDED");
-    let okya = okya_order(&app, &cart).await;
+    shop.wait_until_settled(&id).await;
+    let okya = shop.okya_order(&cart).await;
     assert_eq!(okya["cancellation"]["kind"], "recalled", "{okya}");
-    let stripe = app.ledger(Sim::Stripe).await;
-    assert_eq!(stripe["refunds"][0]["amount"], 1874);
+    let stripe = shop.ledger(Sim::Stripe).await;
+    assert_eq!(stripe["refunds"][0]["amount"], 1874, "{stripe}");
+    shop.assert_sent_once(Sim::Epoint, Shop::INJECT, &id, 1)
+        .await;
+    shop.assert_sent_once(Sim::Okya, Shop::RECALL, &id, 1).await;
+    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &id, 1)
+        .await;
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn capture_on_acceptance_authorises_then_captures_or_releases() {
-    let app = shop(|s| s.orders.capture = cbtl_bff::domain::CaptureMode::OnAcceptance).await;
-    let cart = filled_cart(&app, "str_pasadena").await;
-    let placed = checkout(&app, &cart, "pm_card_visa", "k1").await;
-    assert_eq!(placed["order"]["payment"]["status"], "AUTHORIZED");
-    let id = placed["order"]["id"].as_str().unwrap().to_owned();
-    store_action(&app, &cart, "accept").await;
-    let prepared = wait_for_status(&app, &id, "IN_PREPARATION").await;
+    let shop = shop(|s| s.orders.capture = CaptureMode::OnAcceptance).await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let payload = checkout(&shop, &cart, "pm_card_visa", "k1").await;
+    assert_eq!(payload["order"]["payment"]["status"], "AUTHORIZED");
+    let captured = placed(&payload);
+    shop.store_action(&cart, "accept").await;
+    let prepared = shop.wait_for_status(&captured, "IN_PREPARATION").await;
     assert_eq!(prepared["payment"]["status"], "CAPTURED");
 
-    let cart = filled_cart(&app, "str_pasadena").await;
-    let id = checkout(&app, &cart, "pm_card_visa", "k2").await["order"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    store_action(&app, &cart, "reject").await;
-    let rejected = wait_for_status(&app, &id, "REJECTED").await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let released = placed(&checkout(&shop, &cart, "pm_card_visa", "k2").await);
+    shop.store_action(&cart, "reject").await;
+    let rejected = shop.wait_for_status(&released, "REJECTED").await;
     assert_eq!(rejected["payment"]["status"], "CANCELLED");
-    let stripe = app.ledger(Sim::Stripe).await;
-    let all = intents(&stripe);
-    let statuses: Vec<&str> = all
-        .iter()
-        .map(|pi| pi["status"].as_str().unwrap_or(""))
-        .collect();
+    shop.wait_until_settled(&captured).await;
+    shop.wait_until_settled(&released).await;
+    assert_eq!(shop.intents_for(&captured).await[0]["status"], "succeeded");
     assert_eq!(
-        statuses,
-        ["succeeded", "canceled"],
-        "released, not refunded: {stripe}"
+        shop.intents_for(&released).await[0]["status"],
+        "canceled",
+        "released, not refunded"
     );
-    assert_eq!(stripe["refunds"], json!([]));
+    assert_eq!(shop.ledger(Sim::Stripe).await["refunds"], json!([]));
+    shop.assert_sent_once(Sim::Stripe, Shop::CAPTURE, &captured, 1)
+        .await;
+    shop.assert_sent_once(Sim::Stripe, Shop::RELEASE, &released, 1)
+        .await;
+    shop.assert_not_sent(Sim::Stripe, Shop::CAPTURE, &released)
+        .await;
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn three_d_secure_waits_for_stripe_and_then_carries_on_or_fails() {
-    let app = shop(|_| {}).await;
+    let shop = shop(|_| {}).await;
     for (outcome, expected) in [
         ("succeed", "AWAITING_ACCEPTANCE"),
         ("fail", "PAYMENT_FAILED"),
     ] {
-        let cart = filled_cart(&app, "str_pasadena").await;
-        let placed = checkout(&app, &cart, "pm_card_authenticationRequired", outcome).await;
-        let order_json = &placed["order"];
+        let cart = shop.filled_cart("str_pasadena").await;
+        let payload = checkout(&shop, &cart, "pm_card_authenticationRequired", outcome).await;
+        let order_json = &payload["order"];
         assert_eq!(order_json["status"], "AWAITING_PAYMENT");
         assert_eq!(order_json["payment"]["status"], "REQUIRES_ACTION");
         assert!(
             order_json["payment"]["clientSecret"]
                 .as_str()
-                .is_some_and(|s| s.contains("_secret_"))
+                .is_some_and(|s| s.contains("_secret_")),
+            "{order_json}"
         );
-        let id = order_json["id"].as_str().unwrap().to_owned();
-        let stripe = app.ledger(Sim::Stripe).await;
-        let intent = intents(&stripe).last().cloned().unwrap();
-        let response = app
+        let id = placed(&payload);
+        let intent = shop.intents_for(&id).await[0]["id"]
+            .as_str()
+            .expect("an intent")
+            .to_owned();
+        let response = shop
             .http
             .post(format!(
-                "{}/_sandbox/payment_intents/{}/authenticate",
-                app.sim_url(Sim::Stripe),
-                intent["id"].as_str().unwrap()
+                "{}/_sandbox/payment_intents/{intent}/authenticate",
+                shop.sim_url(Sim::Stripe),
             ))
             .json(&json!({"outcome": outcome}))
             .send()
             .await
-            .unwrap();
-        assert!(response.status().is_success());
-        let after = wait_for_status(&app, &id, expected).await;
+            .expect("authenticate");
+        assert!(response.status().is_success(), "{}", response.status());
+        shop.wait_for_status(&id, expected).await;
+        let after = shop.order_selecting(ORDER_FIELDS, &id).await;
         assert_eq!(after["payment"]["clientSecret"], json!(null));
+        shop.wait_until_settled(&id).await;
+        shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, &id, 1)
+            .await;
         if expected == "PAYMENT_FAILED" {
-            assert_eq!(okya_order(&app, &cart).await["status"], "CANCELED");
+            assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
+            shop.assert_sent_once(Sim::Okya, Shop::CANCEL, &id, 1).await;
+        } else {
+            shop.assert_sent_once(Sim::Okya, Shop::PAYMENTS, &id, 1)
+                .await;
         }
     }
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn an_abandoned_authentication_is_cancelled_after_the_timeout() {
-    let app = shop(|s| s.orders.authentication_timeout_secs = 1).await;
-    let cart = filled_cart(&app, "str_pasadena").await;
-    let id = checkout(&app, &cart, "pm_card_authenticationRequired", "k").await["order"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let failed = wait_for_status(&app, &id, "PAYMENT_FAILED").await;
+    let shop = shop(|s| s.orders.authentication_timeout_secs = 1).await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let id = placed(&checkout(&shop, &cart, "pm_card_authenticationRequired", "k").await);
+    let failed = shop.wait_for_status(&id, "PAYMENT_FAILED").await;
     assert_eq!(failed["payment"]["status"], "CANCELLED");
-    let stripe = app.ledger(Sim::Stripe).await;
-    assert_eq!(intents(&stripe)[0]["status"], "canceled");
-    assert_eq!(okya_order(&app, &cart).await["status"], "CANCELED");
+    shop.wait_until_settled(&id).await;
+    assert_eq!(shop.intents_for(&id).await[0]["status"], "canceled");
+    assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
+    shop.assert_sent_once(Sim::Stripe, Shop::RELEASE, &id, 1)
+        .await;
+    shop.assert_sent_once(Sim::Okya, Shop::CANCEL, &id, 1).await;
+    shop.assert_money_invariants().await;
 }
 
 async fn post_webhook(app: &TestApp, body: &str, signature: Option<String>) -> u16 {
@@ -429,28 +373,25 @@ async fn post_webhook(app: &TestApp, body: &str, signature: Option<String>) -> u
     if let Some(signature) = signature {
         request = request.header("x-okya-signature", signature);
     }
-    request.send().await.unwrap().status().as_u16()
+    request.send().await.expect("webhook").status().as_u16()
 }
 
 #[tokio::test]
 async fn forged_stale_repeated_and_reordered_webhooks_change_nothing_they_should_not() {
     use cbtl_bff::upstream::signature::sign;
-    let app = shop(|_| {}).await;
-    let cart = filled_cart(&app, "str_pasadena").await;
-    let id = checkout(&app, &cart, "pm_card_visa", "k").await["order"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut okya = okya_order(&app, &cart).await;
+    let shop = shop(|_| {}).await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let id = placed(&checkout(&shop, &cart, "pm_card_visa", "k").await);
+    let mut okya = shop.okya_order(&cart).await;
     okya["approval"] = json!("APPROVED");
     okya["fulfilment"] = json!("IN_PREPARATION");
-    okya["version"] = json!(okya["version"].as_i64().unwrap() + 100);
+    okya["version"] = json!(okya["version"].as_i64().expect("a version") + 100);
     let event = json!({"id": "evt_forged", "type": "order.updated", "created_at": chrono::Utc::now(), "data": {"order": okya}}).to_string();
     let now = chrono::Utc::now().timestamp();
-    assert_eq!(post_webhook(&app, &event, None).await, 401);
+    assert_eq!(post_webhook(&shop, &event, None).await, 401);
     assert_eq!(
         post_webhook(
-            &app,
+            &shop,
             &event,
             Some(sign("wrong-secret", now, event.as_bytes()))
         )
@@ -459,7 +400,7 @@ async fn forged_stale_repeated_and_reordered_webhooks_change_nothing_they_should
     );
     assert_eq!(
         post_webhook(
-            &app,
+            &shop,
             &event,
             Some(sign("whsec_okya_sandbox", now - 301, event.as_bytes()))
         )
@@ -467,20 +408,23 @@ async fn forged_stale_repeated_and_reordered_webhooks_change_nothing_they_should
         401
     );
     assert_eq!(
-        post_webhook(&app, &event, Some("t=abc,v1=00".into())).await,
+        post_webhook(&shop, &event, Some("t=abc,v1=00".into())).await,
         401
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Whatever the refused webhooks might have started has run its course.
+    let settled = shop.wait_until_settled(&id).await;
+    assert_eq!(settled.step, "await_acceptance");
     assert_eq!(
-        order(&app, &id).await["status"],
+        shop.order(&id).await["status"],
         "AWAITING_ACCEPTANCE",
         "a forged acceptance does nothing"
     );
+    shop.assert_not_sent(Sim::Epoint, Shop::INJECT, &id).await;
 
     // The real store accepts; then an old event (a lower version) arrives late, twice.
-    store_action(&app, &cart, "accept").await;
-    wait_for_status(&app, &id, "IN_PREPARATION").await;
-    let mut stale = okya_order(&app, &cart).await;
+    shop.store_action(&cart, "accept").await;
+    shop.wait_for_status(&id, "IN_PREPARATION").await;
+    let mut stale = shop.okya_order(&cart).await;
     stale["approval"] = json!("NEEDS_APPROVAL");
     stale["fulfilment"] = json!("RECEIVED");
     stale["version"] = json!(1);
@@ -490,17 +434,21 @@ async fn forged_stale_repeated_and_reordered_webhooks_change_nothing_they_should
         chrono::Utc::now().timestamp(),
         old.as_bytes(),
     );
-    assert_eq!(post_webhook(&app, &old, Some(signature.clone())).await, 204);
-    assert_eq!(post_webhook(&app, &old, Some(signature)).await, 204);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(order(&app, &id).await["status"], "IN_PREPARATION");
     assert_eq!(
-        app.ledger(Sim::Epoint).await["orders"]
-            .as_array()
-            .map(Vec::len),
-        Some(1),
+        post_webhook(&shop, &old, Some(signature.clone())).await,
+        204
+    );
+    assert_eq!(post_webhook(&shop, &old, Some(signature)).await, 204);
+    // The accepted webhooks' jobs have been applied before we look.
+    shop.wait_until_settled(&id).await;
+    assert_eq!(shop.order(&id).await["status"], "IN_PREPARATION");
+    assert_eq!(
+        shop.assert_sent_once(Sim::Epoint, Shop::INJECT, &id, 1)
+            .await,
+        1,
         "injected once"
     );
+    shop.assert_money_invariants().await;
 }
 
 async fn subscribe(
@@ -554,39 +502,25 @@ async fn next_json(
 
 #[tokio::test]
 async fn the_subscription_follows_the_order_live_and_ends_when_it_is_final() {
-    let app = shop(|_| {}).await;
-    let token = app.token.lock().unwrap().clone().unwrap();
-    let cart = filled_cart(&app, "str_pasadena").await;
-    let id = checkout(&app, &cart, "pm_card_visa", "k").await["order"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut ws = subscribe(&app, &token, &id).await;
+    let shop = shop(|_| {}).await;
+    let token = shop.token.lock().unwrap().clone().expect("signed in");
+    let cart = shop.filled_cart("str_pasadena").await;
+    let id = placed(&checkout(&shop, &cart, "pm_card_visa", "k").await);
+    let mut ws = subscribe(&shop, &token, &id).await;
     assert_eq!(
         next_json(&mut ws).await["payload"]["data"]["orderStatusChanged"]["status"],
         "AWAITING_ACCEPTANCE"
     );
     let mut seen = Vec::new();
+    // How fast each change reaches the subscriber is the benchmarks' business.
     for action in ["accept", "ready", "complete"] {
-        let started = std::time::Instant::now();
-        store_action(&app, &cart, action).await;
+        shop.store_action(&cart, action).await;
         let event = next_json(&mut ws).await;
         seen.push(
             event["payload"]["data"]["orderStatusChanged"]["status"]
                 .as_str()
-                .unwrap()
+                .unwrap_or_default()
                 .to_owned(),
-        );
-        // The store's action to the subscriber (Okya's webhook, our job, the POS call, the
-        // fan-out): reported with --nocapture, not asserted tightly; timing is for benchmarks.
-        eprintln!(
-            "{action}: store action to subscriber {:?}",
-            started.elapsed()
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "{action} took {:?}",
-            started.elapsed()
         );
     }
     assert_eq!(seen, ["IN_PREPARATION", "READY_FOR_PICKUP", "COMPLETED"]);
@@ -596,37 +530,37 @@ async fn the_subscription_follows_the_order_live_and_ends_when_it_is_final() {
     );
 
     // Another customer cannot follow it.
-    let other = app.sign_up("+16265550131", "bob@example.com").await;
-    let mut ws = subscribe(&app, &other.access_token, &id).await;
+    let other = shop.sign_up("+16265550131", "bob@example.com").await;
+    let mut ws = subscribe(&shop, &other.access_token, &id).await;
     let refused = next_json(&mut ws).await;
     assert_eq!(
         refused["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND",
         "{refused}"
     );
     assert_eq!(refused["payload"]["data"], json!(null));
+    shop.wait_until_settled(&id).await;
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn orders_are_listed_newest_first_and_kept_to_their_customer() {
-    let app = shop(|_| {}).await;
+    let shop = shop(|_| {}).await;
     let mut ids = Vec::new();
     for key in ["a", "b", "c"] {
-        let cart = filled_cart(&app, "str_pasadena").await;
-        ids.push(
-            checkout(&app, &cart, "pm_card_visa", key).await["order"]["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        let cart = shop.filled_cart("str_pasadena").await;
+        ids.push(placed(&checkout(&shop, &cart, "pm_card_visa", key).await));
     }
-    let page = app.data("{ me { orders(first: 2) { edges { cursor node { id status } } pageInfo { hasNextPage } } } }", json!({})).await;
-    let edges = page["me"]["orders"]["edges"].as_array().unwrap().clone();
+    let page = shop.data("{ me { orders(first: 2) { edges { cursor node { id status } } pageInfo { hasNextPage } } } }", json!({})).await;
+    let edges = page["me"]["orders"]["edges"]
+        .as_array()
+        .expect("edges")
+        .clone();
     assert_eq!(edges.len(), 2);
     assert_eq!(edges[0]["node"]["id"], ids[2].as_str());
     assert_eq!(edges[1]["node"]["id"], ids[1].as_str());
     assert_eq!(page["me"]["orders"]["pageInfo"]["hasNextPage"], true);
     let after = edges[1]["cursor"].clone();
-    let rest = app
+    let rest = shop
         .data("query($a: String) { me { orders(first: 2, after: $a) { edges { node { id } } pageInfo { hasNextPage } } } }", json!({"a": after}))
         .await;
     assert_eq!(
@@ -635,8 +569,8 @@ async fn orders_are_listed_newest_first_and_kept_to_their_customer() {
     );
     assert_eq!(rest["me"]["orders"]["pageInfo"]["hasNextPage"], false);
 
-    let other = app.sign_up("+16265550131", "bob@example.com").await;
-    let theirs = app
+    let other = shop.sign_up("+16265550131", "bob@example.com").await;
+    let theirs = shop
         .gql_as(
             Some(&other.access_token),
             "query($o: ID!) { order(id: $o) { id } }",
@@ -644,7 +578,7 @@ async fn orders_are_listed_newest_first_and_kept_to_their_customer() {
         )
         .await;
     assert_eq!(theirs["data"]["order"], json!(null));
-    let anonymous = app
+    let anonymous = shop
         .gql_as(
             None,
             "query($o: ID!) { order(id: $o) { id } }",
@@ -655,13 +589,18 @@ async fn orders_are_listed_newest_first_and_kept_to_their_customer() {
         anonymous["errors"][0]["extensions"]["code"],
         "UNAUTHENTICATED"
     );
-    let anonymous = app
+    let anonymous = shop
         .gql_as(None, &checkout_query(), json!({"i": {"cartId": "crt_x", "paymentMethodId": "pm_card_visa", "idempotencyKey": "k"}}))
         .await;
     assert_eq!(
         anonymous["errors"][0]["extensions"]["code"],
         "UNAUTHENTICATED"
     );
+    for id in &ids {
+        shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, id, 1)
+            .await;
+    }
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
@@ -729,72 +668,154 @@ async fn stripe_webhooks_need_a_valid_signature() {
     assert_eq!(response.status(), 400);
 }
 
+/// One order the store rejects, or accepts; `card` pays for it.
+async fn decided(shop: &Shop, store: &str, card: &str, action: &str, key: &str) -> String {
+    let cart = shop.filled_cart(store).await;
+    let payload = checkout(shop, &cart, card, key).await;
+    assert_eq!(payload["userErrors"], json!([]), "{payload}");
+    let id = placed(&payload);
+    shop.store_action(&cart, action).await;
+    id
+}
+
+/// Every compensation of Place Order, on PostgreSQL: the flow's bookkeeping (leases,
+/// jobs, history) is the same code on both databases, but not the same SQL.
 #[tokio::test]
 async fn every_compensation_also_runs_on_postgres() {
-    let app = spawn_app_with(Db::Postgres, |s| {
-        s.sandbox.auto_accept_delay_ms = 0;
-        s.orders.sweep_interval_ms = 100;
-        s.orders.pos_max_attempts = 2;
-        s.jobs.poll_interval_ms = 50;
-    })
+    compensations_capturing_at_once(Db::Postgres).await;
+    compensations_capturing_on_acceptance(Db::Postgres).await;
+}
+
+/// A declined card (with a voucher), a rejection, an offline POS and Okya refusing the
+/// payment, each undone; and an order that goes through.
+async fn compensations_capturing_at_once(kind: Db) {
+    let shop = Shop::start(kind, |s| s.orders.pos_max_attempts = 2).await;
+
+    // A declined card with a voucher: the Okya order cancelled, the voucher released.
+    let voucher = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let declined = shop
+        .checkout(&cart, "pm_card_chargeDeclined", Some(&voucher), "declined")
+        .await;
+    assert_eq!(error_codes(&declined), ["CARD_DECLINED"], "{declined}");
+    let declined = placed(&declined);
+    assert_eq!(shop.order(&declined).await["status"], "PAYMENT_FAILED");
+    shop.wait_until_settled(&declined).await;
+    assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
+    assert_eq!(shop.voucher_status(&voucher).await, "AVAILABLE");
+    shop.assert_sent_once(Sim::Okya, Shop::CANCEL, &declined, 1)
+        .await;
+    shop.assert_sent_once(Sim::Sessionm, Shop::UNLOCK, &declined, 1)
+        .await;
+
+    // The store rejects: refunded.
+    let rejected = decided(&shop, "str_pasadena", "pm_card_visa", "reject", "rejected").await;
+    let order = shop.wait_for_status(&rejected, "REJECTED").await;
+    assert_eq!(order["payment"]["status"], "REFUNDED");
+    shop.wait_until_settled(&rejected).await;
+    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &rejected, 1)
+        .await;
+
+    // The POS is offline: recalled and refunded.
+    let recalled = decided(&shop, "str_burbank", "pm_card_visa", "accept", "recalled").await;
+    let order = shop.wait_for_status(&recalled, "CANCELLED").await;
+    assert_eq!(order["payment"]["status"], "REFUNDED");
+    shop.wait_until_settled(&recalled).await;
+    shop.assert_sent_once(Sim::Okya, Shop::RECALL, &recalled, 1)
+        .await;
+    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &recalled, 1)
+        .await;
+
+    // Okya will not record the payment: refunded, and the Okya order cancelled.
+    let refusal = json!({"status": 409, "code": "invalid_state", "times": 5});
+    shop.faults(Sim::Okya, json!({"refuse_next": {Shop::PAYMENTS: refusal}}))
+        .await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let unrecorded = checkout(&shop, &cart, "pm_card_visa", "unrecorded").await;
+    assert_eq!(
+        error_codes(&unrecorded),
+        ["ORDER_NOT_ACCEPTED"],
+        "{unrecorded}"
+    );
+    let unrecorded = placed(&unrecorded);
+    let order = shop.wait_for_status(&unrecorded, "PAYMENT_FAILED").await;
+    assert_eq!(order["payment"]["status"], "REFUNDED");
+    shop.wait_until_settled(&unrecorded).await;
+    shop.faults(
+        Sim::Okya,
+        json!({"refuse_next": {Shop::PAYMENTS: {"status": 409, "code": "invalid_state", "times": 0}}}),
+    )
     .await;
-    let customer = app.sign_up("+16265550170", "ada@example.com").await;
-    app.use_token(Some(&customer.access_token));
+    assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
+    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &unrecorded, 1)
+        .await;
+    shop.assert_sent_once(Sim::Okya, Shop::CANCEL, &unrecorded, 1)
+        .await;
 
-    let cart = filled_cart(&app, "str_pasadena").await;
-    let declined = checkout(&app, &cart, "pm_card_chargeDeclined", "declined").await;
-    assert_eq!(declined["order"]["status"], "PAYMENT_FAILED");
+    // And an order that goes through, whose checkout is answered again by its key.
+    let cart = shop.filled_cart("str_pasadena").await;
+    let happy = placed(&checkout(&shop, &cart, "pm_card_visa", "happy").await);
+    shop.store_action(&cart, "accept").await;
+    shop.wait_for_status(&happy, "IN_PREPARATION").await;
+    let again = checkout(&shop, &cart, "pm_card_visa", "happy").await;
+    assert_eq!(again["order"]["id"], happy.as_str());
+    shop.wait_until_settled(&happy).await;
+    shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, &happy, 1)
+        .await;
+    shop.assert_not_sent(Sim::Stripe, Shop::REFUNDS, &happy)
+        .await;
+    shop.assert_money_invariants().await;
+}
 
-    let cart = filled_cart(&app, "str_pasadena").await;
-    let id = checkout(&app, &cart, "pm_card_visa", "rejected").await["order"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    store_action(&app, &cart, "reject").await;
-    assert_eq!(
-        wait_for_status(&app, &id, "REJECTED").await["payment"]["status"],
-        "REFUNDED"
-    );
+/// Capturing on acceptance: a refused capture is recalled and released; a rejected order
+/// is released, not refunded.
+async fn compensations_capturing_on_acceptance(kind: Db) {
+    let shop = Shop::start(kind, |s| s.orders.capture = CaptureMode::OnAcceptance).await;
+    let refusal = json!({"status": 400, "code": "charge_expired_for_capture", "times": 5});
+    shop.faults(
+        Sim::Stripe,
+        json!({"refuse_next": {Shop::CAPTURE: refusal}}),
+    )
+    .await;
+    let uncaptured = decided(
+        &shop,
+        "str_pasadena",
+        "pm_card_visa",
+        "accept",
+        "uncaptured",
+    )
+    .await;
+    let order = shop.wait_for_status(&uncaptured, "CANCELLED").await;
+    assert_eq!(order["payment"]["status"], "CANCELLED");
+    shop.wait_until_settled(&uncaptured).await;
+    shop.faults(
+        Sim::Stripe,
+        json!({"refuse_next": {Shop::CAPTURE: {"status": 400, "code": "charge_expired_for_capture", "times": 0}}}),
+    )
+    .await;
+    assert_eq!(shop.intents_for(&uncaptured).await[0]["status"], "canceled");
+    shop.assert_sent_once(Sim::Okya, Shop::RECALL, &uncaptured, 1)
+        .await;
+    shop.assert_sent_once(Sim::Stripe, Shop::RELEASE, &uncaptured, 1)
+        .await;
 
-    let cart = filled_cart(&app, "str_burbank").await;
-    let id = checkout(&app, &cart, "pm_card_visa", "recalled").await["order"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    store_action(&app, &cart, "accept").await;
-    assert_eq!(
-        wait_for_status(&app, &id, "CANCELLED").await["payment"]["status"],
-        "REFUNDED"
-    );
-
-    let cart = filled_cart(&app, "str_pasadena").await;
-    let id = checkout(&app, &cart, "pm_card_visa", "happy").await["order"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    store_action(&app, &cart, "accept").await;
-    wait_for_status(&app, &id, "IN_PREPARATION").await;
-    let again = checkout(&app, &cart, "pm_card_visa", "happy").await;
-    assert_eq!(again["order"]["id"], id.as_str());
-
-    let stripe = app.ledger(Sim::Stripe).await;
-    assert_eq!(stripe["refunds"].as_array().map(Vec::len), Some(2));
-    assert_eq!(
-        intents(&stripe)
-            .iter()
-            .filter(|pi| pi["status"] == "succeeded")
-            .count(),
-        3
-    );
+    let released = decided(&shop, "str_pasadena", "pm_card_visa", "reject", "released").await;
+    let order = shop.wait_for_status(&released, "REJECTED").await;
+    assert_eq!(order["payment"]["status"], "CANCELLED");
+    shop.wait_until_settled(&released).await;
+    shop.assert_sent_once(Sim::Stripe, Shop::RELEASE, &released, 1)
+        .await;
+    assert_eq!(shop.ledger(Sim::Stripe).await["refunds"], json!([]));
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn lost_webhooks_are_made_up_for_by_reconciliation() {
-    use crate::helpers::{
-        ExternalUpstreams, TestDb, free_port, spawn_with_settings, test_settings,
-    };
-    // Okya's webhooks go to a port nobody listens on: every one of them is lost.
-    let upstreams = ExternalUpstreams::start(free_port()).await;
+    use crate::helpers::{ExternalUpstreams, Port, TestDb, spawn_with_settings, test_settings};
+    // Okya's webhooks go to a port held by a socket that never accepts: every one of them
+    // is lost.
+    let nowhere = Port::bind();
+    let upstreams = ExternalUpstreams::start(nowhere.number()).await;
     let (_db, url) = TestDb::new(Db::Sqlite).await;
     let mut settings = test_settings(url);
     upstreams.configure(&mut settings);
@@ -803,107 +824,111 @@ async fn lost_webhooks_are_made_up_for_by_reconciliation() {
     let app = spawn_with_settings(settings).await;
     let customer = app.sign_up("+16265550190", "ada@example.com").await;
     app.use_token(Some(&customer.access_token));
-    let cart = filled_cart(&app, "str_pasadena").await;
-    let id = checkout(&app, &cart, "pm_card_visa", "k").await["order"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    store_action(&app, &cart, "accept").await;
-    // Only the timer can notice: nothing reads the order meanwhile.
-    let epoint = format!("{}/_sandbox/ledger", upstreams.epoint.base_url);
-    let mut injected = false;
-    for _ in 0..60 {
-        let ledger: Value = app
-            .http
-            .get(&epoint)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ledger["orders"].as_array().map(Vec::len) == Some(1) {
-            injected = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(injected, "reconciliation injected the accepted order");
-    assert_eq!(order(&app, &id).await["status"], "IN_PREPARATION");
+    let shop = Shop { app };
+    let cart = shop.filled_cart("str_pasadena").await;
+    let id = placed(&checkout(&shop, &cart, "pm_card_visa", "k").await);
+    shop.store_action(&cart, "accept").await;
+    // Only the timer can notice: nothing reads the order through the API meanwhile (a
+    // read asks Okya too); the service's own row is read straight from its database.
+    shop.eventually("reconciliation to inject the accepted order", || async {
+        shop.row(&id).await.status == "IN_PREPARATION"
+    })
+    .await;
+    let delivered: Value = shop
+        .http
+        .get(format!("{}/_sandbox/webhooks", upstreams.okya.base_url))
+        .send()
+        .await
+        .expect("webhooks")
+        .json()
+        .await
+        .expect("webhooks JSON");
+    assert!(
+        !delivered.to_string().contains("\"delivered\":true"),
+        "no webhook may have arrived: {delivered}"
+    );
+    shop.wait_until_settled(&id).await;
+    shop.assert_sent_once(Sim::Epoint, Shop::INJECT, &id, 1)
+        .await;
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn a_pos_that_keeps_failing_is_given_up_on_after_bounded_retries_and_refunded() {
-    let app = shop(|s| s.orders.pos_max_attempts = 3).await;
+    let shop = shop(|s| s.orders.pos_max_attempts = 3).await;
     // The POS answers 503 to every injection (each attempt is itself retried by the client).
-    app.faults(
-        Sim::Epoint,
-        json!({"fail_next": {"POST /v1/locations/{location_id}/orders": 100}}),
-    )
-    .await;
-    let cart = filled_cart(&app, "str_pasadena").await;
-    let id = checkout(&app, &cart, "pm_card_visa", "k").await["order"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    store_action(&app, &cart, "accept").await;
-    let cancelled = wait_for_status(&app, &id, "CANCELLED").await;
+    shop.faults(Sim::Epoint, json!({"fail_next": {Shop::INJECT: 100}}))
+        .await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let id = placed(&checkout(&shop, &cart, "pm_card_visa", "k").await);
+    shop.store_action(&cart, "accept").await;
+    let cancelled = shop.wait_for_status(&id, "CANCELLED").await;
     assert_eq!(cancelled["payment"]["status"], "REFUNDED");
+    shop.wait_until_settled(&id).await;
     assert_eq!(
-        okya_order(&app, &cart).await["cancellation"]["kind"],
+        shop.okya_order(&cart).await["cancellation"]["kind"],
         "recalled"
     );
-    assert_eq!(app.ledger(Sim::Epoint).await["orders"], json!([]));
-    assert_eq!(
-        app.ledger(Sim::Stripe).await["refunds"]
-            .as_array()
-            .map(Vec::len),
-        Some(1)
-    );
+    assert_eq!(shop.ledger(Sim::Epoint).await["orders"], json!([]));
+    // Three attempts of three tries each, all under the order's one key.
+    let tries = shop
+        .assert_sent_once(Sim::Epoint, Shop::INJECT, &id, 3)
+        .await;
+    assert_eq!(tries, 9, "bounded: 3 attempts × 3 tries");
+    shop.assert_sent_once(Sim::Okya, Shop::RECALL, &id, 1).await;
+    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &id, 1)
+        .await;
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn when_okya_will_not_record_the_payment_the_charge_is_refunded() {
-    let app = shop(|_| {}).await;
-    app.faults(Sim::Okya, json!({"refuse_next": {"POST /v1/orders/{order_id}/payments": {"status": 409, "code": "invalid_state", "times": 5}}})).await;
-    let cart = filled_cart(&app, "str_pasadena").await;
-    let payload = checkout(&app, &cart, "pm_card_visa", "k").await;
+    let shop = shop(|_| {}).await;
+    shop.faults(Sim::Okya, json!({"refuse_next": {Shop::PAYMENTS: {"status": 409, "code": "invalid_state", "times": 5}}})).await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let payload = checkout(&shop, &cart, "pm_card_visa", "k").await;
     assert_eq!(payload["order"]["status"], "PAYMENT_FAILED");
     assert_eq!(payload["order"]["payment"]["status"], "REFUNDED");
     // Okya's refusal is not the card's fault: no "try another card".
     assert_eq!(error_codes(&payload), vec!["ORDER_NOT_ACCEPTED"]);
+    let id = placed(&payload);
+    shop.wait_until_settled(&id).await;
     // And the Okya order is not left open without a payment.
-    assert_eq!(okya_order(&app, &cart).await["status"], "CANCELED");
-    let stripe = app.ledger(Sim::Stripe).await;
-    assert_eq!(
-        stripe["refunds"].as_array().map(Vec::len),
-        Some(1),
-        "{stripe}"
-    );
-    assert_eq!(stripe["refunds"][0]["amount"], 1874);
+    assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
+    let stripe = shop.ledger(Sim::Stripe).await;
+    assert_eq!(stripe["refunds"][0]["amount"], 1874, "{stripe}");
+    shop.assert_sent_once(Sim::Okya, Shop::PAYMENTS, &id, 1)
+        .await;
+    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &id, 1)
+        .await;
+    shop.assert_sent_once(Sim::Okya, Shop::CANCEL, &id, 1).await;
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn when_the_capture_is_refused_the_order_is_recalled_and_the_authorisation_released() {
-    let app = shop(|s| s.orders.capture = cbtl_bff::domain::CaptureMode::OnAcceptance).await;
-    app.faults(Sim::Stripe, json!({"refuse_next": {"POST /v1/payment_intents/{id}/capture": {"status": 400, "code": "charge_expired_for_capture", "times": 5}}})).await;
-    let cart = filled_cart(&app, "str_pasadena").await;
-    let id = checkout(&app, &cart, "pm_card_visa", "k").await["order"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    store_action(&app, &cart, "accept").await;
-    let cancelled = wait_for_status(&app, &id, "CANCELLED").await;
+    let shop = shop(|s| s.orders.capture = CaptureMode::OnAcceptance).await;
+    shop.faults(Sim::Stripe, json!({"refuse_next": {Shop::CAPTURE: {"status": 400, "code": "charge_expired_for_capture", "times": 5}}})).await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let id = placed(&checkout(&shop, &cart, "pm_card_visa", "k").await);
+    shop.store_action(&cart, "accept").await;
+    let cancelled = shop.wait_for_status(&id, "CANCELLED").await;
     assert_eq!(cancelled["payment"]["status"], "CANCELLED");
+    shop.wait_until_settled(&id).await;
     assert_eq!(
-        okya_order(&app, &cart).await["cancellation"]["kind"],
+        shop.okya_order(&cart).await["cancellation"]["kind"],
         "recalled"
     );
-    let stripe = app.ledger(Sim::Stripe).await;
     assert_eq!(
-        intents(&stripe)[0]["status"],
+        shop.intents_for(&id).await[0]["status"],
         "canceled",
-        "released, never captured: {stripe}"
+        "released, never captured"
     );
-    assert_eq!(stripe["refunds"], json!([]));
+    assert_eq!(shop.ledger(Sim::Stripe).await["refunds"], json!([]));
+    shop.assert_sent_once(Sim::Stripe, Shop::CAPTURE, &id, 1)
+        .await;
+    shop.assert_sent_once(Sim::Okya, Shop::RECALL, &id, 1).await;
+    shop.assert_sent_once(Sim::Stripe, Shop::RELEASE, &id, 1)
+        .await;
+    shop.assert_money_invariants().await;
 }

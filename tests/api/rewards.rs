@@ -1,13 +1,16 @@
 //! Use Reward: vouchers priced and locked by SessionM, the adjustment on the Okya order,
 //! the adjusted total charged, points credited, and every voucher used once or released.
+//! SessionM answers a repeated lock or sale with its first answer, so what proves "once"
+//! is what the service sent: each effect under one key (the simulators' call logs).
 
-use crate::helpers::{Db, Sim, TestApp, error_codes, spawn_app_with};
+use crate::helpers::{Db, Sim, TestApp, error_codes};
+use crate::shop::{Shop, shop};
 use serde_json::{Value, json};
-use std::time::Duration;
 
-const CHECKOUT: &str = "mutation($i: CheckoutInput!) { checkout(input: $i) { order { id status subtotal { amount } discount { amount } tax { amount } total { amount } payment { status amount { amount } } voucher { id voucherId name discount { amount } } } userErrors { code field message } } }";
+const ORDER_FIELDS: &str = "id status subtotal { amount } discount { amount } tax { amount } total { amount } payment { status amount { amount } } voucher { id voucherId name discount { amount } }";
 
-async fn member(phone: &str, email: &str, app: &TestApp) -> String {
+/// Signs up another member and waits for their SessionM link; returns their token.
+async fn member(app: &TestApp, phone: &str, email: &str) -> String {
     let customer = app.sign_up(phone, email).await;
     let token = customer.access_token.clone();
     app.eventually("the SessionM link", || async {
@@ -23,117 +26,44 @@ async fn member(phone: &str, email: &str, app: &TestApp) -> String {
     token
 }
 
-async fn shop() -> (TestApp, String) {
-    let app = spawn_app_with(Db::Sqlite, |s| {
-        s.sandbox.auto_accept_delay_ms = 0;
-        s.orders.sweep_interval_ms = 100;
-        s.jobs.poll_interval_ms = 50;
-    })
-    .await;
-    let token = member("+16265550180", "ada@example.com", &app).await;
-    app.use_token(Some(&token));
-    (app, token)
-}
-
-async fn vouchers(app: &TestApp) -> Vec<Value> {
-    app.data("{ vouchers { id status discount { kind } } }", json!({}))
-        .await["vouchers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-async fn voucher(app: &TestApp, kind: &str, status: &str) -> String {
-    vouchers(app)
-        .await
-        .into_iter()
-        .find(|v| v["discount"]["kind"] == kind && v["status"] == status)
-        .and_then(|v| v["id"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| panic!("no {status} {kind} voucher"))
-}
-
-async fn status_of(app: &TestApp, id: &str) -> String {
-    vouchers(app)
-        .await
-        .into_iter()
-        .find(|v| v["id"] == id)
-        .map(|v| v["status"].as_str().unwrap_or("").to_owned())
-        .unwrap_or_default()
-}
-
-/// Two large oat lattes and a croissant: subtotal 17.00.
-async fn cart(app: &TestApp) -> String {
-    let cart = app.new_cart("str_pasadena").await;
-    app.data(
-        "mutation($c: ID!) { cartLinesAdd(cartId: $c, lines: [{productId: \"prd_latte\", quantity: 2, modifierOptionIds: [\"opt_size_large\", \"opt_milk_oat\"]}, {productId: \"prd_croissant\", quantity: 1}]) { userErrors { code } } }",
-        json!({"c": cart}),
-    )
-    .await;
+/// A cart with the one line given.
+async fn cart_of(shop: &Shop, line: Value) -> String {
+    let cart = shop.new_cart("str_pasadena").await;
+    let added = shop
+        .data(
+            "mutation($c: ID!, $l: [CartLineInput!]!) { cartLinesAdd(cartId: $c, lines: $l) { userErrors { code } } }",
+            json!({"c": cart, "l": [line]}),
+        )
+        .await;
+    assert_eq!(added["cartLinesAdd"]["userErrors"], json!([]));
     cart
 }
 
-async fn checkout(app: &TestApp, cart: &str, voucher: &str, card: &str, key: &str) -> Value {
-    let body = app
-        .gql(CHECKOUT, json!({"i": {"cartId": cart, "paymentMethodId": card, "voucherId": voucher, "idempotencyKey": key}}))
-        .await;
-    assert!(body.get("errors").is_none(), "{body}");
-    body["data"]["checkout"].clone()
+async fn checkout(shop: &Shop, cart: &str, voucher: &str, card: &str, key: &str) -> Value {
+    shop.checkout_selecting(ORDER_FIELDS, cart, card, Some(voucher), key)
+        .await
 }
 
-async fn okya_order(app: &TestApp, cart: &str) -> Value {
-    let ledger: Value = app
-        .http
-        .get(format!("{}/_sandbox/orders", app.sim_url(Sim::Okya)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    ledger["orders"]
-        .as_array()
-        .and_then(|o| o.iter().find(|o| o["cart_id"] == cart).cloned())
-        .unwrap_or(Value::Null)
-}
-
-async fn store(app: &TestApp, cart: &str, action: &str) {
-    let id = okya_order(app, cart).await["id"]
+fn placed(payload: &Value) -> String {
+    payload["order"]["id"]
         .as_str()
-        .unwrap()
-        .to_owned();
-    app.http
-        .post(format!(
-            "{}/_sandbox/orders/{id}/{action}",
-            app.sim_url(Sim::Okya)
-        ))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+        .unwrap_or_else(|| panic!("an order: {payload}"))
+        .to_owned()
 }
 
-async fn wait_for(app: &TestApp, id: &str, status: &str) -> Value {
-    for _ in 0..100 {
-        let order = app
-            .data(
-                "query($o: ID!) { order(id: $o) { status pointsEarned payment { status } } }",
-                json!({"o": id}),
-            )
-            .await;
-        if order["order"]["status"] == status {
-            return order["order"].clone();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{id} never reached {status}");
+async fn points_balance(shop: &Shop) -> Value {
+    shop.data("{ me { loyalty { pointsBalance } } }", json!({}))
+        .await["me"]["loyalty"]["pointsBalance"]
+        .clone()
 }
 
 #[tokio::test]
 async fn a_voucher_discounts_the_okya_order_the_adjusted_total_is_charged_and_points_follow() {
-    let (app, _) = shop().await;
-    let fixed = voucher(&app, "FIXED_AMOUNT", "AVAILABLE").await;
-    let cart = cart(&app).await;
-    let payload = checkout(&app, &cart, &fixed, "pm_card_visa", "k").await;
+    let shop = shop(|_| {}).await;
+    let fixed = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
+    // Two large oat lattes and a croissant: subtotal 17.00.
+    let cart = shop.filled_cart("str_pasadena").await;
+    let payload = checkout(&shop, &cart, &fixed, "pm_card_visa", "k").await;
     assert_eq!(payload["userErrors"], json!([]));
     let order = &payload["order"];
     // 17.00 less 2.00 is 15.00; tax 10.25% is 1.5375, so 1.54; total 16.54.
@@ -144,155 +74,179 @@ async fn a_voucher_discounts_the_okya_order_the_adjusted_total_is_charged_and_po
     assert_eq!(order["payment"]["amount"]["amount"], "16.54");
     assert_eq!(order["voucher"]["voucherId"], fixed.as_str());
     assert_eq!(order["voucher"]["discount"]["amount"], "2.00");
-    let stripe = app.ledger(Sim::Stripe).await;
-    assert_eq!(stripe["payment_intents"][0]["amount"], 1654);
+    let id = placed(&payload);
+    assert_eq!(shop.intents_for(&id).await[0]["amount"], 1654);
+    let adjustments = shop.okya_order(&cart).await["adjustments"].clone();
     assert_eq!(
-        okya_order(&app, &cart).await["adjustments"]
-            .as_array()
-            .map(Vec::len),
-        Some(1)
+        adjustments.as_array().map(Vec::len),
+        Some(1),
+        "{adjustments}"
     );
-    assert_eq!(status_of(&app, &fixed).await, "LOCKED");
+    assert_eq!(shop.voucher_status(&fixed).await, "LOCKED");
 
-    let id = order["id"].as_str().unwrap().to_owned();
-    store(&app, &cart, "accept").await;
-    wait_for(&app, &id, "IN_PREPARATION").await;
-    app.eventually("points credited", || async {
-        app.data(
-            "query($o: ID!) { order(id: $o) { pointsEarned } }",
-            json!({"o": id}),
-        )
-        .await["order"]["pointsEarned"]
-            == 16
+    shop.store_action(&cart, "accept").await;
+    shop.wait_for_status(&id, "IN_PREPARATION").await;
+    shop.eventually("points credited", || async {
+        shop.order(&id).await["pointsEarned"] == 16
     })
     .await;
-    assert_eq!(
-        app.data("{ me { loyalty { pointsBalance } } }", json!({}))
-            .await["me"]["loyalty"]["pointsBalance"],
-        16
-    );
-    assert_eq!(status_of(&app, &fixed).await, "REDEEMED");
+    assert_eq!(points_balance(&shop).await, 16);
+    assert_eq!(shop.voucher_status(&fixed).await, "REDEEMED");
+    shop.wait_until_settled(&id).await;
+    // Locked, put on the Okya order, charged and sold once each, by one request each.
+    for (sim, route) in [
+        (Sim::Sessionm, Shop::LOCK),
+        (Sim::Okya, Shop::ADJUST),
+        (Sim::Stripe, Shop::INTENTS),
+        (Sim::Sessionm, Shop::SALE),
+    ] {
+        assert_eq!(
+            shop.assert_sent_once(sim, route, &id, 1).await,
+            1,
+            "{route}"
+        );
+    }
 
     // Used once: a second order cannot use it, and is neither charged nor shown.
-    let again = cart_again(&app).await;
-    let refused = checkout(&app, &again, &fixed, "pm_card_visa", "k2").await;
+    let again = shop.filled_cart("str_pasadena").await;
+    let refused = checkout(&shop, &again, &fixed, "pm_card_visa", "k2").await;
     assert_eq!(error_codes(&refused), vec!["VOUCHER_ALREADY_USED"]);
     assert_eq!(
         refused["userErrors"][0]["field"],
         json!(["input", "voucherId"])
     );
     assert_eq!(refused["order"], json!(null));
+    assert_eq!(shop.okya_order(&again).await["status"], "CANCELED");
     assert_eq!(
-        app.ledger(Sim::Stripe).await["payment_intents"]
-            .as_array()
-            .map(Vec::len),
-        Some(1)
+        shop.log(Sim::Stripe, Shop::INTENTS).await.len(),
+        1,
+        "the refused order asked Stripe for nothing"
     );
-    assert_eq!(okya_order(&app, &again).await["status"], "CANCELED");
-}
-
-async fn cart_again(app: &TestApp) -> String {
-    cart(app).await
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn a_free_drink_that_covers_the_order_charges_nothing() {
-    let (app, _) = shop().await;
-    let free = voucher(&app, "FREE_ITEM", "AVAILABLE").await;
-    let cart = app.new_cart("str_pasadena").await;
-    app.data(
-        "mutation($c: ID!) { cartLinesAdd(cartId: $c, lines: [{productId: \"prd_latte\", quantity: 1, modifierOptionIds: [\"opt_size_small\"]}]) { userErrors { code } } }",
-        json!({"c": cart}),
+    let shop = shop(|_| {}).await;
+    let free = shop.voucher("FREE_ITEM", "AVAILABLE").await;
+    let cart = cart_of(
+        &shop,
+        json!({"productId": "prd_latte", "quantity": 1, "modifierOptionIds": ["opt_size_small"]}),
     )
     .await;
-    let payload = checkout(&app, &cart, &free, "pm_card_visa", "free").await;
+    let payload = checkout(&shop, &cart, &free, "pm_card_visa", "free").await;
     assert_eq!(payload["userErrors"], json!([]));
     assert_eq!(payload["order"]["total"]["amount"], "0.00");
     assert_eq!(payload["order"]["status"], "AWAITING_ACCEPTANCE");
     assert_eq!(payload["order"]["payment"], json!(null));
+    let id = placed(&payload);
+    shop.store_action(&cart, "accept").await;
+    shop.wait_for_status(&id, "IN_PREPARATION").await;
+    shop.wait_until_settled(&id).await;
     assert_eq!(
-        app.ledger(Sim::Stripe).await["payment_intents"],
-        json!([]),
-        "no Stripe charge at all"
+        shop.log(Sim::Stripe, Shop::INTENTS).await,
+        Vec::<Value>::new(),
+        "nothing asked of Stripe at all"
     );
-    let id = payload["order"]["id"].as_str().unwrap().to_owned();
-    store(&app, &cart, "accept").await;
-    wait_for(&app, &id, "IN_PREPARATION").await;
+    shop.assert_sent_once(Sim::Epoint, Shop::INJECT, &id, 1)
+        .await;
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn expired_foreign_and_unknown_vouchers_are_refused_with_nothing_charged() {
-    let (app, _) = shop().await;
-    let expired = voucher(&app, "FIXED_AMOUNT", "EXPIRED").await;
-    let cart1 = cart(&app).await;
-    let refused = checkout(&app, &cart1, &expired, "pm_card_visa", "a").await;
+    let shop = shop(|_| {}).await;
+    let expired = shop.voucher("FIXED_AMOUNT", "EXPIRED").await;
+    let cart1 = shop.filled_cart("str_pasadena").await;
+    let refused = checkout(&shop, &cart1, &expired, "pm_card_visa", "a").await;
     assert_eq!(error_codes(&refused), vec!["VOUCHER_EXPIRED"]);
-    assert_eq!(okya_order(&app, &cart1).await["status"], "CANCELED");
+    assert_eq!(shop.okya_order(&cart1).await["status"], "CANCELED");
 
-    let bob = member("+16265550181", "bob@example.com", &app).await;
-    let bobs: Value = app
+    let bob = member(&shop, "+16265550181", "bob@example.com").await;
+    let bobs: Value = shop
         .gql_as(Some(&bob), "{ vouchers { id status } }", json!({}))
         .await;
     let foreign = bobs["data"]["vouchers"][0]["id"]
         .as_str()
-        .unwrap()
+        .expect("Bob has a voucher")
         .to_owned();
-    let cart2 = cart(&app).await;
+    let cart2 = shop.filled_cart("str_pasadena").await;
     assert_eq!(
-        error_codes(&checkout(&app, &cart2, &foreign, "pm_card_visa", "b").await),
+        error_codes(&checkout(&shop, &cart2, &foreign, "pm_card_visa", "b").await),
         vec!["VOUCHER_NOT_FOUND"]
     );
-    let cart3 = cart(&app).await;
+    let cart3 = shop.filled_cart("str_pasadena").await;
     assert_eq!(
-        error_codes(&checkout(&app, &cart3, "uo_nope", "pm_card_visa", "c").await),
+        error_codes(&checkout(&shop, &cart3, "uo_nope", "pm_card_visa", "c").await),
         vec!["VOUCHER_NOT_FOUND"]
     );
-    assert_eq!(app.ledger(Sim::Stripe).await["payment_intents"], json!([]));
+    assert_eq!(
+        shop.log(Sim::Stripe, Shop::INTENTS).await,
+        Vec::<Value>::new()
+    );
     // Bob's voucher is untouched.
-    let after: Value = app
+    let after: Value = shop
         .gql_as(Some(&bob), "{ vouchers { id status } }", json!({}))
         .await;
     assert_eq!(
         after["data"]["vouchers"][0]["status"],
         bobs["data"]["vouchers"][0]["status"]
     );
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn a_declined_payment_releases_the_voucher() {
-    let (app, _) = shop().await;
-    let percent = voucher(&app, "PERCENTAGE", "AVAILABLE").await;
-    let cart = cart(&app).await;
-    let payload = checkout(&app, &cart, &percent, "pm_card_chargeDeclined", "k").await;
+    let shop = shop(|_| {}).await;
+    let percent = shop.voucher("PERCENTAGE", "AVAILABLE").await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let payload = checkout(&shop, &cart, &percent, "pm_card_chargeDeclined", "k").await;
     assert_eq!(error_codes(&payload), vec!["CARD_DECLINED"]);
     assert_eq!(payload["order"]["status"], "PAYMENT_FAILED");
-    assert_eq!(okya_order(&app, &cart).await["status"], "CANCELED");
-    assert_eq!(status_of(&app, &percent).await, "AVAILABLE", "usable again");
+    let id = placed(&payload);
+    shop.wait_until_settled(&id).await;
+    assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
+    assert_eq!(
+        shop.voucher_status(&percent).await,
+        "AVAILABLE",
+        "usable again"
+    );
+    shop.assert_sent_once(Sim::Sessionm, Shop::LOCK, &id, 1)
+        .await;
+    shop.assert_sent_once(Sim::Sessionm, Shop::UNLOCK, &id, 1)
+        .await;
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn a_rejected_order_gives_its_voucher_back() {
-    let (app, _) = shop().await;
-    let percent = voucher(&app, "PERCENTAGE", "AVAILABLE").await;
-    let cart = cart(&app).await;
-    let id = checkout(&app, &cart, &percent, "pm_card_visa", "k").await["order"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    store(&app, &cart, "reject").await;
-    let rejected = wait_for(&app, &id, "REJECTED").await;
+    let shop = shop(|_| {}).await;
+    let percent = shop.voucher("PERCENTAGE", "AVAILABLE").await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let id = placed(&checkout(&shop, &cart, &percent, "pm_card_visa", "k").await);
+    shop.store_action(&cart, "reject").await;
+    let rejected = shop.wait_for_status(&id, "REJECTED").await;
     assert_eq!(rejected["payment"]["status"], "REFUNDED");
-    assert_eq!(status_of(&app, &percent).await, "AVAILABLE");
+    shop.wait_until_settled(&id).await;
+    assert_eq!(shop.voucher_status(&percent).await, "AVAILABLE");
+    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &id, 1)
+        .await;
+    shop.assert_sent_once(Sim::Sessionm, Shop::UNLOCK, &id, 1)
+        .await;
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn two_checkouts_racing_for_one_voucher_charge_only_one() {
-    let (app, _) = shop().await;
-    let fixed = voucher(&app, "FIXED_AMOUNT", "AVAILABLE").await;
-    let (a, b) = (cart(&app).await, cart(&app).await);
+    let shop = shop(|_| {}).await;
+    let fixed = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
+    let (a, b) = (
+        shop.filled_cart("str_pasadena").await,
+        shop.filled_cart("str_pasadena").await,
+    );
     let (first, second) = tokio::join!(
-        checkout(&app, &a, &fixed, "pm_card_visa", "race-a"),
-        checkout(&app, &b, &fixed, "pm_card_visa", "race-b"),
+        checkout(&shop, &a, &fixed, "pm_card_visa", "race-a"),
+        checkout(&shop, &b, &fixed, "pm_card_visa", "race-b"),
     );
     let outcomes = [&first, &second];
     let won: Vec<_> = outcomes
@@ -306,113 +260,116 @@ async fn two_checkouts_racing_for_one_voucher_charge_only_one() {
     assert_eq!((won.len(), lost.len()), (1, 1), "{first} {second}");
     assert_eq!(error_codes(lost[0]), vec!["VOUCHER_IN_USE"]);
     assert_eq!(lost[0]["order"], json!(null));
-    let stripe = app.ledger(Sim::Stripe).await;
+    let winner = placed(won[0]);
+    shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, &winner, 1)
+        .await;
     assert_eq!(
-        stripe["payment_intents"].as_array().map(Vec::len),
-        Some(1),
-        "{stripe}"
+        shop.log(Sim::Stripe, Shop::INTENTS).await.len(),
+        1,
+        "only the winner asked Stripe for money"
     );
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
-async fn a_transaction_send_that_fails_is_retried_until_points_land_once() {
-    let (app, _) = shop().await;
-    app.faults(
+async fn a_transaction_whose_answers_are_lost_is_retried_under_its_key_until_points_land_once() {
+    let shop = shop(|_| {}).await;
+    // SessionM records the sale every time, then its answer is lost, eight times over:
+    // only the same `request_id` on every try keeps that one sale.
+    shop.faults(
         Sim::Sessionm,
-        json!({"fail_next": {"POST /api/2.0/send_transaction": 8}}),
+        json!({"lose_next": {Shop::SALE: {"times": 8, "status": 503}}}),
     )
     .await;
-    let cart = cart(&app).await;
-    let id = checkout(
-        &app,
-        &cart,
-        &voucher(&app, "FIXED_AMOUNT", "AVAILABLE").await,
-        "pm_card_visa",
-        "k",
-    )
-    .await["order"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    store(&app, &cart, "accept").await;
-    wait_for(&app, &id, "IN_PREPARATION").await;
-    app.eventually("points after the retries", || async {
-        app.data("{ me { loyalty { pointsBalance } } }", json!({}))
-            .await["me"]["loyalty"]["pointsBalance"]
-            == 16
+    let cart = shop.filled_cart("str_pasadena").await;
+    let voucher = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
+    let id = placed(&checkout(&shop, &cart, &voucher, "pm_card_visa", "k").await);
+    shop.store_action(&cart, "accept").await;
+    shop.wait_for_status(&id, "IN_PREPARATION").await;
+    shop.eventually("points after the retries", || async {
+        points_balance(&shop).await == 16
     })
     .await;
-    let ledger = app.ledger(Sim::Sessionm).await;
+    shop.wait_until_settled(&id).await;
+    let sent = shop
+        .assert_sent_once(Sim::Sessionm, Shop::SALE, &id, 9)
+        .await;
+    assert_eq!(sent, 9, "eight lost answers, then the one that arrived");
+    let ledger = shop.ledger(Sim::Sessionm).await;
     assert_eq!(
         ledger["transactions"].as_array().map(Vec::len),
         Some(1),
         "{ledger}"
     );
-    assert!(
-        app.call_count(Sim::Sessionm, "POST /api/2.0/send_transaction")
-            .await
-            > 1
-    );
+    assert_eq!(shop.order(&id).await["pointsEarned"], 16);
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn use_reward_runs_on_postgres() {
-    let app = spawn_app_with(Db::Postgres, |s| {
-        s.sandbox.auto_accept_delay_ms = 0;
-        s.orders.sweep_interval_ms = 100;
-        s.jobs.poll_interval_ms = 50;
-    })
-    .await;
-    let token = member("+16265550182", "ada@example.com", &app).await;
-    app.use_token(Some(&token));
-    let fixed = voucher(&app, "FIXED_AMOUNT", "AVAILABLE").await;
-    let first = cart(&app).await;
-    let payload = checkout(&app, &first, &fixed, "pm_card_visa", "pg-1").await;
+    let shop = Shop::start(Db::Postgres, |_| {}).await;
+    let fixed = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
+    let first = shop.filled_cart("str_pasadena").await;
+    let payload = checkout(&shop, &first, &fixed, "pm_card_visa", "pg-1").await;
     assert_eq!(payload["order"]["total"]["amount"], "16.54");
-    let second = cart(&app).await;
+    let second = shop.filled_cart("str_pasadena").await;
     assert_eq!(
-        error_codes(&checkout(&app, &second, &fixed, "pm_card_visa", "pg-2").await),
+        error_codes(&checkout(&shop, &second, &fixed, "pm_card_visa", "pg-2").await),
         vec!["VOUCHER_IN_USE"]
     );
-    let id = payload["order"]["id"].as_str().unwrap().to_owned();
-    store(&app, &first, "reject").await;
-    wait_for(&app, &id, "REJECTED").await;
-    assert_eq!(status_of(&app, &fixed).await, "AVAILABLE");
+    let id = placed(&payload);
+    shop.store_action(&first, "reject").await;
+    shop.wait_for_status(&id, "REJECTED").await;
+    shop.wait_until_settled(&id).await;
+    assert_eq!(shop.voucher_status(&fixed).await, "AVAILABLE");
+    shop.assert_sent_once(Sim::Sessionm, Shop::LOCK, &id, 1)
+        .await;
+    shop.assert_sent_once(Sim::Sessionm, Shop::UNLOCK, &id, 1)
+        .await;
+    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &id, 1)
+        .await;
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn a_voucher_that_does_not_apply_to_the_basket_is_refused_and_kept() {
-    let (app, _) = shop().await;
-    let fixed = voucher(&app, "FIXED_AMOUNT", "AVAILABLE").await;
+    let shop = shop(|_| {}).await;
+    let fixed = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
     // $2 off needs a $4 basket; a bottle of water is $2.25.
-    let cart = app.new_cart("str_pasadena").await;
-    app.data(
-        "mutation($c: ID!) { cartLinesAdd(cartId: $c, lines: [{productId: \"prd_water\", quantity: 1}]) { userErrors { code } } }",
-        json!({"c": cart}),
-    )
-    .await;
-    let refused = checkout(&app, &cart, &fixed, "pm_card_visa", "small").await;
+    let cart = cart_of(&shop, json!({"productId": "prd_water", "quantity": 1})).await;
+    let refused = checkout(&shop, &cart, &fixed, "pm_card_visa", "small").await;
     assert_eq!(error_codes(&refused), vec!["VOUCHER_NOT_APPLICABLE"]);
     assert_eq!(refused["order"], json!(null));
-    assert_eq!(app.ledger(Sim::Stripe).await["payment_intents"], json!([]));
-    assert_eq!(okya_order(&app, &cart).await["status"], "CANCELED");
-    assert_eq!(status_of(&app, &fixed).await, "AVAILABLE");
+    assert_eq!(
+        shop.log(Sim::Stripe, Shop::INTENTS).await,
+        Vec::<Value>::new()
+    );
+    assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
+    assert_eq!(shop.voucher_status(&fixed).await, "AVAILABLE");
+    shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn when_okya_refuses_the_discount_the_voucher_is_released_and_nothing_charged() {
-    let (app, _) = shop().await;
-    app.faults(Sim::Okya, json!({"refuse_next": {"POST /v1/orders/{order_id}/adjustments": {"status": 422, "code": "adjustment_too_large", "times": 5}}})).await;
-    let fixed = voucher(&app, "FIXED_AMOUNT", "AVAILABLE").await;
-    let cart = cart(&app).await;
-    let refused = checkout(&app, &cart, &fixed, "pm_card_visa", "k").await;
+    let shop = shop(|_| {}).await;
+    shop.faults(Sim::Okya, json!({"refuse_next": {Shop::ADJUST: {"status": 422, "code": "adjustment_too_large", "times": 5}}})).await;
+    let fixed = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let refused = checkout(&shop, &cart, &fixed, "pm_card_visa", "k").await;
     assert_eq!(error_codes(&refused), vec!["VOUCHER_NOT_APPLICABLE"]);
     assert_eq!(refused["order"], json!(null));
-    assert_eq!(app.ledger(Sim::Stripe).await["payment_intents"], json!([]));
-    assert_eq!(okya_order(&app, &cart).await["status"], "CANCELED");
     assert_eq!(
-        status_of(&app, &fixed).await,
+        shop.log(Sim::Stripe, Shop::INTENTS).await,
+        Vec::<Value>::new()
+    );
+    assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
+    assert_eq!(
+        shop.voucher_status(&fixed).await,
         "AVAILABLE",
         "the lock was released"
     );
+    // The only order of the shop: its lock, and the one release of it.
+    shop.assert_one_key(Sim::Sessionm, Shop::LOCK, 1).await;
+    shop.assert_one_key(Sim::Sessionm, Shop::UNLOCK, 1).await;
+    shop.assert_money_invariants().await;
 }

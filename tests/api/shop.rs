@@ -361,4 +361,144 @@ impl Shop {
             "a ticket twice: {tickets:?}"
         );
     }
+
+    /// The write routes of Place Order, as the simulators' call logs name them.
+    pub const ORDERS: &'static str = "POST /v1/orders";
+    pub const ADJUST: &'static str = "POST /v1/orders/{order_id}/adjustments";
+    pub const PAYMENTS: &'static str = "POST /v1/orders/{order_id}/payments";
+    pub const CANCEL: &'static str = "POST /v1/orders/{order_id}/cancel";
+    pub const RECALL: &'static str = "POST /v1/orders/{order_id}/recall";
+    pub const INTENTS: &'static str = "POST /v1/payment_intents";
+    pub const CAPTURE: &'static str = "POST /v1/payment_intents/{id}/capture";
+    pub const RELEASE: &'static str = "POST /v1/payment_intents/{id}/cancel";
+    pub const REFUNDS: &'static str = "POST /v1/refunds";
+    pub const INJECT: &'static str = "POST /v1/locations/{location_id}/orders";
+    pub const FIND_TICKET: &'static str = "GET /v1/locations/{location_id}/orders/{external_id}";
+    pub const LOCK: &'static str = "POST /api/2.0/lock";
+    pub const UNLOCK: &'static str = "POST /api/2.0/unlock";
+    pub const SALE: &'static str = "POST /api/2.0/send_transaction";
+
+    /// Like [`shop`], on the given database.
+    pub async fn start(kind: Db, tweak: impl FnOnce(&mut cbtl_bff::config::Settings)) -> Shop {
+        let app = spawn_app_with(kind, |s| {
+            s.sandbox.auto_accept_delay_ms = 0;
+            s.orders.sweep_interval_ms = 50;
+            s.jobs.poll_interval_ms = 50;
+            tweak(s);
+        })
+        .await;
+        let customer = app.sign_up("+16265550150", "grace@example.com").await;
+        app.use_token(Some(&customer.access_token));
+        let shop = Shop { app };
+        shop.eventually("the SessionM link", || async {
+            shop.gql("{ me { loyalty { pointsBalance } } }", json!({}))
+                .await["data"]["me"]["loyalty"]
+                .is_object()
+        })
+        .await;
+        shop
+    }
+
+    /// The `checkout` payload, with `fields` selected on the order.
+    pub async fn checkout_selecting(
+        &self,
+        fields: &str,
+        cart: &str,
+        card: &str,
+        voucher: Option<&str>,
+        key: &str,
+    ) -> Value {
+        let body = self
+            .gql(
+                &format!("mutation($i: CheckoutInput!) {{ checkout(input: $i) {{ order {{ {fields} }} userErrors {{ code field message }} }} }}"),
+                json!({"i": {"cartId": cart, "paymentMethodId": card, "voucherId": voucher, "idempotencyKey": key}}),
+            )
+            .await;
+        assert!(body.get("errors").is_none(), "{body}");
+        body["data"]["checkout"].clone()
+    }
+
+    /// The order, with `fields` selected.
+    pub async fn order_selecting(&self, fields: &str, id: &str) -> Value {
+        self.data(
+            &format!("query($o: ID!) {{ order(id: $o) {{ {fields} }} }}"),
+            json!({"o": id}),
+        )
+        .await["order"]
+            .clone()
+    }
+
+    /// The requests to `route` that were about `order`, oldest first, faulted ones
+    /// included. The service derives every order write's idempotency key from the order's
+    /// id (`{order}:{step}`), so that is how a request is told to be the order's; and so
+    /// a retry sent under a fresh key cannot hide, every request to the route must carry
+    /// a key that names one of our orders.
+    pub async fn requests_about(&self, sim: Sim, route: &str, order: &str) -> Vec<Value> {
+        let log = self.log(sim, route).await;
+        let mut ours = Vec::new();
+        for request in log {
+            let key = request["key"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{route}: a request without a key: {request}"));
+            let named = key
+                .split_once(':')
+                .map(|(named, _)| named)
+                .unwrap_or_else(|| panic!("{route}: a key that names no order: {request}"));
+            let db = &self.app.app.state().db;
+            assert!(
+                cbtl_bff::store::orders::find(db, named)
+                    .await
+                    .expect("database")
+                    .is_some(),
+                "{route}: a key that names no order of ours: {request}"
+            );
+            if named == order {
+                ours.push(request);
+            }
+        }
+        ours
+    }
+
+    /// The service asked `route` for `order`'s effect at least `at_least` times and every
+    /// time under the same idempotency key: however often it was sent, it was asked for
+    /// once. Returns how many requests there were.
+    pub async fn assert_sent_once(
+        &self,
+        sim: Sim,
+        route: &str,
+        order: &str,
+        at_least: usize,
+    ) -> usize {
+        let keys = self.keys_sent(sim, route, order).await;
+        let sent: usize = keys.values().sum();
+        assert!(
+            sent >= at_least,
+            "{route}: expected at least {at_least} requests for {order}: {keys:?}"
+        );
+        assert_eq!(
+            keys.len(),
+            1,
+            "{route}: {order}'s effect asked for under several keys: {keys:?}"
+        );
+        sent
+    }
+
+    /// How many requests to `route` about `order` carried each key.
+    pub async fn keys_sent(&self, sim: Sim, route: &str, order: &str) -> BTreeMap<String, usize> {
+        let mut keys = BTreeMap::new();
+        for request in self.requests_about(sim, route, order).await {
+            let key = request["key"].as_str().unwrap_or_default().to_owned();
+            *keys.entry(key).or_default() += 1;
+        }
+        keys
+    }
+
+    /// The service never sent `route` a request about `order`.
+    pub async fn assert_not_sent(&self, sim: Sim, route: &str, order: &str) {
+        let requests = self.requests_about(sim, route, order).await;
+        assert!(
+            requests.is_empty(),
+            "{route}: sent for {order}: {requests:?}"
+        );
+    }
 }

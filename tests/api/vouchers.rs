@@ -82,6 +82,8 @@ async fn vouchers_list_the_wallet_with_expired_ones_and_cost_one_lookup() {
         .iter()
         .map(|v| &v["id"])
         .collect();
+    // Bob has a wallet of his own, and none of it is Ada's.
+    assert_eq!(bob_ids.len(), 4, "{bobs}");
     assert!(vouchers.iter().all(|v| !bob_ids.contains(&&v["id"])));
 
     let anonymous = app.gql_as(None, "{ vouchers { id } }", json!({})).await;

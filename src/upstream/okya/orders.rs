@@ -314,7 +314,11 @@ mod tests {
     use super::*;
     use crate::config::OkyaSettings;
     use crate::domain::{ModifierOptionId, ProductId, StoreId};
-    use crate::sandbox::{Simulator, faults::Faults, okya as sim};
+    use crate::sandbox::{
+        Simulator,
+        faults::{FaultUpdate, Faults, Loss, LostAs},
+        okya as sim,
+    };
     use crate::upstream::signature;
     use axum::{Router, body::Bytes, extract::State, http::HeaderMap, routing::post};
     use secrecy::SecretString;
@@ -532,6 +536,48 @@ mod tests {
             order.id
         );
         assert!(env.okya.order("ord_nope").await.unwrap().is_none());
+    }
+
+    /// Okya made the order, then its answer was lost: the retry must carry the first
+    /// try's key, so Okya answers with that order (under another key it would refuse the
+    /// cart as already ordered).
+    #[tokio::test]
+    async fn a_lost_answer_is_retried_with_the_same_key() {
+        let env = env().await;
+        let cart = env.cart("str_pasadena").await;
+        env.sim.faults.apply(FaultUpdate {
+            lose_next: [(
+                "POST /v1/orders".to_owned(),
+                Loss {
+                    times: 1,
+                    status: LostAs::Status(503),
+                },
+            )]
+            .into(),
+            ..FaultUpdate::default()
+        });
+        let order = env
+            .okya
+            .create_order(&cart, "acc_ada", "submit-1")
+            .await
+            .unwrap();
+        let sent: Vec<(Option<String>, String)> = env
+            .sim
+            .faults
+            .log(Some("POST /v1/orders"))
+            .into_iter()
+            .map(|r| (r.key, r.fault))
+            .collect();
+        let key = Some("submit-1".to_owned());
+        assert_eq!(
+            sent,
+            [(key.clone(), "lost".to_owned()), (key, "none".to_owned())]
+        );
+        let ledger = env.sandbox("orders").await;
+        let orders = ledger["orders"].as_array().unwrap();
+        assert_eq!(orders.len(), 1, "{ledger}");
+        assert_eq!(orders[0]["id"], order.id.as_str());
+        assert_eq!(order.version, 1);
     }
 
     #[tokio::test]
@@ -981,7 +1027,8 @@ mod tests {
                 paid.version + 1
             )
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The unpaid order was made before the paid one was paid, so a timer it had
+        // started (with the same delay) would have fired by now.
         let still = env.okya.order(&unpaid.id).await.unwrap().unwrap();
         assert_eq!(
             (still.approval, still.version),
@@ -999,7 +1046,19 @@ mod tests {
             )
             .await;
         assert_eq!(status, 200);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // A later order paid after the rejection, accepted on its own: the rejected one's
+        // timer (started earlier, with the same delay) has fired too.
+        let canary = env.order().await;
+        let canary = env.pay(&canary, PaymentRecordStatus::Authorized).await;
+        let mut canary_now = canary.clone();
+        for _ in 0..100 {
+            canary_now = env.okya.order(&canary.id).await.unwrap().unwrap();
+            if canary_now.approval != Approval::NeedsApproval {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(canary_now.approval, Approval::Approved);
         let rejected = env.okya.order(&slow.id).await.unwrap().unwrap();
         assert_eq!(
             (rejected.approval, rejected.status, rejected.version),
