@@ -91,7 +91,8 @@ pub enum UpstreamError {
         system: System,
         operation: &'static str,
         status: u16,
-        rejection: Rejection,
+        /// Boxed: the refusal is large, and errors travel through every `Result`.
+        rejection: Box<Rejection>,
     },
     #[error("{system} {operation}: unreadable response: {reason}")]
     Protocol {
@@ -271,7 +272,7 @@ impl Call {
                     system,
                     operation,
                     status: status.as_u16(),
-                    rejection,
+                    rejection: Box::new(rejection),
                 }
             }
         };

@@ -810,7 +810,7 @@ impl SessionmClient {
                 Ok(body) => (200, parse_sessionm_error(&body)),
                 Err(UpstreamError::Rejected {
                     status, rejection, ..
-                }) => (status, rejection),
+                }) => (status, *rejection),
                 Err(other) => return Err(other),
             };
             if rejection.code != codes::PENDING {
@@ -886,7 +886,7 @@ fn rejected(operation: &'static str, status: u16, rejection: Rejection) -> Upstr
         system: System::Sessionm,
         operation,
         status,
-        rejection,
+        rejection: Box::new(rejection),
     }
 }
 
