@@ -70,6 +70,10 @@ pub enum StartError {
     Sandbox(std::io::Error),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// A setting that only the upstreams could show wrong (e.g. a store SessionM does not
+    /// know): the service refuses to start, as for any bad setting.
+    #[error("{0}")]
+    Configuration(String),
 }
 
 /// A running service.
@@ -175,6 +179,36 @@ pub async fn build_on(
     start(settings, listener).await
 }
 
+/// With a real SessionM, every store Okya lists needs a SessionM store
+/// (`sessionm.store_ids`): a missing one would fail every reward and sale there. When Okya
+/// cannot be asked now, the start goes on and each call checks its own store.
+async fn check_sessionm_stores(upstreams: &Upstreams) -> Result<(), StartError> {
+    let mut last_error = None;
+    for attempt in 0..3_u64 {
+        match upstreams.okya.stores(None).await {
+            Ok(stores) => {
+                let missing = upstreams
+                    .sessionm
+                    .stores_without_mapping(stores.iter().map(|s| s.id.as_str()));
+                if missing.is_empty() {
+                    return Ok(());
+                }
+                return Err(StartError::Configuration(format!(
+                    "invalid setting `sessionm.store_ids` (CBTL_SESSIONM__STORE_IDS__<okya store id>): \
+                     no SessionM store for Okya store(s) {}",
+                    missing.join(", ")
+                )));
+            }
+            Err(e) => last_error = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+    }
+    if let Some(e) = last_error {
+        tracing::warn!(error = %e, "cannot list Okya's stores to check sessionm.store_ids; each SessionM call checks its store");
+    }
+    Ok(())
+}
+
 async fn start(settings: Settings, listener: TcpListener) -> Result<Application, StartError> {
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
         addr: settings.listen_addr,
@@ -186,6 +220,9 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
         .await
         .map_err(StartError::Sandbox)?;
     let upstreams = Upstreams::new(&settings, &sandbox)?;
+    if settings.sessionm.is_real() {
+        check_sessionm_stores(&upstreams).await?;
+    }
     let token_keys = TokenKeys::new(&settings.auth);
     let (order_events, event_listener) = OrderEvents::start(db.clone());
     let quotas = Quotas::new(&settings);

@@ -11,7 +11,7 @@ use figment::{
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -65,7 +65,8 @@ pub mod sandbox_credentials {
     pub const EPOINT_API_KEY: &str = "epoint_sandbox_key";
     pub const SESSIONM_API_KEY: &str = "sessionm_sandbox_key";
     pub const SESSIONM_API_SECRET: &str = "sessionm_sandbox_secret";
-    pub const SESSIONM_CLIENT_SECRET: &str = "sessionm_sandbox_client_secret";
+    pub const SESSIONM_POS_API_KEY: &str = "sessionm_sandbox_pos_key";
+    pub const SESSIONM_POS_API_SECRET: &str = "sessionm_sandbox_pos_secret";
     pub const OKYA_WEBHOOK_SECRET: &str = "whsec_okya_sandbox";
     pub const STRIPE_WEBHOOK_SECRET: &str = "whsec_stripe_sandbox";
     /// The development-only key that signs access tokens.
@@ -325,30 +326,55 @@ timeouts_accessor!(EpointSettings);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionmSettings {
-    /// SessionM API root (`CBTL_SESSIONM__BASE_URL`); unset runs the SessionM simulator.
-    pub base_url: Option<String>,
+    /// Core API root, e.g. `https://api-<tenant>.ent-sessionm.com` (`CBTL_SESSIONM__CORE_URL`);
+    /// unset runs the SessionM simulator. Set together with `pos_url`.
+    pub core_url: Option<String>,
     /// Core API key, also the `{api_key}` path segment (`CBTL_SESSIONM__API_KEY`).
     pub api_key: String,
     /// Core API secret, HTTP Basic password (`CBTL_SESSIONM__API_SECRET`).
     pub api_secret: SecretString,
-    /// POS/eCommerce API client id, sent in every body and as Basic user (`CBTL_SESSIONM__CLIENT_ID`).
+    /// POS/eCommerce API root (`CBTL_SESSIONM__POS_URL`); unset runs the simulator. Set
+    /// together with `core_url`.
+    pub pos_url: Option<String>,
+    /// POS/eCommerce Basic user, issued per client or location (`CBTL_SESSIONM__POS_API_KEY`).
+    pub pos_api_key: String,
+    /// POS/eCommerce Basic password (`CBTL_SESSIONM__POS_API_SECRET`).
+    pub pos_api_secret: SecretString,
+    /// SessionM's identifier of this client, sent in every POS body (`CBTL_SESSIONM__CLIENT_ID`).
     pub client_id: String,
-    /// POS/eCommerce API client secret, Basic password (`CBTL_SESSIONM__CLIENT_SECRET`).
-    pub client_secret: SecretString,
+    /// Okya store id → SessionM store id (`CBTL_SESSIONM__STORE_IDS__<okya id>=<sessionm id>`).
+    /// Empty with the simulator, which supplies its own; with a real SessionM every store
+    /// Okya lists needs one.
+    pub store_ids: BTreeMap<String, String>,
+    /// SessionM's store for the app itself, used by calls tied to no store such as the
+    /// wallet (`CBTL_SESSIONM__ECOMMERCE_STORE_ID`); required with a real SessionM.
+    pub ecommerce_store_id: Option<String>,
     /// TCP connect timeout in ms (`CBTL_SESSIONM__CONNECT_TIMEOUT_MS`).
     pub connect_timeout_ms: u64,
     /// Whole-request timeout in ms (`CBTL_SESSIONM__TIMEOUT_MS`).
     pub timeout_ms: u64,
 }
 
+impl SessionmSettings {
+    /// Whether a real SessionM is configured (either URL set; [`Settings::validate`]
+    /// requires both).
+    pub fn is_real(&self) -> bool {
+        self.core_url.is_some() || self.pos_url.is_some()
+    }
+}
+
 impl Default for SessionmSettings {
     fn default() -> Self {
         Self {
-            base_url: None,
+            core_url: None,
             api_key: sandbox_credentials::SESSIONM_API_KEY.to_owned(),
             api_secret: SecretString::from(sandbox_credentials::SESSIONM_API_SECRET),
+            pos_url: None,
+            pos_api_key: sandbox_credentials::SESSIONM_POS_API_KEY.to_owned(),
+            pos_api_secret: SecretString::from(sandbox_credentials::SESSIONM_POS_API_SECRET),
             client_id: "cbtl-bff".to_owned(),
-            client_secret: SecretString::from(sandbox_credentials::SESSIONM_CLIENT_SECRET),
+            store_ids: BTreeMap::new(),
+            ecommerce_store_id: None,
             connect_timeout_ms: 1_000,
             timeout_ms: 5_000,
         }
@@ -618,8 +644,13 @@ impl Settings {
             &self.epoint.timeouts(),
         )?;
         check_upstream(
-            "sessionm.base_url",
-            self.sessionm.base_url.as_deref(),
+            "sessionm.core_url",
+            self.sessionm.core_url.as_deref(),
+            &self.sessionm.timeouts(),
+        )?;
+        check_upstream(
+            "sessionm.pos_url",
+            self.sessionm.pos_url.as_deref(),
             &self.sessionm.timeouts(),
         )?;
         if self.auth.jwt_secret.expose_secret().len() < 32 {
@@ -628,6 +659,19 @@ impl Settings {
         let sandbox = self.sandbox_credentials_with_real_upstreams();
         if !sandbox.is_empty() {
             return Err(ConfigError::SandboxCredentials(sandbox));
+        }
+        if self.sessionm.core_url.is_some() != self.sessionm.pos_url.is_some() {
+            return Err(invalid(
+                "sessionm.core_url",
+                "sessionm.core_url and sessionm.pos_url are set together: members made in one \
+                 SessionM cannot use offers of another (or of the simulator)",
+            ));
+        }
+        if self.sessionm.is_real() && self.sessionm.ecommerce_store_id.is_none() {
+            return Err(invalid(
+                "sessionm.ecommerce_store_id",
+                "is required with a real SessionM (the store SessionM provides for the app)",
+            ));
         }
         if self.auth.access_token_ttl_secs == 0
             || self.auth.otp_ttl_secs == 0
@@ -690,13 +734,17 @@ impl Settings {
             timeout_ms: _,
         } = &self.epoint;
         let SessionmSettings {
-            base_url: sessionm_url,
+            core_url: sessionm_core_url,
             api_key: sessionm_key,
             api_secret: sessionm_secret,
-            // An identifier SessionM issues, not a secret: a wrong one is refused by
-            // SessionM itself and cannot be used by anyone else.
+            pos_url: sessionm_pos_url,
+            pos_api_key: sessionm_pos_key,
+            pos_api_secret: sessionm_pos_secret,
+            // Identifiers SessionM issues, not secrets: a wrong one is refused by SessionM
+            // itself and cannot be used by anyone else.
             client_id: _,
-            client_secret: sessionm_client_secret,
+            store_ids: _,
+            ecommerce_store_id: _,
             connect_timeout_ms: _,
             timeout_ms: _,
         } = &self.sessionm;
@@ -720,13 +768,18 @@ impl Settings {
         let okya_any = okya_commerce.or(set(okya_auth_url, "okya.auth_base_url"));
         let stripe = set(stripe_url, "stripe.base_url");
         let epoint = set(epoint_url, "epoint.base_url");
-        let sessionm = set(sessionm_url, "sessionm.base_url");
-        let any = okya_any.or(stripe).or(epoint).or(sessionm);
+        let sessionm_core = set(sessionm_core_url, "sessionm.core_url");
+        let sessionm_pos = set(sessionm_pos_url, "sessionm.pos_url");
+        let any = okya_any
+            .or(stripe)
+            .or(epoint)
+            .or(sessionm_core)
+            .or(sessionm_pos);
 
         let is = |secret: &SecretString, value: &str| secret.expose_secret() == value;
         let contains = |secrets: &[SecretString], value: &str| secrets.iter().any(|s| is(s, value));
         // (real because, setting, environment variable, still the sandbox value)
-        let checks: [(Option<&'static str>, &'static str, &'static str, bool); 9] = [
+        let checks: [(Option<&'static str>, &'static str, &'static str, bool); 10] = [
             (
                 any,
                 "auth.jwt_secret",
@@ -765,22 +818,28 @@ impl Settings {
                 is(epoint_key, sandbox::EPOINT_API_KEY),
             ),
             (
-                sessionm,
+                sessionm_core,
                 "sessionm.api_key",
                 "CBTL_SESSIONM__API_KEY",
                 sessionm_key == sandbox::SESSIONM_API_KEY,
             ),
             (
-                sessionm,
+                sessionm_core,
                 "sessionm.api_secret",
                 "CBTL_SESSIONM__API_SECRET",
                 is(sessionm_secret, sandbox::SESSIONM_API_SECRET),
             ),
             (
-                sessionm,
-                "sessionm.client_secret",
-                "CBTL_SESSIONM__CLIENT_SECRET",
-                is(sessionm_client_secret, sandbox::SESSIONM_CLIENT_SECRET),
+                sessionm_pos,
+                "sessionm.pos_api_key",
+                "CBTL_SESSIONM__POS_API_KEY",
+                sessionm_pos_key == sandbox::SESSIONM_POS_API_KEY,
+            ),
+            (
+                sessionm_pos,
+                "sessionm.pos_api_secret",
+                "CBTL_SESSIONM__POS_API_SECRET",
+                is(sessionm_pos_secret, sandbox::SESSIONM_POS_API_SECRET),
             ),
         ];
         checks
@@ -838,7 +897,7 @@ mod tests {
     #[test]
     fn each_real_upstream_names_its_sandbox_credentials_and_the_jwt_key() {
         type Tweak = fn(&mut Settings);
-        let cases: [(Tweak, Vec<(&str, &str)>); 5] = [
+        let cases: [(Tweak, Vec<(&str, &str)>); 6] = [
             (
                 |s| s.okya.base_url = Some(URL.into()),
                 vec![
@@ -870,12 +929,19 @@ mod tests {
                 ],
             ),
             (
-                |s| s.sessionm.base_url = Some(URL.into()),
+                |s| s.sessionm.core_url = Some(URL.into()),
                 vec![
-                    ("auth.jwt_secret", "sessionm.base_url"),
-                    ("sessionm.api_key", "sessionm.base_url"),
-                    ("sessionm.api_secret", "sessionm.base_url"),
-                    ("sessionm.client_secret", "sessionm.base_url"),
+                    ("auth.jwt_secret", "sessionm.core_url"),
+                    ("sessionm.api_key", "sessionm.core_url"),
+                    ("sessionm.api_secret", "sessionm.core_url"),
+                ],
+            ),
+            (
+                |s| s.sessionm.pos_url = Some(URL.into()),
+                vec![
+                    ("auth.jwt_secret", "sessionm.pos_url"),
+                    ("sessionm.pos_api_key", "sessionm.pos_url"),
+                    ("sessionm.pos_api_secret", "sessionm.pos_url"),
                 ],
             ),
         ];
@@ -896,14 +962,17 @@ mod tests {
         settings.okya.base_url = Some(URL.into());
         settings.stripe.base_url = Some(URL.into());
         settings.epoint.base_url = Some(URL.into());
-        settings.sessionm.base_url = Some(URL.into());
+        settings.sessionm.core_url = Some(URL.into());
+        settings.sessionm.pos_url = Some(URL.into());
+        settings.sessionm.ecommerce_store_id = Some("sm-ecommerce".into());
         settings.auth.jwt_secret = "a-private-key-of-at-least-32-bytes!!".to_owned().into();
         settings.okya.api_key = "okya_live_1".to_owned().into();
         settings.stripe.secret_key = "sk_live_1".to_owned().into();
         settings.epoint.api_key = "epoint_1".to_owned().into();
         settings.sessionm.api_key = "sm_1".to_owned();
         settings.sessionm.api_secret = "sm_secret_1".to_owned().into();
-        settings.sessionm.client_secret = "sm_client_secret_1".to_owned().into();
+        settings.sessionm.pos_api_key = "sm_pos_1".to_owned();
+        settings.sessionm.pos_api_secret = "sm_pos_secret_1".to_owned().into();
         settings.webhooks.okya_secrets = vec!["whsec_okya_1".to_owned().into()];
         settings.webhooks.stripe_secrets = vec![
             "whsec_stripe_new".to_owned().into(),

@@ -26,8 +26,10 @@ pub enum JobKind {
     OkyaEvent,
     /// Apply a stored Stripe webhook.
     StripeEvent,
-    /// Place Order step 26: send the order to SessionM, which credits points.
+    /// Place Order step 26: send the order to SessionM, which queues it.
     SendToSessionm,
+    /// After the send: read the points SessionM credited for the order.
+    ReadLoyaltyPoints,
 }
 
 impl JobKind {
@@ -37,6 +39,7 @@ impl JobKind {
             JobKind::OkyaEvent => "okya_event",
             JobKind::StripeEvent => "stripe_event",
             JobKind::SendToSessionm => "sessionm_order",
+            JobKind::ReadLoyaltyPoints => "sessionm_points",
         }
     }
 
@@ -158,6 +161,9 @@ async fn dispatch(
         JobKind::OkyaEvent => flows::place_order::apply_okya_event(state, payload).await,
         JobKind::StripeEvent => flows::place_order::apply_stripe_event(state, payload).await,
         JobKind::SendToSessionm => flows::place_order::send_to_sessionm(state, payload).await,
+        JobKind::ReadLoyaltyPoints => {
+            flows::place_order::read_loyalty_points(state, payload).await
+        }
     }
 }
 

@@ -55,6 +55,12 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A setting found wrong at start exits like one found wrong when loading.
+        Err(e) if matches!(e.downcast_ref(), Some(app::StartError::Configuration(_))) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("error: {e}");

@@ -8,6 +8,7 @@ mod m20261125_000002_accounts;
 mod m20261125_000003_orders;
 mod m20261129_000004_order_recovery;
 mod m20261129_000005_account_registrations;
+mod m20261129_000006_loyalty_objects;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000003_orders::Migration),
             Box::new(m20261129_000004_order_recovery::Migration),
             Box::new(m20261129_000005_account_registrations::Migration),
+            Box::new(m20261129_000006_loyalty_objects::Migration),
         ]
     }
 }

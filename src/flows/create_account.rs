@@ -347,8 +347,10 @@ pub async fn verify_code(
 }
 
 /// The durable job of steps 6–9: create the SessionM user, then save its id on the Okya
-/// account. Both calls are idempotent (SessionM `request_id` and `external_id`; Okya's
-/// save of the same id), so a retry after any failure or crash repeats nothing.
+/// account. Both are idempotent: SessionM's member is found by our customer id
+/// (`external_id`) before any creation, and the creation carries a `Message-ID` that
+/// SessionM replays for 30 minutes; Okya's save of the same id is a no-op. A retry after
+/// any failure or crash therefore makes nothing twice.
 pub async fn link_loyalty(state: &AppState, payload: serde_json::Value) -> Result<(), JobError> {
     let Some(customer_id) = payload["customer_id"].as_str() else {
         return Err(JobError::Permanent("payload without customer_id".into()));
@@ -364,13 +366,13 @@ pub async fn link_loyalty(state: &AppState, payload: serde_json::Value) -> Resul
             let user = state
                 .upstreams
                 .sessionm
-                .create_user(
+                .ensure_user(
                     &NewUser {
                         email: customer.email.clone(),
                         first_name: customer.first_name.clone(),
                         last_name: customer.last_name.clone(),
                         phone: Some(customer.phone.clone()),
-                        external_id: Some(customer.id.clone()),
+                        external_id: customer.id.clone(),
                     },
                     &format!("link-{}", customer.id),
                 )

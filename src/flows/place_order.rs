@@ -45,7 +45,7 @@ use crate::{
                 PaymentRecordStatus,
             },
         },
-        sessionm::{self, SendTransaction, Transaction},
+        sessionm::{self, OfferStatus, SendTransaction, Transaction},
         stripe::{self, CaptureMethod, CreatePaymentIntent, PaymentIntent, PaymentIntentStatus},
     },
 };
@@ -54,6 +54,7 @@ use std::{collections::BTreeMap, time::Duration};
 use tracing::Instrument;
 
 pub const SEND_TO_SESSIONM: &str = JobKind::SendToSessionm.as_str();
+pub const READ_LOYALTY_POINTS: &str = JobKind::ReadLoyaltyPoints.as_str();
 pub const OKYA_EVENT: &str = JobKind::OkyaEvent.as_str();
 pub const STRIPE_EVENT: &str = JobKind::StripeEvent.as_str();
 
@@ -221,6 +222,8 @@ pub async fn checkout(
             attention_at_ms: None,
             lines_snapshot_json: None,
             key_generation: 0,
+            voucher_discount_json: None,
+            loyalty_sent_at_ms: None,
         };
         let id = row.id.clone();
         if !store::orders::insert_new(&state.db, row).await? {
@@ -709,23 +712,68 @@ async fn discount(state: &AppState, mut order: Order) -> Result<Next, FlowError>
         commit(state, &mut order, None).await?;
         return Ok(Next::Continue);
     };
+    let basket = basket(state, &mut order).await?;
+    // The lock names only the offer, so first make sure it is in this member's wallet and
+    // still usable: an offer that is not is refused here, and never locked or unlocked by
+    // this order. The lock itself then says whether it applies to this basket.
     if order.voucher_name.is_none() {
+        let wallet = match state
+            .upstreams
+            .sessionm
+            .lookup(&user_id, None, &key(&order, "wallet"))
+            .await
+        {
+            Ok(wallet) => wallet,
+            Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
+            Err(e) => {
+                tracing::error!(order_id = %order.id, error = %e, "SessionM refused our lookup; nothing charged");
+                fail_with(&mut order, failure::SERVICE_UNAVAILABLE, &e.to_string());
+                advance(&mut order, Step::CancelOkya);
+                commit(state, &mut order, None).await?;
+                return Ok(Next::Continue);
+            }
+        };
+        let refusal = match wallet.offers.iter().find(|o| o.user_offer_id == voucher) {
+            None => Some((sessionm::codes::OFFER_NOT_FOUND, "no such voucher".to_owned())),
+            Some(offer) => match &offer.status {
+                OfferStatus::Expired => Some((sessionm::codes::OFFER_EXPIRED, "expired".into())),
+                OfferStatus::Redeemed => Some((sessionm::codes::OFFER_REDEEMED, "used".into())),
+                // Locked may be by this very order (a retried step): the lock decides.
+                OfferStatus::Available | OfferStatus::Locked => offer
+                    .unusable_reason()
+                    .map(|reason| ("voucher_not_applicable", reason)),
+                OfferStatus::Unrecognised(_) => offer
+                    .unusable_reason()
+                    .map(|reason| ("voucher_not_applicable", reason)),
+            },
+        };
+        if let Some((code, message)) = refusal {
+            tracing::info!(order_id = %order.id, %code, "the voucher is not usable in the member's wallet; nothing charged");
+            fail_with(&mut order, code, &message);
+            advance(&mut order, Step::CancelOkya);
+            commit(state, &mut order, None).await?;
+            return Ok(Next::Continue);
+        }
         // From the moment the lock is asked for, a lock may exist (its answer can be lost
         // or unreadable), so every compensation must try to release it.
         order.voucher_name = Some(voucher.clone());
         commit(state, &mut order, None).await?;
     }
-    let basket = basket(state, &mut order).await?;
     let locked = match state
         .upstreams
         .sessionm
-        .lock(&user_id, &voucher, &basket, &key(&order, "lock"))
+        .lock(&voucher, &basket, &key(&order, "lock"))
         .await
     {
         Ok(discount) => discount,
         Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
         Err(e) => {
             let (code, message) = refusal_of(&e, "voucher_not_applicable");
+            if e.rejection().is_some() {
+                // A definite refusal: no lock exists, so there is nothing of ours to
+                // release (unlock names only the offer, and another order may hold it).
+                order.voucher_name = None;
+            }
             if is_customer_refusal_of_voucher(&code) {
                 tracing::info!(order_id = %order.id, %code, "SessionM refused the voucher; nothing charged");
                 fail_with(&mut order, &code, &message);
@@ -738,6 +786,7 @@ async fn discount(state: &AppState, mut order: Order) -> Result<Next, FlowError>
             return Ok(Next::Continue);
         }
     };
+    order.voucher_discount_json = Some(locked.object.to_string());
     order.voucher_name = Some(locked.name.clone().unwrap_or_else(|| "Reward".to_owned()));
     commit(state, &mut order, None).await?;
     let adjustment = NewAdjustment {
@@ -803,14 +852,10 @@ async fn release_voucher(state: &AppState, order: &Order) -> Result<Option<Next>
     let (Some(voucher), Some(_)) = (&order.voucher_id, &order.voucher_name) else {
         return Ok(None);
     };
-    let customer = store::customers::find(&state.db, &order.customer_id).await?;
-    let Some(user_id) = customer.and_then(|c| c.sessionm_user_id) else {
-        return Ok(None);
-    };
     match state
         .upstreams
         .sessionm
-        .unlock(&user_id, voucher, &order.id, &key(order, "unlock"))
+        .unlock(voucher, &key(order, "unlock"))
         .await
     {
         Ok(()) => Ok(None),
@@ -1794,7 +1839,9 @@ pub async fn apply_stripe_event(
     drive_for_job(state, &order.id).await
 }
 
-/// Step 26 (durable): the order's details go to SessionM, which credits points.
+/// Step 26 (durable): the order's details go to SessionM. SessionM queues transactions
+/// (its Send Transaction page: "the calls in this API should be done asynchronously"), so
+/// an `OK` means queued; the points are read afterwards by [`read_loyalty_points`].
 pub async fn send_to_sessionm(
     state: &AppState,
     payload: serde_json::Value,
@@ -1803,7 +1850,7 @@ pub async fn send_to_sessionm(
         return Err(JobError::Permanent("payload without order_id".into()));
     };
     let transient = |e: &dyn std::fmt::Display| JobError::Transient(e.to_string());
-    let mut order = store::orders::find(&state.db, order_id)
+    let order = store::orders::find(&state.db, order_id)
         .await
         .map_err(|e| transient(&e))?
         .ok_or_else(|| JobError::Permanent(format!("no order {order_id}")))?;
@@ -1816,8 +1863,13 @@ pub async fn send_to_sessionm(
             "the customer's SessionM link is not finished yet".into(),
         ));
     };
-    let sale = sale(&order, user_id).map_err(|e| JobError::Permanent(e.to_string()))?;
-    let receipt = state
+    // The body must be the same on every retry of its request_id: the send time is
+    // fixed the first time.
+    let sent_at = store::orders::loyalty_sent_at(&state.db, &order.id, now_ms())
+        .await
+        .map_err(|e| transient(&e))?;
+    let sale = sale(&order, user_id, sent_at).map_err(|e| JobError::Permanent(e.to_string()))?;
+    state
         .upstreams
         .sessionm
         .send_transaction(&sale, &key(&order, "transaction"))
@@ -1829,17 +1881,58 @@ pub async fn send_to_sessionm(
                 JobError::Permanent(e.to_string())
             }
         })?;
-    order.points_earned = Some(receipt.points_earned);
-    order.updated_at_ms = now_ms();
-    store::orders::set_points(&state.db, &order.id, receipt.points_earned)
-        .await
-        .map_err(|e| transient(&e))?;
-    tracing::info!(order_id = %order.id, points = receipt.points_earned, "order sent to SessionM");
+    store::jobs::enqueue(
+        &state.db,
+        READ_LOYALTY_POINTS,
+        &format!("points:{}", order.id),
+        &serde_json::json!({ "order_id": order.id }),
+        now_ms(),
+    )
+    .await
+    .map_err(|e| transient(&e))?;
+    state.job_signal.wake();
+    tracing::info!(order_id = %order.id, "order queued at SessionM");
     Ok(())
 }
 
-/// The sale as SessionM records it, from the order row and its snapshot alone.
-fn sale(order: &Order, user_id: String) -> Result<SendTransaction, FlowError> {
+/// After the send: the points the order earned, from the member's statement once
+/// SessionM has processed the transaction. Until then the job retries, backing off;
+/// `Order.pointsEarned` stays null.
+pub async fn read_loyalty_points(
+    state: &AppState,
+    payload: serde_json::Value,
+) -> Result<(), JobError> {
+    let Some(order_id) = payload["order_id"].as_str() else {
+        return Err(JobError::Permanent("payload without order_id".into()));
+    };
+    let transient = |e: &dyn std::fmt::Display| JobError::Transient(e.to_string());
+    let order = store::orders::find(&state.db, order_id)
+        .await
+        .map_err(|e| transient(&e))?
+        .ok_or_else(|| JobError::Permanent(format!("no order {order_id}")))?;
+    let points = state
+        .upstreams
+        .sessionm
+        .transaction_points(&order.customer_id, &order.id)
+        .await
+        .map_err(|e| {
+            if e.is_transient() {
+                JobError::Transient(e.to_string())
+            } else {
+                JobError::Permanent(e.to_string())
+            }
+        })?
+        .ok_or_else(|| JobError::Transient("SessionM has not processed the sale yet".into()))?;
+    store::orders::set_points(&state.db, &order.id, points)
+        .await
+        .map_err(|e| transient(&e))?;
+    tracing::info!(order_id = %order.id, points, "SessionM credited the order's points");
+    Ok(())
+}
+
+/// The sale as SessionM's Transaction object, from the order row and its snapshot alone,
+/// with the Discount object the lock answered passed back unchanged.
+fn sale(order: &Order, user_id: String, sent_at_ms: i64) -> Result<SendTransaction, FlowError> {
     let raw = order.lines_snapshot_json.as_deref().ok_or_else(|| {
         FlowError::Corrupt(format!(
             "order {} reached SessionM without a snapshot",
@@ -1856,25 +1949,32 @@ fn sale(order: &Order, user_id: String) -> Result<SendTransaction, FlowError> {
         order_lines::loyalty_lines(&lines, &currency),
     )
     .map_err(|e| FlowError::Corrupt(e.to_string()))?;
-    let discounts = match (&order.voucher_id, &order.voucher_name) {
-        (Some(voucher), Some(name)) if order.discount_minor.unwrap_or(0) > 0 => {
-            vec![crate::upstream::sessionm::Discount {
+    let discounts = match (&order.voucher_id, &order.voucher_discount_json) {
+        (Some(voucher), Some(object)) if order.discount_minor.unwrap_or(0) > 0 => {
+            let object: serde_json::Value = serde_json::from_str(object)
+                .map_err(|e| FlowError::Corrupt(format!("discount of {}: {e}", order.id)))?;
+            vec![sessionm::Discount {
                 user_offer_id: voucher.clone(),
-                transaction_id: order.id.clone(),
-                name: Some(name.clone()),
+                name: order.voucher_name.clone(),
                 amount: money(order, order.discount_minor)?,
+                object,
             }]
         }
         _ => Vec::new(),
     };
+    let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
     Ok(SendTransaction {
         user_id,
         transaction,
         discounts,
         tax: money(order, order.tax_minor)?,
-        total: money(order, order.total_minor)?,
-        occurred_at: chrono::DateTime::from_timestamp_millis(order.created_at_ms)
-            .unwrap_or_default(),
+        paid: money(order, order.total_minor)?,
+        payment_id: order
+            .payment_intent_id
+            .clone()
+            .unwrap_or_else(|| format!("{}:reward", order.id)),
+        opened_at: at(order.created_at_ms),
+        modified_at: at(sent_at_ms),
     })
 }
 

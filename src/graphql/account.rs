@@ -71,9 +71,22 @@ pub struct LoyaltyAccount {
 
 #[Object]
 impl LoyaltyAccount {
+    /// The points balance. An error (`UPSTREAM_UNAVAILABLE`) when SessionM's answer
+    /// carried no points figure: an unknown balance is never shown as 0.
     async fn points_balance(&self, ctx: &Context<'_>) -> Result<i64> {
         let wallet = super::vouchers::wallet(ctx, &self.customer_id).await?;
-        Ok(wallet.map(|w| w.user.available_points).unwrap_or(0))
+        match wallet {
+            // Not linked yet: `loyalty` itself is null then, so this is not reached.
+            None => Ok(0),
+            Some(w) => w.user.available_points.ok_or_else(|| {
+                super::errors::ApiError::from(crate::upstream::UpstreamError::Protocol {
+                    system: crate::upstream::System::Sessionm,
+                    operation: "pos.lookup",
+                    reason: "no points figure in the member's lookup".into(),
+                })
+                .into()
+            }),
+        }
     }
 
     async fn tier(&self, ctx: &Context<'_>) -> Result<Option<String>> {

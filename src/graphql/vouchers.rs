@@ -54,6 +54,8 @@ pub enum VoucherKind {
     FreeItem,
     FixedAmount,
     Percentage,
+    /// A kind of discount this service does not know yet; the voucher is `UNUSABLE`.
+    Other,
 }
 
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
@@ -63,6 +65,9 @@ pub enum VoucherStatus {
     Locked,
     Redeemed,
     Expired,
+    /// SessionM describes it in a way this service does not understand yet; see
+    /// `unusableReason`. Cannot be used at checkout.
+    Unusable,
 }
 
 /// What a voucher gives.
@@ -99,6 +104,7 @@ impl VoucherObject {
                 DiscountKind::FreeItem => VoucherKind::FreeItem,
                 DiscountKind::FixedAmount => VoucherKind::FixedAmount,
                 DiscountKind::Percentage => VoucherKind::Percentage,
+                DiscountKind::Unrecognised(_) => VoucherKind::Other,
             },
             amount: discount.amount.clone().map(MoneyObject),
             percentage: discount.percentage,
@@ -110,12 +116,21 @@ impl VoucherObject {
     }
 
     async fn status(&self) -> VoucherStatus {
+        if self.0.unusable_reason().is_some() {
+            return VoucherStatus::Unusable;
+        }
         match self.0.status {
             OfferStatus::Available => VoucherStatus::Available,
             OfferStatus::Locked => VoucherStatus::Locked,
             OfferStatus::Redeemed => VoucherStatus::Redeemed,
             OfferStatus::Expired => VoucherStatus::Expired,
+            OfferStatus::Unrecognised(_) => VoucherStatus::Unusable,
         }
+    }
+
+    /// Why the voucher is `UNUSABLE`; null otherwise.
+    async fn unusable_reason(&self) -> Option<String> {
+        self.0.unusable_reason()
     }
 }
 

@@ -113,6 +113,9 @@ pub enum LostAs {
     Status(u16),
     /// The connection breaks before the body: the client cannot tell what happened.
     Drop,
+    /// A `200` whose JSON body is not the upstream's answer (`{"garbled": true}`): the
+    /// upstream acted, and what came back cannot be read.
+    Garbled,
 }
 
 impl Default for LostAs {
@@ -132,8 +135,9 @@ impl<'de> Deserialize<'de> for LostAs {
         match Raw::deserialize(d)? {
             Raw::Status(status) if (400..=599).contains(&status) => Ok(LostAs::Status(status)),
             Raw::Word(word) if word == "drop" => Ok(LostAs::Drop),
+            Raw::Word(word) if word == "garble" => Ok(LostAs::Garbled),
             _ => Err(serde::de::Error::custom(
-                "status is a 4xx/5xx code or \"drop\"",
+                "status is a 4xx/5xx code, \"drop\" or \"garble\"",
             )),
         }
     }
@@ -413,6 +417,10 @@ async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: Next)
                     faults.record(route, path, key, fault, 0);
                     dropped()
                 }
+                Some(LostAs::Garbled) => {
+                    faults.record(route, path, key, fault, 200);
+                    Json(serde_json::json!({"garbled": true})).into_response()
+                }
             }
         }
     }
@@ -514,7 +522,7 @@ mod tests {
             .expect_err(refused);
             assert!(
                 err.to_string()
-                    .contains("status is a 4xx/5xx code or \"drop\""),
+                    .contains("status is a 4xx/5xx code, \"drop\" or \"garble\""),
                 "{refused}: {err}"
             );
         }

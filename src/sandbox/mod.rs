@@ -62,7 +62,8 @@ pub struct Sandbox {
     pub okya: Option<Simulator>,
     pub stripe: Option<Simulator>,
     pub epoint: Option<Simulator>,
-    pub sessionm: Option<Simulator>,
+    /// SessionM's two hosts (Core and POS) and the stores it knows.
+    pub sessionm: Option<sessionm::SessionmSandbox>,
 }
 
 /// Starts a simulator for each upstream without a configured URL. `app_url` is where the
@@ -105,8 +106,16 @@ pub async fn start(settings: &crate::config::Settings, app_url: &str) -> std::io
         };
         sandbox.epoint = Some(epoint::start(config, faults()).await?);
     }
-    if settings.sessionm.base_url.is_none() {
-        sandbox.sessionm = Some(sessionm::start(faults()).await?);
+    if !settings.sessionm.is_real() {
+        let config = sessionm::SessionmSimConfig {
+            api_key: settings.sessionm.api_key.clone(),
+            api_secret: settings.sessionm.api_secret.expose_secret().to_owned(),
+            pos_api_key: settings.sessionm.pos_api_key.clone(),
+            pos_api_secret: settings.sessionm.pos_api_secret.expose_secret().to_owned(),
+            client_id: settings.sessionm.client_id.clone(),
+            okya_store_ids: okya::catalog::store_ids(),
+        };
+        sandbox.sessionm = Some(sessionm::start(config, faults()).await?);
     }
     Ok(sandbox)
 }

@@ -76,6 +76,7 @@ pub async fn save(db: &impl ConnectionTrait, row: Order) -> Result<(), StoreErro
     active.okya_approval = sea_orm::ActiveValue::NotSet;
     active.okya_fulfilment = sea_orm::ActiveValue::NotSet;
     active.points_earned = sea_orm::ActiveValue::NotSet;
+    active.loyalty_sent_at_ms = sea_orm::ActiveValue::NotSet;
     active.locked_until_ms = sea_orm::ActiveValue::NotSet;
     order::Entity::update(active).exec(db).await?;
     Ok(())
@@ -290,6 +291,27 @@ pub async fn set_points(
         .exec(db)
         .await?;
     Ok(())
+}
+
+/// The time the sale was first sent to SessionM: `now_ms` the first time, the stored one
+/// after that, so every retry sends the same body.
+pub async fn loyalty_sent_at(
+    db: &impl ConnectionTrait,
+    id: &str,
+    now_ms: i64,
+) -> Result<i64, StoreError> {
+    order::Entity::update_many()
+        .col_expr(order::Column::LoyaltySentAtMs, Expr::value(now_ms))
+        .filter(order::Column::Id.eq(id))
+        .filter(order::Column::LoyaltySentAtMs.is_null())
+        .exec(db)
+        .await?;
+    let row = order::Entity::find_by_id(id.to_owned())
+        .one(db)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("order {id} vanished")))?;
+    row.loyalty_sent_at_ms
+        .ok_or_else(|| StoreError::Corrupt(format!("order {id} has no send time")))
 }
 
 /// Open orders Okya still decides about (waiting for the store, or being prepared), the

@@ -65,9 +65,43 @@ impl Upstreams {
                 &settings.epoint,
             )?,
             sessionm: sessionm::SessionmClient::new(
-                &url(&settings.sessionm.base_url, &sandbox.sessionm)?,
+                sessionm_endpoints(&settings.sessionm, sandbox.sessionm.as_ref())?,
                 &settings.sessionm,
             )?,
         })
+    }
+}
+
+/// SessionM's two hosts and store mapping: the configured ones, or else the simulator's.
+fn sessionm_endpoints(
+    settings: &crate::config::SessionmSettings,
+    simulated: Option<&crate::sandbox::sessionm::SessionmSandbox>,
+) -> Result<sessionm::SessionmEndpoints, UpstreamError> {
+    match (&settings.core_url, &settings.pos_url, simulated) {
+        (Some(core_url), Some(pos_url), _) => Ok(sessionm::SessionmEndpoints {
+            core_url: core_url.clone(),
+            pos_url: pos_url.clone(),
+            store_ids: settings.store_ids.clone(),
+            ecommerce_store_id: settings.ecommerce_store_id.clone().ok_or_else(|| {
+                UpstreamError::Setup("sessionm.ecommerce_store_id is not set".into())
+            })?,
+        }),
+        (None, None, Some(sim)) => {
+            // The simulator's own stores, unless the settings map some themselves.
+            let mut store_ids = sim.store_ids.clone();
+            store_ids.extend(settings.store_ids.clone());
+            Ok(sessionm::SessionmEndpoints {
+                core_url: sim.core.base_url.clone(),
+                pos_url: sim.pos.base_url.clone(),
+                store_ids,
+                ecommerce_store_id: settings
+                    .ecommerce_store_id
+                    .clone()
+                    .unwrap_or_else(|| sim.ecommerce_store_id.clone()),
+            })
+        }
+        _ => Err(UpstreamError::Setup(
+            "sessionm.core_url and sessionm.pos_url must be set together".into(),
+        )),
     }
 }

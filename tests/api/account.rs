@@ -3,7 +3,7 @@
 use crate::helpers::{
     Db, Sim, TestApp, TestDb, error_codes, spawn_app_with, spawn_with_settings, test_settings,
 };
-use cbtl_bff::sandbox::{faults::Faults, okya, sessionm};
+use cbtl_bff::sandbox::{faults::Faults, okya};
 use serde_json::{Value, json};
 
 const REGISTER: &str = "mutation($i: AccountRegisterInput!) { accountRegister(input: $i) { customer { id email phone firstName lastName confirmed } userErrors { code field message } } }";
@@ -473,11 +473,11 @@ async fn the_sessionm_link_survives_failure_and_restart(kind: Db) {
     .await
     .unwrap();
     let sessionm_faults = Faults::new(0, 1.0);
-    let sessionm_sim = sessionm::start(sessionm_faults.clone()).await.unwrap();
+    let sessionm_sim = crate::helpers::sessionm_simulator(sessionm_faults.clone()).await;
     let (db, url) = TestDb::new(kind).await;
     let mut settings = test_settings(url);
     settings.okya.base_url = Some(okya_sim.base_url.clone());
-    settings.sessionm.base_url = Some(sessionm_sim.base_url.clone());
+    crate::helpers::configure_sessionm(&mut settings, &sessionm_sim);
     settings.jobs.poll_interval_ms = 50;
     settings.jobs.max_backoff_ms = 100;
     // A job cut off by the stop stays leased this long before the restarted service may
@@ -524,7 +524,7 @@ async fn the_sessionm_link_survives_failure_and_restart(kind: Db) {
         .unwrap();
     let ledger: Value = app
         .http
-        .get(format!("{}/_sandbox/ledger", sessionm_sim.base_url))
+        .get(format!("{}/_sandbox/ledger", sessionm_sim.pos.base_url))
         .send()
         .await
         .unwrap()

@@ -66,6 +66,8 @@ struct RealUpstream {
     url_env: &'static str,
     url_setting: &'static str,
     credentials: &'static [Credential],
+    /// Other settings this upstream needs when real (not credentials).
+    also: &'static [(&'static str, &'static str)],
 }
 
 /// A credential setting and a real-looking value for it.
@@ -93,11 +95,13 @@ const REAL_UPSTREAMS: &[RealUpstream] = &[
                 real: "[whsec_okya_live]",
             },
         ],
+        also: &[],
     },
     RealUpstream {
         url_env: "CBTL_OKYA__AUTH_BASE_URL",
         url_setting: "okya.auth_base_url",
         credentials: &[OKYA_API_KEY],
+        also: &[],
     },
     RealUpstream {
         url_env: "CBTL_STRIPE__BASE_URL",
@@ -114,6 +118,7 @@ const REAL_UPSTREAMS: &[RealUpstream] = &[
                 real: "[whsec_real]",
             },
         ],
+        also: &[],
     },
     RealUpstream {
         url_env: "CBTL_EPOINT__BASE_URL",
@@ -123,10 +128,11 @@ const REAL_UPSTREAMS: &[RealUpstream] = &[
             setting: "epoint.api_key",
             real: "epoint_live_key",
         }],
+        also: &[],
     },
     RealUpstream {
-        url_env: "CBTL_SESSIONM__BASE_URL",
-        url_setting: "sessionm.base_url",
+        url_env: "CBTL_SESSIONM__CORE_URL",
+        url_setting: "sessionm.core_url",
         credentials: &[
             Credential {
                 env: "CBTL_SESSIONM__API_KEY",
@@ -139,10 +145,19 @@ const REAL_UPSTREAMS: &[RealUpstream] = &[
                 real: "sm_live_secret",
             },
             Credential {
-                env: "CBTL_SESSIONM__CLIENT_SECRET",
-                setting: "sessionm.client_secret",
-                real: "sm_live_client_secret",
+                env: "CBTL_SESSIONM__POS_API_KEY",
+                setting: "sessionm.pos_api_key",
+                real: "sm_live_pos_key",
             },
+            Credential {
+                env: "CBTL_SESSIONM__POS_API_SECRET",
+                setting: "sessionm.pos_api_secret",
+                real: "sm_live_pos_secret",
+            },
+        ],
+        also: &[
+            ("CBTL_SESSIONM__POS_URL", "https://pos.upstream.example"),
+            ("CBTL_SESSIONM__ECOMMERCE_STORE_ID", "sm-ecommerce"),
         ],
     },
 ];
@@ -167,10 +182,12 @@ fn sandbox_credentials_with_a_real_upstream_stop_the_start_naming_each() {
         url_env,
         url_setting,
         credentials,
+        also,
     } in REAL_UPSTREAMS
     {
         let output = binary()
             .env(url_env, "https://upstream.example")
+            .envs(also.iter().copied())
             .arg("serve")
             .output()
             .expect("runs");
@@ -199,9 +216,11 @@ fn the_development_jwt_key_is_refused_with_any_real_upstream() {
         url_env,
         url_setting,
         credentials,
+        also,
     } in REAL_UPSTREAMS
     {
         let real = |command: &mut Command| {
+            command.envs(also.iter().copied());
             command.env(url_env, "https://upstream.example").env(
                 "DATABASE_URL",
                 format!("sqlite://{}/cbtl.db?mode=rwc", dir.path().display()),

@@ -199,22 +199,22 @@ impl TestApp {
 
     pub fn sim_url(&self, sim: Sim) -> String {
         let sandbox = self.app.sandbox();
+        // SessionM's admin routes (ledger, faults, call log) are on its POS host.
         let simulator = match sim {
-            Sim::Okya => &sandbox.okya,
-            Sim::Stripe => &sandbox.stripe,
-            Sim::Epoint => &sandbox.epoint,
-            Sim::Sessionm => &sandbox.sessionm,
+            Sim::Okya => sandbox.okya.as_ref(),
+            Sim::Stripe => sandbox.stripe.as_ref(),
+            Sim::Epoint => sandbox.epoint.as_ref(),
+            Sim::Sessionm => sandbox.sessionm.as_ref().map(|s| &s.pos),
         };
         let settings = &self.app.state().settings;
         let configured = match sim {
             Sim::Okya => &settings.okya.base_url,
             Sim::Stripe => &settings.stripe.base_url,
             Sim::Epoint => &settings.epoint.base_url,
-            Sim::Sessionm => &settings.sessionm.base_url,
+            Sim::Sessionm => &settings.sessionm.pos_url,
         };
         // A simulator the test started itself is reached through the configured URL.
         simulator
-            .as_ref()
             .map(|s| s.base_url.clone())
             .or_else(|| configured.clone())
             .expect("a simulator for this upstream")
@@ -394,13 +394,46 @@ pub struct ExternalUpstreams {
     pub okya: cbtl_bff::sandbox::Simulator,
     pub stripe: cbtl_bff::sandbox::Simulator,
     pub epoint: cbtl_bff::sandbox::Simulator,
-    pub sessionm: cbtl_bff::sandbox::Simulator,
+    pub sessionm: cbtl_bff::sandbox::sessionm::SessionmSandbox,
+}
+
+/// A SessionM simulator with the sandbox credentials and one store per Okya sandbox store.
+pub async fn sessionm_simulator(
+    faults: std::sync::Arc<cbtl_bff::sandbox::faults::Faults>,
+) -> cbtl_bff::sandbox::sessionm::SessionmSandbox {
+    use cbtl_bff::config::sandbox_credentials as creds;
+    use cbtl_bff::sandbox::{okya, sessionm};
+    sessionm::start(
+        sessionm::SessionmSimConfig {
+            api_key: creds::SESSIONM_API_KEY.to_owned(),
+            api_secret: creds::SESSIONM_API_SECRET.to_owned(),
+            pos_api_key: creds::SESSIONM_POS_API_KEY.to_owned(),
+            pos_api_secret: creds::SESSIONM_POS_API_SECRET.to_owned(),
+            client_id: cbtl_bff::config::SessionmSettings::default().client_id,
+            okya_store_ids: okya::catalog::store_ids(),
+        },
+        faults,
+    )
+    .await
+    .expect("sessionm simulator")
+}
+
+/// Points `settings` at a SessionM simulator the test started, as a real SessionM is
+/// configured: both hosts, and its store for each Okya store.
+pub fn configure_sessionm(
+    settings: &mut Settings,
+    sim: &cbtl_bff::sandbox::sessionm::SessionmSandbox,
+) {
+    settings.sessionm.core_url = Some(sim.core.base_url.clone());
+    settings.sessionm.pos_url = Some(sim.pos.base_url.clone());
+    settings.sessionm.store_ids = sim.store_ids.clone();
+    settings.sessionm.ecommerce_store_id = Some(sim.ecommerce_store_id.clone());
 }
 
 impl ExternalUpstreams {
     /// Okya's webhooks go to the service on `app_port`; `str_burbank`'s POS is offline.
     pub async fn start(app_port: u16) -> Self {
-        use cbtl_bff::sandbox::{epoint, faults::Faults, okya, sessionm, stripe};
+        use cbtl_bff::sandbox::{epoint, faults::Faults, okya, stripe};
         let okya = okya::start(
             okya::OkyaSimConfig {
                 webhook_url: Some(format!("http://127.0.0.1:{app_port}/webhooks/okya")),
@@ -422,9 +455,7 @@ impl ExternalUpstreams {
         )
         .await
         .expect("epoint simulator");
-        let sessionm = sessionm::start(Faults::new(0, 0.0))
-            .await
-            .expect("sessionm simulator");
+        let sessionm = sessionm_simulator(Faults::new(0, 0.0)).await;
         Self {
             okya,
             stripe,
@@ -439,7 +470,7 @@ impl ExternalUpstreams {
         settings.stripe.base_url = Some(self.stripe.base_url.clone());
         settings.stripe.secret_key = "sk_test_external_simulators".to_owned().into();
         settings.epoint.base_url = Some(self.epoint.base_url.clone());
-        settings.sessionm.base_url = Some(self.sessionm.base_url.clone());
+        configure_sessionm(settings, &self.sessionm);
         settings.auth.jwt_secret = "a-shared-signing-key-of-at-least-32-bytes"
             .to_owned()
             .into();

@@ -21,6 +21,7 @@ mod persisted_queries;
 mod persistence;
 mod protocol;
 mod rewards;
+mod sessionm;
 mod shop;
 mod step_faults;
 mod vouchers;

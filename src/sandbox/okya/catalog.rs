@@ -346,6 +346,11 @@ pub fn products() -> Vec<Product> {
         .collect()
 }
 
+/// The sandbox stores' ids, in the order [`stores`] lists them.
+pub fn store_ids() -> Vec<String> {
+    stores().into_iter().map(|s| s.id).collect()
+}
+
 pub fn stores() -> Vec<Store> {
     let all: Vec<String> = ITEMS.iter().map(|i| i.id.to_owned()).collect();
     let without_food: Vec<String> = ITEMS

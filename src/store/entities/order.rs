@@ -52,6 +52,12 @@ pub struct Model {
     pub lines_snapshot_json: Option<String>,
     /// Part of the idempotency keys of calls re-sent after a stale saved answer.
     pub key_generation: i32,
+    /// The Discount object SessionM's lock answered, exactly as received: it goes back
+    /// unchanged in the sale.
+    pub voucher_discount_json: Option<String>,
+    /// When the sale was first sent to SessionM (its `modified_time`); owned by the
+    /// SessionM job.
+    pub loyalty_sent_at_ms: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,0 +1,139 @@
+//! SessionM as SessionM documents it: two hosts with their own credentials, SessionM's
+//! store ids, the Discount object of the lock passed back unchanged, a queued sale whose
+//! points appear later, and a lock whose answer cannot be read released like one that
+//! may have happened.
+
+use crate::helpers::{ExternalUpstreams, Port, Sim, TestDb, error_codes, test_settings};
+use crate::shop::{Shop, shop};
+use serde_json::json;
+
+#[tokio::test]
+async fn a_lock_whose_answer_cannot_be_read_is_released_when_the_order_fails() {
+    let shop = shop(|_| {}).await;
+    let voucher = shop.voucher("PERCENTAGE", "AVAILABLE").await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    // SessionM locks the offer, and what comes back is not an answer anyone can read.
+    shop.faults(
+        Sim::Sessionm,
+        json!({"lose_next": {Shop::LOCK: {"times": 1, "status": "garble"}}}),
+    )
+    .await;
+    let payload = shop
+        .checkout_selecting(
+            "id status",
+            &cart,
+            "pm_card_visa",
+            Some(&voucher),
+            "k",
+        )
+        .await;
+    assert_eq!(error_codes(&payload), vec!["SERVICE_UNAVAILABLE"], "{payload}");
+    let id = payload["order"]["id"].as_str().expect("the order").to_owned();
+    shop.wait_until_settled(&id).await;
+    assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
+    // The lock may have happened, so it was released: the voucher is usable again.
+    shop.assert_sent_once(Sim::Sessionm, Shop::LOCK, &id, 1).await;
+    shop.assert_sent_once(Sim::Sessionm, Shop::UNLOCK, &id, 1)
+        .await;
+    assert_eq!(shop.voucher_status(&voucher).await, "AVAILABLE");
+    assert!(shop.intents_for(&id).await.is_empty(), "nothing charged");
+    shop.assert_money_invariants().await;
+}
+
+#[tokio::test]
+async fn a_refused_lock_releases_nothing_another_order_may_hold() {
+    let shop = shop(|_| {}).await;
+    let voucher = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
+    // $2 off needs a 4.00 basket; a lookup does not check that, the lock does.
+    let cart = shop.new_cart("str_pasadena").await;
+    let added = shop
+        .data(
+            "mutation($c: ID!, $l: [CartLineInput!]!) { cartLinesAdd(cartId: $c, lines: $l) { userErrors { code } } }",
+            json!({"c": cart, "l": [{"productId": "prd_espresso", "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(added["cartLinesAdd"]["userErrors"], json!([]), "{added}");
+    let payload = shop
+        .checkout_selecting("id status", &cart, "pm_card_visa", Some(&voucher), "k")
+        .await;
+    assert_eq!(error_codes(&payload), vec!["VOUCHER_NOT_APPLICABLE"], "{payload}");
+    let id = payload["order"]["id"].as_str().expect("the order").to_owned();
+    shop.wait_until_settled(&id).await;
+    shop.assert_sent_once(Sim::Sessionm, Shop::LOCK, &id, 1).await;
+    // SessionM's unlock names only the offer: an order that knows it holds no lock must
+    // not send one, or it would free a lock another order holds.
+    shop.assert_not_sent(Sim::Sessionm, Shop::UNLOCK, &id).await;
+    assert_eq!(shop.voucher_status(&voucher).await, "AVAILABLE");
+    shop.assert_money_invariants().await;
+}
+
+#[tokio::test]
+async fn points_show_once_sessionm_has_processed_the_queued_sale() {
+    let shop = shop(|_| {}).await;
+    // SessionM takes its time over the queued transaction.
+    let settings = shop
+        .http
+        .put(format!("{}/_sandbox/settings", shop.sim_url(Sim::Sessionm)))
+        .json(&json!({"transaction_delay_ms": 1500}))
+        .send()
+        .await
+        .expect("settings");
+    assert!(settings.status().is_success());
+    let voucher = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let payload = shop
+        .checkout_selecting("id", &cart, "pm_card_visa", Some(&voucher), "k")
+        .await;
+    let id = payload["order"]["id"].as_str().expect("the order").to_owned();
+    shop.store_action(&cart, "accept").await;
+    shop.wait_for_status(&id, "IN_PREPARATION").await;
+    shop.eventually("the sale queued at SessionM", || async {
+        !shop.requests_about(Sim::Sessionm, Shop::SALE, &id).await.is_empty()
+    })
+    .await;
+    let ledger = shop.ledger(Sim::Sessionm).await;
+    if ledger["transactions"].as_array().is_some_and(Vec::is_empty) {
+        assert_eq!(
+            shop.order(&id).await["pointsEarned"],
+            json!(null),
+            "queued is not processed: no points yet"
+        );
+    }
+    shop.eventually("the points, once processed", || async {
+        shop.order(&id).await["pointsEarned"] == 16
+    })
+    .await;
+    let ledger = shop.ledger(Sim::Sessionm).await;
+    // SessionM accepted the sale: the Discount object went back as the lock gave it.
+    assert_eq!(ledger["rejected"], json!([]), "{ledger}");
+    assert_eq!(shop.voucher_status(&voucher).await, "REDEEMED");
+    shop.assert_sent_once(Sim::Sessionm, Shop::SALE, &id, 1).await;
+}
+
+#[tokio::test]
+async fn a_store_sessionm_does_not_know_stops_the_start() {
+    let port = Port::bind();
+    let upstreams = ExternalUpstreams::start(port.number()).await;
+    let (_db, url) = TestDb::new(crate::helpers::Db::Sqlite).await;
+    let mut settings = test_settings(url);
+    upstreams.configure(&mut settings);
+    settings.sessionm.store_ids.remove("str_burbank");
+    let result = cbtl_bff::app::build_on(settings.clone(), port.handle()).await;
+    let Err(err) = result else {
+        panic!("started without a SessionM store for str_burbank");
+    };
+    assert!(
+        matches!(err, cbtl_bff::app::StartError::Configuration(_)),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(message.contains("sessionm.store_ids"), "{message}");
+    assert!(message.contains("str_burbank"), "{message}");
+
+    // With every store mapped it starts.
+    upstreams.configure(&mut settings);
+    let app = cbtl_bff::app::build_on(settings, port.handle())
+        .await
+        .expect("starts with every store mapped");
+    drop(app);
+}
