@@ -63,6 +63,8 @@ pub struct Sandbox {
     pub stripe: Option<Simulator>,
     pub epoint: Option<Simulator>,
     pub sessionm: Option<Simulator>,
+    /// The SessionM Core host (interim wiring: `sessionm` holds the POS host).
+    pub sessionm_core: Option<Simulator>,
 }
 
 /// Starts a simulator for each upstream without a configured URL. `app_url` is where the
@@ -106,7 +108,19 @@ pub async fn start(settings: &crate::config::Settings, app_url: &str) -> std::io
         sandbox.epoint = Some(epoint::start(config, faults()).await?);
     }
     if settings.sessionm.base_url.is_none() {
-        sandbox.sessionm = Some(sessionm::start(faults()).await?);
+        // Interim wiring so the new simulator builds; the final wiring comes with the
+        // client's rewrite.
+        let config = sessionm::SessionmSimConfig {
+            api_key: crate::config::sandbox_credentials::SESSIONM_API_KEY.to_owned(),
+            api_secret: crate::config::sandbox_credentials::SESSIONM_API_SECRET.to_owned(),
+            pos_api_key: settings.sessionm.client_id.clone(),
+            pos_api_secret: crate::config::sandbox_credentials::SESSIONM_CLIENT_SECRET.to_owned(),
+            client_id: settings.sessionm.client_id.clone(),
+            okya_store_ids: okya::catalog::stores().into_iter().map(|s| s.id).collect(),
+        };
+        let sessionm = sessionm::start(config, faults()).await?;
+        sandbox.sessionm = Some(sessionm.pos);
+        sandbox.sessionm_core = Some(sessionm.core);
     }
     Ok(sandbox)
 }

@@ -1012,9 +1012,20 @@ mod tests {
     }
 
     async fn setup() -> (Simulator, SessionmClient) {
-        let sim = crate::sandbox::sessionm::start(Faults::new(0, 0.0))
+        // Interim: the simulator now follows SessionM's published API (two hosts); these
+        // tests of the old client only compile against it until the client is rewritten.
+        let config = crate::sandbox::sessionm::SessionmSimConfig {
+            api_key: crate::config::sandbox_credentials::SESSIONM_API_KEY.to_owned(),
+            api_secret: crate::config::sandbox_credentials::SESSIONM_API_SECRET.to_owned(),
+            pos_api_key: "cbtl-bff".to_owned(),
+            pos_api_secret: crate::config::sandbox_credentials::SESSIONM_CLIENT_SECRET.to_owned(),
+            client_id: "cbtl-bff".to_owned(),
+            okya_store_ids: Vec::new(),
+        };
+        let sim = crate::sandbox::sessionm::start(config, Faults::new(0, 0.0))
             .await
-            .expect("simulator starts");
+            .expect("simulator starts")
+            .pos;
         let client = SessionmClient::new(&sim.base_url, &SessionmSettings::default())
             .expect("client builds");
         (sim, client)
