@@ -86,6 +86,10 @@ fn apply(state: &mut State, payload: &Value, now: DateTime<Utc>) -> Result<(), S
             .get("amount")
             .ok_or_else(|| format!("discounts[{i}] has no amount"))
             .and_then(|a| Amount::from_value(a).map_err(|e| format!("discounts[{i}]: {e}")))?;
+        if offers.iter().any(|seen| seen == reference) {
+            // The same offer twice would count its discount twice.
+            return Err(format!("discounts[{i}]: offer {reference} is listed twice"));
+        }
         let offer = state
             .offer(reference)
             .ok_or_else(|| format!("discounts[{i}]: no offer {reference}"))?;
