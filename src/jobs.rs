@@ -161,9 +161,7 @@ async fn dispatch(
         JobKind::OkyaEvent => flows::place_order::apply_okya_event(state, payload).await,
         JobKind::StripeEvent => flows::place_order::apply_stripe_event(state, payload).await,
         JobKind::SendToSessionm => flows::place_order::send_to_sessionm(state, payload).await,
-        JobKind::ReadLoyaltyPoints => {
-            flows::place_order::read_loyalty_points(state, payload).await
-        }
+        JobKind::ReadLoyaltyPoints => flows::place_order::read_loyalty_points(state, payload).await,
     }
 }
 

@@ -333,14 +333,31 @@ pub async fn drive(state: &AppState, id: &str) -> Result<bool, FlowError> {
 }
 
 /// Runs steps while holding the lease, until the flow rests or a step must wait to retry.
+///
+/// The steps run in a task of their own: a caller that goes away (a checkout whose client
+/// disconnected) does not stop them halfway, and they start on a fresh stack instead of
+/// under the GraphQL resolver's.
 async fn run_held(state: &AppState, id: &str) -> Result<(), FlowError> {
-    let outcome = Box::pin(run_steps(state, id)).await;
-    if matches!(outcome, Err(FlowError::Crashed(_))) {
-        // A dead process releases nothing; the lease runs out instead.
-        return outcome;
+    let (state, id) = (state.clone(), id.to_owned());
+    let runner = tokio::spawn(
+        async move {
+            let outcome = run_steps(&state, &id).await;
+            if matches!(outcome, Err(FlowError::Crashed(_))) {
+                // A dead process releases nothing; the lease runs out instead.
+                return outcome;
+            }
+            store::orders::release(&state.db, &id).await?;
+            outcome
+        }
+        .in_current_span(),
+    );
+    match runner.await {
+        Ok(outcome) => outcome,
+        // A panic leaves the lease to run out, as a crash would, and the sweeper resumes.
+        Err(e) => Err(FlowError::Corrupt(format!(
+            "the order's runner stopped: {e}"
+        ))),
     }
-    store::orders::release(&state.db, id).await?;
-    outcome
 }
 
 /// What a step wants the runner to do next: the transition it returns.
@@ -734,7 +751,10 @@ async fn discount(state: &AppState, mut order: Order) -> Result<Next, FlowError>
             }
         };
         let refusal = match wallet.offers.iter().find(|o| o.user_offer_id == voucher) {
-            None => Some((sessionm::codes::OFFER_NOT_FOUND, "no such voucher".to_owned())),
+            None => Some((
+                sessionm::codes::OFFER_NOT_FOUND,
+                "no such voucher".to_owned(),
+            )),
             Some(offer) => match &offer.status {
                 OfferStatus::Expired => Some((sessionm::codes::OFFER_EXPIRED, "expired".into())),
                 OfferStatus::Redeemed => Some((sessionm::codes::OFFER_REDEEMED, "used".into())),

@@ -197,7 +197,13 @@ impl Call {
                             tokio::time::sleep(backoff(attempt)).await;
                             continue;
                         }
-                        tracing::warn!(error = %err, attempt, "upstream call failed");
+                        // A 404 is an answer ("no such thing"), which callers that look
+                        // things up expect; it is not worth a warning.
+                        if err.rejection().is_some_and(|(status, _)| status == 404) {
+                            tracing::debug!(error = %err, attempt, "upstream answered not found");
+                        } else {
+                            tracing::warn!(error = %err, attempt, "upstream call failed");
+                        }
                         return Err(err);
                     }
                 }

@@ -126,6 +126,14 @@ async fn housekeeping_forgets_only_what_no_longer_matters() {
         })
         .await;
         let db = &app.app.state().db;
+        // The link is visible once SessionM's id is saved; the job ends after Okya is told.
+        app.eventually("the link job finished", || async {
+            cbtl_bff::store::jobs::count(db, cbtl_bff::store::jobs::PENDING)
+                .await
+                .unwrap()
+                == 0
+        })
+        .await;
         let now = chrono::Utc::now().timestamp_millis();
         // Today nothing is old enough.
         let today = purge(db, now).await.unwrap();

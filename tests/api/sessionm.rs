@@ -19,20 +19,24 @@ async fn a_lock_whose_answer_cannot_be_read_is_released_when_the_order_fails() {
     )
     .await;
     let payload = shop
-        .checkout_selecting(
-            "id status",
-            &cart,
-            "pm_card_visa",
-            Some(&voucher),
-            "k",
-        )
+        .checkout_selecting("id status", &cart, "pm_card_visa", Some(&voucher), "k")
         .await;
-    assert_eq!(error_codes(&payload), vec!["SERVICE_UNAVAILABLE"], "{payload}");
-    let id = payload["order"]["id"].as_str().expect("the order").to_owned();
+    assert_eq!(
+        error_codes(&payload),
+        vec!["SERVICE_UNAVAILABLE"],
+        "{payload}"
+    );
+    assert_eq!(
+        payload["order"],
+        json!(null),
+        "a refused checkout shows no order"
+    );
+    let id = shop.only_order_id().await;
     shop.wait_until_settled(&id).await;
     assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
     // The lock may have happened, so it was released: the voucher is usable again.
-    shop.assert_sent_once(Sim::Sessionm, Shop::LOCK, &id, 1).await;
+    shop.assert_sent_once(Sim::Sessionm, Shop::LOCK, &id, 1)
+        .await;
     shop.assert_sent_once(Sim::Sessionm, Shop::UNLOCK, &id, 1)
         .await;
     assert_eq!(shop.voucher_status(&voucher).await, "AVAILABLE");
@@ -56,10 +60,15 @@ async fn a_refused_lock_releases_nothing_another_order_may_hold() {
     let payload = shop
         .checkout_selecting("id status", &cart, "pm_card_visa", Some(&voucher), "k")
         .await;
-    assert_eq!(error_codes(&payload), vec!["VOUCHER_NOT_APPLICABLE"], "{payload}");
-    let id = payload["order"]["id"].as_str().expect("the order").to_owned();
+    assert_eq!(
+        error_codes(&payload),
+        vec!["VOUCHER_NOT_APPLICABLE"],
+        "{payload}"
+    );
+    let id = shop.only_order_id().await;
     shop.wait_until_settled(&id).await;
-    shop.assert_sent_once(Sim::Sessionm, Shop::LOCK, &id, 1).await;
+    shop.assert_sent_once(Sim::Sessionm, Shop::LOCK, &id, 1)
+        .await;
     // SessionM's unlock names only the offer: an order that knows it holds no lock must
     // not send one, or it would free a lock another order holds.
     shop.assert_not_sent(Sim::Sessionm, Shop::UNLOCK, &id).await;
@@ -84,11 +93,17 @@ async fn points_show_once_sessionm_has_processed_the_queued_sale() {
     let payload = shop
         .checkout_selecting("id", &cart, "pm_card_visa", Some(&voucher), "k")
         .await;
-    let id = payload["order"]["id"].as_str().expect("the order").to_owned();
+    let id = payload["order"]["id"]
+        .as_str()
+        .expect("the order")
+        .to_owned();
     shop.store_action(&cart, "accept").await;
     shop.wait_for_status(&id, "IN_PREPARATION").await;
     shop.eventually("the sale queued at SessionM", || async {
-        !shop.requests_about(Sim::Sessionm, Shop::SALE, &id).await.is_empty()
+        !shop
+            .requests_about(Sim::Sessionm, Shop::SALE, &id)
+            .await
+            .is_empty()
     })
     .await;
     let ledger = shop.ledger(Sim::Sessionm).await;
@@ -107,7 +122,8 @@ async fn points_show_once_sessionm_has_processed_the_queued_sale() {
     // SessionM accepted the sale: the Discount object went back as the lock gave it.
     assert_eq!(ledger["rejected"], json!([]), "{ledger}");
     assert_eq!(shop.voucher_status(&voucher).await, "REDEEMED");
-    shop.assert_sent_once(Sim::Sessionm, Shop::SALE, &id, 1).await;
+    shop.assert_sent_once(Sim::Sessionm, Shop::SALE, &id, 1)
+        .await;
 }
 
 #[tokio::test]

@@ -188,6 +188,17 @@ impl Shop {
             .unwrap_or_default()
     }
 
+    /// The id of the one order in the database (a refused checkout shows none to the app).
+    pub async fn only_order_id(&self) -> String {
+        use sea_orm::EntityTrait;
+        let rows = cbtl_bff::store::entities::order::Entity::find()
+            .all(&self.app.app.state().db)
+            .await
+            .expect("orders");
+        assert_eq!(rows.len(), 1, "one order: {rows:?}");
+        rows[0].id.clone()
+    }
+
     /// The Stripe PaymentIntents made for one of our orders.
     pub async fn intents_for(&self, order: &str) -> Vec<Value> {
         self.ledger(Sim::Stripe).await["payment_intents"]

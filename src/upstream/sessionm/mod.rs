@@ -10,9 +10,9 @@
 //! and to our integer minor units. Everything public material leaves open lives in
 //! [`wire`] too.
 
-mod wire;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 use super::{Call, Rejection, System, UpstreamError, join};
 use crate::config::SessionmSettings;
@@ -186,10 +186,14 @@ impl Offer {
     /// do not understand (a new status or discount type, an unreadable field).
     pub fn unusable_reason(&self) -> Option<String> {
         if let OfferStatus::Unrecognised(status) = &self.status {
-            return Some(format!("SessionM reports a status this app does not know ({status})"));
+            return Some(format!(
+                "SessionM reports a status this app does not know ({status})"
+            ));
         }
         if let DiscountKind::Unrecognised(kind) = &self.discount.kind {
-            return Some(format!("SessionM reports a discount this app does not know ({kind})"));
+            return Some(format!(
+                "SessionM reports a discount this app does not know ({kind})"
+            ));
         }
         None
     }
@@ -284,10 +288,7 @@ impl SessionmClient {
         endpoints: SessionmEndpoints,
         settings: &SessionmSettings,
     ) -> Result<Self, UpstreamError> {
-        for (name, url) in [
-            ("core", &endpoints.core_url),
-            ("pos", &endpoints.pos_url),
-        ] {
+        for (name, url) in [("core", &endpoints.core_url), ("pos", &endpoints.pos_url)] {
             reqwest::Url::parse(url)
                 .map_err(|e| UpstreamError::Setup(format!("sessionm {name} URL: {e}")))?;
         }
@@ -602,8 +603,8 @@ impl SessionmClient {
         request_id: &str,
     ) -> Result<(), UpstreamError> {
         let operation = "pos.send_transaction";
-        let payload =
-            wire::transaction(&sale.transaction, Some(sale)).map_err(|e| bad_input(operation, &e))?;
+        let payload = wire::transaction(&sale.transaction, Some(sale))
+            .map_err(|e| bad_input(operation, &e))?;
         let store_id = self.store_id(&sale.transaction.store_id)?;
         self.pos(
             operation,
@@ -749,7 +750,11 @@ impl SessionmClient {
 /// An offer whose fields could not be read: still listed, so the customer sees it, and
 /// marked unusable with the reason.
 fn unreadable_offer(user_offer_id: &str, raw: &Value, error: &str) -> Offer {
-    tracing::warn!(user_offer_id, error, "SessionM offer could not be read; shown as unusable");
+    tracing::warn!(
+        user_offer_id,
+        error,
+        "SessionM offer could not be read; shown as unusable"
+    );
     Offer {
         user_offer_id: user_offer_id.to_owned(),
         offer_id: raw["offer_id"].as_str().unwrap_or_default().to_owned(),

@@ -124,7 +124,10 @@ async fn points_of(client: &SessionmClient, external_id: &str, txn: &str) -> i64
 #[tokio::test]
 async fn a_member_is_found_by_external_id_before_any_creation() {
     let (sim, client) = setup().await;
-    let made = client.ensure_user(&new_user(1), "link-cus_1").await.expect("made");
+    let made = client
+        .ensure_user(&new_user(1), "link-cus_1")
+        .await
+        .expect("made");
     assert_eq!(made.external_id.as_deref(), Some("cus_1"));
     assert_eq!(made.available_points, 0);
     let again = client
@@ -133,7 +136,11 @@ async fn a_member_is_found_by_external_id_before_any_creation() {
         .expect("found");
     assert_eq!(again.id, made.id);
     let ledger = ledger(&sim).await;
-    assert_eq!(ledger["users"].as_array().map(Vec::len), Some(1), "{ledger}");
+    assert_eq!(
+        ledger["users"].as_array().map(Vec::len),
+        Some(1),
+        "{ledger}"
+    );
     assert_eq!(
         ledger["message_ids"],
         json!({"link-cus_1": 1}),
@@ -163,7 +170,11 @@ async fn a_creation_whose_answers_are_lost_is_replayed_under_its_message_id() {
         .await
         .expect("answered by the replay");
     let ledger = ledger(&sim).await;
-    assert_eq!(ledger["users"].as_array().map(Vec::len), Some(1), "{ledger}");
+    assert_eq!(
+        ledger["users"].as_array().map(Vec::len),
+        Some(1),
+        "{ledger}"
+    );
     assert_eq!(ledger["users"][0]["id"], made.id.as_str());
     assert_eq!(ledger["message_ids"], json!({"link-cus_2": 3}), "{ledger}");
 }
@@ -186,14 +197,20 @@ async fn a_refused_creation_is_believed_only_when_no_member_has_our_id() {
 async fn the_wallet_lists_every_offer_with_amounts_in_currency_units() {
     let (_sim, client) = setup().await;
     let member = client.ensure_user(&new_user(4), "m-4").await.expect("made");
-    let wallet = client.lookup(&member.id, None, "w-4").await.expect("wallet");
+    let wallet = client
+        .lookup(&member.id, None, "w-4")
+        .await
+        .expect("wallet");
     assert_eq!(wallet.offers.len(), 4, "{wallet:?}");
     assert_eq!(wallet.user.available_points, Some(0));
     let two_off = offer(&wallet, "$2 off");
     assert_eq!(two_off.discount.kind, DiscountKind::FixedAmount);
     assert_eq!(two_off.discount.amount, Some(usd(200)));
     assert_eq!(two_off.discount_amount, None, "no basket, no discount");
-    assert_eq!(offer(&wallet, "$5 off (expired)").status, OfferStatus::Expired);
+    assert_eq!(
+        offer(&wallet, "$5 off (expired)").status,
+        OfferStatus::Expired
+    );
     assert!(wallet.offers.iter().all(|o| o.unusable_reason().is_none()));
 }
 
@@ -209,7 +226,10 @@ async fn a_minimum_spend_passes_lookup_and_is_refused_at_lock() {
     let two_off = offer(&priced, "$2 off");
     assert_eq!(two_off.status, OfferStatus::Available);
     assert!(
-        priced.offers.iter().all(|o| o.status != OfferStatus::Expired),
+        priced
+            .offers
+            .iter()
+            .all(|o| o.status != OfferStatus::Expired),
         "only offers that may apply: {priced:?}"
     );
     let err = client
@@ -223,7 +243,10 @@ async fn a_minimum_spend_passes_lookup_and_is_refused_at_lock() {
 async fn the_lock_discount_goes_back_unchanged_and_points_land_later() {
     let (sim, client) = setup().await;
     let member = client.ensure_user(&new_user(6), "m-6").await.expect("made");
-    let wallet = client.lookup(&member.id, None, "w-6").await.expect("wallet");
+    let wallet = client
+        .lookup(&member.id, None, "w-6")
+        .await
+        .expect("wallet");
     let pct = offer(&wallet, "20% off").user_offer_id.clone();
     let txn = basket("ord_6", vec![line("a", 450, 2), line("b", 325, 1)]);
     let discount = client.lock(&pct, &txn, "lock-6").await.expect("locked");
@@ -248,7 +271,11 @@ async fn the_lock_discount_goes_back_unchanged_and_points_land_later() {
         "{ledger}"
     );
     assert_eq!(
-        client.get_user(&member.id).await.expect("member").available_points,
+        client
+            .get_user(&member.id)
+            .await
+            .expect("member")
+            .available_points,
         10
     );
 
@@ -258,12 +285,20 @@ async fn the_lock_discount_goes_back_unchanged_and_points_land_later() {
         .await
         .expect("queued");
     for _ in 0..200 {
-        if client.transaction_points("cus_6", "ord_6").await.expect("statement") == Some(0) {
+        if client
+            .transaction_points("cus_6", "ord_6")
+            .await
+            .expect("statement")
+            == Some(0)
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("the return never took the points back: {}", ledger_text(&sim).await);
+    panic!(
+        "the return never took the points back: {}",
+        ledger_text(&sim).await
+    );
 }
 
 async fn ledger_text(sim: &SessionmSandbox) -> String {
@@ -274,7 +309,10 @@ async fn ledger_text(sim: &SessionmSandbox) -> String {
 async fn a_sale_whose_discount_is_not_the_locks_earns_nothing() {
     let (sim, client) = setup().await;
     let member = client.ensure_user(&new_user(7), "m-7").await.expect("made");
-    let wallet = client.lookup(&member.id, None, "w-7").await.expect("wallet");
+    let wallet = client
+        .lookup(&member.id, None, "w-7")
+        .await
+        .expect("wallet");
     let pct = offer(&wallet, "20% off").user_offer_id.clone();
     let txn = basket("ord_7", vec![line("a", 1000, 1)]);
     let mut discount = client.lock(&pct, &txn, "lock-7").await.expect("locked");
@@ -290,7 +328,10 @@ async fn a_sale_whose_discount_is_not_the_locks_earns_nothing() {
         if ledger["rejected"].as_array().is_some_and(|r| !r.is_empty()) {
             assert_eq!(ledger["rejected"][0]["transaction_id"], "ord_7", "{ledger}");
             assert_eq!(
-                client.transaction_points("cus_7", "ord_7").await.expect("statement"),
+                client
+                    .transaction_points("cus_7", "ord_7")
+                    .await
+                    .expect("statement"),
                 None
             );
             return;
@@ -304,17 +345,32 @@ async fn a_sale_whose_discount_is_not_the_locks_earns_nothing() {
 async fn unlock_and_reinstate_send_only_the_documented_fields() {
     let (sim, client) = setup().await;
     let member = client.ensure_user(&new_user(8), "m-8").await.expect("made");
-    let wallet = client.lookup(&member.id, None, "w-8").await.expect("wallet");
+    let wallet = client
+        .lookup(&member.id, None, "w-8")
+        .await
+        .expect("wallet");
     let free = offer(&wallet, "Free drink").user_offer_id.clone();
     let txn = basket("ord_8", vec![line("a", 450, 1)]);
     client.lock(&free, &txn, "lock-8").await.expect("locked");
     client.unlock(&free, "unlock-8").await.expect("unlocked");
-    client.unlock(&free, "unlock-8b").await.expect("again: harmless");
-    let redeemed = client.redeem(&free, &txn, "redeem-8").await.expect("redeemed");
+    client
+        .unlock(&free, "unlock-8b")
+        .await
+        .expect("again: harmless");
+    let redeemed = client
+        .redeem(&free, &txn, "redeem-8")
+        .await
+        .expect("redeemed");
     assert_eq!(redeemed.amount, usd(450));
-    let err = client.unlock(&free, "unlock-8c").await.expect_err("redeemed");
+    let err = client
+        .unlock(&free, "unlock-8c")
+        .await
+        .expect_err("redeemed");
     assert_eq!(code_of(&err), codes::OFFER_REDEEMED);
-    client.reinstate(&free, "reinstate-8").await.expect("reinstated");
+    client
+        .reinstate(&free, "reinstate-8")
+        .await
+        .expect("reinstated");
     let ledger = ledger(&sim).await;
     let status = ledger["users"][0]["offers"]
         .as_array()
@@ -327,7 +383,10 @@ async fn unlock_and_reinstate_send_only_the_documented_fields() {
 async fn a_request_id_replays_its_first_answer_refusals_included() {
     let (_sim, client) = setup().await;
     let member = client.ensure_user(&new_user(9), "m-9").await.expect("made");
-    let wallet = client.lookup(&member.id, None, "w-9").await.expect("wallet");
+    let wallet = client
+        .lookup(&member.id, None, "w-9")
+        .await
+        .expect("wallet");
     let two_off = offer(&wallet, "$2 off").user_offer_id.clone();
     let small = basket("ord_9", vec![line("a", 300, 1)]);
     let first = client
@@ -351,20 +410,20 @@ async fn a_request_id_replays_its_first_answer_refusals_included() {
 #[tokio::test]
 async fn a_pending_request_is_waited_out_under_its_request_id() {
     let (sim, client) = setup().await;
-    let member = client.ensure_user(&new_user(10), "m-10").await.expect("made");
+    let member = client
+        .ensure_user(&new_user(10), "m-10")
+        .await
+        .expect("made");
     reqwest::Client::new()
         .put(format!("{}/_sandbox/settings", sim.pos.base_url))
         .json(&json!({"processing_delay_ms": 300}))
         .send()
         .await
         .expect("settings");
-    let (a, b) = tokio::join!(
-        client.lookup(&member.id, None, "w-10"),
-        async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            client.lookup(&member.id, None, "w-10").await
-        }
-    );
+    let (a, b) = tokio::join!(client.lookup(&member.id, None, "w-10"), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.lookup(&member.id, None, "w-10").await
+    });
     assert_eq!(a.expect("first").offers, b.expect("replayed").offers);
     let ledger = ledger(&sim).await;
     assert!(
@@ -407,6 +466,9 @@ async fn wrong_credentials_are_refused_on_both_hosts() {
     .expect("client");
     let core = client.get_user("u1").await.expect_err("core refused");
     assert_eq!(code_of(&core), codes::ACCESS_DENIED, "{core}");
-    let pos = client.lookup("u1", None, "w").await.expect_err("pos refused");
+    let pos = client
+        .lookup("u1", None, "w")
+        .await
+        .expect_err("pos refused");
     assert_eq!(code_of(&pos), codes::ACCESS_DENIED, "{pos}");
 }

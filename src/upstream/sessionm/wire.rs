@@ -196,8 +196,8 @@ pub(super) struct StatementEntry {
 /// The points a transaction earned from the member statement: the sum of its entries
 /// (a return's entry is negative), or `None` while no entry has appeared.
 pub(super) fn statement_points(body: &Value, transaction_id: &str) -> Result<Option<i64>, String> {
-    let entries: Vec<StatementEntry> = serde_json::from_value(body["statement"].clone())
-        .map_err(|e| format!("statement: {e}"))?;
+    let entries: Vec<StatementEntry> =
+        serde_json::from_value(body["statement"].clone()).map_err(|e| format!("statement: {e}"))?;
     let mut total: Option<i64> = None;
     for entry in entries
         .iter()
@@ -420,7 +420,10 @@ mod tests {
         )
         .expect("offer");
         assert_eq!(offer.status, OfferStatus::Unrecognised("ISSUED".into()));
-        assert_eq!(offer.discount.kind, DiscountKind::Unrecognised("BOGO".into()));
+        assert_eq!(
+            offer.discount.kind,
+            DiscountKind::Unrecognised("BOGO".into())
+        );
         assert!(offer.unusable_reason().is_some());
     }
 
