@@ -71,8 +71,8 @@ pub struct LoyaltyAccount {
 
 #[Object]
 impl LoyaltyAccount {
-    /// The points balance. An error (`UPSTREAM_UNAVAILABLE`) when SessionM's answer
-    /// carried no points figure: an unknown balance is never shown as 0.
+    /// The points balance. An error (`INTERNAL`, logged) when SessionM's answer carried no
+    /// points figure: an unknown balance is never shown as 0.
     async fn points_balance(&self, ctx: &Context<'_>) -> Result<i64> {
         let wallet = super::vouchers::wallet(ctx, &self.customer_id).await?;
         match wallet {

@@ -153,3 +153,111 @@ async fn a_store_sessionm_does_not_know_stops_the_start() {
         .expect("starts with every store mapped");
     drop(app);
 }
+
+#[tokio::test]
+async fn a_voucher_sessionm_describes_in_new_terms_is_unusable_and_the_rest_of_the_wallet_stays() {
+    let shop = shop(|_| {}).await;
+    let free = shop.voucher("FREE_ITEM", "AVAILABLE").await;
+    let percent = shop.voucher("PERCENTAGE", "AVAILABLE").await;
+    for (id, change) in [
+        (&free, json!({"status": "ISSUED"})),
+        (&percent, json!({"discount_type": "BUY_ONE_GET_ONE"})),
+    ] {
+        let shown = shop
+            .http
+            .patch(format!(
+                "{}/_sandbox/offers/{id}",
+                shop.sim_url(Sim::Sessionm)
+            ))
+            .json(&change)
+            .send()
+            .await
+            .expect("sandbox");
+        assert!(shown.status().is_success());
+    }
+    let wallet = shop
+        .data(
+            "{ vouchers { id status unusableReason discount { kind } } }",
+            json!({}),
+        )
+        .await["vouchers"]
+        .clone();
+    let vouchers = wallet.as_array().expect("vouchers");
+    assert_eq!(vouchers.len(), 4, "the whole wallet: {wallet}");
+    let of = |id: &str| {
+        vouchers
+            .iter()
+            .find(|v| v["id"] == id)
+            .unwrap_or_else(|| panic!("{id} in {wallet}"))
+            .clone()
+    };
+    assert_eq!(of(&free)["status"], "UNUSABLE");
+    assert!(
+        of(&free)["unusableReason"]
+            .as_str()
+            .is_some_and(|r| r.contains("ISSUED")),
+        "{wallet}"
+    );
+    assert_eq!(of(&percent)["status"], "UNUSABLE");
+    assert_eq!(of(&percent)["discount"]["kind"], "OTHER");
+    assert!(
+        vouchers
+            .iter()
+            .filter(|v| v["status"] != "UNUSABLE")
+            .all(|v| v["unusableReason"].is_null()),
+        "{wallet}"
+    );
+    assert_eq!(
+        vouchers
+            .iter()
+            .filter(|v| v["status"] == "UNUSABLE")
+            .count(),
+        2
+    );
+
+    // Checking out with it is refused before anything is locked or charged.
+    let cart = shop.filled_cart("str_pasadena").await;
+    let payload = shop
+        .checkout_selecting("id", &cart, "pm_card_visa", Some(&percent), "k")
+        .await;
+    assert_eq!(
+        error_codes(&payload),
+        vec!["VOUCHER_NOT_APPLICABLE"],
+        "{payload}"
+    );
+    let id = shop.only_order_id().await;
+    shop.wait_until_settled(&id).await;
+    shop.assert_not_sent(Sim::Sessionm, Shop::LOCK, &id).await;
+    assert!(shop.intents_for(&id).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_points_balance_sessionm_did_not_give_is_an_error_never_zero() {
+    let shop = shop(|_| {}).await;
+    let omitted = shop
+        .http
+        .put(format!("{}/_sandbox/settings", shop.sim_url(Sim::Sessionm)))
+        .json(&json!({"omit_points": true}))
+        .send()
+        .await
+        .expect("settings");
+    assert!(omitted.status().is_success());
+    let body = shop
+        .gql(
+            "{ me { loyalty { pointsBalance tier vouchers { id } } } }",
+            json!({}),
+        )
+        .await;
+    let loyalty = &body["data"]["me"]["loyalty"];
+    assert!(
+        loyalty.is_null() || loyalty["pointsBalance"].is_null(),
+        "no balance shown: {body}"
+    );
+    let errors = body["errors"].as_array().expect("an error");
+    assert_eq!(errors.len(), 1, "{body}");
+    assert_eq!(errors[0]["path"], json!(["me", "loyalty", "pointsBalance"]));
+    assert_eq!(errors[0]["extensions"]["code"], "INTERNAL", "{body}");
+    // The wallet itself still answers.
+    let vouchers = shop.data("{ vouchers { id } }", json!({})).await;
+    assert_eq!(vouchers["vouchers"].as_array().map(Vec::len), Some(4));
+}

@@ -26,7 +26,7 @@ use axum::{
     Json, Router,
     extract::State as Extract,
     http::{HeaderMap, StatusCode, header},
-    routing::{get, put},
+    routing::{get, patch, put},
 };
 use base64::Engine;
 use chrono::Utc;
@@ -157,6 +157,35 @@ fn admin() -> Router<Arc<Shared>> {
     Router::new()
         .route("/_sandbox/ledger", get(ledger))
         .route("/_sandbox/settings", put(settings))
+        .route("/_sandbox/offers/{user_offer_id}", patch(show_offer_as))
+}
+
+/// `PATCH /_sandbox/offers/{user_offer_id}` `{"status"?: "…", "discount_type"?: "…"}`:
+/// lookups show the offer with that status or discount type, as SessionM would show one
+/// it added after this client was written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShowOfferAs {
+    status: Option<String>,
+    discount_type: Option<String>,
+}
+
+async fn show_offer_as(
+    Extract(sim): Extract<Arc<Shared>>,
+    axum::extract::Path(user_offer_id): axum::extract::Path<String>,
+    Json(update): Json<ShowOfferAs>,
+) -> StatusCode {
+    let mut state = sim.lock();
+    let Some(offer) = state.offer_mut(&user_offer_id) else {
+        return StatusCode::NOT_FOUND;
+    };
+    if update.status.is_some() {
+        offer.shown_status = update.status;
+    }
+    if update.discount_type.is_some() {
+        offer.shown_discount_type = update.discount_type;
+    }
+    StatusCode::NO_CONTENT
 }
 
 async fn ledger(Extract(sim): Extract<Arc<Shared>>) -> Json<Value> {
@@ -224,6 +253,7 @@ async fn ledger(Extract(sim): Extract<Arc<Shared>>) -> Json<Value> {
 struct SettingsUpdate {
     processing_delay_ms: Option<u64>,
     transaction_delay_ms: Option<u64>,
+    omit_points: Option<bool>,
 }
 
 async fn settings(
@@ -236,6 +266,9 @@ async fn settings(
     }
     if let Some(ms) = update.transaction_delay_ms {
         state.transaction_delay_ms = ms;
+    }
+    if let Some(omit) = update.omit_points {
+        state.omit_points = omit;
     }
     StatusCode::NO_CONTENT
 }

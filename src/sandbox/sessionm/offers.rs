@@ -85,9 +85,9 @@ fn offer_json(offer: &UserOffer, now: DateTime<Utc>, discount: Option<Amount>) -
         "offer_id": offer.offer_id,
         "name": offer.name,
         "description": offer.description,
-        "status": offer.status(now),
+        "status": offer.shown_status.as_deref().unwrap_or(offer.status(now)),
         "expiration_date": seconds(offer.expires_at),
-        "discount_type": offer.kind.as_str(),
+        "discount_type": offer.shown_discount_type.as_deref().unwrap_or(offer.kind.as_str()),
     });
     match offer.kind {
         OfferKind::FixedAmount(amount) => out["amount"] = amount.to_json(),
@@ -134,13 +134,19 @@ pub(super) fn lookup(state: &State, payload: &Value, now: DateTime<Utc>) -> Repl
             }
         })
         .collect();
+    let mut member = json!({
+        "id": user.id,
+        "external_id": user.external_id,
+        "available_points": user.points,
+        "tier": tier(user.points),
+    });
+    if state.omit_points
+        && let Some(member) = member.as_object_mut()
+    {
+        member.remove("available_points");
+    }
     pos_ok(Some(json!({
-        "user": {
-            "id": user.id,
-            "external_id": user.external_id,
-            "available_points": user.points,
-            "tier": tier(user.points),
-        },
+        "user": member,
         "offers": offers,
     })))
 }

@@ -26,6 +26,9 @@ pub(super) struct State {
     pub(super) processing_delay_ms: u64,
     /// How long a queued transaction waits before it is processed.
     pub(super) transaction_delay_ms: u64,
+    /// Lookups leave out the member's points, as a tenant without
+    /// `enable_mpoints_info_in_customers_api` may: the app must not show 0.
+    pub(super) omit_points: bool,
     next_id: u64,
 }
 
@@ -109,6 +112,10 @@ pub(super) struct UserOffer {
     pub(super) min_subtotal: Option<Amount>,
     pub(super) expires_at: DateTime<Utc>,
     pub(super) state: OfferState,
+    /// What lookups show instead of the real status or discount type: how a status or
+    /// type SessionM adds later (one this client does not know) reaches the app.
+    pub(super) shown_status: Option<String>,
+    pub(super) shown_discount_type: Option<String>,
 }
 
 impl UserOffer {
@@ -166,6 +173,7 @@ impl State {
     pub(super) fn new() -> Self {
         Self {
             transaction_delay_ms: DEFAULT_TRANSACTION_DELAY_MS,
+            omit_points: false,
             ..Self::default()
         }
     }
@@ -247,6 +255,8 @@ impl State {
                 min_subtotal,
                 expires_at,
                 state: OfferState::Available,
+                shown_status: None,
+                shown_discount_type: None,
             });
         }
     }

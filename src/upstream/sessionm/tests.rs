@@ -472,3 +472,183 @@ async fn wrong_credentials_are_refused_on_both_hosts() {
         .expect_err("pos refused");
     assert_eq!(code_of(&pos), codes::ACCESS_DENIED, "{pos}");
 }
+
+// ----- The client's bodies and readings against the published fixtures ---------------
+
+fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/tests/fixtures/sessionm/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Every key the client sends is one the published example has, with a value of the same
+/// JSON kind; objects and the first element of arrays are compared the same way.
+/// Placeholders (`"{{…}}"`) stand for any value.
+fn assert_within(ours: &Value, published: &Value, at: &str) {
+    if published.as_str().is_some_and(|s| s.starts_with("{{")) {
+        return;
+    }
+    assert_eq!(kind(ours), kind(published), "{at}: {ours} vs {published}");
+    match (ours, published) {
+        (Value::Object(ours), Value::Object(published)) => {
+            for (key, value) in ours {
+                let Some(theirs) = published.get(key) else {
+                    panic!("{at}.{key}: not in the published example {published:?}");
+                };
+                assert_within(value, theirs, &format!("{at}.{key}"));
+            }
+        }
+        (Value::Array(ours), Value::Array(published)) => {
+            if let (Some(a), Some(b)) = (ours.first(), published.first()) {
+                assert_within(a, b, &format!("{at}[0]"));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn contract_basket() -> Transaction {
+    let mut latte = line("1", 450, 2);
+    latte.product_id = "prd_latte".into();
+    latte.name = "Latte".into();
+    let mut muffin = line("2", 325, 1);
+    muffin.product_id = "prd_muffin".into();
+    muffin.name = "Muffin".into();
+    basket("ord_123", vec![latte, muffin])
+}
+
+#[test]
+fn the_bodies_we_send_are_the_published_ones() {
+    let member = serde_json::to_value(wire::NewUserBody {
+        user: wire::NewUserFields {
+            email: "ada@example.com",
+            first_name: "Ada",
+            last_name: "Lovelace",
+            external_id: "cus_123",
+            opted_in: true,
+            phone_numbers: vec![wire::PhoneNumber {
+                phone_number: wire::phone("+15550001111"),
+                phone_type: "mobile",
+            }],
+        },
+    })
+    .expect("member");
+    assert_eq!(member, fixture("create_user.contract.request.json"));
+
+    let txn = contract_basket();
+    let lock = serde_json::to_value(wire::OfferOnTransaction {
+        offer_lookup_code: "uo_000003",
+        offer_lookup_type: "UserOfferId",
+        transaction: wire::transaction(&txn, None).expect("basket"),
+    })
+    .expect("lock");
+    assert_within(
+        &lock,
+        &fixture("lock.request.json")["request_payload"],
+        "lock",
+    );
+    let release = serde_json::to_value(wire::OfferRelease {
+        user_offer_id: "uo_000003",
+        employee_id: EMPLOYEE_ID,
+    })
+    .expect("unlock");
+    for name in ["unlock.request.json", "reinstate.request.json"] {
+        let published = &fixture(name)["request_payload"];
+        assert_within(&release, published, name);
+        assert_eq!(
+            release.as_object().map(|o| o.len()),
+            published.as_object().map(|o| o.len()),
+            "exactly the documented fields"
+        );
+    }
+
+    let discount = wire::discount(
+        "uo_000002",
+        fixture("lock.response.json")["payload"].clone(),
+        &Currency::usd(),
+    )
+    .expect("the published Discount object reads");
+    let sale = SendTransaction {
+        user_id: "6c1f".into(),
+        transaction: txn,
+        discounts: vec![discount.clone()],
+        tax: usd(90),
+        paid: usd(1225 - 245 + 90),
+        payment_id: "pi_3N".into(),
+        opened_at: Utc::now(),
+        modified_at: Utc::now(),
+    };
+    let ours = wire::transaction(&sale.transaction, Some(&sale)).expect("sale");
+    let published = fixture("send_transaction.contract.request.json")["request_payload"].clone();
+    assert_within(&ours, &published, "sale");
+    let keys = |v: &Value| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
+    assert_eq!(keys(&ours), keys(&published), "every field of the sale");
+    assert_eq!(
+        ours["discounts"][0], discount.object,
+        "the lock's object, unchanged"
+    );
+    // The public integration's sale carries the same fields we rely on.
+    let public = fixture("send_transaction.request.json")["request_payload"].clone();
+    for field in [
+        "transaction_id",
+        "subtotal",
+        "tax_total",
+        "open_time",
+        "modified_time",
+    ] {
+        assert!(
+            public.get(field).is_some(),
+            "{field} in the public integration's sale"
+        );
+    }
+    assert_within(&ours["items"][0], &public["items"][0], "item");
+}
+
+#[test]
+fn the_answers_we_read_are_the_published_ones() {
+    let created = wire::member(&fixture("create_user.response.json")).expect("member");
+    assert!(!created.id.is_empty());
+    let lookup = fixture("lookup.response.json");
+    let offers: Vec<Offer> = lookup["payload"]["offers"]
+        .as_array()
+        .expect("offers")
+        .iter()
+        .map(|o| wire::offer(o, Some(&Currency::usd())).expect("offer"))
+        .collect();
+    assert_eq!(offers[0].discount.amount, Some(usd(200)));
+    assert_eq!(offers[0].discount_amount, Some(usd(200)));
+    assert_eq!(offers[1].status, OfferStatus::Locked);
+    assert_eq!(offers[1].discount.percentage, Some(20));
+    let discount = wire::discount(
+        "uo_000003",
+        fixture("lock.response.json")["payload"].clone(),
+        &Currency::usd(),
+    )
+    .expect("discount");
+    assert_eq!(discount.amount, usd(245));
+    assert_eq!(discount.name.as_deref(), Some("20% off"));
+    assert_eq!(
+        wire::statement_points(&fixture("statement.response.json"), "ord_123"),
+        Ok(Some(11))
+    );
+    let missing = wire::rejection(&fixture("user_not_found.response.json"));
+    assert_eq!(missing.code, codes::USER_NOT_FOUND);
+    assert!(matches!(
+        wire::outcome(&fixture("no_payload.response.json")),
+        wire::Outcome::Ok
+    ));
+}

@@ -321,8 +321,9 @@ pub(super) fn transaction(
         items.push(serde_json::json!({
             // Line ids are positions in the order, stable for the order's life.
             "line_id": (n + 1).to_string(),
+            // SessionM matches items to its catalogue by id; public integrations send no
+            // name.
             "item_id": line.product_id,
-            "name": line.name,
             "quantity": line.quantity,
             "unit_price": decimal(&line.unit_price)?,
             "subtotal": decimal(&subtotal)?,
