@@ -261,3 +261,61 @@ async fn a_points_balance_sessionm_did_not_give_is_an_error_never_zero() {
     let vouchers = shop.data("{ vouchers { id } }", json!({})).await;
     assert_eq!(vouchers["vouchers"].as_array().map(Vec::len), Some(4));
 }
+
+#[tokio::test]
+async fn a_member_made_but_never_answered_is_found_by_our_customer_id() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::Db::Sqlite, |s| {
+        s.jobs.poll_interval_ms = 50;
+        s.jobs.max_backoff_ms = 100;
+    })
+    .await;
+    // SessionM makes the member every time it is asked, and every answer is lost: more
+    // than the inline retries under one Message-ID can make up for.
+    app.faults(
+        Sim::Sessionm,
+        json!({"lose_next": {"POST /priv/v1/apps/{api_key}/users": {"times": 3, "status": 503}}}),
+    )
+    .await;
+    let customer = app.sign_up("+16265550170", "lin@example.com").await;
+    app.eventually("the SessionM link", || async {
+        app.gql_as(
+            Some(&customer.access_token),
+            "{ me { loyalty { pointsBalance } } }",
+            json!({}),
+        )
+        .await["data"]["me"]["loyalty"]
+            .is_object()
+    })
+    .await;
+    let ledger = app.ledger(Sim::Sessionm).await;
+    let users = ledger["users"].as_array().expect("members");
+    assert_eq!(
+        users.len(),
+        1,
+        "one member however often it was asked: {ledger}"
+    );
+    // Every creation carried one Message-ID; SessionM replayed the repeats, and the next
+    // attempt found the member by our customer id instead of creating another.
+    let keys: Vec<_> = ledger["message_ids"]
+        .as_object()
+        .expect("message ids")
+        .values()
+        .collect();
+    assert_eq!(keys.len(), 1, "{ledger}");
+    let log = app
+        .http
+        .get(format!(
+            "{}/_sandbox/calls/log?route=GET /priv/v1/apps/{{api_key}}/external/users/{{external_id}}",
+            app.sim_url(Sim::Sessionm)
+        ))
+        .send()
+        .await
+        .expect("log")
+        .json::<serde_json::Value>()
+        .await
+        .expect("log JSON");
+    assert!(
+        log.as_array().is_some_and(|l| l.len() >= 2),
+        "looked up by external id before each creation attempt: {log}"
+    );
+}
