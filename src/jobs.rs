@@ -63,6 +63,18 @@ pub enum JobError {
     Busy(String),
 }
 
+impl JobError {
+    /// An upstream's failure as a job's: waiting heals its transient failures only; a
+    /// refusal stays a refusal.
+    pub fn from_upstream(err: &crate::upstream::UpstreamError) -> Self {
+        if err.is_transient() {
+            JobError::Transient(err.to_string())
+        } else {
+            JobError::Permanent(err.to_string())
+        }
+    }
+}
+
 /// Wakes idle workers when a job is enqueued, so new work starts at once rather than at
 /// the next poll.
 #[derive(Clone, Default)]

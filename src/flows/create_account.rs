@@ -377,7 +377,7 @@ pub async fn link_loyalty(state: &AppState, payload: serde_json::Value) -> Resul
                     &format!("link-{}", customer.id),
                 )
                 .await
-                .map_err(|e| upstream_job_error(&e))?;
+                .map_err(|e| JobError::from_upstream(&e))?;
             store::customers::set_sessionm_user(&state.db, &customer.id, &user.id)
                 .await
                 .map_err(|e| transient(&e))?;
@@ -389,16 +389,7 @@ pub async fn link_loyalty(state: &AppState, payload: serde_json::Value) -> Resul
         .okya
         .save_loyalty_id(&customer.id, &user_id)
         .await
-        .map_err(|e| upstream_job_error(&e))?;
+        .map_err(|e| JobError::from_upstream(&e))?;
     tracing::info!(customer_id = %customer.id, "SessionM user linked to the Okya account");
     Ok(())
-}
-
-/// Refusals do not heal by waiting, except for the upstream's own rate limits.
-fn upstream_job_error(err: &UpstreamError) -> JobError {
-    if err.is_transient() {
-        JobError::Transient(err.to_string())
-    } else {
-        JobError::Permanent(err.to_string())
-    }
 }

@@ -1866,18 +1866,12 @@ pub async fn send_to_sessionm(
     state: &AppState,
     payload: serde_json::Value,
 ) -> Result<(), JobError> {
-    let Some(order_id) = payload["order_id"].as_str() else {
-        return Err(JobError::Permanent("payload without order_id".into()));
-    };
     let transient = |e: &dyn std::fmt::Display| JobError::Transient(e.to_string());
-    let order = store::orders::find(&state.db, order_id)
-        .await
-        .map_err(|e| transient(&e))?
-        .ok_or_else(|| JobError::Permanent(format!("no order {order_id}")))?;
+    let order = job_order(state, &payload).await?;
     let customer = store::customers::find(&state.db, &order.customer_id)
         .await
         .map_err(|e| transient(&e))?
-        .ok_or_else(|| JobError::Permanent(format!("no customer for {order_id}")))?;
+        .ok_or_else(|| JobError::Permanent(format!("no customer for {}", order.id)))?;
     let Some(user_id) = customer.sessionm_user_id else {
         return Err(JobError::Transient(
             "the customer's SessionM link is not finished yet".into(),
@@ -1894,13 +1888,7 @@ pub async fn send_to_sessionm(
         .sessionm
         .send_transaction(&sale, &key(&order, "transaction"))
         .await
-        .map_err(|e| {
-            if e.is_transient() {
-                JobError::Transient(e.to_string())
-            } else {
-                JobError::Permanent(e.to_string())
-            }
-        })?;
+        .map_err(|e| JobError::from_upstream(&e))?;
     store::jobs::enqueue(
         &state.db,
         READ_LOYALTY_POINTS,
@@ -1922,32 +1910,30 @@ pub async fn read_loyalty_points(
     state: &AppState,
     payload: serde_json::Value,
 ) -> Result<(), JobError> {
-    let Some(order_id) = payload["order_id"].as_str() else {
-        return Err(JobError::Permanent("payload without order_id".into()));
-    };
-    let transient = |e: &dyn std::fmt::Display| JobError::Transient(e.to_string());
-    let order = store::orders::find(&state.db, order_id)
-        .await
-        .map_err(|e| transient(&e))?
-        .ok_or_else(|| JobError::Permanent(format!("no order {order_id}")))?;
+    let order = job_order(state, &payload).await?;
     let points = state
         .upstreams
         .sessionm
         .transaction_points(&order.customer_id, &order.id)
         .await
-        .map_err(|e| {
-            if e.is_transient() {
-                JobError::Transient(e.to_string())
-            } else {
-                JobError::Permanent(e.to_string())
-            }
-        })?
+        .map_err(|e| JobError::from_upstream(&e))?
         .ok_or_else(|| JobError::Transient("SessionM has not processed the sale yet".into()))?;
     store::orders::set_points(&state.db, &order.id, points)
         .await
-        .map_err(|e| transient(&e))?;
+        .map_err(|e| JobError::Transient(e.to_string()))?;
     tracing::info!(order_id = %order.id, points, "SessionM credited the order's points");
     Ok(())
+}
+
+/// The order a job's payload (`{"order_id": …}`) names.
+async fn job_order(state: &AppState, payload: &serde_json::Value) -> Result<Order, JobError> {
+    let Some(order_id) = payload["order_id"].as_str() else {
+        return Err(JobError::Permanent("payload without order_id".into()));
+    };
+    store::orders::find(&state.db, order_id)
+        .await
+        .map_err(|e| JobError::Transient(e.to_string()))?
+        .ok_or_else(|| JobError::Permanent(format!("no order {order_id}")))
 }
 
 /// The sale as SessionM's Transaction object, from the order row and its snapshot alone,
