@@ -667,6 +667,14 @@ impl Settings {
                  SessionM cannot use offers of another (or of the simulator)",
             ));
         }
+        if self.sessionm.pos_url.is_some()
+            && self.sessionm.client_id == SessionmSettings::default().client_id
+        {
+            return Err(invalid(
+                "sessionm.client_id",
+                "must be the client id SessionM issued when sessionm.pos_url is set",
+            ));
+        }
         if self.sessionm.is_real() && self.sessionm.ecommerce_store_id.is_none() {
             return Err(invalid(
                 "sessionm.ecommerce_store_id",
@@ -965,6 +973,7 @@ mod tests {
         settings.sessionm.core_url = Some(URL.into());
         settings.sessionm.pos_url = Some(URL.into());
         settings.sessionm.ecommerce_store_id = Some("sm-ecommerce".into());
+        settings.sessionm.client_id = "sm-client-1".into();
         settings.auth.jwt_secret = "a-private-key-of-at-least-32-bytes!!".to_owned().into();
         settings.okya.api_key = "okya_live_1".to_owned().into();
         settings.stripe.secret_key = "sk_live_1".to_owned().into();

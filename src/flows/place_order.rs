@@ -730,10 +730,21 @@ async fn discount(state: &AppState, mut order: Order) -> Result<Next, FlowError>
         return Ok(Next::Continue);
     };
     let basket = basket(state, &mut order).await?;
+    // Whether an earlier run of this step may already have locked the voucher (its lock
+    // was sent; the answer may have been lost).
+    let lock_sent_before = order.voucher_name.is_some();
     // The lock names only the offer, so first make sure it is in this member's wallet and
     // still usable: an offer that is not is refused here, and never locked or unlocked by
     // this order. The lock itself then says whether it applies to this basket.
-    if order.voucher_name.is_none() {
+    if !lock_sent_before {
+        // A store SessionM does not know fails here, before a lock may exist.
+        if let Err(e) = state.upstreams.sessionm.store_id(&basket.store_id) {
+            tracing::error!(order_id = %order.id, error = %e, "no SessionM store for this order's store; nothing charged");
+            fail_with(&mut order, failure::SERVICE_UNAVAILABLE, &e.to_string());
+            advance(&mut order, Step::CancelOkya);
+            commit(state, &mut order, None).await?;
+            return Ok(Next::Continue);
+        }
         let wallet = match state
             .upstreams
             .sessionm
@@ -758,8 +769,9 @@ async fn discount(state: &AppState, mut order: Order) -> Result<Next, FlowError>
             Some(offer) => match &offer.status {
                 OfferStatus::Expired => Some((sessionm::codes::OFFER_EXPIRED, "expired".into())),
                 OfferStatus::Redeemed => Some((sessionm::codes::OFFER_REDEEMED, "used".into())),
-                // Locked may be by this very order (a retried step): the lock decides.
-                OfferStatus::Available | OfferStatus::Locked => offer
+                // This order has sent no lock yet, so a lock is another order's.
+                OfferStatus::Locked => Some((sessionm::codes::OFFER_LOCKED, "in use".into())),
+                OfferStatus::Available => offer
                     .unusable_reason()
                     .map(|reason| ("voucher_not_applicable", reason)),
                 OfferStatus::Unrecognised(_) => offer
@@ -789,9 +801,11 @@ async fn discount(state: &AppState, mut order: Order) -> Result<Next, FlowError>
         Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
         Err(e) => {
             let (code, message) = refusal_of(&e, "voucher_not_applicable");
-            if e.rejection().is_some() {
-                // A definite refusal: no lock exists, so there is nothing of ours to
-                // release (unlock names only the offer, and another order may hold it).
+            if e.rejection().is_some() && !lock_sent_before {
+                // A definite refusal of the first lock: no lock of ours exists, so there
+                // is nothing to release (unlock names only the offer, and another order
+                // may hold it). After an earlier lock whose answer was lost, ours may
+                // exist, and the release must run.
                 order.voucher_name = None;
             }
             if is_customer_refusal_of_voucher(&code) {
@@ -1955,8 +1969,10 @@ fn sale(order: &Order, user_id: String, sent_at_ms: i64) -> Result<SendTransacti
         order_lines::loyalty_lines(&lines, &currency),
     )
     .map_err(|e| FlowError::Corrupt(e.to_string()))?;
+    // Every lock's Discount goes back, a zero one included: the sale is what finalises
+    // the lock, and a lock never finalised would hold the voucher for good.
     let discounts = match (&order.voucher_id, &order.voucher_discount_json) {
-        (Some(voucher), Some(object)) if order.discount_minor.unwrap_or(0) > 0 => {
+        (Some(voucher), Some(object)) => {
             let object: serde_json::Value = serde_json::from_str(object)
                 .map_err(|e| FlowError::Corrupt(format!("discount of {}: {e}", order.id)))?;
             vec![sessionm::Discount {

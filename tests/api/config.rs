@@ -158,6 +158,7 @@ const REAL_UPSTREAMS: &[RealUpstream] = &[
         also: &[
             ("CBTL_SESSIONM__POS_URL", "https://pos.upstream.example"),
             ("CBTL_SESSIONM__ECOMMERCE_STORE_ID", "sm-ecommerce"),
+            ("CBTL_SESSIONM__CLIENT_ID", "sm-client-1"),
         ],
     },
 ];

@@ -3,7 +3,7 @@
 //! points appear later, and a lock whose answer cannot be read released like one that
 //! may have happened.
 
-use crate::helpers::{ExternalUpstreams, Port, Sim, TestDb, error_codes, test_settings};
+use crate::helpers::{Db, ExternalUpstreams, Port, Sim, TestDb, error_codes, test_settings};
 use crate::shop::{Shop, shop};
 use serde_json::json;
 
@@ -78,7 +78,16 @@ async fn a_refused_lock_releases_nothing_another_order_may_hold() {
 
 #[tokio::test]
 async fn points_show_once_sessionm_has_processed_the_queued_sale() {
-    let shop = shop(|_| {}).await;
+    points_land_after_processing(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn use_reward_and_the_points_credit_run_on_postgres() {
+    points_land_after_processing(Db::Postgres).await;
+}
+
+async fn points_land_after_processing(kind: Db) {
+    let shop = Shop::start(kind, |_| {}).await;
     // SessionM takes its time over the queued transaction.
     let settings = shop
         .http
@@ -130,7 +139,7 @@ async fn points_show_once_sessionm_has_processed_the_queued_sale() {
 async fn a_store_sessionm_does_not_know_stops_the_start() {
     let port = Port::bind();
     let upstreams = ExternalUpstreams::start(port.number()).await;
-    let (_db, url) = TestDb::new(crate::helpers::Db::Sqlite).await;
+    let (_db, url) = TestDb::new(Db::Sqlite).await;
     let mut settings = test_settings(url);
     upstreams.configure(&mut settings);
     settings.sessionm.store_ids.remove("str_burbank");
@@ -264,7 +273,7 @@ async fn a_points_balance_sessionm_did_not_give_is_an_error_never_zero() {
 
 #[tokio::test]
 async fn a_member_made_but_never_answered_is_found_by_our_customer_id() {
-    let app = crate::helpers::spawn_app_with(crate::helpers::Db::Sqlite, |s| {
+    let app = crate::helpers::spawn_app_with(Db::Sqlite, |s| {
         s.jobs.poll_interval_ms = 50;
         s.jobs.max_backoff_ms = 100;
     })

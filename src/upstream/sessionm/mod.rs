@@ -79,8 +79,8 @@ pub struct SessionmUser {
     pub id: String,
     pub external_id: Option<String>,
     pub email: Option<String>,
-    /// Required in every member answer: a member without it is a protocol error.
-    pub available_points: i64,
+    /// `None` when the tenant does not show points on members (unknown, never 0).
+    pub available_points: Option<i64>,
     pub tier: Option<String>,
 }
 

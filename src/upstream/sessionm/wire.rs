@@ -46,7 +46,21 @@ pub(super) fn money(value: &Value, currency: &Currency) -> Result<Money, String>
     let Value::Number(n) = value else {
         return Err(format!("amount {value} is not a number"));
     };
-    Money::parse_decimal(&n.to_string(), currency.clone()).map_err(|e| e.to_string())
+    let text = n.to_string();
+    // Trailing zeros of a fraction say nothing: `500.0` yen and `12.250` dollars are
+    // exact. Other extra digits are refused.
+    let text = match text.split_once('.') {
+        Some((whole, fraction)) if !text.contains(['e', 'E']) => {
+            let fraction = fraction.trim_end_matches('0');
+            if fraction.is_empty() {
+                whole.to_owned()
+            } else {
+                format!("{whole}.{fraction}")
+            }
+        }
+        _ => text,
+    };
+    Money::parse_decimal(&text, currency.clone()).map_err(|e| e.to_string())
 }
 
 /// A points figure: SessionM's objects carry it as a JSON number, possibly with a
@@ -169,8 +183,8 @@ pub(super) struct PhoneNumber {
     pub phone_type: &'static str,
 }
 
-/// A member from `{"status": "ok", "user": {…}}`. `available_points` is required: a
-/// member answer without it says nothing about the balance, which is not 0.
+/// A member from `{"status": "ok", "user": {…}}`. A missing `available_points` is
+/// `None` (unknown, never 0); one that is there must be a whole number.
 pub(super) fn member(body: &Value) -> Result<SessionmUser, String> {
     let user = &body["user"];
     let text = |key: &str| user[key].as_str().map(str::to_owned);
@@ -178,8 +192,15 @@ pub(super) fn member(body: &Value) -> Result<SessionmUser, String> {
         id: text("id").ok_or("member without an id")?,
         external_id: text("external_id"),
         email: text("email"),
-        available_points: points(&user["available_points"])
-            .map_err(|e| format!("member {}: available_points: {e}", user["id"]))?,
+        // Points appear on the member only when the tenant enables them
+        // (`enable_mpoints_info_in_customers_api`); linking needs only the id.
+        available_points: match &user["available_points"] {
+            Value::Null => None,
+            value => Some(
+                points(value)
+                    .map_err(|e| format!("member {}: available_points: {e}", user["id"]))?,
+            ),
+        },
         tier: text("tier"),
     })
 }
@@ -190,6 +211,9 @@ pub(super) fn member(body: &Value) -> Result<SessionmUser, String> {
 pub(super) struct StatementEntry {
     #[serde(default)]
     pub transaction_id: Option<String>,
+    /// Read only for the transaction asked about: an odd entry of another one does not
+    /// stop this one's points being read.
+    #[serde(default)]
     pub points: Value,
 }
 
@@ -383,6 +407,19 @@ mod tests {
             );
         }
         assert!(money(&serde_json::json!(0.125), &Currency::usd()).is_err());
+        // Trailing zeros are exact, in any currency.
+        let yen = Currency::parse("JPY").expect("JPY");
+        assert_eq!(
+            decimal(&Money::new(500, yen.clone()))
+                .expect("yen")
+                .to_string(),
+            "500.0"
+        );
+        assert_eq!(
+            money(&serde_json::json!(500.0), &yen).expect("500.0 yen"),
+            Money::new(500, yen.clone())
+        );
+        assert!(money(&serde_json::json!(500.5), &yen).is_err());
         assert!(money(&serde_json::json!("2.00"), &Currency::usd()).is_err());
         assert_eq!(
             money(&serde_json::json!(12), &Currency::usd()).expect("whole"),
@@ -409,7 +446,15 @@ mod tests {
         assert_eq!(points(&serde_json::json!(120.0)), Ok(120));
         assert!(points(&serde_json::json!(1.5)).is_err());
         assert!(points(&Value::Null).is_err());
-        assert!(member(&serde_json::json!({"user": {"id": "u1"}})).is_err());
+        assert_eq!(
+            member(&serde_json::json!({"user": {"id": "u1"}}))
+                .expect("a member without points")
+                .available_points,
+            None
+        );
+        assert!(
+            member(&serde_json::json!({"user": {"id": "u1", "available_points": 1.5}})).is_err()
+        );
     }
 
     #[test]
