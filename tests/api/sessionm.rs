@@ -328,3 +328,56 @@ async fn a_member_made_but_never_answered_is_found_by_our_customer_id() {
         "looked up by external id before each creation attempt: {log}"
     );
 }
+
+#[tokio::test]
+async fn a_voucher_another_order_holds_is_refused_and_its_lock_left_alone() {
+    let shop = shop(|_| {}).await;
+    let fixed = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
+    let (a, b) = (
+        shop.filled_cart("str_pasadena").await,
+        shop.filled_cart("str_pasadena").await,
+    );
+    let first = shop
+        .checkout_selecting("id status", &a, "pm_card_visa", Some(&fixed), "a")
+        .await;
+    assert_eq!(first["userErrors"], json!([]), "{first}");
+    let holder = first["order"]["id"].as_str().expect("order").to_owned();
+    assert_eq!(shop.voucher_status(&fixed).await, "LOCKED");
+
+    let second = shop
+        .checkout_selecting("id status", &b, "pm_card_visa", Some(&fixed), "b")
+        .await;
+    assert_eq!(error_codes(&second), vec!["VOUCHER_IN_USE"], "{second}");
+    let db = &shop.app.app.state().db;
+    let orders: Vec<String> = {
+        use sea_orm::EntityTrait;
+        cbtl_bff::store::entities::order::Entity::find()
+            .all(db)
+            .await
+            .expect("orders")
+            .into_iter()
+            .map(|o| o.id)
+            .filter(|id| id != &holder)
+            .collect()
+    };
+    let refused = &orders[0];
+    shop.wait_until_settled(refused).await;
+    // Refused from the wallet: no lock asked for, and no unlock that would free the
+    // holder's lock (SessionM's unlock names only the offer).
+    shop.assert_not_sent(Sim::Sessionm, Shop::LOCK, refused)
+        .await;
+    shop.assert_not_sent(Sim::Sessionm, Shop::UNLOCK, refused)
+        .await;
+    assert_eq!(
+        shop.voucher_status(&fixed).await,
+        "LOCKED",
+        "still the holder's"
+    );
+    shop.store_action(&a, "accept").await;
+    shop.wait_for_status(&holder, "IN_PREPARATION").await;
+    shop.eventually("the holder's sale redeems it", || async {
+        shop.voucher_status(&fixed).await == "REDEEMED"
+    })
+    .await;
+    shop.assert_money_invariants().await;
+}
