@@ -1,61 +1,24 @@
 //! Builds the shared state and the router in one place, binds the listener and reports
 //! the bound address, so tests can ask for port 0 and learn the real one.
 
+pub use crate::context::{AppInner, AppState};
+pub use crate::http::Gateway;
 use crate::{
     auth::tokens::TokenKeys,
     config::Settings,
     events::OrderEvents,
-    graphql::{self, AppSchema},
-    http,
-    jobs::{self, JobSignal},
+    graphql, http,
+    jobs::JobSignal,
     quota::Quotas,
     sandbox::{self, Sandbox},
     store::{self, StoreError},
-    upstream::{UpstreamError, Upstreams},
+    upstream::{Endpoints, UpstreamError, Upstreams, sessionm},
+    worker,
 };
-use axum::{Json, Router, extract::FromRef, http::StatusCode, routing::get, serve::ListenerExt};
-use sea_orm::DatabaseConnection;
-use std::{net::SocketAddr, ops::Deref, sync::Arc, time::Duration};
+use axum::{Json, Router, http::StatusCode, routing::get, serve::ListenerExt};
+use std::{net::SocketAddr, time::Duration};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tower_http::{catch_panic::CatchPanicLayer, limit::RequestBodyLimitLayer, trace::TraceLayer};
-
-pub struct AppInner {
-    pub db: DatabaseConnection,
-    pub upstreams: Upstreams,
-    pub settings: Settings,
-    pub token_keys: TokenKeys,
-    pub job_signal: JobSignal,
-    pub order_events: OrderEvents,
-    /// What one customer may hold of what everyone shares.
-    pub quotas: Quotas,
-    #[cfg(feature = "crash-points")]
-    pub crash_points: crate::crash::CrashPoints,
-}
-
-/// What every request and background task shares; cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<AppInner>);
-
-impl Deref for AppState {
-    type Target = AppInner;
-    fn deref(&self) -> &AppInner {
-        &self.0
-    }
-}
-
-/// The HTTP layer's state: the app, its schema and its open websockets.
-#[derive(Clone)]
-pub struct Gateway {
-    pub app: AppState,
-    pub schema: AppSchema,
-    pub sockets: http::ws::Sockets,
-}
-
-impl FromRef<Gateway> for AppState {
-    fn from_ref(gateway: &Gateway) -> Self {
-        gateway.app.clone()
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -179,6 +142,62 @@ pub async fn build_on(
     start(settings, listener).await
 }
 
+/// Each upstream's URL: the configured one, or else its simulator's.
+fn endpoints(settings: &Settings, sandbox: &Sandbox) -> Result<Endpoints, UpstreamError> {
+    let url = |configured: &Option<String>, simulated: &Option<sandbox::Simulator>| {
+        configured
+            .clone()
+            .or_else(|| simulated.as_ref().map(|s| s.base_url.clone()))
+            .ok_or_else(|| UpstreamError::Setup("no URL and no simulator".into()))
+    };
+    let okya = url(&settings.okya.base_url, &sandbox.okya)?;
+    Ok(Endpoints {
+        okya_auth: settings
+            .okya
+            .auth_base_url
+            .clone()
+            .unwrap_or_else(|| okya.clone()),
+        okya,
+        stripe: url(&settings.stripe.base_url, &sandbox.stripe)?,
+        epoint: url(&settings.epoint.base_url, &sandbox.epoint)?,
+        sessionm: sessionm_endpoints(&settings.sessionm, sandbox.sessionm.as_ref())?,
+    })
+}
+
+/// SessionM's two hosts and store mapping: the configured ones, or else the simulator's.
+fn sessionm_endpoints(
+    settings: &crate::config::SessionmSettings,
+    simulated: Option<&sandbox::sessionm::SessionmSandbox>,
+) -> Result<sessionm::SessionmEndpoints, UpstreamError> {
+    match (&settings.core_url, &settings.pos_url, simulated) {
+        (Some(core_url), Some(pos_url), _) => Ok(sessionm::SessionmEndpoints {
+            core_url: core_url.clone(),
+            pos_url: pos_url.clone(),
+            store_ids: settings.store_ids.clone(),
+            ecommerce_store_id: settings.ecommerce_store_id.clone().ok_or_else(|| {
+                UpstreamError::Setup("sessionm.ecommerce_store_id is not set".into())
+            })?,
+        }),
+        (None, None, Some(sim)) => {
+            // The simulator's own stores, unless the settings map some themselves.
+            let mut store_ids = sim.store_ids.clone();
+            store_ids.extend(settings.store_ids.clone());
+            Ok(sessionm::SessionmEndpoints {
+                core_url: sim.core.base_url.clone(),
+                pos_url: sim.pos.base_url.clone(),
+                store_ids,
+                ecommerce_store_id: settings
+                    .ecommerce_store_id
+                    .clone()
+                    .unwrap_or_else(|| sim.ecommerce_store_id.clone()),
+            })
+        }
+        _ => Err(UpstreamError::Setup(
+            "sessionm.core_url and sessionm.pos_url must be set together".into(),
+        )),
+    }
+}
+
 /// With a real SessionM, every store Okya lists needs a SessionM store
 /// (`sessionm.store_ids`): a missing one would fail every reward and sale there. When Okya
 /// cannot be asked now, the start goes on and each call checks its own store.
@@ -219,14 +238,14 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
     let sandbox = sandbox::start(&settings, &format!("http://{addr}"))
         .await
         .map_err(StartError::Sandbox)?;
-    let upstreams = Upstreams::new(&settings, &sandbox)?;
+    let upstreams = Upstreams::new(endpoints(&settings, &sandbox)?, &settings)?;
     if settings.sessionm.is_real() {
         check_sessionm_stores(&upstreams).await?;
     }
     let token_keys = TokenKeys::new(&settings.auth);
     let (order_events, event_listener) = OrderEvents::start(db.clone());
     let quotas = Quotas::new(&settings);
-    let state = AppState(Arc::new(AppInner {
+    let state = AppState::new(AppInner {
         db,
         upstreams,
         settings,
@@ -236,8 +255,8 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
         quotas,
         #[cfg(feature = "crash-points")]
         crash_points: crate::crash::CrashPoints::default(),
-    }));
-    let mut workers = jobs::spawn_workers(state.clone());
+    });
+    let mut workers = worker::spawn_workers(state.clone());
     workers.extend(event_listener);
     workers.push(crate::flows::place_order::spawn_sweeper(state.clone()));
     workers.push(store::housekeeping::spawn(state.db.clone()));

@@ -3,6 +3,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod context;
 #[cfg(feature = "crash-points")]
 pub mod crash;
 pub mod domain;
@@ -16,3 +17,4 @@ pub mod sandbox;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
+pub mod worker;

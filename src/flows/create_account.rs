@@ -6,11 +6,11 @@
 //! customer enters the code → confirmed, signed in.
 
 use crate::{
-    app::AppState,
     auth::{
         now_ms,
         sessions::{self, SessionError, TokenPair},
     },
+    context::AppState,
     domain::{Email, PersonName, Phone},
     jobs::JobError,
     store::{self, StoreError, customers::NewCustomer, entities::customer, otp::Attempt},

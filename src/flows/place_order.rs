@@ -29,8 +29,8 @@
 //! ```
 
 use crate::{
-    app::AppState,
     auth::now_ms,
+    context::AppState,
     domain::{CaptureMode, CartId, Currency, Money, OrderStatus, PaymentStatus, Step},
     flows::order_lines::{self, LineSnapshot},
     jobs::{JobError, JobKind},

@@ -2,8 +2,8 @@
 
 use super::{errors::ApiError, loaders::Loaders};
 use crate::{
-    app::AppState,
     auth::{Viewer, viewer::NotSignedIn},
+    context::AppState,
     domain::CustomerId,
 };
 use async_graphql::Context;

@@ -13,7 +13,7 @@ pub mod persisted;
 pub mod scalars;
 mod vouchers;
 
-use crate::{app::AppState, config::GraphqlSettings};
+use crate::{config::GraphqlSettings, context::AppState};
 use async_graphql::{MergedObject, Schema};
 
 #[derive(MergedObject, Default)]

@@ -8,7 +8,7 @@ use super::{
     scalars::MoneyObject,
 };
 use crate::{
-    app::AppState,
+    context::AppState,
     domain::{
         CartId, Currency, Money, OrderStatus as DomainStatus, PaymentStatus as DomainPayment, Step,
         StoreId,

@@ -7,9 +7,9 @@
 
 use super::media::{ResponseType, check_json_content_type, negotiate, prefers_html};
 use crate::{
-    app::Gateway,
     auth::Viewer,
     graphql::{admission::SafeMethod, errors::ErrorCode, loaders::Loaders},
+    http::Gateway,
 };
 use async_graphql::Value;
 use axum::{

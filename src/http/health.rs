@@ -1,6 +1,6 @@
 //! Liveness and readiness probes for load balancers and orchestrators.
 
-use crate::{app::AppState, store};
+use crate::{context::AppState, store};
 use axum::{Json, extract::State, http::StatusCode};
 use serde_json::{Value, json};
 

@@ -6,3 +6,20 @@ pub mod health;
 pub mod media;
 pub mod webhooks;
 pub mod ws;
+
+use crate::{context::AppState, graphql::AppSchema};
+use axum::extract::FromRef;
+
+/// The HTTP layer's state: the app, its schema and its open websockets.
+#[derive(Clone)]
+pub struct Gateway {
+    pub app: AppState,
+    pub schema: AppSchema,
+    pub sockets: ws::Sockets,
+}
+
+impl FromRef<Gateway> for AppState {
+    fn from_ref(gateway: &Gateway) -> Self {
+        gateway.app.clone()
+    }
+}

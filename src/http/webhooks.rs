@@ -4,8 +4,8 @@
 //! processing itself tolerates reordering (Okya's `version`, Stripe re-reads).
 
 use crate::{
-    app::AppState,
     auth::now_ms,
+    context::AppState,
     flows::place_order::{OKYA_EVENT, STRIPE_EVENT},
     store,
     upstream::signature::{self, SignatureError},

@@ -18,10 +18,10 @@
 //! could not be checked.
 
 use crate::{
-    app::Gateway,
     auth::{Viewer, viewer::bearer_token},
     domain::CustomerId,
     graphql::{errors::ApiError, loaders::Loaders},
+    http::Gateway,
     http::graphql::{is_request_error, response_body},
     quota::Slot,
 };

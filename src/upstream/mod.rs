@@ -36,72 +36,30 @@ pub struct Upstreams {
     pub sessionm: sessionm::SessionmClient,
 }
 
-impl Upstreams {
-    /// One client per system, aimed at the configured URL or else at its simulator.
-    pub fn new(
-        settings: &crate::config::Settings,
-        sandbox: &crate::sandbox::Sandbox,
-    ) -> Result<Self, UpstreamError> {
-        let url = |configured: &Option<String>, simulated: &Option<crate::sandbox::Simulator>| {
-            configured
-                .clone()
-                .or_else(|| simulated.as_ref().map(|s| s.base_url.clone()))
-                .ok_or_else(|| UpstreamError::Setup("no URL and no simulator".into()))
-        };
-        let okya_url = url(&settings.okya.base_url, &sandbox.okya)?;
-        let okya_auth_url = settings
-            .okya
-            .auth_base_url
-            .clone()
-            .unwrap_or_else(|| okya_url.clone());
-        Ok(Self {
-            okya: okya::OkyaClient::new(&okya_url, &okya_auth_url, &settings.okya)?,
-            stripe: stripe::StripeClient::new(
-                &url(&settings.stripe.base_url, &sandbox.stripe)?,
-                &settings.stripe,
-            )?,
-            epoint: epoint::EpointClient::new(
-                &url(&settings.epoint.base_url, &sandbox.epoint)?,
-                &settings.epoint,
-            )?,
-            sessionm: sessionm::SessionmClient::new(
-                sessionm_endpoints(&settings.sessionm, sandbox.sessionm.as_ref())?,
-                &settings.sessionm,
-            )?,
-        })
-    }
+/// Where each upstream is: the configured URL or its simulator's, decided by `app`.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    pub okya: String,
+    pub okya_auth: String,
+    pub stripe: String,
+    pub epoint: String,
+    pub sessionm: sessionm::SessionmEndpoints,
 }
 
-/// SessionM's two hosts and store mapping: the configured ones, or else the simulator's.
-fn sessionm_endpoints(
-    settings: &crate::config::SessionmSettings,
-    simulated: Option<&crate::sandbox::sessionm::SessionmSandbox>,
-) -> Result<sessionm::SessionmEndpoints, UpstreamError> {
-    match (&settings.core_url, &settings.pos_url, simulated) {
-        (Some(core_url), Some(pos_url), _) => Ok(sessionm::SessionmEndpoints {
-            core_url: core_url.clone(),
-            pos_url: pos_url.clone(),
-            store_ids: settings.store_ids.clone(),
-            ecommerce_store_id: settings.ecommerce_store_id.clone().ok_or_else(|| {
-                UpstreamError::Setup("sessionm.ecommerce_store_id is not set".into())
-            })?,
-        }),
-        (None, None, Some(sim)) => {
-            // The simulator's own stores, unless the settings map some themselves.
-            let mut store_ids = sim.store_ids.clone();
-            store_ids.extend(settings.store_ids.clone());
-            Ok(sessionm::SessionmEndpoints {
-                core_url: sim.core.base_url.clone(),
-                pos_url: sim.pos.base_url.clone(),
-                store_ids,
-                ecommerce_store_id: settings
-                    .ecommerce_store_id
-                    .clone()
-                    .unwrap_or_else(|| sim.ecommerce_store_id.clone()),
-            })
-        }
-        _ => Err(UpstreamError::Setup(
-            "sessionm.core_url and sessionm.pos_url must be set together".into(),
-        )),
+impl Upstreams {
+    /// One client per system, aimed at `endpoints`.
+    ///
+    /// # Errors
+    /// `Setup` when a URL does not parse or a client cannot be built.
+    pub fn new(
+        endpoints: Endpoints,
+        settings: &crate::config::Settings,
+    ) -> Result<Self, UpstreamError> {
+        Ok(Self {
+            okya: okya::OkyaClient::new(&endpoints.okya, &endpoints.okya_auth, &settings.okya)?,
+            stripe: stripe::StripeClient::new(&endpoints.stripe, &settings.stripe)?,
+            epoint: epoint::EpointClient::new(&endpoints.epoint, &settings.epoint)?,
+            sessionm: sessionm::SessionmClient::new(endpoints.sessionm, &settings.sessionm)?,
+        })
     }
 }

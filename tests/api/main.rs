@@ -3,6 +3,7 @@
 
 mod access;
 mod account;
+mod architecture;
 mod browser;
 mod cart;
 mod catalog;

@@ -1,0 +1,40 @@
+//! What the flows, resolvers and handlers share, built once by `app` and handed down: the
+//! database, the upstream clients, the settings, the job signal, the order events and the
+//! quotas. It lives below everything that uses it, so no module needs `app`.
+
+use crate::{
+    auth::tokens::TokenKeys, config::Settings, events::OrderEvents, jobs::JobSignal, quota::Quotas,
+    upstream::Upstreams,
+};
+use sea_orm::DatabaseConnection;
+use std::{ops::Deref, sync::Arc};
+
+pub struct AppInner {
+    pub db: DatabaseConnection,
+    pub upstreams: Upstreams,
+    pub settings: Settings,
+    pub token_keys: TokenKeys,
+    pub job_signal: JobSignal,
+    pub order_events: OrderEvents,
+    /// What one customer may hold of what everyone shares.
+    pub quotas: Quotas,
+    #[cfg(feature = "crash-points")]
+    pub crash_points: crate::crash::CrashPoints,
+}
+
+/// What every request and background task shares; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+impl Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(inner: AppInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}

@@ -1,0 +1,150 @@
+//! Runs durable jobs: claims due ones from the database, runs them, and records success
+//! or a retry with exponential backoff. Any instance may run any job; the lease keeps two
+//! from running the same one at once, and every job is idempotent, so a job interrupted
+//! by a crash is simply run again. The dispatch from a [`JobKind`] to its flow lives here,
+//! above both.
+
+use crate::{
+    auth::now_ms,
+    context::AppState,
+    flows,
+    jobs::{JobError, JobKind},
+    store::{self, jobs::Claimed},
+};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// Workers per process; jobs are short upstream calls, so a few suffice.
+const WORKERS: usize = 4;
+/// After this many attempts a job is buried and an operator must look at it.
+const MAX_ATTEMPTS: i32 = 100;
+
+pub fn spawn_workers(state: AppState) -> Vec<JoinHandle<()>> {
+    (0..WORKERS)
+        .map(|worker| {
+            let state = state.clone();
+            tokio::spawn(async move { run_worker(state, worker).await })
+        })
+        .collect()
+}
+
+async fn run_worker(state: AppState, worker: usize) {
+    let poll = Duration::from_millis(state.settings.jobs.poll_interval_ms);
+    let lease = i64::try_from(state.settings.jobs.lease_ms).unwrap_or(60_000);
+    loop {
+        let notified = state.job_signal.notified();
+        match store::jobs::claim(&state.db, now_ms(), lease).await {
+            Ok(Some(job)) => {
+                run_one(&state, job).await;
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(worker, error = %e, "claiming a job failed"),
+        }
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(job_id = %job.id, kind = %job.kind, attempt = job.attempts))]
+async fn run_one(state: &AppState, job: Claimed) {
+    let outcome = match serde_json::from_str::<serde_json::Value>(&job.payload) {
+        Ok(payload) => dispatch(state, &job.kind, payload).await,
+        Err(e) => Err(JobError::Permanent(format!("unreadable payload: {e}"))),
+    };
+    let now = now_ms();
+    let recorded = match outcome {
+        Ok(()) => {
+            tracing::info!("job done");
+            store::jobs::complete(&state.db, &job.id, now).await
+        }
+        Err(error) => {
+            let busy = matches!(error, JobError::Busy(_));
+            let dead =
+                matches!(error, JobError::Permanent(_)) || (!busy && job.attempts >= MAX_ATTEMPTS);
+            let delay = if busy {
+                100 + i64::try_from(fastrand::u64(0..100)).unwrap_or(0)
+            } else {
+                backoff_ms(job.attempts, state.settings.jobs.max_backoff_ms)
+            };
+            if busy {
+                tracing::debug!(%error, retry_in_ms = delay, "job waits for a busy record");
+            } else if dead {
+                tracing::error!(%error, "job failed for good");
+            } else {
+                tracing::warn!(%error, retry_in_ms = delay, "job failed; will retry");
+            }
+            store::jobs::fail(
+                &state.db,
+                &job.id,
+                &error.to_string(),
+                now + delay,
+                dead,
+                now,
+            )
+            .await
+        }
+    };
+    if let Err(e) = recorded {
+        // The lease expires and the job runs again; every job is idempotent.
+        tracing::error!(error = %e, "recording a job outcome failed");
+    }
+}
+
+async fn dispatch(
+    state: &AppState,
+    kind: &str,
+    payload: serde_json::Value,
+) -> Result<(), JobError> {
+    let Some(kind) = JobKind::parse(kind) else {
+        return Err(JobError::Permanent(format!("unknown job kind {kind}")));
+    };
+    match kind {
+        JobKind::LinkLoyalty => flows::create_account::link_loyalty(state, payload).await,
+        JobKind::OkyaEvent => flows::place_order::apply_okya_event(state, payload).await,
+        JobKind::StripeEvent => flows::place_order::apply_stripe_event(state, payload).await,
+        JobKind::SendToSessionm => flows::place_order::send_to_sessionm(state, payload).await,
+        JobKind::ReadLoyaltyPoints => flows::place_order::read_loyalty_points(state, payload).await,
+    }
+}
+
+/// 250 ms doubling per attempt, capped, with jitter so retries of many jobs spread out.
+fn backoff_ms(attempts: i32, max_ms: u64) -> i64 {
+    let exponent = u32::try_from(attempts.clamp(1, 30) - 1).unwrap_or(0);
+    let base = 250_u64
+        .saturating_mul(2_u64.saturating_pow(exponent))
+        .min(max_ms.max(1));
+    let jittered = base / 2 + fastrand::u64(0..=base / 2);
+    i64::try_from(jittered).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff_ms;
+    use crate::jobs::JobKind;
+
+    #[test]
+    fn every_job_kind_round_trips_and_the_flows_use_its_names() {
+        for kind in <JobKind as strum::IntoEnumIterator>::iter() {
+            assert_eq!(JobKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(
+            JobKind::parse(crate::flows::create_account::LINK_LOYALTY),
+            Some(JobKind::LinkLoyalty)
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for _ in 0..50 {
+            let first = backoff_ms(1, 300_000);
+            assert!((125..=250).contains(&first));
+            let tenth = backoff_ms(10, 300_000);
+            assert!((64_000..=128_000).contains(&tenth), "{tenth}");
+            assert!(backoff_ms(40, 300_000) <= 300_000);
+            assert!(backoff_ms(40, 200) <= 200);
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The module graph runs one way. Reads every `crate::…` path in `src/` (test code left
+//! out) and checks that the top-level modules form no cycle and that each layer uses only
+//! the layers below it:
+//!
+//! `domain` ← `config` ← `store`, `upstream` ← `context`, `jobs` ← `flows` ← `graphql` ←
+//! `http` ← `worker`, `app` ← `main`.
+//!
+//! `cargo test --all-features --test api architecture -- --nocapture` prints the graph.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Top-level module → the top-level modules it names.
+fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut files = Vec::new();
+    collect(&root, &mut files);
+    for file in files {
+        let relative = file.strip_prefix(&root).expect("under src");
+        let first = relative
+            .components()
+            .next()
+            .and_then(|c| c.as_os_str().to_str())
+            .unwrap_or_default();
+        let module = first.trim_end_matches(".rs").to_owned();
+        if matches!(module.as_str(), "main" | "lib")
+            || file.file_name().is_some_and(|n| n == "tests.rs")
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("source");
+        // Test code may reach anywhere (a client's tests start its simulator).
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        let uses = graph.entry(module.clone()).or_default();
+        for target in referenced_modules(code) {
+            if target != module {
+                uses.insert(target);
+            }
+        }
+    }
+    graph
+}
+
+fn collect(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("src") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            collect(&path, files);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+}
+
+/// The first segment after each `crate::`, including those inside `use crate::{a, b::c}`.
+fn referenced_modules(code: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut rest = code;
+    while let Some(at) = rest.find("crate::") {
+        rest = &rest[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // Top-level names of the group: those at brace depth 0 after `{` or `,`.
+            let mut depth = 0;
+            let mut expect_name = true;
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => expect_name = true,
+                    c if expect_name && depth == 0 && c.is_ascii_alphabetic() => {
+                        found.insert(ident(&group[i..]));
+                        expect_name = false;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            let name = ident(rest);
+            if !name.is_empty() {
+                found.insert(name);
+            }
+        }
+    }
+    found.retain(|m| m != "self");
+    found
+}
+
+/// The modules each layer may not use: everything above it.
+const LAYERS: &[&[&str]] = &[
+    &["domain"],
+    &["config", "crash", "events", "telemetry"],
+    &["store", "upstream", "sandbox", "auth", "quota"],
+    &["context", "jobs"],
+    &["flows"],
+    &["graphql"],
+    &["http"],
+    &["worker", "app"],
+];
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|layer| layer.contains(&module))
+}
+
+#[test]
+fn the_module_graph_has_no_cycle_and_runs_one_way() {
+    let graph = module_graph();
+    for (module, uses) in &graph {
+        println!(
+            "{module} -> {}",
+            uses.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let mut upward = Vec::new();
+    for (module, uses) in &graph {
+        let Some(mine) = layer_of(module) else {
+            panic!("`{module}` has no layer in tests/api/architecture.rs: place it");
+        };
+        for used in uses {
+            let Some(theirs) = layer_of(used) else {
+                continue;
+            };
+            if theirs > mine {
+                upward.push(format!("{module} uses {used}"));
+            }
+        }
+    }
+    assert!(
+        upward.is_empty(),
+        "modules that use a layer above them: {upward:?}"
+    );
+    // Within a layer, modules may use each other only without a cycle.
+    let mut state: BTreeMap<&str, u8> = BTreeMap::new();
+    fn visit<'a>(
+        node: &'a str,
+        graph: &'a BTreeMap<String, BTreeSet<String>>,
+        state: &mut BTreeMap<&'a str, u8>,
+        path: &mut Vec<&'a str>,
+    ) {
+        match state.get(node) {
+            Some(2) => return,
+            Some(1) => panic!("a cycle: {} -> {node}", path.join(" -> ")),
+            _ => {}
+        }
+        state.insert(node, 1);
+        path.push(node);
+        for next in graph.get(node).into_iter().flatten() {
+            visit(next, graph, state, path);
+        }
+        path.pop();
+        state.insert(node, 2);
+    }
+    for module in graph.keys() {
+        visit(module, &graph, &mut state, &mut Vec::new());
+    }
+}
+
+#[test]
+fn the_reader_sees_grouped_and_nested_paths() {
+    let found = referenced_modules(
+        "use crate::{\n    context::AppState,\n    store::{self, jobs::Claimed},\n    x,\n};\nlet a = crate::domain::Money::zero;",
+    );
+    assert_eq!(
+        found.into_iter().collect::<Vec<_>>(),
+        ["context", "domain", "store", "x"]
+    );
+}
