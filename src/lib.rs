@@ -13,6 +13,7 @@ pub mod graphql;
 pub mod http;
 pub mod jobs;
 pub mod quota;
+pub mod retry;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;

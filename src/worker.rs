@@ -112,12 +112,13 @@ async fn dispatch(
 
 /// 250 ms doubling per attempt, capped, with jitter so retries of many jobs spread out.
 fn backoff_ms(attempts: i32, max_ms: u64) -> i64 {
-    let exponent = u32::try_from(attempts.clamp(1, 30) - 1).unwrap_or(0);
-    let base = 250_u64
-        .saturating_mul(2_u64.saturating_pow(exponent))
-        .min(max_ms.max(1));
-    let jittered = base / 2 + fastrand::u64(0..=base / 2);
-    i64::try_from(jittered).unwrap_or(i64::MAX)
+    let policy = crate::retry::RetryPolicy::new(
+        Duration::from_millis(250),
+        Duration::from_millis(max_ms.max(1)),
+        crate::retry::Jitter::Equal,
+    );
+    let retry = u32::try_from(attempts.max(1)).unwrap_or(1);
+    i64::try_from(policy.delay(retry).as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -471,9 +471,17 @@ async fn run_step(state: &AppState, step: Step, order: Order) -> Result<Next, Fl
     }
 }
 
+/// A step's own retries: 200 ms doubling to a minute, exact (the time is kept in the row,
+/// and the sweeper's pass spreads runners out).
+const STEP_RETRIES: crate::retry::RetryPolicy = crate::retry::RetryPolicy::new(
+    Duration::from_millis(200),
+    Duration::from_secs(60),
+    crate::retry::Jitter::None,
+);
+
 fn retry_delay_ms(attempts: i32) -> i64 {
-    let exponent = u32::try_from(attempts.clamp(1, 12) - 1).unwrap_or(0);
-    i64::from(200_u32.saturating_mul(2_u32.saturating_pow(exponent))).min(60_000)
+    let retry = u32::try_from(attempts.max(1)).unwrap_or(1);
+    i64::try_from(STEP_RETRIES.delay(retry).as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Moves to `step`, resetting the retry count.

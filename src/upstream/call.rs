@@ -301,9 +301,15 @@ fn without_url(err: reqwest::Error) -> String {
     text
 }
 
+/// Inline retries of one call: 50 ms doubling, plus up to half again.
+const INLINE_RETRIES: crate::retry::RetryPolicy = crate::retry::RetryPolicy::new(
+    Duration::from_millis(50),
+    Duration::from_secs(1),
+    crate::retry::Jitter::Added(50),
+);
+
 fn backoff(attempt: u32) -> Duration {
-    let base = 50_u64 * 2_u64.pow(attempt.saturating_sub(1));
-    Duration::from_millis(base + fastrand::u64(0..=base / 2))
+    INLINE_RETRIES.delay(attempt)
 }
 
 /// Reads `{"error": {"code", "message", "field"}}`, the shape Okya, Epoint and our

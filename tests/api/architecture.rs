@@ -94,7 +94,7 @@ fn referenced_modules(code: &str) -> BTreeSet<String> {
 
 /// The modules each layer may not use: everything above it.
 const LAYERS: &[&[&str]] = &[
-    &["domain"],
+    &["domain", "retry"],
     &["config", "crash", "events", "telemetry"],
     &["store", "upstream", "sandbox", "auth", "quota"],
     &["context", "jobs"],

@@ -808,9 +808,15 @@ fn bad_input(operation: &'static str, err: &MoneyError) -> UpstreamError {
     UpstreamError::Setup(format!("sessionm {operation}: {err}"))
 }
 
+/// Waits for a "pending processing" request: 50 ms doubling to 1 s, plus up to a quarter.
+const PENDING_WAITS: crate::retry::RetryPolicy = crate::retry::RetryPolicy::new(
+    Duration::from_millis(50),
+    Duration::from_secs(1),
+    crate::retry::Jitter::Added(25),
+);
+
 fn pending_backoff(waits: u32) -> Duration {
-    let base = (50_u64 << waits.min(5)).min(1_000);
-    Duration::from_millis(base + fastrand::u64(0..=base / 4))
+    PENDING_WAITS.delay(waits + 1)
 }
 
 /// Percent-encodes one URL path segment, so ids never change the path's shape.
