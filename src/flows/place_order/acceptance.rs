@@ -1,0 +1,271 @@
+//! The store's side: waiting for acceptance, the POS injection, the capture on
+//! acceptance, and following the store to collection.
+
+use super::*;
+
+/// Steps 19–21: waiting for the store; Okya's webhook records its decision.
+pub(super) async fn await_acceptance(
+    state: &AppState,
+    mut order: Order,
+) -> Result<Next, FlowError> {
+    match approval(&order) {
+        Some(Approval::Approved) => {
+            advance(&mut order, Step::Inject);
+            commit(state, &mut order, None).await?;
+            Ok(Next::Continue)
+        }
+        Some(Approval::NotApproved) => {
+            fail_with(
+                &mut order,
+                failure::REJECTED,
+                "The store declined the order.",
+            );
+            advance(&mut order, Step::Refund);
+            commit(state, &mut order, None).await?;
+            Ok(Next::Continue)
+        }
+        Some(Approval::NeedsApproval) | None => Ok(Next::Rest),
+    }
+}
+
+/// Steps 22–25: the accepted order goes into the store's POS, which prints it.
+pub(super) async fn inject(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
+    let body = injection(state, &mut order).await?;
+    let location = order.store_id.clone();
+    let outcome = state
+        .upstreams
+        .epoint
+        .inject_order(&location, &body, &key(&order, "inject"))
+        .await;
+    let failed = match outcome {
+        Ok(receipt) => {
+            order.pos_ticket_id = Some(receipt.ticket_id.clone());
+            return finish_injection(state, order).await;
+        }
+        Err(e) if e.is_transient() => {
+            if i64::from(order.step_attempts) + 1
+                < i64::from(state.settings.orders.pos_max_attempts)
+            {
+                return Ok(Next::Retry(e.to_string()));
+            }
+            ("pos_unreachable".to_owned(), e.to_string())
+        }
+        Err(e) => refusal_of(&e, "pos_refused"),
+    };
+    // Before recalling: the POS may have the order after all (a try whose answer was lost,
+    // or a refusal of a repeat); its own record decides.
+    match state
+        .upstreams
+        .epoint
+        .find_order(&location, &order.id)
+        .await
+    {
+        Ok(Some(receipt)) => {
+            tracing::info!(order_id = %order.id, ticket = %receipt.ticket_id, "the POS had the order after all");
+            order.pos_ticket_id = Some(receipt.ticket_id.clone());
+            return finish_injection(state, order).await;
+        }
+        Ok(None) => {}
+        // Cannot tell yet: recalling now could refund an order the store is printing.
+        Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
+        Err(e) => {
+            tracing::warn!(order_id = %order.id, error = %e, "could not ask the POS for the order")
+        }
+    }
+    tracing::warn!(order_id = %order.id, code = %failed.0, "the POS could not take the order; recalling");
+    fail_with(&mut order, &failed.0, &failed.1);
+    advance(&mut order, Step::Recall);
+    commit(state, &mut order, None).await?;
+    Ok(Next::Continue)
+}
+
+pub(super) async fn finish_injection(
+    state: &AppState,
+    mut order: Order,
+) -> Result<Next, FlowError> {
+    match payment_status(&order)? {
+        Some(PaymentStatus::Authorized) => {
+            advance(&mut order, Step::Capture);
+            commit(state, &mut order, None).await?;
+        }
+        Some(PaymentStatus::Captured) | None => in_preparation(state, &mut order).await?,
+        Some(
+            other @ (PaymentStatus::RequiresAction
+            | PaymentStatus::Failed
+            | PaymentStatus::Refunded
+            | PaymentStatus::Cancelled),
+        ) => {
+            return Err(FlowError::Corrupt(format!(
+                "order {} was injected with payment {}",
+                order.id,
+                other.as_str()
+            )));
+        }
+    }
+    Ok(Next::Continue)
+}
+
+/// The order is with the store: tell the app, and queue the order for SessionM (step 26).
+pub(super) async fn in_preparation(state: &AppState, order: &mut Order) -> Result<(), FlowError> {
+    store::jobs::enqueue(
+        &state.db,
+        SEND_TO_SESSIONM,
+        &format!("{SEND_TO_SESSIONM}:{}", order.id),
+        &serde_json::json!({"order_id": order.id}),
+        now_ms(),
+    )
+    .await?;
+    advance(order, Step::Done);
+    commit(state, order, Some(OrderStatus::InPreparation)).await?;
+    state.job_signal.wake();
+    Ok(())
+}
+
+/// Capture on acceptance: take the authorised money now that the POS has the order.
+pub(super) async fn capture(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
+    let intent_id = order
+        .payment_intent_id
+        .clone()
+        .ok_or_else(|| FlowError::Corrupt(format!("order {} captures no intent", order.id)))?;
+    if payment_status(&order)? != Some(PaymentStatus::Captured) {
+        match state
+            .upstreams
+            .stripe
+            .capture_payment_intent(&intent_id, None, &generation_key(&order, "capture"))
+            .await
+        {
+            Ok(intent) => apply_intent(&mut order, &intent),
+            Err(e) if e.is_transient() && !e.is_replayed_failure() => {
+                return Ok(Next::Retry(e.to_string()));
+            }
+            Err(e) => {
+                tracing::warn!(order_id = %order.id, error = %e, "Stripe did not capture; reading the intent");
+                match read_truth(state, &mut order).await? {
+                    Truth::Settled(PaymentStatus::Captured) => {
+                        set_payment(&mut order, PaymentStatus::Captured);
+                    }
+                    Truth::Settled(PaymentStatus::Authorized) if e.is_replayed_failure() => {
+                        // The key's saved answer is a failure; the hold is still there.
+                        order.key_generation += 1;
+                        commit(state, &mut order, None).await?;
+                        return Ok(Next::Retry(e.to_string()));
+                    }
+                    Truth::Settled(PaymentStatus::Authorized) => {
+                        tracing::error!(order_id = %order.id, error = %e, "Stripe refused the capture; recalling the order");
+                        fail_with(&mut order, failure::CAPTURE_FAILED, &e.to_string());
+                        advance(&mut order, Step::Recall);
+                        commit(state, &mut order, None).await?;
+                        return Ok(Next::Continue);
+                    }
+                    Truth::Settled(
+                        status @ (PaymentStatus::Cancelled
+                        | PaymentStatus::Failed
+                        | PaymentStatus::Refunded
+                        | PaymentStatus::RequiresAction),
+                    ) => {
+                        // The hold was released (or refunded) outside this service: there
+                        // is nothing to take, so the store must not make the order.
+                        tracing::error!(order_id = %order.id, payment = status.as_str(), "the authorisation is gone; recalling the order");
+                        set_payment(&mut order, status);
+                        fail_with(
+                            &mut order,
+                            failure::AUTHORIZATION_LOST,
+                            "The card authorisation was released before it could be captured.",
+                        );
+                        advance(&mut order, Step::Recall);
+                        commit(state, &mut order, None).await?;
+                        return Ok(Next::Continue);
+                    }
+                    Truth::Processing => return Ok(Next::Retry(e.to_string())),
+                    Truth::Unrecognised => {
+                        return Ok(Next::Attention(format!(
+                            "capture refused and the intent's status is unknown: {e}"
+                        )));
+                    }
+                }
+            }
+        }
+        // The money is taken: record that before anything else can fail.
+        commit(state, &mut order, None).await?;
+    }
+    let okya_id = okya_id(&order)?;
+    let body = NewPayment {
+        provider: "stripe".into(),
+        reference: intent_id,
+        amount: WireMoney::from_money(&money(&order, order.total_minor)?),
+        status: PaymentRecordStatus::Captured,
+        card: card(&order),
+    };
+    match state
+        .upstreams
+        .okya
+        .record_payment(&okya_id, &body, &key(&order, "payment_captured"))
+        .await
+    {
+        Ok(okya) => record_okya(state, &mut order, &okya).await?,
+        Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
+        // The money is ours either way; Okya's copy is informational.
+        Err(e) => {
+            tracing::warn!(order_id = %order.id, error = %e, "Okya did not take the capture update")
+        }
+    }
+    in_preparation(state, &mut order).await?;
+    Ok(Next::Continue)
+}
+
+/// After injection the flow only follows the store: ready, then collected.
+pub(super) async fn follow_store(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
+    let status = parse_status(&order)?;
+    match (status, fulfilment(&order)) {
+        (OrderStatus::InPreparation, Some(Fulfilment::ReadyForPickup)) => {
+            commit(state, &mut order, Some(OrderStatus::ReadyForPickup)).await?;
+        }
+        (OrderStatus::InPreparation | OrderStatus::ReadyForPickup, Some(Fulfilment::Completed)) => {
+            if status == OrderStatus::InPreparation {
+                commit(state, &mut order, Some(OrderStatus::ReadyForPickup)).await?;
+            }
+            commit(state, &mut order, Some(OrderStatus::Completed)).await?;
+        }
+        _ => {}
+    }
+    Ok(Next::Rest)
+}
+
+/// The POS ticket, built only from the order row and its snapshot, so a retry sends the
+/// same body.
+pub(super) async fn injection(
+    state: &AppState,
+    order: &mut Order,
+) -> Result<InjectOrder, FlowError> {
+    let lines = snapshot(state, order).await?;
+    let currency = currency(order)?;
+    let customer = store::customers::find(&state.db, &order.customer_id).await?;
+    Ok(InjectOrder {
+        external_id: order.id.clone(),
+        order_number: order
+            .number
+            .clone()
+            .ok_or_else(|| FlowError::Corrupt(format!("order {} has no number", order.id)))?,
+        customer_name: customer
+            .map(|c| {
+                format!(
+                    "{} {}",
+                    c.first_name,
+                    c.last_name
+                        .chars()
+                        .next()
+                        .map(|i| format!("{i}."))
+                        .unwrap_or_default()
+                )
+            })
+            .unwrap_or_else(|| "Customer".into()),
+        placed_at: chrono::DateTime::from_timestamp_millis(order.created_at_ms).unwrap_or_default(),
+        pickup_at: None,
+        lines: order_lines::pos_lines(&lines, &currency),
+        subtotal: money(order, order.subtotal_minor)?,
+        discount: money(order, order.discount_minor)?,
+        tax: money(order, order.tax_minor)?,
+        total: money(order, order.total_minor)?,
+        note: None,
+    })
+}

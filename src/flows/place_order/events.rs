@@ -1,0 +1,146 @@
+//! What drives the flow from outside: Okya's and Stripe's webhooks (as jobs), the
+//! reconciliation with Okya, and the sweeper that resumes unfinished flows.
+
+use super::*;
+
+/// Records the order state carried by an Okya webhook (only when newer than what we
+/// hold) and runs the flow. Busy orders are retried by the job runner.
+pub async fn apply_okya_event(
+    state: &AppState,
+    payload: serde_json::Value,
+) -> Result<(), JobError> {
+    let event: crate::upstream::okya::orders::OrderEvent = serde_json::from_value(payload)
+        .map_err(|e| JobError::Permanent(format!("unreadable Okya event: {e}")))?;
+    let okya = event.data.order;
+    let transient = |e: &dyn std::fmt::Display| JobError::Transient(e.to_string());
+    let Some(order) = store::orders::find_by_okya_id(&state.db, &okya.id)
+        .await
+        .map_err(|e| transient(&e))?
+    else {
+        // One of ours whose checkout has not recorded it yet is retried; an order placed
+        // through another channel (a cart we never created) is none of our business.
+        let cart = store::carts::find(&state.db, &CartId::from_upstream(okya.cart_id.clone()))
+            .await
+            .map_err(|e| transient(&e))?;
+        if cart.is_none() {
+            tracing::debug!(okya_order_id = %okya.id, "event for an order not placed through us; ignored");
+            return Ok(());
+        }
+        return Err(JobError::Transient(format!(
+            "no order for Okya order {} yet",
+            okya.id
+        )));
+    };
+    store::orders::record_okya_state(
+        &state.db,
+        &order.id,
+        okya.version,
+        approval_name(okya.approval),
+        fulfilment_name(okya.fulfilment),
+    )
+    .await
+    .map_err(|e| transient(&e))?;
+    drive_for_job(state, &order.id).await
+}
+
+/// Runs the flow for a webhook job; a busy order makes the job retry shortly, so the
+/// event is applied by whoever holds the order next.
+pub(super) async fn drive_for_job(state: &AppState, id: &str) -> Result<(), JobError> {
+    match drive(state, id).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(JobError::Busy("order busy; will apply shortly".into())),
+        Err(e) => Err(JobError::Transient(e.to_string())),
+    }
+}
+
+/// A Stripe event about one of our intents: the flow re-reads the intent itself, since
+/// events repeat and arrive out of order.
+pub async fn apply_stripe_event(
+    state: &AppState,
+    payload: serde_json::Value,
+) -> Result<(), JobError> {
+    let Some(intent_id) = payload["data"]["object"]["id"]
+        .as_str()
+        .filter(|id| id.starts_with("pi_"))
+        .or_else(|| payload["data"]["object"]["payment_intent"].as_str())
+    else {
+        return Ok(());
+    };
+    let transient = |e: &dyn std::fmt::Display| JobError::Transient(e.to_string());
+    let Some(order) = store::orders::find_by_payment_intent(&state.db, intent_id)
+        .await
+        .map_err(|e| transient(&e))?
+    else {
+        return Ok(());
+    };
+    drive_for_job(state, &order.id).await
+}
+
+/// Compares open orders with Okya's copy and applies what webhooks never brought (Okya
+/// gives up redelivering after a day; an outage of ours could outlast that).
+pub async fn reconcile(state: &AppState) -> Result<usize, FlowError> {
+    let open = store::orders::open_with_okya(&state.db, 200).await?;
+    let ids: Vec<String> = open
+        .iter()
+        .filter_map(|o| o.okya_order_id.clone())
+        .collect();
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut applied = 0;
+    for okya in state.upstreams.okya.orders(&ids).await? {
+        let Some(order) = open
+            .iter()
+            .find(|o| o.okya_order_id.as_deref() == Some(okya.id.as_str()))
+        else {
+            continue;
+        };
+        if okya.version <= order.okya_version {
+            continue;
+        }
+        tracing::info!(order_id = %order.id, version = okya.version, "reconciliation found a change no webhook brought");
+        store::orders::record_okya_state(
+            &state.db,
+            &order.id,
+            okya.version,
+            approval_name(okya.approval),
+            fulfilment_name(okya.fulfilment),
+        )
+        .await?;
+        drive(state, &order.id).await?;
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+/// Resumes unfinished flows: at start, then on a timer. Any instance may run any order;
+/// the lease in the row keeps two from running the same one.
+pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let interval = Duration::from_millis(state.settings.orders.sweep_interval_ms);
+        let reconcile_every =
+            Duration::from_secs(state.settings.orders.reconcile_interval_secs.max(1));
+        let mut last_reconcile = tokio::time::Instant::now();
+        loop {
+            if last_reconcile.elapsed() >= reconcile_every {
+                last_reconcile = tokio::time::Instant::now();
+                if let Err(e) = reconcile(&state).await {
+                    tracing::warn!(error = %e, "reconciling with Okya failed");
+                }
+            }
+            let now = now_ms();
+            let customer_deadline = now - authentication_timeout_ms(&state);
+            match store::orders::due(&state.db, now, customer_deadline, 50).await {
+                Ok(ids) => {
+                    for id in ids {
+                        if let Err(e) = drive(&state, &id).await {
+                            tracing::error!(order_id = %id, error = %e, "resuming an order failed");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "looking for unfinished orders failed"),
+            }
+            tokio::time::sleep(interval).await;
+        }
+    })
+}

@@ -1,0 +1,649 @@
+//! Place Order (seed steps 6–33) as a durable state machine.
+//!
+//! The order row is the recovery point. Each active step makes one upstream call under an
+//! idempotency key derived from the order and the step, then records the next step; a
+//! step re-run after a crash therefore repeats nothing. One runner at a time holds an
+//! order (a lease in the row); `checkout` runs the flow inline for a quick answer, and the
+//! sweeper resumes any flow left unfinished by a crash or an upstream outage. Webhooks
+//! only record what Okya or Stripe said and then run the flow.
+//!
+//! Every answer falls in one of three kinds, and each step handles all three:
+//! - **success**: record it and move on;
+//! - **unknown outcome** (a timeout, a dropped connection, a 5xx, Stripe's 409
+//!   `idempotency_key_in_use`): the upstream may have acted, so the step is tried again
+//!   later under the same key, and where a key can no longer tell (a replayed 500) the
+//!   step reads what the upstream says is true (the PaymentIntent, the Okya order, the
+//!   POS ticket) before deciding anything;
+//! - **definite refusal**: the step reads the upstream's truth too where money or a ticket
+//!   may exist after all, then compensates or continues from it.
+//!
+//! A step that cannot settle after `orders.max_step_attempts` tries, or an impossible
+//! stored state, marks the order for an operator (`attention`, logged at ERROR and counted
+//! by `/readyz`): never an endless loop and never a silent "done".
+//!
+//! ```text
+//! submit ─► [discount] ─► charge ─► record_payment ─► await_acceptance ─► inject ─► [capture] ─► done
+//!    │          │          │ │ └─► await_authentication ─┘        │            │
+//!    ▼          ▼          │ └─► await_payment_retry ─► (charge)  ▼            ▼
+//! invalid   cancel_okya ◄──┘       (timeout: cancel_okya)   refund (REJECTED)  recall ─► refund (CANCELLED)
+//! ```
+
+use crate::{
+    auth::now_ms,
+    context::AppState,
+    domain::{CaptureMode, CartId, Currency, Money, OrderStatus, PaymentStatus, Step},
+    flows::order_lines::{self, LineSnapshot},
+    jobs::{JobError, JobKind},
+    store::{self, StoreError, orders::Order},
+    upstream::{
+        UpstreamError,
+        epoint::InjectOrder,
+        okya::{
+            CartLine, WireMoney, codes as okya_codes,
+            orders::{
+                Approval, Fulfilment, NewAdjustment, NewPayment, Order as OkyaOrder,
+                PaymentRecordStatus,
+            },
+        },
+        sessionm::{self, OfferStatus, SendTransaction, Transaction},
+        stripe::{self, CaptureMethod, CreatePaymentIntent, PaymentIntent, PaymentIntentStatus},
+    },
+};
+mod acceptance;
+mod compensations;
+mod events;
+mod payment;
+mod reward;
+mod submit;
+
+use acceptance::*;
+use compensations::*;
+use payment::*;
+use reward::*;
+use submit::*;
+
+pub use events::{apply_okya_event, apply_stripe_event, reconcile, spawn_sweeper};
+pub use reward::{read_loyalty_points, send_to_sessionm};
+
+use sha2::{Digest, Sha256};
+use std::{collections::BTreeMap, time::Duration};
+use tracing::Instrument;
+
+pub const SEND_TO_SESSIONM: &str = JobKind::SendToSessionm.as_str();
+pub const READ_LOYALTY_POINTS: &str = JobKind::ReadLoyaltyPoints.as_str();
+pub const OKYA_EVENT: &str = JobKind::OkyaEvent.as_str();
+pub const STRIPE_EVENT: &str = JobKind::StripeEvent.as_str();
+
+/// Failure codes the flow records, beyond the upstreams' own.
+pub mod failure {
+    /// The store declined the order.
+    pub const REJECTED: &str = "rejected";
+    /// Okya would not record our payment.
+    pub const NOT_RECORDED: &str = "order_not_recorded";
+    /// The customer never finished 3-D Secure.
+    pub const AUTHENTICATION_ABANDONED: &str = "authentication_abandoned";
+    /// Stripe refused our own request (key, account, parameters): nothing was charged and
+    /// the customer may send the same checkout again.
+    pub const PAYMENT_UNAVAILABLE: &str = "payment_unavailable";
+    /// An upstream refused our own request outside payments (Okya, SessionM): nothing was
+    /// charged; the order was not placed.
+    pub const SERVICE_UNAVAILABLE: &str = "service_unavailable";
+    /// The authorisation was cancelled or lapsed before it could be captured.
+    pub const AUTHORIZATION_LOST: &str = "authorization_lost";
+    /// Stripe refused to capture a held authorisation.
+    pub const CAPTURE_FAILED: &str = "capture_failed";
+}
+
+/// Most steps one run may take before the order counts as looping.
+const MAX_STEPS_PER_RUN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("upstream: {0}")]
+    Upstream(Box<UpstreamError>),
+    #[error("stored order is unreadable: {0}")]
+    Corrupt(String),
+    /// Tests only: the process "died" at a crash point.
+    #[error("crashed at {0}")]
+    Crashed(String),
+}
+
+/// With the `crash-points` feature (tests only), fails like a dead process just before
+/// the flow records its next step: the upstream call of the step has happened, its result
+/// is lost, and the lease is left to expire.
+fn crash_point(state: &AppState, order: &Order) -> Result<(), FlowError> {
+    #[cfg(feature = "crash-points")]
+    if state.crash_points.hit(&order.step) {
+        tracing::warn!(order_id = %order.id, next_step = %order.step, "crash point: dying before recording");
+        return Err(FlowError::Crashed(order.step.clone()));
+    }
+    let _ = (state, order);
+    Ok(())
+}
+
+impl From<UpstreamError> for FlowError {
+    fn from(value: UpstreamError) -> Self {
+        FlowError::Upstream(Box::new(value))
+    }
+}
+
+impl From<sea_orm::DbErr> for FlowError {
+    fn from(value: sea_orm::DbErr) -> Self {
+        FlowError::Store(StoreError::from(value))
+    }
+}
+
+/// What a checkout request asks for, already checked for shape.
+pub struct CheckoutRequest {
+    pub customer_id: String,
+    pub cart_id: CartId,
+    pub payment_method_id: String,
+    pub voucher_id: Option<String>,
+    pub idempotency_key: String,
+}
+
+impl CheckoutRequest {
+    fn hash(&self) -> String {
+        let mut hasher = Sha256::new();
+        for part in [
+            self.cart_id.as_str(),
+            &self.payment_method_id,
+            self.voucher_id.as_deref().unwrap_or(""),
+        ] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// Refusals decided before any order exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckoutRefusal {
+    CartNotFound,
+    IdempotencyKeyReused,
+}
+
+/// Runs checkout: the same key returns the same order, whether the retry comes after the
+/// first finished or at the same moment; only one request ever runs the flow. A payment
+/// Stripe refused for reasons of ours (`await_payment_retry`) is tried again when the same
+/// checkout is sent again.
+#[tracing::instrument(skip_all, fields(cart_id = %request.cart_id))]
+pub async fn checkout(
+    state: &AppState,
+    request: CheckoutRequest,
+) -> Result<Result<Order, CheckoutRefusal>, FlowError> {
+    let hash = request.hash();
+    loop {
+        if let Some(existing) =
+            store::orders::find_by_key(&state.db, &request.customer_id, &request.idempotency_key)
+                .await?
+        {
+            if existing.request_hash != hash {
+                return Ok(Err(CheckoutRefusal::IdempotencyKeyReused));
+            }
+            if parse_step(&existing)? == Step::AwaitPaymentRetry {
+                retry_payment(state, &existing.id).await?;
+            }
+            return Ok(Ok(wait_until_resting(state, &existing.id).await?));
+        }
+        let owned = store::carts::find(&state.db, &request.cart_id)
+            .await?
+            .is_some_and(|cart| cart.customer_id.as_deref() == Some(request.customer_id.as_str()));
+        if !owned {
+            return Ok(Err(CheckoutRefusal::CartNotFound));
+        }
+        let now = now_ms();
+        let row = Order {
+            id: format!("ord_{}", uuid::Uuid::now_v7().simple()),
+            customer_id: request.customer_id.clone(),
+            idempotency_key: request.idempotency_key.clone(),
+            request_hash: hash.clone(),
+            cart_id: request.cart_id.as_str().to_owned(),
+            store_id: String::new(),
+            payment_method_id: request.payment_method_id.clone(),
+            voucher_id: request.voucher_id.clone(),
+            voucher_name: None,
+            capture_mode: state.settings.orders.capture.as_str().to_owned(),
+            status: OrderStatus::AwaitingPayment.as_str().to_owned(),
+            step: Step::Submit.as_str().to_owned(),
+            step_attempts: 0,
+            next_attempt_at_ms: now,
+            // Held by this request from the start, so the sweeper leaves it alone.
+            locked_until_ms: Some(now + lease_ms(state)),
+            failure_code: None,
+            failure_message: None,
+            okya_order_id: None,
+            number: None,
+            currency: None,
+            subtotal_minor: None,
+            discount_minor: None,
+            tax_minor: None,
+            total_minor: None,
+            lines_json: None,
+            okya_version: 0,
+            okya_approval: None,
+            okya_fulfilment: None,
+            payment_intent_id: None,
+            payment_status: None,
+            card_brand: None,
+            card_last4: None,
+            pos_ticket_id: None,
+            points_earned: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            attention: None,
+            attention_at_ms: None,
+            lines_snapshot_json: None,
+            key_generation: 0,
+            voucher_discount_json: None,
+            loyalty_sent_at_ms: None,
+        };
+        let id = row.id.clone();
+        if !store::orders::insert_new(&state.db, row).await? {
+            // A concurrent request with the same key won the insert: wait for its result.
+            continue;
+        }
+        tracing::info!(order_id = %id, "checkout started");
+        run_held(state, &id).await?;
+        return Ok(Ok(wait_until_resting(state, &id).await?));
+    }
+}
+
+/// The customer sent the same checkout again after Stripe refused a request of ours:
+/// charge again (Stripe saved no result for a request it refused before running it).
+async fn retry_payment(state: &AppState, id: &str) -> Result<(), FlowError> {
+    if !store::orders::acquire(&state.db, id, now_ms(), lease_ms(state)).await? {
+        return Ok(());
+    }
+    let mut order = load(state, id).await?;
+    if parse_step(&order)? != Step::AwaitPaymentRetry {
+        store::orders::release(&state.db, id).await?;
+        return Ok(());
+    }
+    tracing::info!(order_id = %id, "the customer retries a payment Stripe could not take");
+    order.failure_code = None;
+    order.failure_message = None;
+    order.payment_status = None;
+    advance(&mut order, Step::Charge);
+    commit(state, &mut order, None).await?;
+    run_held(state, id).await
+}
+
+fn lease_ms(state: &AppState) -> i64 {
+    i64::try_from(state.settings.orders.lease_ms).unwrap_or(15_000)
+}
+
+fn parse_step(order: &Order) -> Result<Step, FlowError> {
+    Step::parse(&order.step).ok_or_else(|| FlowError::Corrupt(format!("step {:?}", order.step)))
+}
+
+fn parse_status(order: &Order) -> Result<OrderStatus, FlowError> {
+    OrderStatus::parse(&order.status)
+        .ok_or_else(|| FlowError::Corrupt(format!("status {:?}", order.status)))
+}
+
+fn payment_status(order: &Order) -> Result<Option<PaymentStatus>, FlowError> {
+    order
+        .payment_status
+        .as_deref()
+        .map(|raw| {
+            PaymentStatus::parse(raw).ok_or_else(|| {
+                FlowError::Corrupt(format!("payment status {raw:?} of {}", order.id))
+            })
+        })
+        .transpose()
+}
+
+fn set_payment(order: &mut Order, status: PaymentStatus) {
+    order.payment_status = Some(status.as_str().to_owned());
+}
+
+fn approval(order: &Order) -> Option<Approval> {
+    order
+        .okya_approval
+        .as_deref()
+        .and_then(|raw| serde_json::from_value(serde_json::Value::String(raw.to_owned())).ok())
+}
+
+fn fulfilment(order: &Order) -> Option<Fulfilment> {
+    order
+        .okya_fulfilment
+        .as_deref()
+        .and_then(|raw| serde_json::from_value(serde_json::Value::String(raw.to_owned())).ok())
+}
+
+async fn load(state: &AppState, id: &str) -> Result<Order, FlowError> {
+    store::orders::find(&state.db, id)
+        .await?
+        .ok_or_else(|| FlowError::Corrupt(format!("order {id} vanished")))
+}
+
+/// Waits until the flow rests (waiting for the store or the customer, or finished), so
+/// every caller with the same key sees the same settled answer.
+async fn wait_until_resting(state: &AppState, id: &str) -> Result<Order, FlowError> {
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(state.settings.orders.checkout_wait_ms);
+    loop {
+        let order = load(state, id).await?;
+        let step = parse_step(&order)?;
+        if !step.is_active() || order.attention.is_some() || tokio::time::Instant::now() >= deadline
+        {
+            return Ok(order);
+        }
+        // If its runner died, take it over once the lease has lapsed.
+        drive(state, id).await?;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Runs the flow if no one else holds it.
+pub async fn drive(state: &AppState, id: &str) -> Result<bool, FlowError> {
+    if !store::orders::acquire(&state.db, id, now_ms(), lease_ms(state)).await? {
+        return Ok(false);
+    }
+    run_held(state, id).await?;
+    Ok(true)
+}
+
+/// Runs steps while holding the lease, until the flow rests or a step must wait to retry.
+///
+/// The steps run in a task of their own: a caller that goes away (a checkout whose client
+/// disconnected) does not stop them halfway, and they start on a fresh stack instead of
+/// under the GraphQL resolver's.
+async fn run_held(state: &AppState, id: &str) -> Result<(), FlowError> {
+    let (state, id) = (state.clone(), id.to_owned());
+    let runner = tokio::spawn(
+        async move {
+            let outcome = run_steps(&state, &id).await;
+            if matches!(outcome, Err(FlowError::Crashed(_))) {
+                // A dead process releases nothing; the lease runs out instead.
+                return outcome;
+            }
+            store::orders::release(&state.db, &id).await?;
+            outcome
+        }
+        .in_current_span(),
+    );
+    match runner.await {
+        Ok(outcome) => outcome,
+        // A panic leaves the lease to run out, as a crash would, and the sweeper resumes.
+        Err(e) => Err(FlowError::Corrupt(format!(
+            "the order's runner stopped: {e}"
+        ))),
+    }
+}
+
+/// What a step wants the runner to do next: the transition it returns.
+enum Next {
+    /// The step recorded its successor; keep going.
+    Continue,
+    /// Nothing to do until an outside event.
+    Rest,
+    /// A transient failure or an outcome not known yet: try again later, counting the
+    /// attempt towards `orders.max_step_attempts`.
+    Retry(String),
+    /// The flow cannot resolve this on its own: an operator must look.
+    Attention(String),
+}
+
+async fn run_steps(state: &AppState, id: &str) -> Result<(), FlowError> {
+    for _ in 0..MAX_STEPS_PER_RUN {
+        let order = load(state, id).await?;
+        if order.attention.is_some() {
+            // An operator's now; webhooks still record Okya's state for when it resumes.
+            return Ok(());
+        }
+        let outcome = match parse_step(&order) {
+            // A step backing off after a failure waits for its time, whoever drives the
+            // flow meanwhile (a webhook, a waiting checkout): retries keep their pace.
+            Ok(step) if step.is_active() && order.next_attempt_at_ms > now_ms() => {
+                return Ok(());
+            }
+            Ok(step) => {
+                let span = tracing::info_span!("flow_step", order_id = %id, step = step.as_str());
+                // Boxed: each step is a large future, and nesting them inline overflows the stack.
+                Box::pin(run_step(state, step, order).instrument(span)).await
+            }
+            Err(e) => Err(e),
+        };
+        let next = match outcome {
+            Ok(next) => next,
+            Err(FlowError::Crashed(point)) => return Err(FlowError::Crashed(point)),
+            Err(FlowError::Corrupt(reason)) => {
+                Next::Attention(format!("impossible stored state: {reason}"))
+            }
+            // An answer the step did not expect, or the database failing mid-step: the
+            // step is tried again later, within the bound.
+            Err(e @ (FlowError::Store(_) | FlowError::Upstream(_))) => Next::Retry(e.to_string()),
+        };
+        match next {
+            Next::Continue => continue,
+            Next::Rest => return Ok(()),
+            Next::Retry(reason) => return schedule_retry(state, id, &reason).await,
+            Next::Attention(reason) => return mark_attention(state, id, &reason).await,
+        }
+    }
+    mark_attention(
+        state,
+        id,
+        &format!("the flow did not settle within {MAX_STEPS_PER_RUN} steps"),
+    )
+    .await
+}
+
+/// Records a failed attempt and when to try again, or gives the order to an operator
+/// once the step has been tried `orders.max_step_attempts` times.
+async fn schedule_retry(state: &AppState, id: &str, reason: &str) -> Result<(), FlowError> {
+    let mut order = load(state, id).await?;
+    order.step_attempts += 1;
+    let max = i32::try_from(state.settings.orders.max_step_attempts).unwrap_or(i32::MAX);
+    if order.step_attempts >= max {
+        let reason = format!(
+            "step {} did not succeed in {} attempts; last: {reason}",
+            order.step, order.step_attempts
+        );
+        store::orders::save(&state.db, order).await?;
+        return mark_attention(state, id, &reason).await;
+    }
+    let delay = retry_delay_ms(order.step_attempts);
+    order.next_attempt_at_ms = now_ms() + delay;
+    order.updated_at_ms = now_ms();
+    tracing::warn!(order_id = %id, step = %order.step, attempt = order.step_attempts, %reason, retry_in_ms = delay, "step will be retried");
+    store::orders::save(&state.db, order).await?;
+    Ok(())
+}
+
+/// Parks the order for an operator: the sweeper skips it, `/readyz` counts it, and the
+/// reason is logged at ERROR. Clearing `attention` (see the README) resumes it.
+async fn mark_attention(state: &AppState, id: &str, reason: &str) -> Result<(), FlowError> {
+    let mut order = load(state, id).await?;
+    tracing::error!(order_id = %id, step = %order.step, status = %order.status, %reason, "order needs an operator");
+    order.attention = Some(reason.chars().take(1_000).collect());
+    order.attention_at_ms = Some(now_ms());
+    order.updated_at_ms = now_ms();
+    store::orders::save(&state.db, order).await?;
+    Ok(())
+}
+
+async fn run_step(state: &AppState, step: Step, order: Order) -> Result<Next, FlowError> {
+    match step {
+        Step::Submit => submit(state, order).await,
+        Step::Discount => discount(state, order).await,
+        Step::Charge => charge(state, order).await,
+        Step::AwaitPaymentRetry => await_payment_retry(state, order).await,
+        Step::AwaitAuthentication => await_authentication(state, order).await,
+        Step::RecordPayment => record_payment(state, order).await,
+        Step::AwaitAcceptance => await_acceptance(state, order).await,
+        Step::Inject => inject(state, order).await,
+        Step::Capture => capture(state, order).await,
+        Step::Recall => recall(state, order).await,
+        Step::Refund => refund(state, order).await,
+        Step::CancelOkya => cancel_okya(state, order).await,
+        Step::Done => follow_store(state, order).await,
+        Step::Invalid => Ok(Next::Rest),
+    }
+}
+
+/// A step's own retries: 200 ms doubling to a minute, exact (the time is kept in the row,
+/// and the sweeper's pass spreads runners out).
+const STEP_RETRIES: crate::retry::RetryPolicy = crate::retry::RetryPolicy::new(
+    Duration::from_millis(200),
+    Duration::from_secs(60),
+    crate::retry::Jitter::None,
+);
+
+fn retry_delay_ms(attempts: i32) -> i64 {
+    let retry = u32::try_from(attempts.max(1)).unwrap_or(1);
+    i64::try_from(STEP_RETRIES.delay(retry).as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Moves to `step`, resetting the retry count.
+fn advance(order: &mut Order, step: Step) {
+    order.step = step.as_str().to_owned();
+    order.step_attempts = 0;
+    order.next_attempt_at_ms = now_ms();
+    order.updated_at_ms = now_ms();
+}
+
+/// Saves the row and, when `to` is given, changes the visible status (allowed moves only)
+/// with its history entry, all in one transaction, so no reader ever sees a resting step
+/// with a stale status. The change is announced after the commit.
+async fn commit(
+    state: &AppState,
+    order: &mut Order,
+    to: Option<OrderStatus>,
+) -> Result<(), FlowError> {
+    crash_point(state, order)?;
+    let from = parse_status(order)?;
+    let now = now_ms();
+    let txn = sea_orm::TransactionTrait::begin(&state.db).await?;
+    let moved = match to {
+        None => false,
+        // The first visible status of a 3-D Secure order is the one it was created with.
+        Some(to) if to == from => store::orders::start_history(&txn, &order.id, to, now).await?,
+        Some(to) => store::orders::transition(&txn, &order.id, from, to, now).await?,
+    };
+    if moved && let Some(to) = to {
+        order.status = to.as_str().to_owned();
+    }
+    store::orders::save(&txn, order.clone()).await?;
+    txn.commit().await?;
+    if let Some(to) = to {
+        if moved {
+            tracing::info!(order_id = %order.id, from = from.as_str(), to = to.as_str(), "order status changed");
+            state.order_events.publish(&order.id).await;
+        } else if from != to {
+            tracing::warn!(order_id = %order.id, from = from.as_str(), to = to.as_str(), "refused status change");
+        }
+    }
+    Ok(())
+}
+
+fn key(order: &Order, step: &str) -> String {
+    format!("{}:{step}", order.id)
+}
+
+/// The key of a call that may have to be sent again under a new key, once its upstream
+/// is known to hold a stale answer under the old one (`key_generation`).
+fn generation_key(order: &Order, step: &str) -> String {
+    match order.key_generation {
+        0 => key(order, step),
+        generation => format!("{}:{step}:g{generation}", order.id),
+    }
+}
+
+fn money(order: &Order, minor: Option<i64>) -> Result<Money, FlowError> {
+    Ok(Money::new(minor.unwrap_or(0), currency(order)?))
+}
+
+fn currency(order: &Order) -> Result<Currency, FlowError> {
+    order
+        .currency
+        .as_deref()
+        .and_then(|c| Currency::parse(c).ok())
+        .ok_or_else(|| FlowError::Corrupt(format!("order {} has no currency", order.id)))
+}
+
+/// Records Okya's state from one of its answers, unless a newer one is already held.
+async fn record_okya(
+    state: &AppState,
+    order: &mut Order,
+    okya: &OkyaOrder,
+) -> Result<(), FlowError> {
+    if okya.version > order.okya_version {
+        order.okya_version = okya.version;
+        order.okya_approval = Some(approval_name(okya.approval).to_owned());
+        order.okya_fulfilment = Some(fulfilment_name(okya.fulfilment).to_owned());
+    }
+    store::orders::record_okya_state(
+        &state.db,
+        &order.id,
+        okya.version,
+        approval_name(okya.approval),
+        fulfilment_name(okya.fulfilment),
+    )
+    .await?;
+    Ok(())
+}
+
+pub fn approval_name(approval: Approval) -> &'static str {
+    match approval {
+        Approval::NeedsApproval => "NEEDS_APPROVAL",
+        Approval::Approved => "APPROVED",
+        Approval::NotApproved => "NOT_APPROVED",
+    }
+}
+
+pub fn fulfilment_name(fulfilment: Fulfilment) -> &'static str {
+    match fulfilment {
+        Fulfilment::Received => "RECEIVED",
+        Fulfilment::InPreparation => "IN_PREPARATION",
+        Fulfilment::ReadyForPickup => "READY_FOR_PICKUP",
+        Fulfilment::Completed => "COMPLETED",
+        Fulfilment::Void => "VOID",
+    }
+}
+
+fn fail_with(order: &mut Order, code: &str, message: &str) {
+    order.failure_code = Some(code.chars().take(64).collect());
+    order.failure_message = Some(message.chars().take(500).collect());
+}
+
+/// The refusal in an error, for logs and failure records.
+fn refusal_of(e: &UpstreamError, fallback: &str) -> (String, String) {
+    e.rejection()
+        .map(|(_, r)| (r.code.clone(), r.message.clone()))
+        .unwrap_or_else(|| (fallback.to_owned(), e.to_string()))
+}
+
+/// Okya's refusals of a submission that are about the cart, for the customer to act on;
+/// anything else (a bad key, a request Okya could not read) is ours.
+fn is_customer_refusal_of_order(code: &str) -> bool {
+    [
+        okya_codes::STORE_CLOSED,
+        okya_codes::STORE_NOT_FOUND,
+        okya_codes::CART_EMPTY,
+        okya_codes::CART_NOT_FOUND,
+        okya_codes::CART_ALREADY_ORDERED,
+        okya_codes::PRODUCT_UNAVAILABLE,
+        okya_codes::PRODUCT_NOT_FOUND,
+    ]
+    .contains(&code)
+}
+
+/// SessionM's refusals of a voucher that are about the voucher, for the customer to act
+/// on; anything else (credentials, a request SessionM could not read) is ours.
+fn is_customer_refusal_of_voucher(code: &str) -> bool {
+    [
+        sessionm::codes::OFFER_NOT_FOUND,
+        sessionm::codes::OFFER_LOCKED,
+        sessionm::codes::OFFER_REDEEMED,
+        sessionm::codes::OFFER_EXPIRED,
+        sessionm::codes::OFFER_NOT_APPLICABLE,
+        sessionm::codes::USER_NOT_FOUND,
+    ]
+    .contains(&code)
+}

@@ -1,0 +1,94 @@
+//! Seed steps 7–10: Okya validates the cart and creates the order; its lines are
+//! snapshotted for every later payload.
+
+use super::*;
+
+/// Step 7–10: Okya validates the cart and creates the order; its lines are snapshotted
+/// with the catalogue's names so every later payload describes what was bought.
+pub(super) async fn submit(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
+    let cart_id = CartId::from_upstream(order.cart_id.clone());
+    let okya = match state
+        .upstreams
+        .okya
+        .create_order(&cart_id, &order.customer_id, &key(&order, "submit"))
+        .await
+    {
+        Ok(okya) => okya,
+        Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
+        Err(e) => {
+            let (code, message) = refusal_of(&e, "order_not_accepted");
+            if is_customer_refusal_of_order(&code) {
+                tracing::info!(order_id = %order.id, %code, "Okya refused the order; nothing charged");
+                fail_with(&mut order, &code, &message);
+            } else {
+                tracing::error!(order_id = %order.id, error = %e, "Okya refused our order request; nothing charged");
+                fail_with(&mut order, failure::SERVICE_UNAVAILABLE, &e.to_string());
+            }
+            advance(&mut order, Step::Invalid);
+            commit(state, &mut order, None).await?;
+            return Ok(Next::Rest);
+        }
+    };
+    let mut ids: Vec<crate::domain::ProductId> = Vec::new();
+    for line in &okya.lines {
+        let id = crate::domain::ProductId::from_upstream(line.product_id.clone());
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    // The order exists at Okya under our key; a failure here re-runs the step, and the
+    // key gives back the same order.
+    let products = state.upstreams.okya.products(&ids).await?;
+    let snapshot = order_lines::snapshot(&okya.lines, &products);
+    order.okya_order_id = Some(okya.id.clone());
+    order.number = Some(okya.number.clone());
+    order.store_id = okya.store_id.clone();
+    order.currency = Some(okya.currency.clone());
+    order.subtotal_minor = Some(okya.subtotal.amount);
+    order.discount_minor = Some(okya.discount.amount);
+    order.tax_minor = Some(okya.tax.amount);
+    order.total_minor = Some(okya.total.amount);
+    order.lines_json = Some(
+        serde_json::to_string(&okya.lines)
+            .map_err(|e| FlowError::Corrupt(format!("lines of {}: {e}", order.id)))?,
+    );
+    order.lines_snapshot_json = Some(
+        serde_json::to_string(&snapshot)
+            .map_err(|e| FlowError::Corrupt(format!("snapshot of {}: {e}", order.id)))?,
+    );
+    record_okya(state, &mut order, &okya).await?;
+    let next = if order.voucher_id.is_some() {
+        Step::Discount
+    } else {
+        Step::Charge
+    };
+    advance(&mut order, next);
+    commit(state, &mut order, None).await?;
+    Ok(Next::Continue)
+}
+
+/// The lines as ordered. Orders submitted before snapshots existed get one now, once,
+/// and keep it, so every payload after this one is the same.
+pub(super) async fn snapshot(
+    state: &AppState,
+    order: &mut Order,
+) -> Result<Vec<LineSnapshot>, FlowError> {
+    if let Some(raw) = order.lines_snapshot_json.as_deref() {
+        return serde_json::from_str(raw)
+            .map_err(|e| FlowError::Corrupt(format!("snapshot of {}: {e}", order.id)));
+    }
+    let lines: Vec<CartLine> = serde_json::from_str(order.lines_json.as_deref().unwrap_or("[]"))
+        .map_err(|e| FlowError::Corrupt(format!("lines of {}: {e}", order.id)))?;
+    let ids: Vec<crate::domain::ProductId> = lines
+        .iter()
+        .map(|l| crate::domain::ProductId::from_upstream(l.product_id.clone()))
+        .collect();
+    let products = state.upstreams.okya.products(&ids).await?;
+    let snapshot = order_lines::snapshot(&lines, &products);
+    order.lines_snapshot_json = Some(
+        serde_json::to_string(&snapshot)
+            .map_err(|e| FlowError::Corrupt(format!("snapshot of {}: {e}", order.id)))?,
+    );
+    commit(state, order, None).await?;
+    Ok(snapshot)
+}
