@@ -14,7 +14,7 @@ pub enum JobKind {
     OkyaEvent,
     /// Apply a stored Stripe webhook.
     StripeEvent,
-    /// Place Order step 26: send the order to SessionM, which queues it.
+    /// Place Order step 25: send the order to SessionM, which queues it.
     SendToSessionm,
     /// After the send: read the points SessionM credited for the order.
     ReadLoyaltyPoints,

@@ -346,7 +346,7 @@ pub async fn verify_code(
     Ok((customer, tokens))
 }
 
-/// The durable job of steps 6–9: create the SessionM user, then save its id on the Okya
+/// The durable job of steps 7–9: create the SessionM user, then save its id on the Okya
 /// account. Both are idempotent: SessionM's member is found by our customer id
 /// (`external_id`) before any creation, and the creation carries a `Message-ID` that
 /// SessionM replays for 30 minutes; Okya's save of the same id is a no-op. A retry after

@@ -3,7 +3,7 @@
 
 use super::*;
 
-/// Steps 19–21: waiting for the store; Okya's webhook records its decision.
+/// Steps 18–20: waiting for the store; Okya's webhook records its decision.
 pub(super) async fn await_acceptance(
     state: &AppState,
     mut order: Order,
@@ -28,7 +28,7 @@ pub(super) async fn await_acceptance(
     }
 }
 
-/// Steps 22–25: the accepted order goes into the store's POS, which prints it.
+/// Steps 21–23: the accepted order goes into the store's POS, which prints it.
 pub(super) async fn inject(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let body = injection(state, &mut order).await?;
     let location = order.store_id.clone();
@@ -105,7 +105,7 @@ pub(super) async fn finish_injection(
     Ok(Next::Continue)
 }
 
-/// The order is with the store: tell the app, and queue the order for SessionM (step 26).
+/// The order is with the store: tell the app, and queue the order for SessionM (step 25).
 pub(super) async fn in_preparation(state: &AppState, order: &mut Order) -> Result<(), FlowError> {
     store::jobs::enqueue(
         &state.db,

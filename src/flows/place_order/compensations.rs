@@ -3,7 +3,7 @@
 
 use super::*;
 
-/// Step 25: the POS refused, so the order is recalled in Okya.
+/// Step 24: the POS refused, so the order is recalled in Okya.
 pub(super) async fn recall(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let okya_id = okya_id(&order)?;
     let reason = format!(

@@ -1,4 +1,5 @@
-//! Place Order (seed steps 6–33) as a durable state machine.
+//! Place Order (seed steps 6–31; Use Reward's 13–23) as a durable state machine. Step
+//! numbers in comments are the seed diagrams' autonumbering (`seed-sequence-diagrams.md`).
 //!
 //! The order row is the recovery point. Each active step makes one upstream call under an
 //! idempotency key derived from the order and the step, then records the next step; a

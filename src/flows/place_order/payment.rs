@@ -47,7 +47,7 @@ pub(super) fn classify_charge_refusal(e: &UpstreamError) -> ChargeRefusal {
     }
 }
 
-/// Steps 11–12: Stripe takes the total.
+/// Steps 12–13 (Use Reward 20–21): Stripe takes the total; a refusal is step 15.
 pub(super) async fn charge(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let total = money(&order, order.total_minor)?;
     let capture_mode = CaptureMode::parse(&order.capture_mode).ok_or_else(|| {
@@ -401,7 +401,7 @@ pub(super) async fn await_authentication(
     Ok(Next::Continue)
 }
 
-/// Step 13: the payment details go on the Okya order, which puts it in front of the store.
+/// Steps 14 and 16–17: the payment details go on the Okya order, which puts it in front of the store.
 pub(super) async fn record_payment(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let okya_id = okya_id(&order)?;
     let captured = payment_status(&order)? == Some(PaymentStatus::Captured);

@@ -1,10 +1,11 @@
-//! Use Reward: the voucher checked in the wallet and locked (steps 14–19), released when
-//! the order will not use it, and the sale that finalises it and earns points (step 26),
+//! Use Reward: the voucher checked in the wallet and locked (Use Reward steps 16–19),
+//! released when the order will not use it, and the sale that finalises it and earns
+//! points (Place Order step 25, Use Reward steps 22–23),
 //! as SessionM documents them (`docs/upstreams/sessionm.md`).
 
 use super::*;
 
-/// Use Reward, steps 14–19: SessionM prices the voucher against the order and locks it to
+/// Use Reward, steps 16–19: SessionM prices the voucher against the order and locks it to
 /// this order; the discount goes on the Okya order, which recomputes tax and total.
 pub(super) async fn discount(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let voucher = order
@@ -198,7 +199,7 @@ pub(super) async fn release_voucher(
     }
 }
 
-/// Step 26 (durable): the order's details go to SessionM. SessionM queues transactions
+/// Place Order step 25, Use Reward steps 22–23 (durable): the order's details go to SessionM. SessionM queues transactions
 /// (its Send Transaction page: "the calls in this API should be done asynchronously"), so
 /// an `OK` means queued; the points are read afterwards by [`read_loyalty_points`].
 pub async fn send_to_sessionm(

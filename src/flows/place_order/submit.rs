@@ -1,9 +1,9 @@
-//! Seed steps 7–10: Okya validates the cart and creates the order; its lines are
+//! Seed steps 7–11: Okya validates the cart and creates the order; its lines are
 //! snapshotted for every later payload.
 
 use super::*;
 
-/// Step 7–10: Okya validates the cart and creates the order; its lines are snapshotted
+/// Steps 7–11 (Use Reward 14–15): Okya validates the cart and creates the order; its lines are snapshotted
 /// with the catalogue's names so every later payload describes what was bought.
 pub(super) async fn submit(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let cart_id = CartId::from_upstream(order.cart_id.clone());
