@@ -6,7 +6,10 @@
 
 use crate::helpers::{Db, ExternalUpstreams, Port, Sim, TestDb, spawn_on, test_settings};
 use crate::shop::Shop;
-use cbtl_bff::domain::CaptureMode::{self, Immediate, OnAcceptance};
+use cbtl_bff::domain::{
+    CaptureMode::{self, Immediate, OnAcceptance},
+    Step,
+};
 use serde_json::json;
 
 /// Upstreams that outlive the service, as real ones do, and the port every incarnation
@@ -71,11 +74,23 @@ const CHECKOUT: &str = "mutation($i: CheckoutInput!) { checkout(input: $i) { ord
 /// Runs one order, dying once before recording `step`, then restarts and waits for
 /// `expected` and for the flow to have nothing left to do.
 async fn die_before(
-    step: &str,
+    step: Step,
     card: &str,
     store: Store,
     capture: CaptureMode,
     expected: &str,
+) -> Survivor {
+    die_before_with(step, card, store, capture, expected, None).await
+}
+
+/// Like [`die_before`], with a voucher of the given kind (`PERCENTAGE`, …) on the order.
+async fn die_before_with(
+    step: Step,
+    card: &str,
+    store: Store,
+    capture: CaptureMode,
+    expected: &str,
+    voucher: Option<&str>,
 ) -> Survivor {
     let world = world(capture).await;
     let shop = Shop {
@@ -89,11 +104,23 @@ async fn die_before(
         "str_pasadena"
     };
     let cart = cart_with_coffee(&shop, store_id).await;
+    let voucher = match voucher {
+        Some(kind) => {
+            shop.eventually("the SessionM link", || async {
+                shop.gql("{ me { loyalty { pointsBalance } } }", json!({}))
+                    .await["data"]["me"]["loyalty"]
+                    .is_object()
+            })
+            .await;
+            Some(shop.voucher(kind, "AVAILABLE").await)
+        }
+        None => None,
+    };
     shop.app.app.state().crash_points.arm(step);
     let checkout = shop
         .gql(
             CHECKOUT,
-            json!({"i": {"cartId": cart, "paymentMethodId": card, "idempotencyKey": "crash"}}),
+            json!({"i": {"cartId": cart, "paymentMethodId": card, "voucherId": voucher, "idempotencyKey": "crash"}}),
         )
         .await;
     if shop.app.app.state().crash_points.fired() == 0 {
@@ -123,11 +150,11 @@ async fn die_before(
     let retried = shop
         .gql(
             CHECKOUT,
-            json!({"i": {"cartId": cart, "paymentMethodId": card, "idempotencyKey": "crash"}}),
+            json!({"i": {"cartId": cart, "paymentMethodId": card, "voucherId": voucher, "idempotencyKey": "crash"}}),
         )
         .await;
     let Some(id) = retried["data"]["checkout"]["order"]["id"].as_str() else {
-        panic!("the retried checkout found no order after dying before {step}: {retried}");
+        panic!("the retried checkout found no order after dying before {step:?}: {retried}");
     };
     let id = id.to_owned();
     shop.wait_for_status(&id, expected).await;
@@ -144,7 +171,7 @@ async fn die_before(
     assert_eq!(
         okya["orders"].as_array().map(Vec::len),
         Some(1),
-        "one Okya order after dying before {step}"
+        "one Okya order after dying before {step:?}"
     );
     shop.assert_sent_once(Sim::Okya, Shop::ORDERS, &id, 1).await;
     shop.assert_money_invariants().await;
@@ -164,7 +191,7 @@ async fn dying_before_recording_the_okya_order_submits_and_charges_once() {
         world: _world,
         ..
     } = die_before(
-        "charge",
+        Step::Charge,
         "pm_card_visa",
         Store::Accepts,
         Immediate,
@@ -186,7 +213,7 @@ async fn dying_before_recording_the_charge_charges_once() {
         world: _world,
         ..
     } = die_before(
-        "record_payment",
+        Step::RecordPayment,
         "pm_card_visa",
         Store::Accepts,
         Immediate,
@@ -212,7 +239,7 @@ async fn dying_before_recording_the_saved_payment_saves_it_once() {
         world: _world,
         ..
     } = die_before(
-        "await_acceptance",
+        Step::AwaitAcceptance,
         "pm_card_visa",
         Store::Accepts,
         Immediate,
@@ -235,7 +262,7 @@ async fn dying_before_recording_a_decline_still_cancels_the_okya_order() {
         world: _world,
         ..
     } = die_before(
-        "cancel_okya",
+        Step::CancelOkya,
         "pm_card_chargeDeclined",
         Store::Accepts,
         Immediate,
@@ -259,7 +286,7 @@ async fn dying_before_recording_the_injection_injects_once() {
         world: _world,
         ..
     } = die_before(
-        "done",
+        Step::Done,
         "pm_card_visa",
         Store::Accepts,
         Immediate,
@@ -280,7 +307,7 @@ async fn dying_before_recording_the_injection_of_an_authorised_order_injects_and
         world: _world,
         ..
     } = die_before(
-        "capture",
+        Step::Capture,
         "pm_card_visa",
         Store::Accepts,
         OnAcceptance,
@@ -309,7 +336,7 @@ async fn dying_after_a_capture_before_recording_okyas_update_captures_once() {
         world: _world,
         ..
     } = die_before(
-        "done",
+        Step::Done,
         "pm_card_visa",
         Store::Accepts,
         OnAcceptance,
@@ -350,7 +377,7 @@ async fn dying_before_recording_a_recall_still_refunds_once() {
         world: _world,
         ..
     } = die_before(
-        "refund",
+        Step::Refund,
         "pm_card_visa",
         Store::PosOffline,
         Immediate,
@@ -375,7 +402,7 @@ async fn dying_before_recording_a_refund_refunds_once() {
         world: _world,
         ..
     } = die_before(
-        "done",
+        Step::Done,
         "pm_card_visa",
         Store::Rejects,
         Immediate,
@@ -396,7 +423,7 @@ async fn dying_before_recording_a_release_releases_once() {
         world: _world,
         ..
     } = die_before(
-        "done",
+        Step::Done,
         "pm_card_visa",
         Store::Rejects,
         OnAcceptance,
@@ -407,4 +434,62 @@ async fn dying_before_recording_a_release_releases_once() {
         .await;
     shop.assert_not_sent(Sim::Stripe, Shop::REFUNDS, &id).await;
     assert_eq!(shop.intents_for(&id).await[0]["status"], "canceled");
+}
+
+#[tokio::test]
+async fn dying_after_the_voucher_lock_and_adjustment_locks_and_adjusts_once() {
+    let Survivor {
+        shop,
+        id,
+        world: _world,
+        ..
+    } = die_before_with(
+        Step::Charge,
+        "pm_card_visa",
+        Store::Accepts,
+        Immediate,
+        "AWAITING_ACCEPTANCE",
+        Some("PERCENTAGE"),
+    )
+    .await;
+    // The discount step ran again after the restart: its wallet read, lock and Okya
+    // adjustment went under their first keys, and the charge was of the discounted total.
+    shop.assert_sent_once(Sim::Sessionm, Shop::LOCK, &id, 2)
+        .await;
+    shop.assert_sent_once(Sim::Okya, Shop::ADJUST, &id, 2).await;
+    shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, &id, 1)
+        .await;
+    let order = shop
+        .order_selecting("discount { amount } total { amount }", &id)
+        .await;
+    assert_ne!(order["discount"]["amount"], "0.00", "{order}");
+}
+
+#[tokio::test]
+async fn dying_after_a_declined_voucher_order_released_its_voucher_releases_once() {
+    let Survivor {
+        shop,
+        id,
+        world: _world,
+        ..
+    } = die_before_with(
+        Step::Done,
+        "pm_card_chargeDeclined",
+        Store::Accepts,
+        Immediate,
+        "PAYMENT_FAILED",
+        Some("PERCENTAGE"),
+    )
+    .await;
+    shop.assert_sent_once(Sim::Sessionm, Shop::UNLOCK, &id, 2)
+        .await;
+    shop.assert_sent_once(Sim::Okya, Shop::CANCEL, &id, 2).await;
+    let wallet = shop
+        .data("{ vouchers { status discount { kind } } }", json!({}))
+        .await;
+    let percent = wallet["vouchers"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["discount"]["kind"] == "PERCENTAGE"))
+        .map(|v| v["status"].clone());
+    assert_eq!(percent, Some(json!("AVAILABLE")), "released: {wallet}");
 }

@@ -116,7 +116,7 @@ pub enum FlowError {
 /// is lost, and the lease is left to expire.
 fn crash_point(state: &AppState, order: &Order) -> Result<(), FlowError> {
     #[cfg(feature = "crash-points")]
-    if state.crash_points.hit(&order.step) {
+    if state.crash_points.hit(parse_step(order)?) {
         tracing::warn!(order_id = %order.id, next_step = %order.step, "crash point: dying before recording");
         return Err(FlowError::Crashed(order.step.clone()));
     }
