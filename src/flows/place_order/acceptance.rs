@@ -192,7 +192,7 @@ pub(super) async fn capture(state: &AppState, mut order: Order) -> Result<Next, 
     let body = NewPayment {
         provider: "stripe".into(),
         reference: intent_id,
-        amount: WireMoney::from_money(&money(&order, order.total_minor)?),
+        amount: WireMoney::from_money(&money(&order, "total", order.total_minor)?),
         status: PaymentRecordStatus::Captured,
         card: card(&order),
     };
@@ -262,10 +262,10 @@ pub(super) async fn injection(
         placed_at: chrono::DateTime::from_timestamp_millis(order.created_at_ms).unwrap_or_default(),
         pickup_at: None,
         lines: order_lines::pos_lines(&lines, &currency),
-        subtotal: money(order, order.subtotal_minor)?,
-        discount: money(order, order.discount_minor)?,
-        tax: money(order, order.tax_minor)?,
-        total: money(order, order.total_minor)?,
+        subtotal: money(order, "subtotal", order.subtotal_minor)?,
+        discount: money(order, "discount", order.discount_minor)?,
+        tax: money(order, "tax", order.tax_minor)?,
+        total: money(order, "total", order.total_minor)?,
         note: None,
     })
 }

@@ -556,8 +556,12 @@ fn generation_key(order: &Order, step: &str) -> String {
     }
 }
 
-fn money(order: &Order, minor: Option<i64>) -> Result<Money, FlowError> {
-    Ok(Money::new(minor.unwrap_or(0), currency(order)?))
+/// One of the order's amounts (`what` names it). Missing where the flow needs it is a
+/// corrupt row, never a zero sent upstream.
+fn money(order: &Order, what: &str, minor: Option<i64>) -> Result<Money, FlowError> {
+    let minor =
+        minor.ok_or_else(|| FlowError::Corrupt(format!("order {} has no {what}", order.id)))?;
+    Ok(Money::new(minor, currency(order)?))
 }
 
 fn currency(order: &Order) -> Result<Currency, FlowError> {

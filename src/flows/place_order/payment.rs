@@ -49,7 +49,7 @@ pub(super) fn classify_charge_refusal(e: &UpstreamError) -> ChargeRefusal {
 
 /// Steps 12–13 (Use Reward 20–21): Stripe takes the total; a refusal is step 15.
 pub(super) async fn charge(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
-    let total = money(&order, order.total_minor)?;
+    let total = money(&order, "total", order.total_minor)?;
     let capture_mode = CaptureMode::parse(&order.capture_mode).ok_or_else(|| {
         FlowError::Corrupt(format!(
             "capture mode {:?} of {}",
@@ -70,7 +70,13 @@ pub(super) async fn charge(state: &AppState, mut order: Order) -> Result<Next, F
         },
         description: Some(format!(
             "CBTL order {}",
-            order.number.as_deref().unwrap_or("")
+            order
+                .number
+                .as_deref()
+                .ok_or_else(|| FlowError::Corrupt(format!(
+                    "order {} has no Okya number",
+                    order.id
+                )))?
         )),
         metadata,
     };
@@ -418,7 +424,7 @@ pub(super) async fn record_payment(state: &AppState, mut order: Order) -> Result
                 ))
             })?
         },
-        amount: WireMoney::from_money(&money(&order, order.total_minor)?),
+        amount: WireMoney::from_money(&money(&order, "total", order.total_minor)?),
         status: if captured || free {
             PaymentRecordStatus::Captured
         } else {

@@ -311,7 +311,7 @@ pub(super) fn sale(
             vec![sessionm::Discount {
                 user_offer_id: voucher.clone(),
                 name: order.voucher_name.clone(),
-                amount: money(order, order.discount_minor)?,
+                amount: money(order, "discount", order.discount_minor)?,
                 object,
             }]
         }
@@ -322,8 +322,8 @@ pub(super) fn sale(
         user_id,
         transaction,
         discounts,
-        tax: money(order, order.tax_minor)?,
-        paid: money(order, order.total_minor)?,
+        tax: money(order, "tax", order.tax_minor)?,
+        paid: money(order, "total", order.total_minor)?,
         payment_id: order
             .payment_intent_id
             .clone()
