@@ -1,11 +1,13 @@
 //! Domain newtypes: the only way in for ids and money that came from outside.
 
 mod contact;
+mod failure;
 mod ids;
 mod money;
 mod order;
 
 pub use contact::{Email, PersonName, Phone};
+pub use failure::Failure;
 pub use ids::{CartId, CartLineId, CustomerId, ModifierOptionId, OrderId, ProductId, StoreId};
 pub use money::{Currency, Money, MoneyError};
 pub use order::{CaptureMode, OrderStatus, PaymentStatus, Step, StepKind};

@@ -10,8 +10,8 @@ use super::{
 use crate::{
     context::AppState,
     domain::{
-        CartId, Currency, Money, OrderStatus as DomainStatus, PaymentStatus as DomainPayment, Step,
-        StoreId,
+        CartId, Currency, Failure, Money, OrderStatus as DomainStatus,
+        PaymentStatus as DomainPayment, Step, StoreId,
     },
     flows::place_order::{self, CheckoutRefusal, CheckoutRequest},
     store::{self, orders::Order},
@@ -301,108 +301,118 @@ fn order_errors(row: &Order) -> Vec<UserError> {
         return Vec::new();
     }
     let stripe_message = row.failure_message.clone().filter(|m| !m.is_empty());
-    let (code, field, message) = match code {
-        "store_closed" => (
+    let not_placed = || {
+        if invalid {
+            (
+                UserErrorCode::OrderNotAccepted,
+                "cartId",
+                "The order could not be placed.".to_owned(),
+            )
+        } else {
+            (
+                UserErrorCode::PaymentFailed,
+                "paymentMethodId",
+                "The payment did not go through. Try another card.".to_owned(),
+            )
+        }
+    };
+    // One exhaustive mapping: a failure added later does not compile until it is shown.
+    let (code, field, message) = match Failure::parse(code) {
+        Some(Failure::StoreClosed) => (
             UserErrorCode::StoreClosed,
             "cartId",
             "This store is not taking orders right now.".to_owned(),
         ),
-        "cart_empty" => (
+        Some(Failure::CartEmpty) => (
             UserErrorCode::CartEmpty,
             "cartId",
             "Add something to the cart first.".to_owned(),
         ),
-        "product_unavailable" | "product_not_found" => (
+        Some(Failure::ProductUnavailable) => (
             UserErrorCode::ProductUnavailable,
             "cartId",
             "Something in the cart is no longer available.".to_owned(),
         ),
-        "cart_already_ordered" => (
+        Some(Failure::CartAlreadyOrdered) => (
             UserErrorCode::CartAlreadyOrdered,
             "cartId",
             "This cart was already ordered.".to_owned(),
         ),
-        "cart_not_found" | "store_not_found" => (
+        Some(Failure::CartNotFound) => (
             UserErrorCode::CartNotFound,
             "cartId",
             "There is no such cart.".to_owned(),
         ),
-        "card_declined"
-        | "expired_card"
-        | "incorrect_cvc"
-        | "incorrect_number"
-        | "insufficient_funds"
-        | "processing_error"
-        | "payment_method_invalid" => (
+        Some(Failure::CardDeclined) => (
             UserErrorCode::CardDeclined,
             "paymentMethodId",
             stripe_message.unwrap_or_else(|| "Your card was declined.".to_owned()),
         ),
-        place_order::failure::AUTHENTICATION_ABANDONED
-        | "authentication_failed"
-        | "payment_intent_authentication_failure" => (
+        Some(Failure::AuthenticationFailed | Failure::AuthenticationAbandoned) => (
             UserErrorCode::AuthenticationFailed,
             "paymentMethodId",
             "The card could not be authenticated.".to_owned(),
         ),
-        place_order::failure::PAYMENT_UNAVAILABLE if awaiting_retry => (
+        Some(Failure::PaymentUnavailable) if awaiting_retry => (
             UserErrorCode::PaymentUnavailable,
             "idempotencyKey",
             "The payment could not be processed right now. Nothing was charged; send the same \
              checkout again in a moment to retry."
                 .to_owned(),
         ),
-        place_order::failure::PAYMENT_UNAVAILABLE => (
+        Some(Failure::PaymentUnavailable) => (
             UserErrorCode::PaymentUnavailable,
             "idempotencyKey",
             "The payment could not be processed. Nothing was charged.".to_owned(),
         ),
-        place_order::failure::SERVICE_UNAVAILABLE => (
+        Some(Failure::ServiceUnavailable) => (
             UserErrorCode::ServiceUnavailable,
             "cartId",
             "The order could not be placed right now. Nothing was charged; try again in a moment."
                 .to_owned(),
         ),
-        place_order::failure::NOT_RECORDED => (
+        Some(Failure::NotRecorded) => (
             UserErrorCode::OrderNotAccepted,
             "cartId",
             "The order could not be placed; the payment was given back.".to_owned(),
         ),
-        "offer_expired" => (
+        Some(Failure::VoucherExpired) => (
             UserErrorCode::VoucherExpired,
             "voucherId",
             "This voucher has expired.".to_owned(),
         ),
-        "offer_redeemed" => (
+        Some(Failure::VoucherAlreadyUsed) => (
             UserErrorCode::VoucherAlreadyUsed,
             "voucherId",
             "This voucher was already used.".to_owned(),
         ),
-        "offer_locked" => (
+        Some(Failure::VoucherInUse) => (
             UserErrorCode::VoucherInUse,
             "voucherId",
             "This voucher is being used by another order.".to_owned(),
         ),
-        "offer_not_found" | "user_not_found" => (
+        Some(Failure::VoucherNotFound) => (
             UserErrorCode::VoucherNotFound,
             "voucherId",
             "There is no such voucher.".to_owned(),
         ),
-        "offer_not_applicable" | "voucher_not_applicable" | "voucher_unavailable" => (
+        Some(Failure::VoucherNotApplicable) => (
             UserErrorCode::VoucherNotApplicable,
             "voucherId",
             "This voucher cannot be used with this order.".to_owned(),
         ),
-        _ if invalid => (
-            UserErrorCode::OrderNotAccepted,
-            "cartId",
-            "The order could not be placed.".to_owned(),
-        ),
-        _ => (
-            UserErrorCode::PaymentFailed,
-            "paymentMethodId",
-            "The payment did not go through. Try another card.".to_owned(),
-        ),
+        // Failures of a placed order (the store, the POS, a capture) end in a status of
+        // their own; what is left is an order not placed or a payment that failed.
+        Some(
+            Failure::OrderNotAccepted
+            | Failure::PaymentFailed
+            | Failure::Rejected
+            | Failure::AuthorizationLost
+            | Failure::CaptureFailed
+            | Failure::PosUnreachable
+            | Failure::PosRefused,
+        )
+        | None => not_placed(),
     };
     vec![UserError::new(code, &["input", field], message)]
 }

@@ -348,6 +348,26 @@ pub fn decline(rejection: &Rejection) -> Option<Decline> {
     })
 }
 
+/// What a failed payment's code means for the order: Stripe's decline codes (and a
+/// payment method it does not know) are a declined card; a failed 3-D Secure is an
+/// authentication failure; anything else a payment that failed.
+pub fn payment_failure(code: &str) -> crate::domain::Failure {
+    use crate::domain::Failure;
+    match code {
+        "card_declined"
+        | "expired_card"
+        | "incorrect_cvc"
+        | "incorrect_number"
+        | "insufficient_funds"
+        | "processing_error"
+        | "payment_method_invalid" => Failure::CardDeclined,
+        "payment_intent_authentication_failure" | "authentication_failed" => {
+            Failure::AuthenticationFailed
+        }
+        _ => Failure::PaymentFailed,
+    }
+}
+
 /// The decline behind an error, if it is one.
 pub fn decline_of(error: &UpstreamError) -> Option<Decline> {
     error

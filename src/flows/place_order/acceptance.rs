@@ -17,7 +17,7 @@ pub(super) async fn await_acceptance(
         Some(Approval::NotApproved) => {
             fail_with(
                 &mut order,
-                failure::REJECTED,
+                Failure::Rejected,
                 "The store declined the order.",
             );
             advance(&mut order, Step::Refund);
@@ -48,9 +48,9 @@ pub(super) async fn inject(state: &AppState, mut order: Order) -> Result<Next, F
             {
                 return Ok(Next::Retry(e.to_string()));
             }
-            ("pos_unreachable".to_owned(), e.to_string())
+            (Failure::PosUnreachable, e.to_string())
         }
-        Err(e) => refusal_of(&e, "pos_refused"),
+        Err(e) => (Failure::PosRefused, refusal_of(&e, "pos_refused").1),
     };
     // Before recalling: the POS may have the order after all (a try whose answer was lost,
     // or a refusal of a repeat); its own record decides.
@@ -72,8 +72,8 @@ pub(super) async fn inject(state: &AppState, mut order: Order) -> Result<Next, F
             tracing::warn!(order_id = %order.id, error = %e, "could not ask the POS for the order")
         }
     }
-    tracing::warn!(order_id = %order.id, code = %failed.0, "the POS could not take the order; recalling");
-    fail_with(&mut order, &failed.0, &failed.1);
+    tracing::warn!(order_id = %order.id, failure = failed.0.as_str(), reason = %failed.1, "the POS could not take the order; recalling");
+    fail_with(&mut order, failed.0, &failed.1);
     advance(&mut order, Step::Recall);
     commit(state, &mut order, None).await?;
     Ok(Next::Continue)
@@ -152,7 +152,7 @@ pub(super) async fn capture(state: &AppState, mut order: Order) -> Result<Next, 
                     }
                     Truth::Settled(PaymentStatus::Authorized) => {
                         tracing::error!(order_id = %order.id, error = %e, "Stripe refused the capture; recalling the order");
-                        fail_with(&mut order, failure::CAPTURE_FAILED, &e.to_string());
+                        fail_with(&mut order, Failure::CaptureFailed, &e.to_string());
                         advance(&mut order, Step::Recall);
                         commit(state, &mut order, None).await?;
                         return Ok(Next::Continue);
@@ -169,7 +169,7 @@ pub(super) async fn capture(state: &AppState, mut order: Order) -> Result<Next, 
                         set_payment(&mut order, status);
                         fail_with(
                             &mut order,
-                            failure::AUTHORIZATION_LOST,
+                            Failure::AuthorizationLost,
                             "The card authorisation was released before it could be captured.",
                         );
                         advance(&mut order, Step::Recall);

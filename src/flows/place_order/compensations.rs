@@ -111,13 +111,13 @@ pub(super) async fn refund(state: &AppState, mut order: Order) -> Result<Next, F
         commit(state, &mut order, None).await?;
         return Ok(retry);
     }
-    if order.failure_code.as_deref() == Some(failure::NOT_RECORDED) {
+    if failure_of(&order) == Some(Failure::NotRecorded) {
         // Okya never took the payment: cancel its order too, which ends ours.
         advance(&mut order, Step::CancelOkya);
         commit(state, &mut order, None).await?;
         return Ok(Next::Continue);
     }
-    let target = if order.failure_code.as_deref() == Some(failure::REJECTED) {
+    let target = if failure_of(&order) == Some(Failure::Rejected) {
         OrderStatus::Rejected
     } else {
         OrderStatus::Cancelled

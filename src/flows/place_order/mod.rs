@@ -32,7 +32,7 @@
 use crate::{
     auth::now_ms,
     context::AppState,
-    domain::{CaptureMode, CartId, Currency, Money, OrderStatus, PaymentStatus, Step},
+    domain::{CaptureMode, CartId, Currency, Failure, Money, OrderStatus, PaymentStatus, Step},
     flows::order_lines::{self, LineSnapshot},
     jobs::{JobError, JobKind},
     store::{self, StoreError, orders::Order},
@@ -74,26 +74,6 @@ pub const SEND_TO_SESSIONM: &str = JobKind::SendToSessionm.as_str();
 pub const READ_LOYALTY_POINTS: &str = JobKind::ReadLoyaltyPoints.as_str();
 pub const OKYA_EVENT: &str = JobKind::OkyaEvent.as_str();
 pub const STRIPE_EVENT: &str = JobKind::StripeEvent.as_str();
-
-/// Failure codes the flow records, beyond the upstreams' own.
-pub mod failure {
-    /// The store declined the order.
-    pub const REJECTED: &str = "rejected";
-    /// Okya would not record our payment.
-    pub const NOT_RECORDED: &str = "order_not_recorded";
-    /// The customer never finished 3-D Secure.
-    pub const AUTHENTICATION_ABANDONED: &str = "authentication_abandoned";
-    /// Stripe refused our own request (key, account, parameters): nothing was charged and
-    /// the customer may send the same checkout again.
-    pub const PAYMENT_UNAVAILABLE: &str = "payment_unavailable";
-    /// An upstream refused our own request outside payments (Okya, SessionM): nothing was
-    /// charged; the order was not placed.
-    pub const SERVICE_UNAVAILABLE: &str = "service_unavailable";
-    /// The authorisation was cancelled or lapsed before it could be captured.
-    pub const AUTHORIZATION_LOST: &str = "authorization_lost";
-    /// Stripe refused to capture a held authorisation.
-    pub const CAPTURE_FAILED: &str = "capture_failed";
-}
 
 /// Most steps one run may take before the order counts as looping.
 const MAX_STEPS_PER_RUN: usize = 32;
@@ -612,9 +592,16 @@ pub fn fulfilment_name(fulfilment: Fulfilment) -> &'static str {
     }
 }
 
-fn fail_with(order: &mut Order, code: &str, message: &str) {
-    order.failure_code = Some(code.chars().take(64).collect());
+/// Records why the order failed (`message` is the upstream's words, for support and, for
+/// card declines, the customer).
+fn fail_with(order: &mut Order, failure: Failure, message: &str) {
+    order.failure_code = Some(failure.as_str().to_owned());
     order.failure_message = Some(message.chars().take(500).collect());
+}
+
+/// The failure recorded on the order, if any.
+fn failure_of(order: &Order) -> Option<Failure> {
+    order.failure_code.as_deref().and_then(Failure::parse)
 }
 
 /// The refusal in an error, for logs and failure records.
@@ -622,33 +609,4 @@ fn refusal_of(e: &UpstreamError, fallback: &str) -> (String, String) {
     e.rejection()
         .map(|(_, r)| (r.code.clone(), r.message.clone()))
         .unwrap_or_else(|| (fallback.to_owned(), e.to_string()))
-}
-
-/// Okya's refusals of a submission that are about the cart, for the customer to act on;
-/// anything else (a bad key, a request Okya could not read) is ours.
-fn is_customer_refusal_of_order(code: &str) -> bool {
-    [
-        okya_codes::STORE_CLOSED,
-        okya_codes::STORE_NOT_FOUND,
-        okya_codes::CART_EMPTY,
-        okya_codes::CART_NOT_FOUND,
-        okya_codes::CART_ALREADY_ORDERED,
-        okya_codes::PRODUCT_UNAVAILABLE,
-        okya_codes::PRODUCT_NOT_FOUND,
-    ]
-    .contains(&code)
-}
-
-/// SessionM's refusals of a voucher that are about the voucher, for the customer to act
-/// on; anything else (credentials, a request SessionM could not read) is ours.
-fn is_customer_refusal_of_voucher(code: &str) -> bool {
-    [
-        sessionm::codes::OFFER_NOT_FOUND,
-        sessionm::codes::OFFER_LOCKED,
-        sessionm::codes::OFFER_REDEEMED,
-        sessionm::codes::OFFER_EXPIRED,
-        sessionm::codes::OFFER_NOT_APPLICABLE,
-        sessionm::codes::USER_NOT_FOUND,
-    ]
-    .contains(&code)
 }

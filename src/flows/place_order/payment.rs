@@ -6,7 +6,7 @@ use super::*;
 /// Who must act on Stripe's refusal of a new payment.
 pub(super) enum ChargeRefusal {
     /// The card (or the payment method the app sent): the customer tries another one.
-    Customer { code: String, message: String },
+    Customer { failure: Failure, message: String },
     /// Our key, account or request: nothing was charged, the customer can do nothing about
     /// it but try again later; logged at ERROR for an operator.
     Ours { code: String, message: String },
@@ -18,26 +18,26 @@ pub(super) enum ChargeRefusal {
 pub(super) fn classify_charge_refusal(e: &UpstreamError) -> ChargeRefusal {
     if let Some(decline) = stripe::decline_of(e) {
         return ChargeRefusal::Customer {
-            code: decline.code,
+            failure: stripe::payment_failure(&decline.code),
             message: decline.message,
         };
     }
     let Some((status, rejection)) = e.rejection() else {
         return ChargeRefusal::Ours {
-            code: failure::PAYMENT_UNAVAILABLE.into(),
+            code: Failure::PaymentUnavailable.as_str().into(),
             message: e.to_string(),
         };
     };
     if status == 402 {
         return ChargeRefusal::Customer {
-            code: "card_declined".into(),
+            failure: Failure::CardDeclined,
             message: rejection.message.clone(),
         };
     }
     if rejection.code == "resource_missing" && rejection.field.as_deref() == Some("payment_method")
     {
         return ChargeRefusal::Customer {
-            code: "payment_method_invalid".into(),
+            failure: Failure::CardDeclined,
             message: "This card cannot be used. Try another card.".into(),
         };
     }
@@ -117,20 +117,20 @@ pub(super) async fn charge(state: &AppState, mut order: Order) -> Result<Next, F
         return Ok(Next::Retry(format!("charge outcome unknown: {error}")));
     }
     match classify_charge_refusal(&error) {
-        ChargeRefusal::Customer { code, message } => {
+        ChargeRefusal::Customer { failure, message } => {
             if let Some(decline) = stripe::decline_of(&error) {
                 order.payment_intent_id = decline.payment_intent_id.or(order.payment_intent_id);
             }
-            tracing::info!(order_id = %order.id, %code, "the card was declined");
+            tracing::info!(order_id = %order.id, failure = failure.as_str(), "the card was declined");
             set_payment(&mut order, PaymentStatus::Failed);
-            fail_with(&mut order, &code, &message);
+            fail_with(&mut order, failure, &message);
             advance(&mut order, Step::CancelOkya);
             commit(state, &mut order, None).await?;
             Ok(Next::Continue)
         }
         ChargeRefusal::Ours { code, message } => {
             tracing::error!(order_id = %order.id, %code, error = %error, "Stripe refused our payment request; nothing charged, the customer may retry");
-            fail_with(&mut order, failure::PAYMENT_UNAVAILABLE, &message);
+            fail_with(&mut order, Failure::PaymentUnavailable, &message);
             advance(&mut order, Step::AwaitPaymentRetry);
             commit(state, &mut order, Some(OrderStatus::AwaitingPayment)).await?;
             Ok(Next::Rest)
@@ -173,13 +173,13 @@ pub(super) async fn adopt_intent(
             Ok(Next::Rest)
         }
         PaymentIntentStatus::RequiresPaymentMethod | PaymentIntentStatus::Canceled => {
-            let (code, message) = payment_error(
+            let (failure, message) = payment_error(
                 intent,
                 ("card_declined", "payment_failed"),
                 "The payment did not go through.",
             );
             set_payment(&mut order, PaymentStatus::Failed);
-            fail_with(&mut order, &code, &message);
+            fail_with(&mut order, failure, &message);
             advance(&mut order, Step::CancelOkya);
             commit(state, &mut order, None).await?;
             Ok(Next::Continue)
@@ -191,19 +191,20 @@ pub(super) async fn adopt_intent(
     }
 }
 
-/// The code and message of an intent's last payment error. `codes` are the code to use
-/// when the error has none, and when there is no error at all (with `message`).
+/// The failure and message of an intent's last payment error, read through Stripe's
+/// codes. `codes` are the Stripe code to assume when the error has none, and when there is
+/// no error at all (with `message`).
 pub(super) fn payment_error(
     intent: &PaymentIntent,
     codes: (&str, &str),
     message: &str,
-) -> (String, String) {
+) -> (Failure, String) {
     match &intent.last_payment_error {
         Some(e) => (
-            e.code.clone().unwrap_or_else(|| codes.0.to_owned()),
+            stripe::payment_failure(e.code.as_deref().unwrap_or(codes.0)),
             e.message.clone().unwrap_or_default(),
         ),
-        None => (codes.1.to_owned(), message.to_owned()),
+        None => (stripe::payment_failure(codes.1), message.to_owned()),
     }
 }
 
@@ -330,13 +331,13 @@ pub(super) async fn await_authentication(
         }
         PaymentIntentStatus::RequiresPaymentMethod | PaymentIntentStatus::Canceled => {
             apply_intent(&mut order, &intent);
-            let (code, message) = payment_error(
+            let (failure, message) = payment_error(
                 &intent,
                 ("authentication_failed", "authentication_failed"),
                 "The card could not be authenticated.",
             );
             set_payment(&mut order, PaymentStatus::Failed);
-            fail_with(&mut order, &code, &message);
+            fail_with(&mut order, failure, &message);
             advance(&mut order, Step::CancelOkya);
         }
         PaymentIntentStatus::RequiresAction
@@ -397,7 +398,7 @@ pub(super) async fn await_authentication(
             set_payment(&mut order, PaymentStatus::Cancelled);
             fail_with(
                 &mut order,
-                failure::AUTHENTICATION_ABANDONED,
+                Failure::AuthenticationAbandoned,
                 "The card was not authenticated in time.",
             );
             advance(&mut order, Step::CancelOkya);
@@ -455,7 +456,7 @@ pub(super) async fn record_payment(state: &AppState, mut order: Order) -> Result
                 }
                 _ => {
                     tracing::error!(order_id = %order.id, error = %e, "Okya would not record the payment; refunding");
-                    fail_with(&mut order, failure::NOT_RECORDED, &e.to_string());
+                    fail_with(&mut order, Failure::NotRecorded, &e.to_string());
                     None
                 }
             }

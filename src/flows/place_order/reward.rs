@@ -16,7 +16,7 @@ pub(super) async fn discount(state: &AppState, mut order: Order) -> Result<Next,
     let Some(user_id) = customer.and_then(|c| c.sessionm_user_id) else {
         fail_with(
             &mut order,
-            "voucher_unavailable",
+            Failure::VoucherNotApplicable,
             "Rewards are not ready for this account yet.",
         );
         advance(&mut order, Step::CancelOkya);
@@ -34,7 +34,7 @@ pub(super) async fn discount(state: &AppState, mut order: Order) -> Result<Next,
         // A store SessionM does not know fails here, before a lock may exist.
         if let Err(e) = state.upstreams.sessionm.store_id(&basket.store_id) {
             tracing::error!(order_id = %order.id, error = %e, "no SessionM store for this order's store; nothing charged");
-            fail_with(&mut order, failure::SERVICE_UNAVAILABLE, &e.to_string());
+            fail_with(&mut order, Failure::ServiceUnavailable, &e.to_string());
             advance(&mut order, Step::CancelOkya);
             commit(state, &mut order, None).await?;
             return Ok(Next::Continue);
@@ -49,33 +49,30 @@ pub(super) async fn discount(state: &AppState, mut order: Order) -> Result<Next,
             Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
             Err(e) => {
                 tracing::error!(order_id = %order.id, error = %e, "SessionM refused our lookup; nothing charged");
-                fail_with(&mut order, failure::SERVICE_UNAVAILABLE, &e.to_string());
+                fail_with(&mut order, Failure::ServiceUnavailable, &e.to_string());
                 advance(&mut order, Step::CancelOkya);
                 commit(state, &mut order, None).await?;
                 return Ok(Next::Continue);
             }
         };
         let refusal = match wallet.offers.iter().find(|o| o.user_offer_id == voucher) {
-            None => Some((
-                sessionm::codes::OFFER_NOT_FOUND,
-                "no such voucher".to_owned(),
-            )),
+            None => Some((Failure::VoucherNotFound, "no such voucher".to_owned())),
             Some(offer) => match &offer.status {
-                OfferStatus::Expired => Some((sessionm::codes::OFFER_EXPIRED, "expired".into())),
-                OfferStatus::Redeemed => Some((sessionm::codes::OFFER_REDEEMED, "used".into())),
+                OfferStatus::Expired => Some((Failure::VoucherExpired, "expired".into())),
+                OfferStatus::Redeemed => Some((Failure::VoucherAlreadyUsed, "used".into())),
                 // This order has sent no lock yet, so a lock is another order's.
-                OfferStatus::Locked => Some((sessionm::codes::OFFER_LOCKED, "in use".into())),
+                OfferStatus::Locked => Some((Failure::VoucherInUse, "in use".into())),
                 OfferStatus::Available => offer
                     .unusable_reason()
-                    .map(|reason| ("voucher_not_applicable", reason)),
+                    .map(|reason| (Failure::VoucherNotApplicable, reason)),
                 OfferStatus::Unrecognised(_) => offer
                     .unusable_reason()
-                    .map(|reason| ("voucher_not_applicable", reason)),
+                    .map(|reason| (Failure::VoucherNotApplicable, reason)),
             },
         };
-        if let Some((code, message)) = refusal {
-            tracing::info!(order_id = %order.id, %code, "the voucher is not usable in the member's wallet; nothing charged");
-            fail_with(&mut order, code, &message);
+        if let Some((failure, message)) = refusal {
+            tracing::info!(order_id = %order.id, failure = failure.as_str(), "the voucher is not usable in the member's wallet; nothing charged");
+            fail_with(&mut order, failure, &message);
             advance(&mut order, Step::CancelOkya);
             commit(state, &mut order, None).await?;
             return Ok(Next::Continue);
@@ -102,12 +99,12 @@ pub(super) async fn discount(state: &AppState, mut order: Order) -> Result<Next,
                 // exist, and the release must run.
                 order.voucher_name = None;
             }
-            if is_customer_refusal_of_voucher(&code) {
+            if let Some(failure) = sessionm::codes::voucher_failure(&code) {
                 tracing::info!(order_id = %order.id, %code, "SessionM refused the voucher; nothing charged");
-                fail_with(&mut order, &code, &message);
+                fail_with(&mut order, failure, &message);
             } else {
                 tracing::error!(order_id = %order.id, error = %e, "SessionM refused our lock request; nothing charged");
-                fail_with(&mut order, failure::SERVICE_UNAVAILABLE, &e.to_string());
+                fail_with(&mut order, Failure::ServiceUnavailable, &e.to_string());
             }
             advance(&mut order, Step::CancelOkya);
             commit(state, &mut order, None).await?;
@@ -154,7 +151,7 @@ pub(super) async fn discount(state: &AppState, mut order: Order) -> Result<Next,
         Err(e) if e.is_transient() => Ok(Next::Retry(e.to_string())),
         Err(e) => {
             tracing::error!(order_id = %order.id, error = %e, "Okya refused the discount; releasing the voucher");
-            fail_with(&mut order, "voucher_not_applicable", &e.to_string());
+            fail_with(&mut order, Failure::VoucherNotApplicable, &e.to_string());
             advance(&mut order, Step::CancelOkya);
             commit(state, &mut order, None).await?;
             Ok(Next::Continue)

@@ -17,12 +17,12 @@ pub(super) async fn submit(state: &AppState, mut order: Order) -> Result<Next, F
         Err(e) if e.is_transient() => return Ok(Next::Retry(e.to_string())),
         Err(e) => {
             let (code, message) = refusal_of(&e, "order_not_accepted");
-            if is_customer_refusal_of_order(&code) {
+            if let Some(failure) = okya_codes::order_failure(&code) {
                 tracing::info!(order_id = %order.id, %code, "Okya refused the order; nothing charged");
-                fail_with(&mut order, &code, &message);
+                fail_with(&mut order, failure, &message);
             } else {
                 tracing::error!(order_id = %order.id, error = %e, "Okya refused our order request; nothing charged");
-                fail_with(&mut order, failure::SERVICE_UNAVAILABLE, &e.to_string());
+                fail_with(&mut order, Failure::ServiceUnavailable, &e.to_string());
             }
             advance(&mut order, Step::Invalid);
             commit(state, &mut order, None).await?;

@@ -171,6 +171,21 @@ pub mod codes {
     pub const ADJUSTMENT_REFERENCE_REUSED: &str = "adjustment_reference_reused";
     pub const PAYMENT_AMOUNT_MISMATCH: &str = "payment_amount_mismatch";
     pub const INVALID_REQUEST: &str = "invalid_request";
+
+    /// Okya's refusals of a submitted order that are about the cart, for the customer to
+    /// act on; `None` for anything else (a bad key, a request Okya could not read), which
+    /// is ours.
+    pub fn order_failure(code: &str) -> Option<crate::domain::Failure> {
+        use crate::domain::Failure;
+        Some(match code {
+            STORE_CLOSED => Failure::StoreClosed,
+            STORE_NOT_FOUND | CART_NOT_FOUND => Failure::CartNotFound,
+            CART_EMPTY => Failure::CartEmpty,
+            CART_ALREADY_ORDERED => Failure::CartAlreadyOrdered,
+            PRODUCT_UNAVAILABLE | PRODUCT_NOT_FOUND => Failure::ProductUnavailable,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Clone)]

@@ -48,6 +48,21 @@ pub mod codes {
     pub const OFFER_NOT_APPLICABLE: &str = "offer_not_applicable";
     /// Reinstate asked for an offer that is locked, not redeemed.
     pub const OFFER_NOT_REDEEMED: &str = "offer_not_redeemed";
+
+    /// SessionM's refusals of a voucher that are about the voucher, for the customer to
+    /// act on; `None` for anything else (credentials, a request SessionM could not read),
+    /// which is ours.
+    pub fn voucher_failure(code: &str) -> Option<crate::domain::Failure> {
+        use crate::domain::Failure;
+        Some(match code {
+            OFFER_EXPIRED => Failure::VoucherExpired,
+            OFFER_REDEEMED => Failure::VoucherAlreadyUsed,
+            OFFER_LOCKED => Failure::VoucherInUse,
+            OFFER_NOT_FOUND | USER_NOT_FOUND => Failure::VoucherNotFound,
+            OFFER_NOT_APPLICABLE => Failure::VoucherNotApplicable,
+            _ => return None,
+        })
+    }
 }
 
 /// SessionM requires an `employee_id` on unlock and reinstate, and transactions name the
