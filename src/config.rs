@@ -231,6 +231,49 @@ pub struct Timeouts {
     pub total: Duration,
 }
 
+/// Accessors that give a setting stored in milliseconds or seconds as a `Duration`, so
+/// callers convert once, here: `durations!(OrderSettings { lease: lease_ms ms, … })`.
+macro_rules! durations {
+    ($t:ty { $($name:ident: $field:ident $unit:ident),* $(,)? }) => {
+        impl $t {
+            $(
+                #[doc = concat!("`", stringify!($field), "` as a `Duration`.")]
+                pub fn $name(&self) -> Duration {
+                    durations!(@unit $unit, self.$field)
+                }
+            )*
+        }
+    };
+    (@unit ms, $value:expr) => { Duration::from_millis($value) };
+    (@unit secs, $value:expr) => { Duration::from_secs($value) };
+}
+
+durations!(OrderSettings {
+    authentication_timeout: authentication_timeout_secs secs,
+    lease: lease_ms ms,
+    sweep_interval: sweep_interval_ms ms,
+    checkout_wait: checkout_wait_ms ms,
+    reconcile_interval: reconcile_interval_secs secs,
+});
+durations!(JobsSettings {
+    poll_interval: poll_interval_ms ms,
+    lease: lease_ms ms,
+    max_backoff: max_backoff_ms ms,
+});
+durations!(GraphqlSettings {
+    ws_init_timeout: ws_init_timeout_secs secs,
+    ws_keepalive: ws_keepalive_ms ms,
+});
+durations!(AuthSettings {
+    access_token_ttl: access_token_ttl_secs secs,
+    refresh_token_ttl: refresh_token_ttl_secs secs,
+    otp_ttl: otp_ttl_secs secs,
+    otp_resend_interval: otp_resend_interval_secs secs,
+});
+durations!(WebhookSettings {
+    tolerance: tolerance_secs secs,
+});
+
 macro_rules! timeouts_accessor {
     ($t:ty) => {
         impl $t {

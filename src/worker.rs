@@ -29,8 +29,8 @@ pub fn spawn_workers(state: AppState) -> Vec<JoinHandle<()>> {
 }
 
 async fn run_worker(state: AppState, worker: usize) {
-    let poll = Duration::from_millis(state.settings.jobs.poll_interval_ms);
-    let lease = i64::try_from(state.settings.jobs.lease_ms).unwrap_or(60_000);
+    let poll = state.settings.jobs.poll_interval();
+    let lease = i64::try_from(state.settings.jobs.lease().as_millis()).unwrap_or(60_000);
     loop {
         let notified = state.job_signal.notified();
         match store::jobs::claim(&state.db, now_ms(), lease).await {

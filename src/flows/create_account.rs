@@ -119,8 +119,7 @@ pub async fn register(
     let fingerprint = hex::encode(Sha256::digest(
         serde_json::to_vec(&account).unwrap_or_default(),
     ));
-    let window_ms =
-        i64::try_from(state.settings.auth.otp_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let window_ms = i64::try_from(state.settings.auth.otp_ttl().as_millis()).unwrap_or(i64::MAX);
     let attempt =
         store::registrations::begin(&state.db, &fingerprint, phone.as_str(), now_ms(), window_ms)
             .await?;
@@ -220,7 +219,7 @@ async fn check_send_throttle(state: &AppState, phone: &Phone) -> Result<(), Flow
     let now = now_ms();
     let (last, count) =
         store::otp::recent_sends(&state.db, phone.as_str(), now - 3_600_000).await?;
-    let interval_ms = i64::try_from(limits.otp_resend_interval_secs * 1000).unwrap_or(30_000);
+    let interval_ms = i64::try_from(limits.otp_resend_interval().as_millis()).unwrap_or(30_000);
     if let Some(last) = last
         && now - last < interval_ms
     {

@@ -133,7 +133,7 @@ pub async fn upgrade(gateway: Gateway, request: Request) -> Response {
         Err(rejection) => return rejection.into_response(),
     };
     let settings = &gateway.app.settings.graphql;
-    let init_timeout = Duration::from_secs(settings.ws_init_timeout_secs);
+    let init_timeout = settings.ws_init_timeout();
     // A message carries the same GraphQL request as a POST body, so the same limit holds;
     // a larger one closes the socket with 1009.
     let max_message = settings.max_body_bytes;
@@ -339,7 +339,7 @@ impl Connection {
         closing: CancellationToken,
     ) {
         let init_deadline = Instant::now() + init_timeout;
-        let keepalive = Duration::from_millis(self.gateway.app.settings.graphql.ws_keepalive_ms);
+        let keepalive = self.gateway.app.settings.graphql.ws_keepalive();
         let mut heartbeat = interval_at(Instant::now() + keepalive, keepalive);
         let mut last_heard = Instant::now();
         let end = loop {

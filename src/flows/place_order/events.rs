@@ -117,9 +117,12 @@ pub async fn reconcile(state: &AppState) -> Result<usize, FlowError> {
 /// the lease in the row keeps two from running the same one.
 pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let interval = Duration::from_millis(state.settings.orders.sweep_interval_ms);
-        let reconcile_every =
-            Duration::from_secs(state.settings.orders.reconcile_interval_secs.max(1));
+        let interval = state.settings.orders.sweep_interval();
+        let reconcile_every = state
+            .settings
+            .orders
+            .reconcile_interval()
+            .max(Duration::from_secs(1));
         let mut last_reconcile = tokio::time::Instant::now();
         loop {
             if last_reconcile.elapsed() >= reconcile_every {

@@ -236,8 +236,16 @@ pub async fn checkout(
 /// The customer sent the same checkout again after Stripe refused a request of ours:
 /// charge again (Stripe saved no result for a request it refused before running it).
 async fn retry_payment(state: &AppState, id: &str) -> Result<(), FlowError> {
-    if !store::orders::acquire(&state.db, id, now_ms(), lease_ms(state)).await? {
-        return Ok(());
+    // Another runner may hold the order for a moment (a webhook's job, a concurrent retry
+    // of this same checkout): wait for it rather than answer with the old refusal.
+    let deadline = tokio::time::Instant::now() + state.settings.orders.checkout_wait();
+    while !store::orders::acquire(&state.db, id, now_ms(), lease_ms(state)).await? {
+        if tokio::time::Instant::now() >= deadline
+            || parse_step(&load(state, id).await?)? != Step::AwaitPaymentRetry
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let mut order = load(state, id).await?;
     if parse_step(&order)? != Step::AwaitPaymentRetry {
@@ -254,7 +262,7 @@ async fn retry_payment(state: &AppState, id: &str) -> Result<(), FlowError> {
 }
 
 fn lease_ms(state: &AppState) -> i64 {
-    i64::try_from(state.settings.orders.lease_ms).unwrap_or(15_000)
+    i64::try_from(state.settings.orders.lease().as_millis()).unwrap_or(15_000)
 }
 
 fn parse_step(order: &Order) -> Result<Step, FlowError> {
@@ -305,8 +313,7 @@ async fn load(state: &AppState, id: &str) -> Result<Order, FlowError> {
 /// Waits until the flow rests (waiting for the store or the customer, or finished), so
 /// every caller with the same key sees the same settled answer.
 async fn wait_until_resting(state: &AppState, id: &str) -> Result<Order, FlowError> {
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_millis(state.settings.orders.checkout_wait_ms);
+    let deadline = tokio::time::Instant::now() + state.settings.orders.checkout_wait();
     loop {
         let order = load(state, id).await?;
         let step = parse_step(&order)?;

@@ -292,14 +292,7 @@ pub(super) async fn await_payment_retry(
 }
 
 pub(super) fn authentication_timeout_ms(state: &AppState) -> i64 {
-    i64::try_from(
-        state
-            .settings
-            .orders
-            .authentication_timeout_secs
-            .saturating_mul(1000),
-    )
-    .unwrap_or(900_000)
+    i64::try_from(state.settings.orders.authentication_timeout().as_millis()).unwrap_or(900_000)
 }
 
 /// Waiting for 3-D Secure: Stripe's webhook moves the flow on; an abandoned
