@@ -5,6 +5,10 @@ use sea_orm::{ConnectionTrait, Database};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
+/// A client websocket, as the tests open them.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 pub enum Db {
     Sqlite,
     Postgres,
@@ -163,6 +167,39 @@ pub enum Sim {
 impl TestApp {
     pub fn graphql_url(&self) -> String {
         format!("{}/graphql", self.url)
+    }
+
+    /// A graphql-transport-ws socket signed in with `token`, subscribed (operation id
+    /// `"s"`) to `orderStatusChanged` of `order_id` with `selection`.
+    pub async fn subscribe_to_order(&self, token: &str, order_id: &str, selection: &str) -> Ws {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::{
+            Message, client::IntoClientRequest, http::HeaderValue,
+        };
+        let mut request = self
+            .graphql_url()
+            .replace("http://", "ws://")
+            .into_client_request()
+            .expect("a websocket request");
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static("graphql-transport-ws"),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("the websocket opens");
+        let init = json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}});
+        ws.send(Message::Text(init.to_string().into()))
+            .await
+            .expect("connection_init");
+        let query = format!(
+            "subscription($o: ID!) {{ orderStatusChanged(orderId: $o) {{ {selection} }} }}"
+        );
+        let subscribe = json!({"id": "s", "type": "subscribe", "payload": {"query": query, "variables": {"o": order_id}}});
+        ws.send(Message::Text(subscribe.to_string().into()))
+            .await
+            .expect("subscribe");
+        ws
     }
 
     pub fn use_token(&self, token: Option<&str>) {

@@ -6,13 +6,10 @@ use crate::helpers::{
     Db, ExternalUpstreams, Port, Sim, TestApp, TestDb, spawn_on, spawn_with_settings, test_settings,
 };
 use crate::shop::Shop;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::time::Duration;
-use tokio_tungstenite::{
-    connect_async,
-    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
-};
+use tokio_tungstenite::tungstenite::Message;
 
 async fn get(app: &TestApp, url: String) -> Value {
     app.http
@@ -74,24 +71,9 @@ async fn two_instances_share_one_database_as_one_service() {
     }
 
     // Follow the first order through B.
-    let mut request = b
-        .graphql_url()
-        .replace("http://", "ws://")
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_static("graphql-transport-ws"),
-    );
-    let (mut ws, _) = connect_async(request).await.unwrap();
-    ws.send(Message::Text(json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {}", customer.access_token)}}).to_string().into()))
-        .await
-        .unwrap();
-    ws.send(Message::Text(
-        json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription($o: ID!) { orderStatusChanged(orderId: $o) { status } }", "variables": {"o": orders[0]}}}).to_string().into(),
-    ))
-    .await
-    .unwrap();
+    let mut ws = b
+        .subscribe_to_order(&customer.access_token, &orders[0], "status")
+        .await;
     let mut statuses = Vec::new();
     statuses.push(next_status(&mut ws).await);
 

@@ -6,13 +6,10 @@
 use crate::helpers::{Db, Sim, TestApp, error_codes};
 use crate::shop::{Shop, shop};
 use cbtl_bff::domain::CaptureMode;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::time::Duration;
-use tokio_tungstenite::{
-    connect_async,
-    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
-};
+use tokio_tungstenite::tungstenite::Message;
 
 const ORDER_FIELDS: &str = "id number status store { id } total { amount currencyCode } subtotal { amount } tax { amount } payment { status amount { amount } brand last4 clientSecret } statusHistory { status } pointsEarned lines { quantity product { id } }";
 
@@ -451,33 +448,9 @@ async fn forged_stale_repeated_and_reordered_webhooks_change_nothing_they_should
     shop.assert_money_invariants().await;
 }
 
-async fn subscribe(
-    app: &TestApp,
-    token: &str,
-    order_id: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let mut request = app
-        .graphql_url()
-        .replace("http://", "ws://")
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_static("graphql-transport-ws"),
-    );
-    let (mut ws, _) = connect_async(request).await.unwrap();
-    ws.send(Message::Text(
-        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    let query = "subscription($o: ID!) { orderStatusChanged(orderId: $o) { id status statusHistory { status } } }";
-    ws.send(Message::Text(json!({"id": "s", "type": "subscribe", "payload": {"query": query, "variables": {"o": order_id}}}).to_string().into()))
+async fn subscribe(app: &TestApp, token: &str, order_id: &str) -> crate::helpers::Ws {
+    app.subscribe_to_order(token, order_id, "id status statusHistory { status }")
         .await
-        .unwrap();
-    ws
 }
 
 async fn next_json(

@@ -25,23 +25,7 @@ impl Deref for Shop {
 /// Settings every order test shares: the store decides when the test says, and background
 /// work is picked up quickly.
 pub async fn shop(tweak: impl FnOnce(&mut cbtl_bff::config::Settings)) -> Shop {
-    let app = spawn_app_with(Db::Sqlite, |s| {
-        s.sandbox.auto_accept_delay_ms = 0;
-        s.orders.sweep_interval_ms = 50;
-        s.jobs.poll_interval_ms = 50;
-        tweak(s);
-    })
-    .await;
-    let customer = app.sign_up("+16265550150", "grace@example.com").await;
-    app.use_token(Some(&customer.access_token));
-    let shop = Shop { app };
-    shop.eventually("the SessionM link", || async {
-        shop.gql("{ me { loyalty { pointsBalance } } }", json!({}))
-            .await["data"]["me"]["loyalty"]
-            .is_object()
-    })
-    .await;
-    shop
+    Shop::start(Db::Sqlite, tweak).await
 }
 
 impl Shop {
