@@ -71,6 +71,61 @@ opaque_id!(
     OrderId
 );
 
+/// Defines a client-supplied value with one rule: `$max` bytes at most, every byte
+/// passing `$ok`. Each type has exactly one `parse`, so a limit is stated once.
+macro_rules! checked_text {
+    ($(#[$doc:meta])* $name:ident, max = $max:expr, ok = $ok:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The longest accepted, in bytes.
+            pub const MAX_LEN: usize = $max;
+
+            /// Accepts a client's value, trimmed: non-empty, at most [`Self::MAX_LEN`]
+            /// bytes, every byte allowed.
+            pub fn parse(raw: &str) -> Option<Self> {
+                let raw = raw.trim();
+                let allowed: fn(u8) -> bool = $ok;
+                let ok = !raw.is_empty() && raw.len() <= $max && raw.bytes().all(allowed);
+                ok.then(|| Self(raw.to_owned()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+checked_text!(
+    /// The app's key for one checkout attempt (a UUID, say): retries send the same one.
+    IdempotencyKey,
+    max = 200,
+    ok = |b| !b.is_ascii_control()
+);
+checked_text!(
+    /// A Stripe PaymentMethod id as the app sends it (`pm_…`); Stripe decides whether it
+    /// exists.
+    PaymentMethodId,
+    max = 255,
+    ok = |b| b.is_ascii_graphic()
+);
+checked_text!(
+    /// A SessionM wallet entry (`user_offer_id`), as the app sends it back.
+    VoucherId,
+    max = 128,
+    ok = |b| b.is_ascii_graphic()
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

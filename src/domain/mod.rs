@@ -8,6 +8,9 @@ mod order;
 
 pub use contact::{Email, PersonName, Phone};
 pub use failure::Failure;
-pub use ids::{CartId, CartLineId, CustomerId, ModifierOptionId, OrderId, ProductId, StoreId};
+pub use ids::{
+    CartId, CartLineId, CustomerId, IdempotencyKey, ModifierOptionId, OrderId, PaymentMethodId,
+    ProductId, StoreId, VoucherId,
+};
 pub use money::{Currency, Money, MoneyError};
 pub use order::{CaptureMode, OrderStatus, PaymentStatus, Step, StepKind};

@@ -10,8 +10,8 @@ use super::{
 use crate::{
     context::AppState,
     domain::{
-        CartId, Currency, Failure, Money, OrderStatus as DomainStatus,
-        PaymentStatus as DomainPayment, Step, StoreId,
+        CartId, Currency, Failure, IdempotencyKey, Money, OrderStatus as DomainStatus,
+        PaymentMethodId, PaymentStatus as DomainPayment, Step, StoreId, VoucherId,
     },
     flows::place_order::{self, CheckoutRefusal, CheckoutRequest},
     store::{self, orders::Order},
@@ -532,26 +532,30 @@ impl OrderMutation {
         let customer = context::customer(ctx)?;
         let mut errors = Vec::new();
         let cart_id = CartId::parse(&input.cart_id);
-        let key = input.idempotency_key.trim();
-        if key.is_empty() || key.len() > 200 || key.chars().any(char::is_control) {
+        let key = IdempotencyKey::parse(&input.idempotency_key);
+        if key.is_none() {
             errors.push(UserError::new(
                 UserErrorCode::InvalidInput,
                 &["input", "idempotencyKey"],
-                "Send a unique key of up to 200 characters.",
+                format!(
+                    "Send a unique key of up to {} characters.",
+                    IdempotencyKey::MAX_LEN
+                ),
             ));
         }
-        let pm = input.payment_method_id.trim();
-        if pm.is_empty() || pm.len() > 255 || !pm.bytes().all(|b| b.is_ascii_graphic()) {
+        let pm = PaymentMethodId::parse(&input.payment_method_id);
+        if pm.is_none() {
             errors.push(UserError::new(
                 UserErrorCode::InvalidInput,
                 &["input", "paymentMethodId"],
                 "This is not a payment method.",
             ));
         }
-        let voucher_id = input.voucher_id.as_ref().map(|v| v.trim().to_owned());
-        if voucher_id.as_deref().is_some_and(|v| {
-            v.is_empty() || v.len() > 128 || !v.bytes().all(|b| b.is_ascii_graphic())
-        }) {
+        let voucher_id = match input.voucher_id.as_ref() {
+            None => Ok(None),
+            Some(raw) => VoucherId::parse(raw).map(Some).ok_or(()),
+        };
+        if voucher_id.is_err() {
             errors.push(UserError::new(
                 UserErrorCode::VoucherNotFound,
                 &["input", "voucherId"],
@@ -569,18 +573,18 @@ impl OrderMutation {
                 user_errors: errors,
             });
         };
-        if !errors.is_empty() {
+        let (Some(key), Some(pm), Ok(voucher_id)) = (key, pm, voucher_id) else {
             return Ok(CheckoutPayload {
                 order: None,
                 user_errors: errors,
             });
-        }
+        };
         let request = CheckoutRequest {
-            customer_id: customer.as_str().to_owned(),
+            customer_id: customer.clone(),
             cart_id,
-            payment_method_id: pm.to_owned(),
+            payment_method_id: pm,
             voucher_id,
-            idempotency_key: key.to_owned(),
+            idempotency_key: key,
         };
         let outcome = place_order::checkout(state, request).await.map_err(|e| {
             tracing::error!(error = %e, "checkout failed");

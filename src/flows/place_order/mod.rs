@@ -118,11 +118,11 @@ impl From<sea_orm::DbErr> for FlowError {
 
 /// What a checkout request asks for, already checked for shape.
 pub struct CheckoutRequest {
-    pub customer_id: String,
+    pub customer_id: crate::domain::CustomerId,
     pub cart_id: CartId,
-    pub payment_method_id: String,
-    pub voucher_id: Option<String>,
-    pub idempotency_key: String,
+    pub payment_method_id: crate::domain::PaymentMethodId,
+    pub voucher_id: Option<crate::domain::VoucherId>,
+    pub idempotency_key: crate::domain::IdempotencyKey,
 }
 
 impl CheckoutRequest {
@@ -130,8 +130,8 @@ impl CheckoutRequest {
         let mut hasher = Sha256::new();
         for part in [
             self.cart_id.as_str(),
-            &self.payment_method_id,
-            self.voucher_id.as_deref().unwrap_or(""),
+            self.payment_method_id.as_str(),
+            self.voucher_id.as_ref().map_or("", |v| v.as_str()),
         ] {
             hasher.update(part.as_bytes());
             hasher.update([0]);
@@ -158,9 +158,12 @@ pub async fn checkout(
 ) -> Result<Result<Order, CheckoutRefusal>, FlowError> {
     let hash = request.hash();
     loop {
-        if let Some(existing) =
-            store::orders::find_by_key(&state.db, &request.customer_id, &request.idempotency_key)
-                .await?
+        if let Some(existing) = store::orders::find_by_key(
+            &state.db,
+            request.customer_id.as_str(),
+            request.idempotency_key.as_str(),
+        )
+        .await?
         {
             if existing.request_hash != hash {
                 return Ok(Err(CheckoutRefusal::IdempotencyKeyReused));
@@ -179,13 +182,13 @@ pub async fn checkout(
         let now = now_ms();
         let row = Order {
             id: format!("ord_{}", uuid::Uuid::now_v7().simple()),
-            customer_id: request.customer_id.clone(),
-            idempotency_key: request.idempotency_key.clone(),
+            customer_id: request.customer_id.as_str().to_owned(),
+            idempotency_key: request.idempotency_key.as_str().to_owned(),
             request_hash: hash.clone(),
             cart_id: request.cart_id.as_str().to_owned(),
             store_id: String::new(),
-            payment_method_id: request.payment_method_id.clone(),
-            voucher_id: request.voucher_id.clone(),
+            payment_method_id: request.payment_method_id.as_str().to_owned(),
+            voucher_id: request.voucher_id.as_ref().map(|v| v.as_str().to_owned()),
             voucher_name: None,
             capture_mode: state.settings.orders.capture.as_str().to_owned(),
             status: OrderStatus::AwaitingPayment.as_str().to_owned(),
