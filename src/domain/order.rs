@@ -5,27 +5,36 @@
 use std::fmt;
 
 /// What the app sees. Moves only forward; the last four are final.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::EnumIter)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, sea_orm::EnumIter, sea_orm::DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
 pub enum OrderStatus {
     /// Only while the card needs 3-D Secure.
+    #[sea_orm(string_value = "AWAITING_PAYMENT")]
     AwaitingPayment,
     /// Submitted and paid; the store has not accepted it yet.
+    #[sea_orm(string_value = "AWAITING_ACCEPTANCE")]
     AwaitingAcceptance,
     /// Accepted by the store and injected into its POS.
+    #[sea_orm(string_value = "IN_PREPARATION")]
     InPreparation,
+    #[sea_orm(string_value = "READY_FOR_PICKUP")]
     ReadyForPickup,
+    #[sea_orm(string_value = "COMPLETED")]
     Completed,
+    #[sea_orm(string_value = "PAYMENT_FAILED")]
     PaymentFailed,
     /// The store declined it; the payment was refunded or released.
+    #[sea_orm(string_value = "REJECTED")]
     Rejected,
     /// Recalled because the POS could not take it; the payment was refunded or released.
+    #[sea_orm(string_value = "CANCELLED")]
     Cancelled,
 }
 
 impl OrderStatus {
     /// Every status, in declaration order (derived, so a new variant cannot be missed).
     pub fn all() -> impl Iterator<Item = OrderStatus> {
-        <OrderStatus as strum::IntoEnumIterator>::iter()
+        <OrderStatus as sea_orm::Iterable>::iter()
     }
 
     pub fn as_str(self) -> &'static str {
@@ -80,37 +89,52 @@ impl fmt::Display for OrderStatus {
 /// call under an idempotency key derived from the order and the step, so a step re-run
 /// after a crash repeats nothing. Waiting steps need an outside event (a webhook, the
 /// customer) or a deadline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::EnumIter)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, sea_orm::EnumIter, sea_orm::DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
 pub enum Step {
     /// Submit the cart to Okya as an order, and snapshot its lines.
+    #[sea_orm(string_value = "submit")]
     Submit,
     /// Use Reward: SessionM locks the voucher and prices it; the discount goes on the Okya order.
+    #[sea_orm(string_value = "discount")]
     Discount,
     /// Take the payment with Stripe.
+    #[sea_orm(string_value = "charge")]
     Charge,
     /// Stripe refused our own request (a bad key, a malformed request): nothing was
     /// charged, and the customer may retry the same checkout; abandoned after the
     /// authentication timeout.
+    #[sea_orm(string_value = "await_payment_retry")]
     AwaitPaymentRetry,
     /// Waiting for the customer's 3-D Secure, reported by Stripe's webhook.
+    #[sea_orm(string_value = "await_authentication")]
     AwaitAuthentication,
     /// Save the payment details on the Okya order.
+    #[sea_orm(string_value = "record_payment")]
     RecordPayment,
     /// Waiting for the store to accept or reject, reported by Okya's webhook.
+    #[sea_orm(string_value = "await_acceptance")]
     AwaitAcceptance,
     /// Inject the accepted order into the Epoint POS.
+    #[sea_orm(string_value = "inject")]
     Inject,
     /// Capture an authorisation once the POS has the order (capture on acceptance).
+    #[sea_orm(string_value = "capture")]
     Capture,
     /// The POS refused: recall the order in Okya.
+    #[sea_orm(string_value = "recall")]
     Recall,
     /// Give the money back: refund a capture, cancel an authorisation.
+    #[sea_orm(string_value = "refund")]
     Refund,
     /// The payment failed: cancel the Okya order so no store sees it.
+    #[sea_orm(string_value = "cancel_okya")]
     CancelOkya,
     /// Submission was refused; nothing was charged and the order is not shown.
+    #[sea_orm(string_value = "invalid")]
     Invalid,
     /// The flow has nothing left to do but follow the store (ready, completed) or is final.
+    #[sea_orm(string_value = "done")]
     Done,
 }
 
@@ -131,7 +155,7 @@ pub enum StepKind {
 impl Step {
     /// Every step, in declaration order (derived, so a new variant cannot be missed).
     pub fn all() -> impl Iterator<Item = Step> {
-        <Step as strum::IntoEnumIterator>::iter()
+        <Step as sea_orm::Iterable>::iter()
     }
 
     pub fn as_str(self) -> &'static str {
@@ -180,36 +204,40 @@ impl Step {
         self.kind() == StepKind::Active
     }
 
-    /// The names of the steps of one kind, for the sweeper's query.
-    pub fn names_of(kind: StepKind) -> Vec<&'static str> {
-        Self::all()
-            .filter(|s| s.kind() == kind)
-            .map(Step::as_str)
-            .collect()
+    /// The steps of one kind, for the sweeper's query.
+    pub fn of_kind(kind: StepKind) -> Vec<Step> {
+        Self::all().filter(|s| s.kind() == kind).collect()
     }
 }
 
 /// The state of an order's payment as the app sees it (`Payment.status`), kept in step
 /// with Stripe's PaymentIntent: stored by name in `orders.payment_status`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::EnumIter)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, sea_orm::EnumIter, sea_orm::DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
 pub enum PaymentStatus {
     /// 3-D Secure (or another customer action) is pending.
+    #[sea_orm(string_value = "REQUIRES_ACTION")]
     RequiresAction,
     /// Authorised and held, not yet captured (capture on acceptance).
+    #[sea_orm(string_value = "AUTHORIZED")]
     Authorized,
     /// Captured: the money was taken (also a free order covered by a voucher).
+    #[sea_orm(string_value = "CAPTURED")]
     Captured,
     /// Declined or otherwise not taken; nothing to give back.
+    #[sea_orm(string_value = "FAILED")]
     Failed,
     /// Captured, then given back in full.
+    #[sea_orm(string_value = "REFUNDED")]
     Refunded,
     /// An authorisation released (or an intent cancelled) before capture.
+    #[sea_orm(string_value = "CANCELLED")]
     Cancelled,
 }
 
 impl PaymentStatus {
     pub fn all() -> impl Iterator<Item = PaymentStatus> {
-        <PaymentStatus as strum::IntoEnumIterator>::iter()
+        <PaymentStatus as sea_orm::Iterable>::iter()
     }
 
     pub fn as_str(self) -> &'static str {
@@ -240,13 +268,25 @@ impl PaymentStatus {
 }
 
 /// When a card is charged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    sea_orm::EnumIter,
+    sea_orm::DeriveActiveEnum,
+)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
 #[serde(rename_all = "snake_case")]
 pub enum CaptureMode {
     /// Charged at checkout; refunded if the store rejects or the POS refuses.
+    #[sea_orm(string_value = "immediate")]
     Immediate,
     /// Authorised at checkout, captured once the POS has the order, released otherwise, so
     /// no refund fees are paid.
+    #[sea_orm(string_value = "on_acceptance")]
     OnAcceptance,
 }
 
@@ -264,6 +304,18 @@ impl CaptureMode {
             "on_acceptance" => Some(CaptureMode::OnAcceptance),
             _ => None,
         }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for PaymentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -75,7 +75,7 @@ pub struct OrderObject {
 
 impl OrderObject {
     fn current(row: Order) -> Result<Self> {
-        let status = DomainStatus::parse(&row.status).ok_or(ApiError::Internal)?;
+        let status = row.status;
         Ok(Self {
             changed_at_ms: row.updated_at_ms,
             status,
@@ -115,8 +115,6 @@ impl PaymentObject<'_> {
         self.0
             .row
             .payment_status
-            .as_deref()
-            .and_then(DomainPayment::parse)
             .map(PaymentStatusEnum::from)
             .ok_or_else(|| ApiError::Internal.into())
     }
@@ -137,9 +135,7 @@ impl PaymentObject<'_> {
     /// `REQUIRES_ACTION`.
     async fn client_secret(&self, ctx: &Context<'_>) -> Result<Option<String>> {
         let row = &self.0.row;
-        if row.payment_status.as_deref().and_then(DomainPayment::parse)
-            != Some(DomainPayment::RequiresAction)
-        {
+        if row.payment_status != Some(DomainPayment::RequiresAction) {
             return Ok(None);
         }
         let Some(intent_id) = &row.payment_intent_id else {
@@ -229,11 +225,9 @@ impl OrderObject {
         Ok(history
             .into_iter()
             .take(self.history_upto.unwrap_or(usize::MAX))
-            .filter_map(|h| {
-                DomainStatus::parse(&h.status).map(|s| OrderStatusChange {
-                    status: s.into(),
-                    at: timestamp(h.at_ms),
-                })
+            .map(|h| OrderStatusChange {
+                status: h.status.into(),
+                at: timestamp(h.at_ms),
             })
             .collect())
     }
@@ -293,10 +287,9 @@ fn order_errors(row: &Order) -> Vec<UserError> {
     let Some(code) = row.failure_code.as_deref() else {
         return Vec::new();
     };
-    let step = Step::parse(&row.step);
-    let invalid = step == Some(Step::Invalid);
-    let awaiting_retry = step == Some(Step::AwaitPaymentRetry);
-    let failed = row.status == DomainStatus::PaymentFailed.as_str();
+    let invalid = row.step == Step::Invalid;
+    let awaiting_retry = row.step == Step::AwaitPaymentRetry;
+    let failed = row.status == DomainStatus::PaymentFailed;
     if !(invalid || failed || awaiting_retry) {
         return Vec::new();
     }
@@ -422,9 +415,7 @@ pub async fn owned_order(state: &AppState, customer_id: &str, raw: &str) -> Resu
         .await
         .map_err(ApiError::from)?;
     Ok(order.filter(|o| {
-        o.customer_id == customer_id
-            && o.okya_order_id.is_some()
-            && o.step != Step::Invalid.as_str()
+        o.customer_id == customer_id && o.okya_order_id.is_some() && o.step != Step::Invalid
     }))
 }
 
@@ -614,13 +605,13 @@ impl OrderMutation {
             }
         };
         let user_errors = order_errors(&order);
-        if order.step == Step::Invalid.as_str() {
+        if order.step == Step::Invalid {
             return Ok(CheckoutPayload {
                 order: None,
                 user_errors,
             });
         }
-        if Step::parse(&order.step).is_some_and(Step::is_active) {
+        if order.step.is_active() {
             // Still running (an upstream is slow); the same key will return the outcome.
             return Err(ApiError::UpstreamUnavailable.into());
         }
@@ -737,14 +728,12 @@ impl StatusFollower {
             return Ok(());
         };
         for (index, entry) in history.iter().enumerate().skip(self.seen) {
-            if let Some(status) = DomainStatus::parse(&entry.status) {
-                self.pending.push_back(OrderObject {
-                    row: row.clone(),
-                    status,
-                    changed_at_ms: entry.at_ms,
-                    history_upto: Some(index + 1),
-                });
-            }
+            self.pending.push_back(OrderObject {
+                row: row.clone(),
+                status: entry.status,
+                changed_at_ms: entry.at_ms,
+                history_upto: Some(index + 1),
+            });
         }
         self.seen = history.len();
         Ok(())

@@ -127,12 +127,12 @@ pub async fn due(
             sea_orm::Condition::any()
                 .add(
                     order::Column::Step
-                        .is_in(Step::names_of(StepKind::Active))
+                        .is_in(Step::of_kind(StepKind::Active))
                         .and(order::Column::NextAttemptAtMs.lte(now_ms)),
                 )
                 .add(
                     order::Column::Step
-                        .is_in(Step::names_of(StepKind::AwaitingCustomer))
+                        .is_in(Step::of_kind(StepKind::AwaitingCustomer))
                         .and(order::Column::UpdatedAtMs.lt(customer_deadline_ms)),
                 ),
         )
@@ -163,10 +163,10 @@ pub async fn transition(
         return Ok(false);
     }
     let result = order::Entity::update_many()
-        .col_expr(order::Column::Status, Expr::value(to.as_str()))
+        .col_expr(order::Column::Status, Expr::value(to))
         .col_expr(order::Column::UpdatedAtMs, Expr::value(now_ms))
         .filter(order::Column::Id.eq(id))
-        .filter(order::Column::Status.eq(from.as_str()))
+        .filter(order::Column::Status.eq(from))
         .exec(db)
         .await?;
     if result.rows_affected != 1 {
@@ -190,7 +190,7 @@ pub async fn append_history(
     let row = history::ActiveModel {
         order_id: Set(id.to_owned()),
         seq: Set(i32::try_from(count).unwrap_or(i32::MAX - 1) + 1),
-        status: Set(status.as_str().to_owned()),
+        status: Set(status),
         at_ms: Set(now_ms),
     };
     history::Entity::insert(row)
@@ -239,7 +239,7 @@ pub async fn page_for_customer(
 ) -> Result<Vec<Order>, StoreError> {
     let mut query = order::Entity::find()
         .filter(order::Column::CustomerId.eq(customer_id))
-        .filter(order::Column::Step.ne(Step::Invalid.as_str()))
+        .filter(order::Column::Step.ne(Step::Invalid))
         .filter(order::Column::OkyaOrderId.is_not_null());
     if let Some((created, id)) = before {
         query = query.filter(
@@ -322,11 +322,11 @@ pub async fn open_with_okya(
 ) -> Result<Vec<Order>, StoreError> {
     Ok(order::Entity::find()
         .filter(order::Column::OkyaOrderId.is_not_null())
-        .filter(order::Column::Step.is_in([Step::AwaitAcceptance.as_str(), Step::Done.as_str()]))
+        .filter(order::Column::Step.is_in([Step::AwaitAcceptance, Step::Done]))
         .filter(order::Column::Status.is_in([
-            OrderStatus::AwaitingAcceptance.as_str(),
-            OrderStatus::InPreparation.as_str(),
-            OrderStatus::ReadyForPickup.as_str(),
+            OrderStatus::AwaitingAcceptance,
+            OrderStatus::InPreparation,
+            OrderStatus::ReadyForPickup,
         ]))
         .order_by_asc(order::Column::UpdatedAtMs)
         .limit(limit)

@@ -410,7 +410,7 @@ async fn forged_stale_repeated_and_reordered_webhooks_change_nothing_they_should
     );
     // Whatever the refused webhooks might have started has run its course.
     let settled = shop.wait_until_settled(&id).await;
-    assert_eq!(settled.step, "await_acceptance");
+    assert_eq!(settled.step, cbtl_bff::domain::Step::AwaitAcceptance);
     assert_eq!(
         shop.order(&id).await["status"],
         "AWAITING_ACCEPTANCE",
@@ -804,7 +804,7 @@ async fn lost_webhooks_are_made_up_for_by_reconciliation() {
     // Only the timer can notice: nothing reads the order through the API meanwhile (a
     // read asks Okya too); the service's own row is read straight from its database.
     shop.eventually("reconciliation to inject the accepted order", || async {
-        shop.row(&id).await.status == "IN_PREPARATION"
+        shop.row(&id).await.status == cbtl_bff::domain::OrderStatus::InPreparation
     })
     .await;
     let delivered: Value = shop

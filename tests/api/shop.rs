@@ -96,7 +96,7 @@ impl Shop {
         let db = &self.app.app.state().db;
         for _ in 0..200 {
             let row = self.row(id).await;
-            let step = cbtl_bff::domain::Step::parse(&row.step).expect("a known step");
+            let step = row.step;
             let pending = cbtl_bff::store::jobs::count(db, cbtl_bff::store::jobs::PENDING)
                 .await
                 .expect("jobs");

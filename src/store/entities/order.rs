@@ -1,3 +1,4 @@
+use crate::domain::{CaptureMode, OrderStatus, PaymentStatus, Step};
 use sea_orm::entity::prelude::*;
 
 /// One Place Order flow: its recovery point (`step`), what the app sees (`status`), the
@@ -18,9 +19,9 @@ pub struct Model {
     /// Set once SessionM locked the voucher for this order (its name), so compensations
     /// know there is a lock to release.
     pub voucher_name: Option<String>,
-    pub capture_mode: String,
-    pub status: String,
-    pub step: String,
+    pub capture_mode: CaptureMode,
+    pub status: OrderStatus,
+    pub step: Step,
     pub step_attempts: i32,
     pub next_attempt_at_ms: i64,
     pub locked_until_ms: Option<i64>,
@@ -38,7 +39,7 @@ pub struct Model {
     pub okya_approval: Option<String>,
     pub okya_fulfilment: Option<String>,
     pub payment_intent_id: Option<String>,
-    pub payment_status: Option<String>,
+    pub payment_status: Option<PaymentStatus>,
     pub card_brand: Option<String>,
     pub card_last4: Option<String>,
     pub pos_ticket_id: Option<String>,

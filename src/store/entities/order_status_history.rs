@@ -1,3 +1,4 @@
+use crate::domain::OrderStatus;
 use sea_orm::entity::prelude::*;
 
 /// Every status an order took, in order.
@@ -8,7 +9,7 @@ pub struct Model {
     pub order_id: String,
     #[sea_orm(primary_key, auto_increment = false)]
     pub seq: i32,
-    pub status: String,
+    pub status: OrderStatus,
     pub at_ms: i64,
 }
 
