@@ -439,8 +439,8 @@ impl OrderQuery {
                         &state.db,
                         &order.id,
                         okya.version,
-                        place_order::approval_name(okya.approval),
-                        place_order::fulfilment_name(okya.fulfilment),
+                        okya.approval,
+                        okya.fulfilment,
                     )
                     .await
                     .map_err(ApiError::from)?;

@@ -266,8 +266,8 @@ pub async fn record_okya_state(
     db: &impl ConnectionTrait,
     id: &str,
     version: i64,
-    approval: &str,
-    fulfilment: &str,
+    approval: crate::upstream::okya::orders::Approval,
+    fulfilment: crate::upstream::okya::orders::Fulfilment,
 ) -> Result<bool, StoreError> {
     let result = order::Entity::update_many()
         .col_expr(order::Column::OkyaVersion, Expr::value(version))

@@ -35,8 +35,8 @@ pub async fn apply_okya_event(
         &state.db,
         &order.id,
         okya.version,
-        approval_name(okya.approval),
-        fulfilment_name(okya.fulfilment),
+        okya.approval,
+        okya.fulfilment,
     )
     .await
     .map_err(|e| transient(&e))?;
@@ -103,8 +103,8 @@ pub async fn reconcile(state: &AppState) -> Result<usize, FlowError> {
             &state.db,
             &order.id,
             okya.version,
-            approval_name(okya.approval),
-            fulfilment_name(okya.fulfilment),
+            okya.approval,
+            okya.fulfilment,
         )
         .await?;
         drive(state, &order.id).await?;

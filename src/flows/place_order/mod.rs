@@ -291,17 +291,11 @@ fn set_payment(order: &mut Order, status: PaymentStatus) {
 }
 
 fn approval(order: &Order) -> Option<Approval> {
-    order
-        .okya_approval
-        .as_deref()
-        .and_then(|raw| serde_json::from_value(serde_json::Value::String(raw.to_owned())).ok())
+    order.okya_approval
 }
 
 fn fulfilment(order: &Order) -> Option<Fulfilment> {
-    order
-        .okya_fulfilment
-        .as_deref()
-        .and_then(|raw| serde_json::from_value(serde_json::Value::String(raw.to_owned())).ok())
+    order.okya_fulfilment
 }
 
 async fn load(state: &AppState, id: &str) -> Result<Order, FlowError> {
@@ -567,36 +561,18 @@ async fn record_okya(
 ) -> Result<(), FlowError> {
     if okya.version > order.okya_version {
         order.okya_version = okya.version;
-        order.okya_approval = Some(approval_name(okya.approval).to_owned());
-        order.okya_fulfilment = Some(fulfilment_name(okya.fulfilment).to_owned());
+        order.okya_approval = Some(okya.approval);
+        order.okya_fulfilment = Some(okya.fulfilment);
     }
     store::orders::record_okya_state(
         &state.db,
         &order.id,
         okya.version,
-        approval_name(okya.approval),
-        fulfilment_name(okya.fulfilment),
+        okya.approval,
+        okya.fulfilment,
     )
     .await?;
     Ok(())
-}
-
-pub fn approval_name(approval: Approval) -> &'static str {
-    match approval {
-        Approval::NeedsApproval => "NEEDS_APPROVAL",
-        Approval::Approved => "APPROVED",
-        Approval::NotApproved => "NOT_APPROVED",
-    }
-}
-
-pub fn fulfilment_name(fulfilment: Fulfilment) -> &'static str {
-    match fulfilment {
-        Fulfilment::Received => "RECEIVED",
-        Fulfilment::InPreparation => "IN_PREPARATION",
-        Fulfilment::ReadyForPickup => "READY_FOR_PICKUP",
-        Fulfilment::Completed => "COMPLETED",
-        Fulfilment::Void => "VOID",
-    }
 }
 
 /// Records why the order failed (`message` is the upstream's words, for support and, for

@@ -1,4 +1,5 @@
 use crate::domain::{CaptureMode, OrderStatus, PaymentStatus, Step};
+use crate::upstream::okya::orders::{Approval, Fulfilment};
 use sea_orm::entity::prelude::*;
 
 /// One Place Order flow: its recovery point (`step`), what the app sees (`status`), the
@@ -36,8 +37,8 @@ pub struct Model {
     pub total_minor: Option<i64>,
     pub lines_json: Option<String>,
     pub okya_version: i64,
-    pub okya_approval: Option<String>,
-    pub okya_fulfilment: Option<String>,
+    pub okya_approval: Option<Approval>,
+    pub okya_fulfilment: Option<Fulfilment>,
     pub payment_intent_id: Option<String>,
     pub payment_status: Option<PaymentStatus>,
     pub card_brand: Option<String>,

@@ -21,23 +21,55 @@ pub enum OrderState {
     Canceled,
 }
 
-/// `approval`: the store's decision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `approval`: the store's decision. Also how our order row records it (by the same
+/// names, through sea-orm).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    sea_orm::EnumIter,
+    sea_orm::DeriveActiveEnum,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[sea_orm(rs_type = "String", db_type = "Text")]
 pub enum Approval {
+    #[sea_orm(string_value = "NEEDS_APPROVAL")]
     NeedsApproval,
+    #[sea_orm(string_value = "APPROVED")]
     Approved,
+    #[sea_orm(string_value = "NOT_APPROVED")]
     NotApproved,
 }
 
-/// `fulfilment`: how far the store is with the order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `fulfilment`: how far the store is with the order. Also how our order row records it
+/// (by the same names, through sea-orm).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    sea_orm::EnumIter,
+    sea_orm::DeriveActiveEnum,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[sea_orm(rs_type = "String", db_type = "Text")]
 pub enum Fulfilment {
+    #[sea_orm(string_value = "RECEIVED")]
     Received,
+    #[sea_orm(string_value = "IN_PREPARATION")]
     InPreparation,
+    #[sea_orm(string_value = "READY_FOR_PICKUP")]
     ReadyForPickup,
+    #[sea_orm(string_value = "COMPLETED")]
     Completed,
+    #[sea_orm(string_value = "VOID")]
     Void,
 }
 
