@@ -3,6 +3,8 @@
 //! the app sees by one exhaustive `match` in `graphql/orders.rs`. The upstreams' own codes
 //! are translated next to the client that receives them.
 
+use super::OrderStatus;
+
 /// An order's failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::EnumIter)]
 pub enum Failure {
@@ -86,6 +88,37 @@ impl Failure {
         }
     }
 
+    /// The status an order with this failure ends in once its compensation is done, or
+    /// `None` for an order refused before it was placed (never shown to the app). One
+    /// exhaustive mapping: a failure added later does not compile until it is placed here.
+    pub const fn final_status(self) -> Option<OrderStatus> {
+        match self {
+            Failure::StoreClosed
+            | Failure::CartEmpty
+            | Failure::ProductUnavailable
+            | Failure::CartAlreadyOrdered
+            | Failure::CartNotFound
+            | Failure::OrderNotAccepted
+            | Failure::ServiceUnavailable
+            | Failure::VoucherExpired
+            | Failure::VoucherAlreadyUsed
+            | Failure::VoucherInUse
+            | Failure::VoucherNotFound
+            | Failure::VoucherNotApplicable => None,
+            Failure::CardDeclined
+            | Failure::AuthenticationFailed
+            | Failure::AuthenticationAbandoned
+            | Failure::PaymentUnavailable
+            | Failure::PaymentFailed
+            | Failure::NotRecorded => Some(OrderStatus::PaymentFailed),
+            Failure::Rejected => Some(OrderStatus::Rejected),
+            Failure::AuthorizationLost
+            | Failure::CaptureFailed
+            | Failure::PosUnreachable
+            | Failure::PosRefused => Some(OrderStatus::Cancelled),
+        }
+    }
+
     /// A stored name, including those rows written before this enum held the upstreams'
     /// own codes (`offer_expired`, Stripe's decline codes, …).
     pub fn parse(raw: &str) -> Option<Self> {
@@ -129,5 +162,31 @@ mod tests {
             Some(Failure::CardDeclined)
         );
         assert_eq!(Failure::parse("something_else"), None);
+    }
+
+    #[test]
+    fn failures_end_in_the_status_the_app_expects() {
+        use super::OrderStatus;
+        assert_eq!(
+            Failure::Rejected.final_status(),
+            Some(OrderStatus::Rejected)
+        );
+        assert_eq!(
+            Failure::PosRefused.final_status(),
+            Some(OrderStatus::Cancelled)
+        );
+        assert_eq!(
+            Failure::CardDeclined.final_status(),
+            Some(OrderStatus::PaymentFailed)
+        );
+        assert_eq!(
+            Failure::NotRecorded.final_status(),
+            Some(OrderStatus::PaymentFailed)
+        );
+        assert_eq!(
+            Failure::VoucherInUse.final_status(),
+            None,
+            "never placed, never shown"
+        );
     }
 }

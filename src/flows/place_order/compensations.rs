@@ -117,11 +117,11 @@ pub(super) async fn refund(state: &AppState, mut order: Order) -> Result<Next, F
         commit(state, &mut order, None).await?;
         return Ok(Next::Continue);
     }
-    let target = if failure_of(&order) == Some(Failure::Rejected) {
-        OrderStatus::Rejected
-    } else {
-        OrderStatus::Cancelled
-    };
+    // Money given back after the order was placed: the failure says how it ended (a
+    // refund with no recorded failure is the store's cancellation).
+    let target = failure_of(&order)
+        .and_then(Failure::final_status)
+        .unwrap_or(OrderStatus::Cancelled);
     advance(&mut order, Step::Done);
     commit(state, &mut order, Some(target)).await?;
     Ok(Next::Rest)
@@ -168,7 +168,10 @@ pub(super) async fn cancel_okya(state: &AppState, mut order: Order) -> Result<Ne
         commit(state, &mut order, None).await?;
         return Ok(Next::Rest);
     }
+    let target = failure_of(&order)
+        .and_then(Failure::final_status)
+        .unwrap_or(OrderStatus::PaymentFailed);
     advance(&mut order, Step::Done);
-    commit(state, &mut order, Some(OrderStatus::PaymentFailed)).await?;
+    commit(state, &mut order, Some(target)).await?;
     Ok(Next::Rest)
 }
