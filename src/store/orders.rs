@@ -265,16 +265,14 @@ pub async fn page_for_customer(
 pub async fn record_okya_state(
     db: &impl ConnectionTrait,
     id: &str,
-    version: i64,
-    approval: crate::upstream::okya::orders::Approval,
-    fulfilment: crate::upstream::okya::orders::Fulfilment,
+    okya: &crate::upstream::okya::orders::Order,
 ) -> Result<bool, StoreError> {
     let result = order::Entity::update_many()
-        .col_expr(order::Column::OkyaVersion, Expr::value(version))
-        .col_expr(order::Column::OkyaApproval, Expr::value(approval))
-        .col_expr(order::Column::OkyaFulfilment, Expr::value(fulfilment))
+        .col_expr(order::Column::OkyaVersion, Expr::value(okya.version))
+        .col_expr(order::Column::OkyaApproval, Expr::value(okya.approval))
+        .col_expr(order::Column::OkyaFulfilment, Expr::value(okya.fulfilment))
         .filter(order::Column::Id.eq(id))
-        .filter(order::Column::OkyaVersion.lt(version))
+        .filter(order::Column::OkyaVersion.lt(okya.version))
         .exec(db)
         .await?;
     Ok(result.rows_affected == 1)

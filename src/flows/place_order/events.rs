@@ -31,15 +31,9 @@ pub async fn apply_okya_event(
             okya.id
         )));
     };
-    store::orders::record_okya_state(
-        &state.db,
-        &order.id,
-        okya.version,
-        okya.approval,
-        okya.fulfilment,
-    )
-    .await
-    .map_err(|e| transient(&e))?;
+    store::orders::record_okya_state(&state.db, &order.id, &okya)
+        .await
+        .map_err(|e| transient(&e))?;
     drive_for_job(state, &order.id).await
 }
 
@@ -99,14 +93,7 @@ pub async fn reconcile(state: &AppState) -> Result<usize, FlowError> {
             continue;
         }
         tracing::info!(order_id = %order.id, version = okya.version, "reconciliation found a change no webhook brought");
-        store::orders::record_okya_state(
-            &state.db,
-            &order.id,
-            okya.version,
-            okya.approval,
-            okya.fulfilment,
-        )
-        .await?;
+        store::orders::record_okya_state(&state.db, &order.id, &okya).await?;
         drive(state, &order.id).await?;
         applied += 1;
     }
