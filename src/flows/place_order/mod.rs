@@ -147,6 +147,48 @@ pub enum CheckoutRefusal {
     IdempotencyKeyReused,
 }
 
+// ----- The table of steps -------------------------------------------------------------
+// Every step of the drawing in `docs/order-state-machine.md`, in the order of the seed's
+// diagram, and the transition each returns for the runner below.
+
+/// What a step wants the runner to do next: the transition it returns.
+enum Next {
+    /// The step recorded its successor; keep going.
+    Continue,
+    /// Nothing to do until an outside event.
+    Rest,
+    /// A transient failure or an outcome not known yet: try again later, counting the
+    /// attempt towards `orders.max_step_attempts`.
+    Retry(String),
+    /// The flow cannot resolve this on its own: an operator must look.
+    Attention(String),
+}
+
+/// Runs one step. Where each lives: `submit.rs` (Place Order 7–11); `reward.rs` (the
+/// discount, Use Reward 16–19); `payment.rs` (the charge, 3-D Secure and payment retries,
+/// 12–17); `acceptance.rs` (acceptance, injection, capture and following the store, 18–23);
+/// `compensations.rs` (recall 24, refund, cancellation).
+async fn run_step(state: &AppState, step: Step, order: Order) -> Result<Next, FlowError> {
+    match step {
+        Step::Submit => submit(state, order).await,
+        Step::Discount => discount(state, order).await,
+        Step::Charge => charge(state, order).await,
+        Step::AwaitPaymentRetry => await_payment_retry(state, order).await,
+        Step::AwaitAuthentication => await_authentication(state, order).await,
+        Step::RecordPayment => record_payment(state, order).await,
+        Step::AwaitAcceptance => await_acceptance(state, order).await,
+        Step::Inject => inject(state, order).await,
+        Step::Capture => capture(state, order).await,
+        Step::Recall => recall(state, order).await,
+        Step::Refund => refund(state, order).await,
+        Step::CancelOkya => cancel_okya(state, order).await,
+        Step::Done => follow_store(state, order).await,
+        Step::Invalid => Ok(Next::Rest),
+    }
+}
+
+// ----- The entry and the runner --------------------------------------------------------
+
 /// Runs checkout: the same key returns the same order, whether the retry comes after the
 /// first finished or at the same moment; only one request ever runs the flow. A payment
 /// Stripe refused for reasons of ours (`await_payment_retry`) is tried again when the same
@@ -358,19 +400,6 @@ async fn run_held(state: &AppState, id: &str) -> Result<(), FlowError> {
     }
 }
 
-/// What a step wants the runner to do next: the transition it returns.
-enum Next {
-    /// The step recorded its successor; keep going.
-    Continue,
-    /// Nothing to do until an outside event.
-    Rest,
-    /// A transient failure or an outcome not known yet: try again later, counting the
-    /// attempt towards `orders.max_step_attempts`.
-    Retry(String),
-    /// The flow cannot resolve this on its own: an operator must look.
-    Attention(String),
-}
-
 async fn run_steps(state: &AppState, id: &str) -> Result<(), FlowError> {
     for _ in 0..MAX_STEPS_PER_RUN {
         let order = load(state, id).await?;
@@ -448,25 +477,6 @@ async fn mark_attention(state: &AppState, id: &str, reason: &str) -> Result<(), 
     order.updated_at_ms = now_ms();
     store::orders::save(&state.db, order).await?;
     Ok(())
-}
-
-async fn run_step(state: &AppState, step: Step, order: Order) -> Result<Next, FlowError> {
-    match step {
-        Step::Submit => submit(state, order).await,
-        Step::Discount => discount(state, order).await,
-        Step::Charge => charge(state, order).await,
-        Step::AwaitPaymentRetry => await_payment_retry(state, order).await,
-        Step::AwaitAuthentication => await_authentication(state, order).await,
-        Step::RecordPayment => record_payment(state, order).await,
-        Step::AwaitAcceptance => await_acceptance(state, order).await,
-        Step::Inject => inject(state, order).await,
-        Step::Capture => capture(state, order).await,
-        Step::Recall => recall(state, order).await,
-        Step::Refund => refund(state, order).await,
-        Step::CancelOkya => cancel_okya(state, order).await,
-        Step::Done => follow_store(state, order).await,
-        Step::Invalid => Ok(Next::Rest),
-    }
 }
 
 /// A step's own retries: 200 ms doubling to a minute, exact (the time is kept in the row,
