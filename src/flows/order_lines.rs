@@ -121,7 +121,6 @@ pub fn loyalty_lines(lines: &[LineSnapshot], currency: &Currency) -> Vec<Transac
         .map(|line| TransactionLine {
             line_id: line.line_id.clone(),
             product_id: line.product_id.clone(),
-            sku: None,
             name: line.name.clone(),
             quantity: line.quantity,
             unit_price: Money::new(line.unit_price_minor, currency.clone()),

@@ -92,7 +92,7 @@ async fn points_land_after_processing(kind: Db) {
     let settings = shop
         .http
         .put(format!("{}/_sandbox/settings", shop.sim_url(Sim::Sessionm)))
-        .json(&json!({"transaction_delay_ms": 1500}))
+        .json(&json!({"transaction_delay_ms": 3000}))
         .send()
         .await
         .expect("settings");
@@ -115,14 +115,14 @@ async fn points_land_after_processing(kind: Db) {
             .is_empty()
     })
     .await;
+    // Queued for 3 s at SessionM: not processed, so no points shown yet.
     let ledger = shop.ledger(Sim::Sessionm).await;
-    if ledger["transactions"].as_array().is_some_and(Vec::is_empty) {
-        assert_eq!(
-            shop.order(&id).await["pointsEarned"],
-            json!(null),
-            "queued is not processed: no points yet"
-        );
-    }
+    assert_eq!(ledger["transactions"], json!([]), "{ledger}");
+    assert_eq!(
+        shop.order(&id).await["pointsEarned"],
+        json!(null),
+        "queued is not processed: no points yet"
+    );
     shop.eventually("the points, once processed", || async {
         shop.order(&id).await["pointsEarned"] == 16
     })
@@ -237,7 +237,38 @@ async fn a_voucher_sessionm_describes_in_new_terms_is_unusable_and_the_rest_of_t
     let id = shop.only_order_id().await;
     shop.wait_until_settled(&id).await;
     shop.assert_not_sent(Sim::Sessionm, Shop::LOCK, &id).await;
+    shop.assert_not_sent(Sim::Sessionm, Shop::UNLOCK, &id).await;
     assert!(shop.intents_for(&id).await.is_empty());
+    // Compensated: the Okya order made for it is cancelled.
+    assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
+}
+
+#[tokio::test]
+async fn a_wallet_sessionm_will_not_show_cancels_the_order_and_locks_nothing() {
+    let shop = shop(|_| {}).await;
+    let voucher = shop.voucher("PERCENTAGE", "AVAILABLE").await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    // SessionM refuses our own wallet lookup (a fault of ours, not the voucher's).
+    shop.faults(
+        Sim::Sessionm,
+        json!({"refuse_next": {"POST /api/2.0/lookup": {"status": 401, "code": "access_denied", "times": 1}}}),
+    )
+    .await;
+    let payload = shop
+        .checkout_selecting("id", &cart, "pm_card_visa", Some(&voucher), "k")
+        .await;
+    assert_eq!(
+        error_codes(&payload),
+        vec!["SERVICE_UNAVAILABLE"],
+        "{payload}"
+    );
+    let id = shop.only_order_id().await;
+    shop.wait_until_settled(&id).await;
+    assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
+    shop.assert_not_sent(Sim::Sessionm, Shop::LOCK, &id).await;
+    shop.assert_not_sent(Sim::Sessionm, Shop::UNLOCK, &id).await;
+    assert!(shop.intents_for(&id).await.is_empty(), "nothing charged");
+    assert_eq!(shop.voucher_status(&voucher).await, "AVAILABLE");
 }
 
 #[tokio::test]

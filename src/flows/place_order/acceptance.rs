@@ -83,7 +83,7 @@ pub(super) async fn finish_injection(
     state: &AppState,
     mut order: Order,
 ) -> Result<Next, FlowError> {
-    match payment_status(&order)? {
+    match order.payment_status {
         Some(PaymentStatus::Authorized) => {
             advance(&mut order, Step::Capture);
             commit(state, &mut order, None).await?;
@@ -127,7 +127,7 @@ pub(super) async fn capture(state: &AppState, mut order: Order) -> Result<Next, 
         .payment_intent_id
         .clone()
         .ok_or_else(|| FlowError::Corrupt(format!("order {} captures no intent", order.id)))?;
-    if payment_status(&order)? != Some(PaymentStatus::Captured) {
+    if order.payment_status != Some(PaymentStatus::Captured) {
         match state
             .upstreams
             .stripe
@@ -215,7 +215,7 @@ pub(super) async fn capture(state: &AppState, mut order: Order) -> Result<Next, 
 
 /// After injection the flow only follows the store: ready, then collected.
 pub(super) async fn follow_store(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
-    let status = parse_status(&order)?;
+    let status = order.status;
     match (status, fulfilment(&order)) {
         (OrderStatus::InPreparation, Some(Fulfilment::ReadyForPickup)) => {
             commit(state, &mut order, Some(OrderStatus::ReadyForPickup)).await?;

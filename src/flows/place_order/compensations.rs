@@ -34,7 +34,7 @@ pub(super) async fn recall(state: &AppState, mut order: Order) -> Result<Next, F
 /// the voucher, then ends the order. When Stripe refuses, the PaymentIntent says what is
 /// true (a support agent may have refunded already) and the step goes on from there.
 pub(super) async fn refund(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
-    let status = payment_status(&order)?;
+    let status = order.payment_status;
     let outcome = match status {
         Some(PaymentStatus::Captured) => {
             let intent_id = intent_id(&order)?;
@@ -136,7 +136,7 @@ pub(super) fn intent_id(order: &Order) -> Result<String, FlowError> {
 
 /// The payment failed: cancel the Okya order so no store ever sees it.
 pub(super) async fn cancel_okya(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
-    if payment_status(&order)?.is_some_and(PaymentStatus::holds_money) {
+    if order.payment_status.is_some_and(PaymentStatus::holds_money) {
         // Money is held (the order could not be recorded): give it back first.
         advance(&mut order, Step::Refund);
         commit(state, &mut order, None).await?;

@@ -96,7 +96,7 @@ pub enum FlowError {
 /// is lost, and the lease is left to expire.
 fn crash_point(state: &AppState, order: &Order) -> Result<(), FlowError> {
     #[cfg(feature = "crash-points")]
-    if state.crash_points.hit(parse_step(order)?) {
+    if state.crash_points.hit(order.step) {
         tracing::warn!(order_id = %order.id, next_step = %order.step, "crash point: dying before recording");
         return Err(FlowError::Crashed(order.step.as_str().to_owned()));
     }
@@ -210,7 +210,7 @@ pub async fn checkout(
             if existing.request_hash != hash {
                 return Ok(Err(CheckoutRefusal::IdempotencyKeyReused));
             }
-            if parse_step(&existing)? == Step::AwaitPaymentRetry {
+            if existing.step == Step::AwaitPaymentRetry {
                 retry_payment(state, &existing.id).await?;
             }
             return Ok(Ok(wait_until_resting(state, &existing.id).await?));
@@ -286,14 +286,14 @@ async fn retry_payment(state: &AppState, id: &str) -> Result<(), FlowError> {
     let deadline = tokio::time::Instant::now() + state.settings.orders.checkout_wait();
     while !store::orders::acquire(&state.db, id, now_ms(), lease_ms(state)).await? {
         if tokio::time::Instant::now() >= deadline
-            || parse_step(&load(state, id).await?)? != Step::AwaitPaymentRetry
+            || load(state, id).await?.step != Step::AwaitPaymentRetry
         {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let mut order = load(state, id).await?;
-    if parse_step(&order)? != Step::AwaitPaymentRetry {
+    if order.step != Step::AwaitPaymentRetry {
         store::orders::release(&state.db, id).await?;
         return Ok(());
     }
@@ -308,24 +308,6 @@ async fn retry_payment(state: &AppState, id: &str) -> Result<(), FlowError> {
 
 fn lease_ms(state: &AppState) -> i64 {
     i64::try_from(state.settings.orders.lease().as_millis()).unwrap_or(15_000)
-}
-
-// The row holds typed values (sea-orm reads them through `DeriveActiveEnum`; a stored
-// value no variant names fails the read as a database error). These keep the flow's
-// call sites short.
-#[allow(clippy::unnecessary_wraps)]
-fn parse_step(order: &Order) -> Result<Step, FlowError> {
-    Ok(order.step)
-}
-
-#[allow(clippy::unnecessary_wraps)]
-fn parse_status(order: &Order) -> Result<OrderStatus, FlowError> {
-    Ok(order.status)
-}
-
-#[allow(clippy::unnecessary_wraps)]
-fn payment_status(order: &Order) -> Result<Option<PaymentStatus>, FlowError> {
-    Ok(order.payment_status)
 }
 
 fn set_payment(order: &mut Order, status: PaymentStatus) {
@@ -352,7 +334,7 @@ async fn wait_until_resting(state: &AppState, id: &str) -> Result<Order, FlowErr
     let deadline = tokio::time::Instant::now() + state.settings.orders.checkout_wait();
     loop {
         let order = load(state, id).await?;
-        let step = parse_step(&order)?;
+        let step = order.step;
         if !step.is_active() || order.attention.is_some() || tokio::time::Instant::now() >= deadline
         {
             return Ok(order);
@@ -407,19 +389,15 @@ async fn run_steps(state: &AppState, id: &str) -> Result<(), FlowError> {
             // An operator's now; webhooks still record Okya's state for when it resumes.
             return Ok(());
         }
-        let outcome = match parse_step(&order) {
-            // A step backing off after a failure waits for its time, whoever drives the
-            // flow meanwhile (a webhook, a waiting checkout): retries keep their pace.
-            Ok(step) if step.is_active() && order.next_attempt_at_ms > now_ms() => {
-                return Ok(());
-            }
-            Ok(step) => {
-                let span = tracing::info_span!("flow_step", order_id = %id, step = step.as_str());
-                // Boxed: each step is a large future, and nesting them inline overflows the stack.
-                Box::pin(run_step(state, step, order).instrument(span)).await
-            }
-            Err(e) => Err(e),
-        };
+        let step = order.step;
+        // A step backing off after a failure waits for its time, whoever drives the flow
+        // meanwhile (a webhook, a waiting checkout): retries keep their pace.
+        if step.is_active() && order.next_attempt_at_ms > now_ms() {
+            return Ok(());
+        }
+        let span = tracing::info_span!("flow_step", order_id = %id, step = step.as_str());
+        // Boxed: each step is a large future, and nesting them inline overflows the stack.
+        let outcome = Box::pin(run_step(state, step, order).instrument(span)).await;
         let next = match outcome {
             Ok(next) => next,
             Err(FlowError::Crashed(point)) => return Err(FlowError::Crashed(point)),
@@ -509,7 +487,7 @@ async fn commit(
     to: Option<OrderStatus>,
 ) -> Result<(), FlowError> {
     crash_point(state, order)?;
-    let from = parse_status(order)?;
+    let from = order.status;
     let now = now_ms();
     let txn = sea_orm::TransactionTrait::begin(&state.db).await?;
     let moved = match to {

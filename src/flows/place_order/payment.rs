@@ -404,7 +404,7 @@ pub(super) async fn await_authentication(
 /// Steps 14 and 16–17: the payment details go on the Okya order, which puts it in front of the store.
 pub(super) async fn record_payment(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let okya_id = okya_id(&order)?;
-    let captured = payment_status(&order)? == Some(PaymentStatus::Captured);
+    let captured = order.payment_status == Some(PaymentStatus::Captured);
     let free = order.total_minor == Some(0);
     let body = NewPayment {
         provider: if free { "voucher" } else { "stripe" }.into(),

@@ -104,7 +104,6 @@ pub struct SessionmUser {
 pub struct TransactionLine {
     pub line_id: String,
     pub product_id: String,
-    pub sku: Option<String>,
     pub name: String,
     pub quantity: u32,
     /// Price of one unit, modifiers included.

@@ -57,7 +57,6 @@ fn line(id: &str, price: i64, quantity: u32) -> TransactionLine {
     TransactionLine {
         line_id: id.into(),
         product_id: format!("prd_{id}"),
-        sku: None,
         name: format!("Item {id}"),
         quantity,
         unit_price: usd(price),

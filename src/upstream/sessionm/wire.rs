@@ -334,7 +334,7 @@ pub(super) fn transaction(
 ) -> Result<Value, MoneyError> {
     let currency = txn.currency();
     let mut items = Vec::with_capacity(txn.lines.len());
-    for (n, line) in txn.lines.iter().enumerate() {
+    for line in &txn.lines {
         if &line.unit_price.currency != currency {
             return Err(MoneyError::CurrencyMismatch(
                 currency.clone(),
@@ -343,8 +343,8 @@ pub(super) fn transaction(
         }
         let subtotal = line.unit_price.checked_mul(line.quantity.into())?;
         items.push(serde_json::json!({
-            // Line ids are positions in the order, stable for the order's life.
-            "line_id": (n + 1).to_string(),
+            // Okya's line id, kept in the order's snapshot: stable for the order's life.
+            "line_id": line.line_id,
             // SessionM matches items to its catalogue by id; public integrations send no
             // name.
             "item_id": line.product_id,
