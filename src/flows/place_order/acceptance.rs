@@ -216,17 +216,31 @@ pub(super) async fn capture(state: &AppState, mut order: Order) -> Result<Next, 
 /// After injection the flow only follows the store: ready, then collected.
 pub(super) async fn follow_store(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let status = order.status;
-    match (status, fulfilment(&order)) {
-        (OrderStatus::InPreparation, Some(Fulfilment::ReadyForPickup)) => {
+    let in_store = matches!(
+        status,
+        OrderStatus::InPreparation | OrderStatus::ReadyForPickup
+    );
+    // Exhaustive over Okya's fulfilment: a new one must say what it means here.
+    match fulfilment(&order) {
+        Some(Fulfilment::ReadyForPickup) if status == OrderStatus::InPreparation => {
             commit(state, &mut order, Some(OrderStatus::ReadyForPickup)).await?;
         }
-        (OrderStatus::InPreparation | OrderStatus::ReadyForPickup, Some(Fulfilment::Completed)) => {
+        Some(Fulfilment::Completed) if in_store => {
             if status == OrderStatus::InPreparation {
                 commit(state, &mut order, Some(OrderStatus::ReadyForPickup)).await?;
             }
             commit(state, &mut order, Some(OrderStatus::Completed)).await?;
         }
-        _ => {}
+        // Already there, or nothing to follow. A store voiding an order it accepted is not
+        // acted on yet: no refund and no SessionM return follow (a known gap).
+        Some(
+            Fulfilment::Received
+            | Fulfilment::InPreparation
+            | Fulfilment::ReadyForPickup
+            | Fulfilment::Completed
+            | Fulfilment::Void,
+        )
+        | None => {}
     }
     Ok(Next::Rest)
 }
