@@ -4,25 +4,16 @@
 use super::*;
 
 /// Steps 18–20: waiting for the store; Okya's webhook records its decision.
-pub(super) async fn await_acceptance(
-    state: &AppState,
-    mut order: Order,
-) -> Result<Next, FlowError> {
+pub(super) fn await_acceptance(mut order: Order) -> Result<Next, FlowError> {
     match approval(&order) {
-        Some(Approval::Approved) => {
-            advance(&mut order, Step::Inject);
-            commit(state, &mut order, None).await?;
-            Ok(Next::Continue)
-        }
+        Some(Approval::Approved) => Ok(go(order, Step::Inject).into()),
         Some(Approval::NotApproved) => {
             fail_with(
                 &mut order,
                 Failure::Rejected,
                 "The store declined the order.",
             );
-            advance(&mut order, Step::Refund);
-            commit(state, &mut order, None).await?;
-            Ok(Next::Continue)
+            Ok(go(order, Step::Refund).into())
         }
         Some(Approval::NeedsApproval) | None => Ok(Next::Rest),
     }
@@ -40,7 +31,7 @@ pub(super) async fn inject(state: &AppState, mut order: Order) -> Result<Next, F
     let failed = match outcome {
         Ok(receipt) => {
             order.pos_ticket_id = Some(receipt.ticket_id.clone());
-            return finish_injection(state, order).await;
+            return finish_injection(order);
         }
         Err(e) if e.is_transient() => {
             if i64::from(order.step_attempts) + 1
@@ -63,7 +54,7 @@ pub(super) async fn inject(state: &AppState, mut order: Order) -> Result<Next, F
         Ok(Some(receipt)) => {
             tracing::info!(order_id = %order.id, ticket = %receipt.ticket_id, "the POS had the order after all");
             order.pos_ticket_id = Some(receipt.ticket_id.clone());
-            return finish_injection(state, order).await;
+            return finish_injection(order);
         }
         Ok(None) => {}
         // Cannot tell yet: recalling now could refund an order the store is printing.
@@ -74,51 +65,32 @@ pub(super) async fn inject(state: &AppState, mut order: Order) -> Result<Next, F
     }
     tracing::warn!(order_id = %order.id, failure = failed.0.as_str(), reason = %failed.1, "the POS could not take the order; recalling");
     fail_with(&mut order, failed.0, &failed.1);
-    advance(&mut order, Step::Recall);
-    commit(state, &mut order, None).await?;
-    Ok(Next::Continue)
+    Ok(go(order, Step::Recall).into())
 }
 
-pub(super) async fn finish_injection(
-    state: &AppState,
-    mut order: Order,
-) -> Result<Next, FlowError> {
+/// The POS has the ticket: capture an authorisation first, or the order is with the store.
+pub(super) fn finish_injection(order: Order) -> Result<Next, FlowError> {
     match order.payment_status {
-        Some(PaymentStatus::Authorized) => {
-            advance(&mut order, Step::Capture);
-            commit(state, &mut order, None).await?;
-        }
-        Some(PaymentStatus::Captured) | None => in_preparation(state, &mut order).await?,
+        Some(PaymentStatus::Authorized) => Ok(go(order, Step::Capture).into()),
+        Some(PaymentStatus::Captured) | None => Ok(in_preparation(order).into()),
         Some(
             other @ (PaymentStatus::RequiresAction
             | PaymentStatus::Failed
             | PaymentStatus::Refunded
             | PaymentStatus::Cancelled),
-        ) => {
-            return Err(FlowError::Corrupt(format!(
-                "order {} was injected with payment {}",
-                order.id,
-                other.as_str()
-            )));
-        }
+        ) => Err(FlowError::Corrupt(format!(
+            "order {} was injected with payment {}",
+            order.id,
+            other.as_str()
+        ))),
     }
-    Ok(Next::Continue)
 }
 
 /// The order is with the store: tell the app, and queue the order for SessionM (step 25).
-pub(super) async fn in_preparation(state: &AppState, order: &mut Order) -> Result<(), FlowError> {
-    store::jobs::enqueue(
-        &state.db,
-        SEND_TO_SESSIONM,
-        &format!("{SEND_TO_SESSIONM}:{}", order.id),
-        &serde_json::json!({"order_id": order.id}),
-        now_ms(),
-    )
-    .await?;
-    advance(order, Step::Done);
-    commit(state, order, Some(OrderStatus::InPreparation)).await?;
-    state.job_signal.wake();
-    Ok(())
+pub(super) fn in_preparation(order: Order) -> Transition {
+    go(order, Step::Done)
+        .showing(OrderStatus::InPreparation)
+        .queueing(JobKind::SendToSessionm)
 }
 
 /// Capture on acceptance: take the authorised money now that the POS has the order.
@@ -147,15 +119,13 @@ pub(super) async fn capture(state: &AppState, mut order: Order) -> Result<Next, 
                     Truth::Settled(PaymentStatus::Authorized) if e.is_replayed_failure() => {
                         // The key's saved answer is a failure; the hold is still there.
                         order.key_generation += 1;
-                        commit(state, &mut order, None).await?;
+                        checkpoint(state, &mut order).await?;
                         return Ok(Next::Retry(e.to_string()));
                     }
                     Truth::Settled(PaymentStatus::Authorized) => {
                         tracing::error!(order_id = %order.id, error = %e, "Stripe refused the capture; recalling the order");
                         fail_with(&mut order, Failure::CaptureFailed, &e.to_string());
-                        advance(&mut order, Step::Recall);
-                        commit(state, &mut order, None).await?;
-                        return Ok(Next::Continue);
+                        return Ok(go(order, Step::Recall).into());
                     }
                     Truth::Settled(
                         status @ (PaymentStatus::Cancelled
@@ -172,9 +142,7 @@ pub(super) async fn capture(state: &AppState, mut order: Order) -> Result<Next, 
                             Failure::AuthorizationLost,
                             "The card authorisation was released before it could be captured.",
                         );
-                        advance(&mut order, Step::Recall);
-                        commit(state, &mut order, None).await?;
-                        return Ok(Next::Continue);
+                        return Ok(go(order, Step::Recall).into());
                     }
                     Truth::Processing => return Ok(Next::Retry(e.to_string())),
                     Truth::Unrecognised => {
@@ -186,7 +154,7 @@ pub(super) async fn capture(state: &AppState, mut order: Order) -> Result<Next, 
             }
         }
         // The money is taken: record that before anything else can fail.
-        commit(state, &mut order, None).await?;
+        checkpoint(state, &mut order).await?;
     }
     let okya_id = okya_id(&order)?;
     let body = NewPayment {
@@ -209,27 +177,27 @@ pub(super) async fn capture(state: &AppState, mut order: Order) -> Result<Next, 
             tracing::warn!(order_id = %order.id, error = %e, "Okya did not take the capture update")
         }
     }
-    in_preparation(state, &mut order).await?;
-    Ok(Next::Continue)
+    Ok(in_preparation(order).into())
 }
 
 /// After injection the flow only follows the store: ready, then collected.
-pub(super) async fn follow_store(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
+pub(super) fn follow_store(order: Order) -> Result<Next, FlowError> {
     let status = order.status;
-    let in_store = matches!(
-        status,
-        OrderStatus::InPreparation | OrderStatus::ReadyForPickup
-    );
-    // Exhaustive over Okya's fulfilment: a new one must say what it means here.
+    // Exhaustive over Okya's fulfilment: a new one must say what it means here. One
+    // status at a time, so the history shows each (collected implies ready first).
     match fulfilment(&order) {
-        Some(Fulfilment::ReadyForPickup) if status == OrderStatus::InPreparation => {
-            commit(state, &mut order, Some(OrderStatus::ReadyForPickup)).await?;
+        Some(Fulfilment::ReadyForPickup | Fulfilment::Completed)
+            if status == OrderStatus::InPreparation =>
+        {
+            Ok(go(order, Step::Done)
+                .showing(OrderStatus::ReadyForPickup)
+                .into())
         }
-        Some(Fulfilment::Completed) if in_store => {
-            if status == OrderStatus::InPreparation {
-                commit(state, &mut order, Some(OrderStatus::ReadyForPickup)).await?;
-            }
-            commit(state, &mut order, Some(OrderStatus::Completed)).await?;
+        Some(Fulfilment::Completed) if status == OrderStatus::ReadyForPickup => {
+            Ok(go(order, Step::Done)
+                .showing(OrderStatus::Completed)
+                .then_rest()
+                .into())
         }
         // Already there, or nothing to follow. A store voiding an order it accepted is not
         // acted on yet: no refund and no SessionM return follow (a known gap).
@@ -240,9 +208,8 @@ pub(super) async fn follow_store(state: &AppState, mut order: Order) -> Result<N
             | Fulfilment::Completed
             | Fulfilment::Void,
         )
-        | None => {}
+        | None => Ok(Next::Rest),
     }
-    Ok(Next::Rest)
 }
 
 /// The POS ticket, built only from the order row and its snapshot, so a retry sends the

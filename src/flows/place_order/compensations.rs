@@ -25,9 +25,7 @@ pub(super) async fn recall(state: &AppState, mut order: Order) -> Result<Next, F
             return Ok(Next::Retry(format!("Okya refused the recall: {e}")));
         }
     }
-    advance(&mut order, Step::Refund);
-    commit(state, &mut order, None).await?;
-    Ok(Next::Continue)
+    Ok(go(order, Step::Refund).into())
 }
 
 /// Gives the money back (a refund after a capture, a release of an authorisation), then
@@ -86,15 +84,14 @@ pub(super) async fn refund(state: &AppState, mut order: Order) -> Result<Next, F
                     // Not what we believed (captured meanwhile, or only authorised): try
                     // the way back that fits.
                     set_payment(&mut order, now);
-                    commit(state, &mut order, None).await?;
-                    return Ok(Next::Continue);
+                    return Ok(Next::Again(Box::new(order)));
                 }
                 Truth::Settled(_) if e.is_replayed_failure() => {
                     // Stripe keeps answering the saved failure under this key, and the
                     // money is still held: a new key asks again. A second refund cannot
                     // over-refund (Stripe refuses more than the charge).
                     order.key_generation += 1;
-                    commit(state, &mut order, None).await?;
+                    checkpoint(state, &mut order).await?;
                     return Ok(Next::Retry(e.to_string()));
                 }
                 Truth::Processing => return Ok(Next::Retry(e.to_string())),
@@ -108,23 +105,19 @@ pub(super) async fn refund(state: &AppState, mut order: Order) -> Result<Next, F
     }
     if let Some(retry) = release_voucher(state, &order).await? {
         // The money is back; record that before retrying the voucher.
-        commit(state, &mut order, None).await?;
+        checkpoint(state, &mut order).await?;
         return Ok(retry);
     }
     if failure_of(&order) == Some(Failure::NotRecorded) {
         // Okya never took the payment: cancel its order too, which ends ours.
-        advance(&mut order, Step::CancelOkya);
-        commit(state, &mut order, None).await?;
-        return Ok(Next::Continue);
+        return Ok(go(order, Step::CancelOkya).into());
     }
     // Money given back after the order was placed: the failure says how it ended (a
     // refund with no recorded failure is the store's cancellation).
     let target = failure_of(&order)
         .and_then(Failure::final_status)
         .unwrap_or(OrderStatus::Cancelled);
-    advance(&mut order, Step::Done);
-    commit(state, &mut order, Some(target)).await?;
-    Ok(Next::Rest)
+    Ok(go(order, Step::Done).showing(target).then_rest().into())
 }
 
 pub(super) fn intent_id(order: &Order) -> Result<String, FlowError> {
@@ -138,9 +131,7 @@ pub(super) fn intent_id(order: &Order) -> Result<String, FlowError> {
 pub(super) async fn cancel_okya(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     if order.payment_status.is_some_and(PaymentStatus::holds_money) {
         // Money is held (the order could not be recorded): give it back first.
-        advance(&mut order, Step::Refund);
-        commit(state, &mut order, None).await?;
-        return Ok(Next::Continue);
+        return Ok(go(order, Step::Refund).into());
     }
     let okya_id = okya_id(&order)?;
     let reason = format!(
@@ -164,14 +155,10 @@ pub(super) async fn cancel_okya(state: &AppState, mut order: Order) -> Result<Ne
     }
     if order.payment_status.is_none() {
         // Refused before any payment (a voucher SessionM would not honour): never shown.
-        advance(&mut order, Step::Invalid);
-        commit(state, &mut order, None).await?;
-        return Ok(Next::Rest);
+        return Ok(go(order, Step::Invalid).then_rest().into());
     }
     let target = failure_of(&order)
         .and_then(Failure::final_status)
         .unwrap_or(OrderStatus::PaymentFailed);
-    advance(&mut order, Step::Done);
-    commit(state, &mut order, Some(target)).await?;
-    Ok(Next::Rest)
+    Ok(go(order, Step::Done).showing(target).then_rest().into())
 }

@@ -1,9 +1,13 @@
 //! Place Order (seed steps 6–31; Use Reward's 13–23) as a durable state machine. Step
 //! numbers in comments are the seed diagrams' autonumbering (`seed-sequence-diagrams.md`).
 //!
-//! The order row is the recovery point. Each active step makes one upstream call under an
-//! idempotency key derived from the order and the step, then records the next step; a
-//! step re-run after a crash therefore repeats nothing. One runner at a time holds an
+//! The order row is the recovery point. Each active step makes its upstream call under an
+//! idempotency key derived from the order and the step and returns the transition it
+//! wants ([`Next`]: the next step with its status and job, a retry, a rest or an
+//! operator); the one runner ([`run_steps`]) commits it, as rocket-rides' atomic phases
+//! return their recovery point. A step re-run after a crash therefore repeats nothing. A
+//! step that makes two calls (the voucher's lock then Okya's adjustment) checkpoints
+//! between them. One runner at a time holds an
 //! order (a lease in the row); `checkout` runs the flow inline for a quick answer, and the
 //! sweeper resumes any flow left unfinished by a crash or an upstream outage. Webhooks
 //! only record what Okya or Stripe said and then run the flow.
@@ -151,10 +155,16 @@ pub enum CheckoutRefusal {
 // Every step of the drawing in `docs/order-state-machine.md`, in the order of the seed's
 // diagram, and the transition each returns for the runner below.
 
-/// What a step wants the runner to do next: the transition it returns.
-enum Next {
-    /// The step recorded its successor; keep going.
-    Continue,
+/// What a step wants done: the transition it returns for the runner to commit, as
+/// rocket-rides' atomic phases return their recovery point. A step never records its own
+/// successor or status; between two upstream calls of its own it only checkpoints what
+/// the first one did ([`checkpoint`]), so a crash cannot repeat it.
+pub(super) enum Next {
+    /// Record the order at a new step; see [`Transition`].
+    Move(Box<Transition>),
+    /// Record what the step learned and run the same step again now (its attempts are not
+    /// counted: the step chose a new way, e.g. a refund that must be a release).
+    Again(Box<Order>),
     /// Nothing to do until an outside event.
     Rest,
     /// A transient failure or an outcome not known yet: try again later, counting the
@@ -162,6 +172,62 @@ enum Next {
     Retry(String),
     /// The flow cannot resolve this on its own: an operator must look.
     Attention(String),
+}
+
+/// A move to the next step: the order as the step left it, the step to record, and what
+/// goes with it, all committed in one transaction by [`apply`].
+pub(super) struct Transition {
+    order: Order,
+    to: Step,
+    /// The visible status to change to (allowed moves only), with its history entry.
+    status: Option<OrderStatus>,
+    /// A durable job for this order, queued in the same transaction.
+    job: Option<JobKind>,
+    /// Whether the runner goes on with `to` or rests until an outside event.
+    then: Then,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Then {
+    RunOn,
+    Rest,
+}
+
+/// The transition to `to`; the runner then runs `to`.
+fn go(order: Order, to: Step) -> Transition {
+    Transition {
+        order,
+        to,
+        status: None,
+        job: None,
+        then: Then::RunOn,
+    }
+}
+
+impl Transition {
+    /// Also changes the order's visible status.
+    fn showing(mut self, status: OrderStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Also queues `job` for this order (once: its key is the kind and the order id).
+    fn queueing(mut self, job: JobKind) -> Self {
+        self.job = Some(job);
+        self
+    }
+
+    /// Rests after recording: the next step waits for an outside event.
+    fn then_rest(mut self) -> Self {
+        self.then = Then::Rest;
+        self
+    }
+}
+
+impl From<Transition> for Next {
+    fn from(transition: Transition) -> Self {
+        Next::Move(Box::new(transition))
+    }
 }
 
 /// Runs one step. Where each lives: `submit.rs` (Place Order 7–11); `reward.rs` (the
@@ -176,13 +242,13 @@ async fn run_step(state: &AppState, step: Step, order: Order) -> Result<Next, Fl
         Step::AwaitPaymentRetry => await_payment_retry(state, order).await,
         Step::AwaitAuthentication => await_authentication(state, order).await,
         Step::RecordPayment => record_payment(state, order).await,
-        Step::AwaitAcceptance => await_acceptance(state, order).await,
+        Step::AwaitAcceptance => await_acceptance(order),
         Step::Inject => inject(state, order).await,
         Step::Capture => capture(state, order).await,
         Step::Recall => recall(state, order).await,
         Step::Refund => refund(state, order).await,
         Step::CancelOkya => cancel_okya(state, order).await,
-        Step::Done => follow_store(state, order).await,
+        Step::Done => follow_store(order),
         Step::Invalid => Ok(Next::Rest),
     }
 }
@@ -301,8 +367,7 @@ async fn retry_payment(state: &AppState, id: &str) -> Result<(), FlowError> {
     order.failure_code = None;
     order.failure_message = None;
     order.payment_status = None;
-    advance(&mut order, Step::Charge);
-    commit(state, &mut order, None).await?;
+    apply(state, go(order, Step::Charge)).await?;
     run_held(state, id).await
 }
 
@@ -409,7 +474,14 @@ async fn run_steps(state: &AppState, id: &str) -> Result<(), FlowError> {
             Err(e @ (FlowError::Store(_) | FlowError::Upstream(_))) => Next::Retry(e.to_string()),
         };
         match next {
-            Next::Continue => continue,
+            Next::Move(transition) => {
+                let then = transition.then;
+                apply(state, *transition).await?;
+                if then == Then::Rest {
+                    return Ok(());
+                }
+            }
+            Next::Again(mut order) => checkpoint(state, &mut order).await?,
             Next::Rest => return Ok(()),
             Next::Retry(reason) => return schedule_retry(state, id, &reason).await,
             Next::Attention(reason) => return mark_attention(state, id, &reason).await,
@@ -478,13 +550,34 @@ fn advance(order: &mut Order, step: Step) {
     order.updated_at_ms = now_ms();
 }
 
+/// Commits a step's transition: the new step (its retry count reset), the visible status
+/// with its history entry and the queued job, in one transaction.
+async fn apply(state: &AppState, transition: Transition) -> Result<(), FlowError> {
+    let Transition {
+        mut order,
+        to,
+        status,
+        job,
+        then: _,
+    } = transition;
+    advance(&mut order, to);
+    commit(state, &mut order, status, job).await
+}
+
+/// Records what a step has done so far, before its next upstream call, without moving.
+async fn checkpoint(state: &AppState, order: &mut Order) -> Result<(), FlowError> {
+    commit(state, order, None, None).await
+}
+
 /// Saves the row and, when `to` is given, changes the visible status (allowed moves only)
-/// with its history entry, all in one transaction, so no reader ever sees a resting step
-/// with a stale status. The change is announced after the commit.
+/// with its history entry, and queues `job`, all in one transaction, so no reader ever
+/// sees a resting step with a stale status and no job runs for a step not recorded. The
+/// change is announced, and the job worker woken, after the commit.
 async fn commit(
     state: &AppState,
     order: &mut Order,
     to: Option<OrderStatus>,
+    job: Option<JobKind>,
 ) -> Result<(), FlowError> {
     crash_point(state, order)?;
     let from = order.status;
@@ -500,7 +593,21 @@ async fn commit(
         order.status = to;
     }
     store::orders::save(&txn, order.clone()).await?;
+    if let Some(job) = job {
+        let kind = job.as_str();
+        store::jobs::enqueue(
+            &txn,
+            kind,
+            &format!("{kind}:{}", order.id),
+            &serde_json::json!({"order_id": order.id}),
+            now,
+        )
+        .await?;
+    }
     txn.commit().await?;
+    if job.is_some() {
+        state.job_signal.wake();
+    }
     if let Some(to) = to {
         if moved {
             tracing::info!(order_id = %order.id, from = from.as_str(), to = to.as_str(), "order status changed");

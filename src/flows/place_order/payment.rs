@@ -86,7 +86,7 @@ pub(super) async fn charge(state: &AppState, mut order: Order) -> Result<Next, F
         .create_payment_intent(&params, &key(&order, "charge"))
         .await
     {
-        Ok(intent) => return adopt_intent(state, order, &intent).await,
+        Ok(intent) => return adopt_intent(order, &intent),
         Err(e) => e,
     };
     // The answer was lost, is still coming (409 in use), or can never come under this
@@ -105,7 +105,7 @@ pub(super) async fn charge(state: &AppState, mut order: Order) -> Result<Next, F
         match find_intent(state, &order).await {
             Ok(Some(intent)) => {
                 tracing::info!(order_id = %order.id, intent_id = %intent.id, "found the order's PaymentIntent after an unknown outcome");
-                return adopt_intent(state, order, &intent).await;
+                return adopt_intent(order, &intent);
             }
             Ok(None) => {}
             Err(e) => {
@@ -124,16 +124,15 @@ pub(super) async fn charge(state: &AppState, mut order: Order) -> Result<Next, F
             tracing::info!(order_id = %order.id, failure = failure.as_str(), "the card was declined");
             set_payment(&mut order, PaymentStatus::Failed);
             fail_with(&mut order, failure, &message);
-            advance(&mut order, Step::CancelOkya);
-            commit(state, &mut order, None).await?;
-            Ok(Next::Continue)
+            Ok(go(order, Step::CancelOkya).into())
         }
         ChargeRefusal::Ours { code, message } => {
             tracing::error!(order_id = %order.id, %code, error = %error, "Stripe refused our payment request; nothing charged, the customer may retry");
             fail_with(&mut order, Failure::PaymentUnavailable, &message);
-            advance(&mut order, Step::AwaitPaymentRetry);
-            commit(state, &mut order, Some(OrderStatus::AwaitingPayment)).await?;
-            Ok(Next::Rest)
+            Ok(go(order, Step::AwaitPaymentRetry)
+                .showing(OrderStatus::AwaitingPayment)
+                .then_rest()
+                .into())
         }
     }
 }
@@ -153,25 +152,18 @@ pub(super) async fn find_intent(
 }
 
 /// Goes on from the intent Stripe holds for the order, however it was learned.
-pub(super) async fn adopt_intent(
-    state: &AppState,
-    mut order: Order,
-    intent: &PaymentIntent,
-) -> Result<Next, FlowError> {
+pub(super) fn adopt_intent(mut order: Order, intent: &PaymentIntent) -> Result<Next, FlowError> {
     apply_intent(&mut order, intent);
     match intent.status {
         PaymentIntentStatus::Succeeded | PaymentIntentStatus::RequiresCapture => {
-            advance(&mut order, Step::RecordPayment);
-            commit(state, &mut order, None).await?;
-            Ok(Next::Continue)
+            Ok(go(order, Step::RecordPayment).into())
         }
         PaymentIntentStatus::RequiresAction
         | PaymentIntentStatus::RequiresConfirmation
-        | PaymentIntentStatus::Processing => {
-            advance(&mut order, Step::AwaitAuthentication);
-            commit(state, &mut order, Some(OrderStatus::AwaitingPayment)).await?;
-            Ok(Next::Rest)
-        }
+        | PaymentIntentStatus::Processing => Ok(go(order, Step::AwaitAuthentication)
+            .showing(OrderStatus::AwaitingPayment)
+            .then_rest()
+            .into()),
         PaymentIntentStatus::RequiresPaymentMethod | PaymentIntentStatus::Canceled => {
             let (failure, message) = payment_error(
                 intent,
@@ -180,9 +172,7 @@ pub(super) async fn adopt_intent(
             );
             set_payment(&mut order, PaymentStatus::Failed);
             fail_with(&mut order, failure, &message);
-            advance(&mut order, Step::CancelOkya);
-            commit(state, &mut order, None).await?;
-            Ok(Next::Continue)
+            Ok(go(order, Step::CancelOkya).into())
         }
         PaymentIntentStatus::Unknown => Ok(Next::Attention(format!(
             "PaymentIntent {} has a status this service does not know",
@@ -286,9 +276,7 @@ pub(super) async fn await_payment_retry(
     }
     tracing::info!(order_id = %order.id, "the payment was not retried in time; cancelling the order");
     set_payment(&mut order, PaymentStatus::Failed);
-    advance(&mut order, Step::CancelOkya);
-    commit(state, &mut order, None).await?;
-    Ok(Next::Continue)
+    Ok(go(order, Step::CancelOkya).into())
 }
 
 pub(super) fn authentication_timeout_ms(state: &AppState) -> i64 {
@@ -317,10 +305,10 @@ pub(super) async fn await_authentication(
         Err(e) if e.is_transient() => return Ok(Next::Rest),
         Err(e) => return Err(e.into()),
     };
-    match intent.status {
+    let next = match intent.status {
         PaymentIntentStatus::Succeeded | PaymentIntentStatus::RequiresCapture => {
             apply_intent(&mut order, &intent);
-            advance(&mut order, Step::RecordPayment);
+            Step::RecordPayment
         }
         PaymentIntentStatus::RequiresPaymentMethod | PaymentIntentStatus::Canceled => {
             apply_intent(&mut order, &intent);
@@ -331,7 +319,7 @@ pub(super) async fn await_authentication(
             );
             set_payment(&mut order, PaymentStatus::Failed);
             fail_with(&mut order, failure, &message);
-            advance(&mut order, Step::CancelOkya);
+            Step::CancelOkya
         }
         PaymentIntentStatus::RequiresAction
         | PaymentIntentStatus::RequiresConfirmation
@@ -363,9 +351,7 @@ pub(super) async fn await_authentication(
                             status @ (PaymentStatus::Captured | PaymentStatus::Authorized),
                         ) => {
                             set_payment(&mut order, status);
-                            advance(&mut order, Step::RecordPayment);
-                            commit(state, &mut order, None).await?;
-                            return Ok(Next::Continue);
+                            return Ok(go(order, Step::RecordPayment).into());
                         }
                         Truth::Settled(
                             PaymentStatus::Cancelled
@@ -376,7 +362,7 @@ pub(super) async fn await_authentication(
                             if e.is_replayed_failure() =>
                         {
                             order.key_generation += 1;
-                            commit(state, &mut order, None).await?;
+                            checkpoint(state, &mut order).await?;
                             return Ok(Next::Retry(e.to_string()));
                         }
                         Truth::Settled(PaymentStatus::RequiresAction) | Truth::Unrecognised => {
@@ -394,11 +380,10 @@ pub(super) async fn await_authentication(
                 Failure::AuthenticationAbandoned,
                 "The card was not authenticated in time.",
             );
-            advance(&mut order, Step::CancelOkya);
+            Step::CancelOkya
         }
-    }
-    commit(state, &mut order, None).await?;
-    Ok(Next::Continue)
+    };
+    Ok(go(order, next).into())
 }
 
 /// Steps 14 and 16–17: the payment details go on the Okya order, which puts it in front of the store.
@@ -458,15 +443,12 @@ pub(super) async fn record_payment(state: &AppState, mut order: Order) -> Result
     match recorded {
         Some(okya) => {
             record_okya(state, &mut order, &okya).await?;
-            advance(&mut order, Step::AwaitAcceptance);
-            commit(state, &mut order, Some(OrderStatus::AwaitingAcceptance)).await?;
+            Ok(go(order, Step::AwaitAcceptance)
+                .showing(OrderStatus::AwaitingAcceptance)
+                .into())
         }
-        None => {
-            advance(&mut order, Step::Refund);
-            commit(state, &mut order, None).await?;
-        }
+        None => Ok(go(order, Step::Refund).into()),
     }
-    Ok(Next::Continue)
 }
 
 pub(super) fn card(order: &Order) -> Option<crate::upstream::okya::orders::Card> {

@@ -19,9 +19,7 @@ pub(super) async fn discount(state: &AppState, mut order: Order) -> Result<Next,
             Failure::VoucherNotApplicable,
             "Rewards are not ready for this account yet.",
         );
-        advance(&mut order, Step::CancelOkya);
-        commit(state, &mut order, None).await?;
-        return Ok(Next::Continue);
+        return Ok(go(order, Step::CancelOkya).into());
     };
     let basket = basket(state, &mut order).await?;
     // Whether an earlier run of this step may already have locked the voucher (its lock
@@ -35,9 +33,7 @@ pub(super) async fn discount(state: &AppState, mut order: Order) -> Result<Next,
         if let Err(e) = state.upstreams.sessionm.store_id(&basket.store_id) {
             tracing::error!(order_id = %order.id, error = %e, "no SessionM store for this order's store; nothing charged");
             fail_with(&mut order, Failure::ServiceUnavailable, &e.to_string());
-            advance(&mut order, Step::CancelOkya);
-            commit(state, &mut order, None).await?;
-            return Ok(Next::Continue);
+            return Ok(go(order, Step::CancelOkya).into());
         }
         let wallet = match state
             .upstreams
@@ -50,9 +46,7 @@ pub(super) async fn discount(state: &AppState, mut order: Order) -> Result<Next,
             Err(e) => {
                 tracing::error!(order_id = %order.id, error = %e, "SessionM refused our lookup; nothing charged");
                 fail_with(&mut order, Failure::ServiceUnavailable, &e.to_string());
-                advance(&mut order, Step::CancelOkya);
-                commit(state, &mut order, None).await?;
-                return Ok(Next::Continue);
+                return Ok(go(order, Step::CancelOkya).into());
             }
         };
         let refusal = match wallet.offers.iter().find(|o| o.user_offer_id == voucher) {
@@ -73,14 +67,12 @@ pub(super) async fn discount(state: &AppState, mut order: Order) -> Result<Next,
         if let Some((failure, message)) = refusal {
             tracing::info!(order_id = %order.id, failure = failure.as_str(), "the voucher is not usable in the member's wallet; nothing charged");
             fail_with(&mut order, failure, &message);
-            advance(&mut order, Step::CancelOkya);
-            commit(state, &mut order, None).await?;
-            return Ok(Next::Continue);
+            return Ok(go(order, Step::CancelOkya).into());
         }
         // From the moment the lock is asked for, a lock may exist (its answer can be lost
         // or unreadable), so every compensation must try to release it.
         order.voucher_name = Some(voucher.clone());
-        commit(state, &mut order, None).await?;
+        checkpoint(state, &mut order).await?;
     }
     let locked = match state
         .upstreams
@@ -106,14 +98,12 @@ pub(super) async fn discount(state: &AppState, mut order: Order) -> Result<Next,
                 tracing::error!(order_id = %order.id, error = %e, "SessionM refused our lock request; nothing charged");
                 fail_with(&mut order, Failure::ServiceUnavailable, &e.to_string());
             }
-            advance(&mut order, Step::CancelOkya);
-            commit(state, &mut order, None).await?;
-            return Ok(Next::Continue);
+            return Ok(go(order, Step::CancelOkya).into());
         }
     };
     order.voucher_discount_json = Some(locked.object.to_string());
     order.voucher_name = Some(locked.name.clone().unwrap_or_else(|| "Reward".to_owned()));
-    commit(state, &mut order, None).await?;
+    checkpoint(state, &mut order).await?;
     let adjustment = NewAdjustment {
         source: "sessionm".into(),
         reference: voucher.clone(),
@@ -144,17 +134,13 @@ pub(super) async fn discount(state: &AppState, mut order: Order) -> Result<Next,
             } else {
                 Step::Charge
             };
-            advance(&mut order, next);
-            commit(state, &mut order, None).await?;
-            Ok(Next::Continue)
+            Ok(go(order, next).into())
         }
         Err(e) if e.is_transient() => Ok(Next::Retry(e.to_string())),
         Err(e) => {
             tracing::error!(order_id = %order.id, error = %e, "Okya refused the discount; releasing the voucher");
             fail_with(&mut order, Failure::VoucherNotApplicable, &e.to_string());
-            advance(&mut order, Step::CancelOkya);
-            commit(state, &mut order, None).await?;
-            Ok(Next::Continue)
+            Ok(go(order, Step::CancelOkya).into())
         }
     }
 }

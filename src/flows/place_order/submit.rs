@@ -24,9 +24,7 @@ pub(super) async fn submit(state: &AppState, mut order: Order) -> Result<Next, F
                 tracing::error!(order_id = %order.id, error = %e, "Okya refused our order request; nothing charged");
                 fail_with(&mut order, Failure::ServiceUnavailable, &e.to_string());
             }
-            advance(&mut order, Step::Invalid);
-            commit(state, &mut order, None).await?;
-            return Ok(Next::Rest);
+            return Ok(go(order, Step::Invalid).then_rest().into());
         }
     };
     let mut ids: Vec<crate::domain::ProductId> = Vec::new();
@@ -62,9 +60,7 @@ pub(super) async fn submit(state: &AppState, mut order: Order) -> Result<Next, F
     } else {
         Step::Charge
     };
-    advance(&mut order, next);
-    commit(state, &mut order, None).await?;
-    Ok(Next::Continue)
+    Ok(go(order, next).into())
 }
 
 /// The lines as ordered. Orders submitted before snapshots existed get one now, once,
@@ -89,6 +85,6 @@ pub(super) async fn snapshot(
         serde_json::to_string(&snapshot)
             .map_err(|e| FlowError::Corrupt(format!("snapshot of {}: {e}", order.id)))?,
     );
-    commit(state, order, None).await?;
+    checkpoint(state, order).await?;
     Ok(snapshot)
 }
