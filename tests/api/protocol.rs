@@ -426,14 +426,7 @@ async fn health_and_readiness_probes_answer() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    let ready = app
-        .http
-        .get(format!("{}/readyz", app.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
-    let body: Value = ready.json().await.unwrap();
+    let body = app.readiness().await;
     assert_eq!(body["database"], "ok");
     assert!(
         body["jobs"]["pending"].is_u64() && body["jobs"]["dead"] == 0,
