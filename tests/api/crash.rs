@@ -7,14 +7,14 @@
 use crate::helpers::{Db, Sim, TestApp, World};
 use crate::routes::{
     ADJUST, CANCEL, CAPTURE, INJECT, INTENTS, LOCK, ORDERS, PAYMENTS, RECALL, REFUNDS, RELEASE,
-    UNLOCK,
+    Route, UNLOCK,
 };
 use crate::shop::StoreAction::{Accept, Reject};
 use cbtl_bff::domain::{
     CaptureMode::{self, Immediate, OnAcceptance},
     Step,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[derive(Clone, Copy)]
 enum Store {
@@ -36,13 +36,36 @@ struct Crash {
     voucher: Option<&'static str>,
 }
 
-/// The restarted service with its order, settled, and the world it runs in.
+/// The restarted service with its order, settled, and the world it runs in (the
+/// simulators stop when it is dropped).
 struct Survivor {
     shop: TestApp,
     id: String,
     cart: String,
-    /// Bind it (`_world`): the simulators stop when it is dropped.
     _world: World,
+}
+
+impl Survivor {
+    /// `route` was asked for the order's effect under one key, by at least `at_least`
+    /// requests; how many there were.
+    async fn sent_once(&self, route: Route, at_least: usize) -> usize {
+        self.shop.assert_sent_once(route, &self.id, at_least).await
+    }
+
+    /// `route` was never sent a request about the order.
+    async fn not_sent(&self, route: Route) {
+        self.shop.assert_not_sent(route, &self.id).await
+    }
+
+    /// The order's PaymentIntents at Stripe.
+    async fn intents(&self) -> Vec<Value> {
+        self.shop.intents_for(&self.id).await
+    }
+
+    /// The Okya simulator's copy of the order.
+    async fn okya_order(&self) -> Value {
+        self.shop.okya_order(&self.cart).await
+    }
 }
 
 impl Crash {
@@ -146,89 +169,72 @@ impl Crash {
 
 #[tokio::test]
 async fn dying_before_recording_the_okya_order_submits_and_charges_once() {
-    let crash = Crash::before(Step::Charge, "AWAITING_ACCEPTANCE");
-    let Survivor {
-        shop, id, _world, ..
-    } = crash.run().await;
-    shop.assert_sent_once(ORDERS, &id, 2).await;
-    shop.assert_sent_once(INTENTS, &id, 1).await;
-    assert_eq!(shop.intents_for(&id).await.len(), 1);
+    let order = Crash::before(Step::Charge, "AWAITING_ACCEPTANCE")
+        .run()
+        .await;
+    order.sent_once(ORDERS, 2).await;
+    order.sent_once(INTENTS, 1).await;
+    assert_eq!(order.intents().await.len(), 1);
 }
 
 #[tokio::test]
 async fn dying_before_recording_the_charge_charges_once() {
-    let crash = Crash::before(Step::RecordPayment, "AWAITING_ACCEPTANCE");
-    let Survivor {
-        shop,
-        id,
-        cart,
-        _world,
-    } = crash.run().await;
-    shop.assert_sent_once(INTENTS, &id, 2).await;
-    let intents = shop.intents_for(&id).await;
+    let order = Crash::before(Step::RecordPayment, "AWAITING_ACCEPTANCE")
+        .run()
+        .await;
+    order.sent_once(INTENTS, 2).await;
+    let intents = order.intents().await;
     assert_eq!(intents.len(), 1);
     assert_eq!(
-        shop.okya_order(&cart).await["payment"]["reference"],
+        order.okya_order().await["payment"]["reference"],
         intents[0]["id"]
     );
 }
 
 #[tokio::test]
 async fn dying_before_recording_the_saved_payment_saves_it_once() {
-    let crash = Crash::before(Step::AwaitAcceptance, "AWAITING_ACCEPTANCE");
-    let Survivor {
-        shop,
-        id,
-        cart,
-        _world,
-    } = crash.run().await;
-    shop.assert_sent_once(PAYMENTS, &id, 2).await;
-    shop.assert_sent_once(INTENTS, &id, 1).await;
-    assert!(shop.okya_order(&cart).await["payment"].is_object());
+    let order = Crash::before(Step::AwaitAcceptance, "AWAITING_ACCEPTANCE")
+        .run()
+        .await;
+    order.sent_once(PAYMENTS, 2).await;
+    order.sent_once(INTENTS, 1).await;
+    assert!(order.okya_order().await["payment"].is_object());
 }
 
 #[tokio::test]
 async fn dying_before_recording_a_decline_still_cancels_the_okya_order() {
-    let crash = Crash {
+    let order = Crash {
         card: "pm_card_chargeDeclined",
         ..Crash::before(Step::CancelOkya, "PAYMENT_FAILED")
-    };
-    let Survivor {
-        shop,
-        id,
-        cart,
-        _world,
-    } = crash.run().await;
-    let intents = shop.intents_for(&id).await;
+    }
+    .run()
+    .await;
+    let intents = order.intents().await;
     assert_eq!(intents.len(), 1, "{intents:?}");
     assert_eq!(intents[0]["amount_received"], 0);
-    shop.assert_sent_once(INTENTS, &id, 2).await;
-    shop.assert_sent_once(CANCEL, &id, 1).await;
-    assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
+    order.sent_once(INTENTS, 2).await;
+    order.sent_once(CANCEL, 1).await;
+    assert_eq!(order.okya_order().await["status"], "CANCELED");
 }
 
 #[tokio::test]
 async fn dying_before_recording_the_injection_injects_once() {
-    let crash = Crash::before(Step::Done, "IN_PREPARATION");
-    let Survivor {
-        shop, id, _world, ..
-    } = crash.run().await;
-    shop.assert_sent_once(INJECT, &id, 2).await;
-    shop.assert_sent_once(INTENTS, &id, 1).await;
+    let order = Crash::before(Step::Done, "IN_PREPARATION").run().await;
+    order.sent_once(INJECT, 2).await;
+    order.sent_once(INTENTS, 1).await;
 }
 
 #[tokio::test]
 async fn dying_before_recording_the_injection_of_an_authorised_order_injects_and_captures_once() {
-    let crash = Crash {
+    let order = Crash {
         capture: OnAcceptance,
         ..Crash::before(Step::Capture, "IN_PREPARATION")
-    };
-    let Survivor {
-        shop, id, _world, ..
-    } = crash.run().await;
-    shop.assert_sent_once(INJECT, &id, 2).await;
-    assert_eq!(shop.assert_sent_once(CAPTURE, &id, 1).await, 1);
-    let intent = &shop.intents_for(&id).await[0];
+    }
+    .run()
+    .await;
+    order.sent_once(INJECT, 2).await;
+    assert_eq!(order.sent_once(CAPTURE, 1).await, 1);
+    let intent = &order.intents().await[0];
     assert_eq!(intent["status"], "succeeded");
     assert_eq!(intent["amount_received"], intent["amount"]);
 }
@@ -237,112 +243,107 @@ async fn dying_before_recording_the_injection_of_an_authorised_order_injects_and
 /// after telling Okya sends Okya's update again, and never the capture.
 #[tokio::test]
 async fn dying_after_a_capture_before_recording_okyas_update_captures_once() {
-    let crash = Crash {
+    let order = Crash {
         capture: OnAcceptance,
         ..Crash::before(Step::Done, "IN_PREPARATION")
-    };
-    let Survivor {
-        shop, id, _world, ..
-    } = crash.run().await;
+    }
+    .run()
+    .await;
     assert_eq!(
-        shop.assert_sent_once(CAPTURE, &id, 1).await,
+        order.sent_once(CAPTURE, 1).await,
         1,
         "captured by one request"
     );
-    assert_eq!(shop.assert_sent_once(INJECT, &id, 1).await, 1);
+    assert_eq!(order.sent_once(INJECT, 1).await, 1);
     // Okya hears of the payment twice under two keys, authorised then captured; the
     // captured update, sent again after the restart, under its first key.
-    let mut sent: Vec<usize> = shop.keys_sent(PAYMENTS, &id).await.into_values().collect();
+    let mut sent: Vec<usize> = order
+        .shop
+        .keys_sent(PAYMENTS, &order.id)
+        .await
+        .into_values()
+        .collect();
     sent.sort_unstable();
     assert_eq!(sent, [1, 2], "requests per key");
-    let intent = &shop.intents_for(&id).await[0];
+    let intent = &order.intents().await[0];
     assert_eq!(intent["status"], "succeeded");
     assert_eq!(intent["amount_received"], intent["amount"]);
 }
 
 #[tokio::test]
 async fn dying_before_recording_a_recall_still_refunds_once() {
-    let crash = Crash {
+    let order = Crash {
         store: Store::PosOffline,
         ..Crash::before(Step::Refund, "CANCELLED")
-    };
-    let Survivor {
-        shop,
-        id,
-        cart,
-        _world,
-    } = crash.run().await;
-    assert_eq!(shop.ledger(Sim::Epoint).await["orders"], json!([]));
-    assert_eq!(
-        shop.okya_order(&cart).await["cancellation"]["kind"],
-        "recalled"
-    );
-    shop.assert_sent_once(RECALL, &id, 2).await;
-    shop.assert_sent_once(REFUNDS, &id, 1).await;
+    }
+    .run()
+    .await;
+    assert_eq!(order.shop.ledger(Sim::Epoint).await["orders"], json!([]));
+    assert_eq!(order.okya_order().await["cancellation"]["kind"], "recalled");
+    order.sent_once(RECALL, 2).await;
+    order.sent_once(REFUNDS, 1).await;
 }
 
 #[tokio::test]
 async fn dying_before_recording_a_refund_refunds_once() {
-    let crash = Crash {
+    let order = Crash {
         store: Store::Rejects,
         ..Crash::before(Step::Done, "REJECTED")
-    };
-    let Survivor {
-        shop, id, _world, ..
-    } = crash.run().await;
-    shop.assert_sent_once(REFUNDS, &id, 2).await;
-    let intent = &shop.intents_for(&id).await[0];
+    }
+    .run()
+    .await;
+    order.sent_once(REFUNDS, 2).await;
+    let intent = &order.intents().await[0];
     assert_eq!(intent["amount_refunded"], intent["amount"]);
 }
 
 #[tokio::test]
 async fn dying_before_recording_a_release_releases_once() {
-    let crash = Crash {
+    let order = Crash {
         store: Store::Rejects,
         capture: OnAcceptance,
         ..Crash::before(Step::Done, "REJECTED")
-    };
-    let Survivor {
-        shop, id, _world, ..
-    } = crash.run().await;
-    shop.assert_sent_once(RELEASE, &id, 2).await;
-    shop.assert_not_sent(REFUNDS, &id).await;
-    assert_eq!(shop.intents_for(&id).await[0]["status"], "canceled");
+    }
+    .run()
+    .await;
+    order.sent_once(RELEASE, 2).await;
+    order.not_sent(REFUNDS).await;
+    assert_eq!(order.intents().await[0]["status"], "canceled");
 }
 
 #[tokio::test]
 async fn dying_after_the_voucher_lock_and_adjustment_locks_and_adjusts_once() {
-    let crash = Crash {
+    let order = Crash {
         voucher: Some("PERCENTAGE"),
         ..Crash::before(Step::Charge, "AWAITING_ACCEPTANCE")
-    };
-    let Survivor {
-        shop, id, _world, ..
-    } = crash.run().await;
+    }
+    .run()
+    .await;
     // The discount step ran again after the restart: its wallet read, lock and Okya
     // adjustment went under their first keys, and the charge was of the discounted total.
-    shop.assert_sent_once(LOCK, &id, 2).await;
-    shop.assert_sent_once(ADJUST, &id, 2).await;
-    shop.assert_sent_once(INTENTS, &id, 1).await;
-    let order = shop
-        .order_selecting("discount { amount } total { amount }", &id)
+    order.sent_once(LOCK, 2).await;
+    order.sent_once(ADJUST, 2).await;
+    order.sent_once(INTENTS, 1).await;
+    let shown = order
+        .shop
+        .order_selecting("discount { amount } total { amount }", &order.id)
         .await;
-    assert_ne!(order["discount"]["amount"], "0.00", "{order}");
+    assert_ne!(shown["discount"]["amount"], "0.00", "{shown}");
 }
 
 #[tokio::test]
 async fn dying_after_a_declined_voucher_order_released_its_voucher_releases_once() {
-    let crash = Crash {
+    let order = Crash {
         card: "pm_card_chargeDeclined",
         voucher: Some("PERCENTAGE"),
         ..Crash::before(Step::Done, "PAYMENT_FAILED")
-    };
-    let Survivor {
-        shop, id, _world, ..
-    } = crash.run().await;
-    shop.assert_sent_once(UNLOCK, &id, 2).await;
-    shop.assert_sent_once(CANCEL, &id, 2).await;
-    let wallet = shop
+    }
+    .run()
+    .await;
+    order.sent_once(UNLOCK, 2).await;
+    order.sent_once(CANCEL, 2).await;
+    let wallet = order
+        .shop
         .data("{ vouchers { status discount { kind } } }", json!({}))
         .await;
     let percent = wallet["vouchers"]

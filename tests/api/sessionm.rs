@@ -3,10 +3,23 @@
 //! points appear later, and a lock whose answer cannot be read released like one that
 //! may have happened.
 
-use crate::helpers::{Db, Sim, World, error_codes, spawn_app_with};
+use crate::helpers::{Db, Sim, TestApp, World, error_codes, spawn_app_with};
 use crate::routes::{CREATE_MEMBER, FIND_MEMBER, LOCK, LOOKUP, SALE, UNLOCK};
 use crate::shop::{StoreAction::Accept, placed, shop, shop_on};
-use serde_json::json;
+use serde_json::{Value, json};
+
+/// Checks `cart` out with `voucher`, which the service refuses with `code`: the `checkout`
+/// payload, and the id of the refused order (kept, though the app is shown none, for its
+/// compensation), once the flow has nothing left to do.
+async fn refused(shop: &TestApp, cart: &str, voucher: &str, code: &str) -> (Value, String) {
+    let payload = shop
+        .checkout_selecting("id status", cart, "pm_card_visa", Some(voucher), "k")
+        .await;
+    assert_eq!(error_codes(&payload), vec![code], "{payload}");
+    let id = shop.only_order_id().await;
+    shop.wait_until_settled(&id).await;
+    (payload, id)
+}
 
 #[tokio::test]
 async fn a_lock_whose_answer_cannot_be_read_is_released_when_the_order_fails() {
@@ -15,21 +28,12 @@ async fn a_lock_whose_answer_cannot_be_read_is_released_when_the_order_fails() {
     let cart = shop.filled_cart("str_pasadena").await;
     // SessionM locks the offer, and what comes back is not an answer anyone can read.
     shop.lose_next(LOCK, 1, "garble").await;
-    let payload = shop
-        .checkout_selecting("id status", &cart, "pm_card_visa", Some(&voucher), "k")
-        .await;
-    assert_eq!(
-        error_codes(&payload),
-        vec!["SERVICE_UNAVAILABLE"],
-        "{payload}"
-    );
+    let (payload, id) = refused(&shop, &cart, &voucher, "SERVICE_UNAVAILABLE").await;
     assert_eq!(
         payload["order"],
         json!(null),
         "a refused checkout shows no order"
     );
-    let id = shop.only_order_id().await;
-    shop.wait_until_settled(&id).await;
     assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
     // The lock may have happened, so it was released: the voucher is usable again.
     shop.assert_sent_once(LOCK, &id, 1).await;
@@ -50,16 +54,7 @@ async fn a_refused_lock_releases_nothing_another_order_may_hold() {
             json!([{"productId": "prd_espresso", "quantity": 1}]),
         )
         .await;
-    let payload = shop
-        .checkout_selecting("id status", &cart, "pm_card_visa", Some(&voucher), "k")
-        .await;
-    assert_eq!(
-        error_codes(&payload),
-        vec!["VOUCHER_NOT_APPLICABLE"],
-        "{payload}"
-    );
-    let id = shop.only_order_id().await;
-    shop.wait_until_settled(&id).await;
+    let (_, id) = refused(&shop, &cart, &voucher, "VOUCHER_NOT_APPLICABLE").await;
     shop.assert_sent_once(LOCK, &id, 1).await;
     // SessionM's unlock names only the offer: an order that knows it holds no lock must
     // not send one, or it would free a lock another order holds.
@@ -206,16 +201,7 @@ async fn a_voucher_sessionm_describes_in_new_terms_is_unusable_and_the_rest_of_t
 
     // Checking out with it is refused before anything is locked or charged.
     let cart = shop.filled_cart("str_pasadena").await;
-    let payload = shop
-        .checkout_selecting("id", &cart, "pm_card_visa", Some(&percent), "k")
-        .await;
-    assert_eq!(
-        error_codes(&payload),
-        vec!["VOUCHER_NOT_APPLICABLE"],
-        "{payload}"
-    );
-    let id = shop.only_order_id().await;
-    shop.wait_until_settled(&id).await;
+    let (_, id) = refused(&shop, &cart, &percent, "VOUCHER_NOT_APPLICABLE").await;
     shop.assert_not_sent(LOCK, &id).await;
     shop.assert_not_sent(UNLOCK, &id).await;
     assert!(shop.intents_for(&id).await.is_empty());
@@ -230,16 +216,7 @@ async fn a_wallet_sessionm_will_not_show_cancels_the_order_and_locks_nothing() {
     let cart = shop.filled_cart("str_pasadena").await;
     // SessionM refuses our own wallet lookup (a fault of ours, not the voucher's).
     shop.refuse_next(LOOKUP, 401, "access_denied", 1).await;
-    let payload = shop
-        .checkout_selecting("id", &cart, "pm_card_visa", Some(&voucher), "k")
-        .await;
-    assert_eq!(
-        error_codes(&payload),
-        vec!["SERVICE_UNAVAILABLE"],
-        "{payload}"
-    );
-    let id = shop.only_order_id().await;
-    shop.wait_until_settled(&id).await;
+    let (_, id) = refused(&shop, &cart, &voucher, "SERVICE_UNAVAILABLE").await;
     assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
     shop.assert_not_sent(LOCK, &id).await;
     shop.assert_not_sent(UNLOCK, &id).await;
