@@ -289,10 +289,13 @@ impl TestApp {
     }
 
     /// Waits until the customer whose token this is has a loyalty account: the SessionM
-    /// link, which the service makes in the background, is done.
+    /// link, which the service makes in the background, is done. Meanwhile `me` answers
+    /// without errors (no loyalty account yet is `null`, not an error).
     pub async fn wait_for_link(&self, token: &str) {
         self.eventually("the SessionM link", || async {
-            self.gql_as(Some(token), LOYALTY, json!({})).await["data"]["me"]["loyalty"].is_object()
+            let body = self.gql_as(Some(token), LOYALTY, json!({})).await;
+            assert!(body.get("errors").is_none(), "unexpected errors: {body}");
+            body["data"]["me"]["loyalty"].is_object()
         })
         .await;
     }
