@@ -167,6 +167,7 @@ pub enum Sim {
     Sessionm,
 }
 
+/// `accountRegister` with `$i` as its input and the whole customer selected.
 pub const REGISTER: &str = "mutation($i: AccountRegisterInput!) { accountRegister(input: $i) { customer { id email phone firstName lastName confirmed } userErrors { code field message } } }";
 const CONFIRM: &str = "mutation($i: AccountConfirmInput!) { accountConfirm(input: $i) { customer { id confirmed } accessToken accessTokenExpiresAt refreshToken userErrors { code field message } } }";
 const LOYALTY: &str = "{ me { loyalty { pointsBalance } } }";
