@@ -1,13 +1,11 @@
 //! Every customer-scoped operation needs a valid token, and one customer's objects are
 //! indistinguishable from missing ones to another.
 
-use crate::helpers::{Db, TestApp, error_codes, spawn_app_with};
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio_tungstenite::{
-    connect_async,
-    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
+use crate::helpers::{
+    Db, TestApp, Ws, error_code, error_codes, next_frame, send_json, spawn_app_with,
 };
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 const CART_OPS: [(&str, &str); 4] = [
     ("cart", "query($c: ID!) { cart(id: $c) { id } }"),
@@ -25,17 +23,10 @@ const CART_OPS: [(&str, &str); 4] = [
     ),
 ];
 
-fn code(body: &Value) -> &str {
-    body["errors"][0]["extensions"]["code"]
-        .as_str()
-        .unwrap_or("")
-}
-
 async fn two_customers() -> (TestApp, String, String, String) {
     let app = spawn_app_with(Db::Sqlite, |_| {}).await;
-    let ada = app.sign_up("+16265550120", "ada@example.com").await;
+    let ada = app.sign_up_and_use("+16265550120", "ada@example.com").await;
     let bob = app.sign_up("+16265550121", "bob@example.com").await;
-    app.use_token(Some(&ada.access_token));
     let cart = app.new_cart("str_pasadena").await;
     (app, ada.access_token, bob.access_token, cart)
 }
@@ -50,14 +41,14 @@ async fn without_a_token_every_customer_operation_is_unauthenticated() {
             json!({}),
         )
         .await;
-    assert_eq!(code(&create), "UNAUTHENTICATED");
+    assert_eq!(error_code(&create), "UNAUTHENTICATED");
     for (name, query) in CART_OPS {
         let body = app.gql_as(None, query, json!({"c": cart})).await;
-        assert_eq!(code(&body), "UNAUTHENTICATED", "{name}: {body}");
+        assert_eq!(error_code(&body), "UNAUTHENTICATED", "{name}: {body}");
         for token in ["garbage", "eyJhbGciOiJIUzI1NiJ9.e30.x"] {
             let body = app.gql_as(Some(token), query, json!({"c": cart})).await;
             assert_eq!(
-                code(&body),
+                error_code(&body),
                 "UNAUTHENTICATED",
                 "{name} with a bad token: {body}"
             );
@@ -107,46 +98,16 @@ async fn another_customers_cart_looks_exactly_like_a_missing_one() {
     assert_eq!(me["data"]["me"]["email"], "bob@example.com");
 }
 
-async fn ws_init(
-    app: &TestApp,
-    protocol: &str,
-    payload: Value,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let mut request = app
-        .graphql_url()
-        .replace("http://", "ws://")
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_str(protocol).unwrap(),
-    );
-    let (mut ws, _) = connect_async(request).await.unwrap();
-    ws.send(Message::Text(
-        json!({"type": "connection_init", "payload": payload})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
+/// A socket speaking `protocol` that has sent `connection_init` with `payload`, its answer
+/// unread.
+async fn ws_init(app: &TestApp, protocol: &str, payload: Value) -> Ws {
+    let mut ws = app.connect_ws(protocol).await;
+    send_json(
+        &mut ws,
+        json!({"type": "connection_init", "payload": payload}),
+    )
+    .await;
     ws
-}
-
-async fn next_text(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> Message {
-    loop {
-        let message = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
-            .await
-            .expect("in time")
-            .expect("open")
-            .expect("frame");
-        if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
-            return message;
-        }
-    }
 }
 
 #[tokio::test]
@@ -158,7 +119,7 @@ async fn websockets_authenticate_in_connection_init() {
         json!({"Authorization": "Bearer not-a-token"}),
     )
     .await;
-    match next_text(&mut ws).await {
+    match next_frame(&mut ws).await {
         Message::Close(Some(frame)) => assert_eq!(
             (u16::from(frame.code), frame.reason.as_str()),
             (4403, "Forbidden")
@@ -172,15 +133,13 @@ async fn websockets_authenticate_in_connection_init() {
         json!({"Authorization": format!("Bearer {ada}")}),
     )
     .await;
-    assert!(matches!(next_text(&mut ws).await, Message::Text(t) if t.contains("connection_ack")));
-    ws.send(Message::Text(
-        json!({"id": "1", "type": "subscribe", "payload": {"query": "{ me { email } }"}})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    let Message::Text(next) = next_text(&mut ws).await else {
+    assert!(matches!(next_frame(&mut ws).await, Message::Text(t) if t.contains("connection_ack")));
+    send_json(
+        &mut ws,
+        json!({"id": "1", "type": "subscribe", "payload": {"query": "{ me { email } }"}}),
+    )
+    .await;
+    let Message::Text(next) = next_frame(&mut ws).await else {
         panic!("expected next")
     };
     let next: Value = serde_json::from_str(&next).unwrap();
@@ -188,11 +147,13 @@ async fn websockets_authenticate_in_connection_init() {
 
     // Without a token the socket works, but customer data needs one.
     let mut ws = ws_init(&app, "graphql-transport-ws", json!({})).await;
-    assert!(matches!(next_text(&mut ws).await, Message::Text(t) if t.contains("connection_ack")));
-    ws.send(Message::Text(json!({"id": "1", "type": "subscribe", "payload": {"query": "{ cart(id: \"crt_1\") { id } }"}}).to_string().into()))
-        .await
-        .unwrap();
-    let Message::Text(next) = next_text(&mut ws).await else {
+    assert!(matches!(next_frame(&mut ws).await, Message::Text(t) if t.contains("connection_ack")));
+    send_json(
+        &mut ws,
+        json!({"id": "1", "type": "subscribe", "payload": {"query": "{ cart(id: \"crt_1\") { id } }"}}),
+    )
+    .await;
+    let Message::Text(next) = next_frame(&mut ws).await else {
         panic!("expected next")
     };
     let next: Value = serde_json::from_str(&next).unwrap();
@@ -203,16 +164,14 @@ async fn websockets_authenticate_in_connection_init() {
 
     // The legacy protocol reports a refused init with connection_error before closing.
     let mut ws = ws_init(&app, "graphql-ws", json!({"Authorization": "Bearer nope"})).await;
-    assert!(matches!(next_text(&mut ws).await, Message::Text(t) if t.contains("connection_error")));
+    assert!(
+        matches!(next_frame(&mut ws).await, Message::Text(t) if t.contains("connection_error"))
+    );
 }
 
 /// Reads the answer to `connection_init`: the ack's type, or the close code.
-async fn init_answer(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> String {
-    match next_text(ws).await {
+async fn init_answer(ws: &mut Ws) -> String {
+    match next_frame(ws).await {
         Message::Text(text) => serde_json::from_str::<Value>(&text).unwrap()["type"]
             .as_str()
             .unwrap_or("")
@@ -248,15 +207,13 @@ async fn connection_init_takes_credentials_in_the_shapes_clients_send() {
             } else {
                 ("subscribe", "next")
             };
-            ws.send(Message::Text(
-                json!({"id": "1", "type": subscribe, "payload": {"query": "{ me { email } }"}})
-                    .to_string()
-                    .into(),
-            ))
-            .await
-            .unwrap();
+            send_json(
+                &mut ws,
+                json!({"id": "1", "type": subscribe, "payload": {"query": "{ me { email } }"}}),
+            )
+            .await;
             let answer = loop {
-                let Message::Text(text) = next_text(&mut ws).await else {
+                let Message::Text(text) = next_frame(&mut ws).await else {
                     panic!("{protocol} {payload}: expected an answer");
                 };
                 let value: Value = serde_json::from_str(&text).unwrap();
@@ -331,7 +288,7 @@ async fn the_authorization_header_is_read_as_http_defines_it() {
         format!("Token {ada}"),
     ] {
         let body = me(header.clone()).await;
-        assert_eq!(code(&body), "UNAUTHENTICATED", "{header:?}: {body}");
+        assert_eq!(error_code(&body), "UNAUTHENTICATED", "{header:?}: {body}");
     }
 }
 
@@ -348,7 +305,7 @@ async fn a_session_lookup_that_fails_is_an_internal_error_not_unauthenticated() 
         .unwrap();
 
     let me = app.gql_as(Some(&ada), "{ me { email } }", json!({})).await;
-    assert_eq!(code(&me), "INTERNAL", "{me}");
+    assert_eq!(error_code(&me), "INTERNAL", "{me}");
     let own = app
         .gql_as(
             Some(&ada),
@@ -356,7 +313,7 @@ async fn a_session_lookup_that_fails_is_an_internal_error_not_unauthenticated() 
             json!({"c": cart}),
         )
         .await;
-    assert_eq!(code(&own), "INTERNAL", "{own}");
+    assert_eq!(error_code(&own), "INTERNAL", "{own}");
     let signed_out = app
         .gql_as(
             Some(&ada),
@@ -364,7 +321,7 @@ async fn a_session_lookup_that_fails_is_an_internal_error_not_unauthenticated() 
             json!({}),
         )
         .await;
-    assert_eq!(code(&signed_out), "INTERNAL", "{signed_out}");
+    assert_eq!(error_code(&signed_out), "INTERNAL", "{signed_out}");
     // A websocket is told to come back later (1013), not that its token is bad (4403).
     let mut ws = ws_init(
         &app,
@@ -377,7 +334,7 @@ async fn a_session_lookup_that_fails_is_an_internal_error_not_unauthenticated() 
     let bad = app
         .gql_as(Some("garbage"), "{ me { email } }", json!({}))
         .await;
-    assert_eq!(code(&bad), "UNAUTHENTICATED", "{bad}");
+    assert_eq!(error_code(&bad), "UNAUTHENTICATED", "{bad}");
 
     db.execute_unprepared("ALTER TABLE sessions_away RENAME TO sessions")
         .await

@@ -1,31 +1,51 @@
 //! Create Account, sign-in by one-time code, sessions, and the durable SessionM link.
 
 use crate::helpers::{
-    Db, Sim, TestApp, TestDb, error_codes, spawn_app_with, spawn_with_settings, test_settings,
+    Db, REGISTER, Sim, TestApp, TestDb, error_code, error_codes, okya_simulator, spawn_app_with,
+    spawn_with_settings, test_settings,
 };
-use cbtl_bff::sandbox::{faults::Faults, okya};
+use crate::routes::{CREATE_ACCOUNT, CREATE_MEMBER, SEND_OTP, VERIFY_OTP};
+use cbtl_bff::sandbox::faults::Faults;
 use serde_json::{Value, json};
 
-const REGISTER: &str = "mutation($i: AccountRegisterInput!) { accountRegister(input: $i) { customer { id email phone firstName lastName confirmed } userErrors { code field message } } }";
-const CONFIRM: &str = "mutation($i: AccountConfirmInput!) { accountConfirm(input: $i) { customer { id confirmed } accessToken accessTokenExpiresAt refreshToken userErrors { code field message } } }";
 const SIGN_IN: &str = "mutation($i: SignInInput!) { signIn(input: $i) { customer { id } accessToken refreshToken userErrors { code field message } } }";
 const REQUEST_OTP: &str = "mutation($i: SignInRequestOtpInput!) { signInRequestOtp(input: $i) { userErrors { code field message } } }";
 const RESEND: &str = "mutation($i: AccountResendOtpInput!) { accountResendOtp(input: $i) { userErrors { code field message } } }";
 const REFRESH: &str = "mutation($i: TokenRefreshInput!) { tokenRefresh(input: $i) { accessToken refreshToken userErrors { code } } }";
+const SIGN_OUT: &str = "mutation { signOut { userErrors { code } } }";
 const ME: &str = "{ me { id email confirmed loyalty { pointsBalance tier } } }";
 
-fn ada(phone: &str, email: &str) -> Value {
-    json!({"i": {"email": email, "phone": phone, "firstName": "Ada", "lastName": "Lovelace"}})
-}
-
+/// The `accountRegister` payload for Ada Lovelace with this phone and email.
 async fn register(app: &TestApp, phone: &str, email: &str) -> Value {
-    app.gql_as(None, REGISTER, ada(phone, email)).await["data"]["accountRegister"].clone()
+    app.register(phone, email).await["data"]["accountRegister"].clone()
 }
 
+/// The `accountConfirm` payload of `phone` with `code`.
 async fn confirm(app: &TestApp, phone: &str, code: &str) -> Value {
-    app.gql_as(None, CONFIRM, json!({"i": {"phone": phone, "code": code}}))
-        .await["data"]["accountConfirm"]
-        .clone()
+    app.confirm(phone, code).await["data"]["accountConfirm"].clone()
+}
+
+/// The whole response to `signInRequestOtp` for `phone`.
+async fn request_otp(app: &TestApp, phone: &str) -> Value {
+    app.gql_as(None, REQUEST_OTP, json!({"i": {"phone": phone}}))
+        .await
+}
+
+/// The whole response to `signIn` with `phone` and `code`.
+async fn sign_in(app: &TestApp, phone: &str, code: &str) -> Value {
+    app.gql_as(None, SIGN_IN, json!({"i": {"phone": phone, "code": code}}))
+        .await
+}
+
+/// The whole response to `tokenRefresh` with `refresh_token`.
+async fn refresh(app: &TestApp, refresh_token: &str) -> Value {
+    app.gql_as(None, REFRESH, json!({"i": {"refreshToken": refresh_token}}))
+        .await
+}
+
+/// The whole response to `me`, asked with `token` (or none).
+async fn me(app: &TestApp, token: Option<&str>) -> Value {
+    app.gql_as(token, ME, json!({})).await
 }
 
 async fn anonymous_app() -> TestApp {
@@ -33,7 +53,7 @@ async fn anonymous_app() -> TestApp {
 }
 
 fn unauthenticated(body: &Value) -> bool {
-    body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    error_code(body) == "UNAUTHENTICATED"
 }
 
 #[tokio::test]
@@ -50,25 +70,13 @@ async fn registration_answers_at_once_links_sessionm_in_the_background_and_the_c
 
     // Steps 6-9 happen after the answer: a SessionM user, its id saved on the Okya account.
     app.eventually("the SessionM link", || async {
-        let okya: Value = app
-            .http
-            .get(format!("{}/_sandbox/accounts", app.sim_url(Sim::Okya)))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        okya["accounts"][0]["loyalty_id"].is_string()
+        let accounts = app.okya_accounts().await;
+        accounts
+            .first()
+            .is_some_and(|a| a["loyalty_id"].is_string())
     })
     .await;
-    let sessionm = app.ledger(Sim::Sessionm).await;
-    let users: Vec<&Value> = sessionm["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|u| u["email"] == "grace@example.com")
-        .collect();
+    let users = app.sessionm_users("grace@example.com").await;
     assert_eq!(users.len(), 1);
     assert_eq!(users[0]["external_id"], id.as_str());
 
@@ -87,10 +95,10 @@ async fn registration_answers_at_once_links_sessionm_in_the_background_and_the_c
             > chrono::Utc::now().timestamp() + 3_000
     );
 
-    let me = app.gql_as(Some(token), ME, json!({})).await;
-    assert_eq!(me["data"]["me"]["id"], id.as_str());
-    assert_eq!(me["data"]["me"]["confirmed"], true);
-    assert_eq!(me["data"]["me"]["loyalty"]["pointsBalance"], 0);
+    let shown = me(&app, Some(token)).await;
+    assert_eq!(shown["data"]["me"]["id"], id.as_str());
+    assert_eq!(shown["data"]["me"]["confirmed"], true);
+    assert_eq!(shown["data"]["me"]["loyalty"]["pointsBalance"], 0);
     // A code works once.
     assert_eq!(
         error_codes(&confirm(&app, "+16265550101", &codes[0]).await),
@@ -142,11 +150,11 @@ async fn invalid_details_are_user_errors_and_reach_no_upstream() {
             "INVALID_NAME"
         ]
     );
-    assert_eq!(app.call_count(Sim::Okya, "POST /auth/v1/accounts").await, 0);
+    assert_eq!(app.call_count(CREATE_ACCOUNT).await, 0);
     // The count reads the route registrations reach: a valid one is counted.
     let valid = register(&app, "+16265550102", "a@example.com").await;
     assert_eq!(valid["userErrors"], json!([]));
-    assert_eq!(app.call_count(Sim::Okya, "POST /auth/v1/accounts").await, 1);
+    assert_eq!(app.call_count(CREATE_ACCOUNT).await, 1);
 }
 
 #[tokio::test]
@@ -177,18 +185,14 @@ async fn codes_are_throttled_per_phone() {
     let app = spawn_app_with(Db::Sqlite, |s| s.auth.otp_resend_interval_secs = 0).await;
     register(&app, "+16265550106", "ada@example.com").await;
     for _ in 0..4 {
-        let sent = app
-            .gql_as(None, REQUEST_OTP, json!({"i": {"phone": "+16265550106"}}))
-            .await;
+        let sent = request_otp(&app, "+16265550106").await;
         assert_eq!(
             sent["data"]["signInRequestOtp"]["userErrors"],
             json!([]),
             "{sent}"
         );
     }
-    let sixth = app
-        .gql_as(None, REQUEST_OTP, json!({"i": {"phone": "+16265550106"}}))
-        .await;
+    let sixth = request_otp(&app, "+16265550106").await;
     assert_eq!(
         error_codes(&sixth["data"]["signInRequestOtp"]),
         vec!["OTP_THROTTLED"]
@@ -199,7 +203,7 @@ async fn codes_are_throttled_per_phone() {
 async fn a_code_dies_after_five_wrong_tries() {
     let app = anonymous_app().await;
     register(&app, "+16265550107", "ada@example.com").await;
-    let code = app.sent_codes("+16265550107").await.pop().unwrap();
+    let code = app.last_code("+16265550107").await;
     for _ in 0..5 {
         assert_eq!(
             error_codes(&confirm(&app, "+16265550107", "999999").await),
@@ -210,17 +214,14 @@ async fn a_code_dies_after_five_wrong_tries() {
     assert_eq!(error_codes(&right_too_late), vec!["OTP_ATTEMPTS_EXCEEDED"]);
     assert_eq!(right_too_late["accessToken"], json!(null));
     // Our own count refused it: Okya (which counts too) saw only the five wrong ones.
-    assert_eq!(
-        app.call_count(Sim::Okya, "POST /auth/v1/otp/verify").await,
-        5
-    );
+    assert_eq!(app.call_count(VERIFY_OTP).await, 5);
 }
 
 #[tokio::test]
 async fn codes_expire() {
     let app = spawn_app_with(Db::Sqlite, |s| s.auth.otp_ttl_secs = 1).await;
     register(&app, "+16265550108", "ada@example.com").await;
-    let code = app.sent_codes("+16265550108").await.pop().unwrap();
+    let code = app.last_code("+16265550108").await;
     // Past the one-second lifetime by construction. Nothing can be polled instead: every
     // try at the code counts against it, and the right one would use it up.
     tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
@@ -237,41 +238,15 @@ async fn a_wrong_code_and_an_unknown_phone_answer_alike() {
     assert_eq!(app.sent_codes("+16265550109").await.len(), 1);
     // Asking for a code for an unknown phone looks the same: Okya is asked as for any
     // phone (no shortcut to time), and it sends nothing.
-    let unknown = app
-        .gql_as(None, REQUEST_OTP, json!({"i": {"phone": "+16265550199"}}))
-        .await;
+    let unknown = request_otp(&app, "+16265550199").await;
     assert_eq!(unknown["data"]["signInRequestOtp"]["userErrors"], json!([]));
-    assert_eq!(app.call_count(Sim::Okya, "POST /auth/v1/otp").await, 1);
+    assert_eq!(app.call_count(SEND_OTP).await, 1);
     assert_eq!(app.sent_codes("+16265550199").await, Vec::<String>::new());
 
-    let wrong = app
-        .gql_as(
-            None,
-            SIGN_IN,
-            json!({"i": {"phone": "+16265550109", "code": "000000"}}),
-        )
-        .await;
-    let unknown = app
-        .gql_as(
-            None,
-            SIGN_IN,
-            json!({"i": {"phone": "+16265550199", "code": "123456"}}),
-        )
-        .await;
-    let never_asked = app
-        .gql_as(
-            None,
-            SIGN_IN,
-            json!({"i": {"phone": "+16265550188", "code": "123456"}}),
-        )
-        .await;
-    let malformed = app
-        .gql_as(
-            None,
-            SIGN_IN,
-            json!({"i": {"phone": "not a phone", "code": "123456"}}),
-        )
-        .await;
+    let wrong = sign_in(&app, "+16265550109", "000000").await;
+    let unknown = sign_in(&app, "+16265550199", "123456").await;
+    let never_asked = sign_in(&app, "+16265550188", "123456").await;
+    let malformed = sign_in(&app, "not a phone", "123456").await;
     let expected = &wrong["data"]["signIn"]["userErrors"];
     assert_eq!(error_codes(&wrong["data"]["signIn"]), vec!["OTP_INVALID"]);
     for other in [&unknown, &never_asked, &malformed] {
@@ -283,76 +258,50 @@ async fn a_wrong_code_and_an_unknown_phone_answer_alike() {
 async fn returning_customers_sign_in_by_code() {
     let app = spawn_app_with(Db::Sqlite, |s| s.auth.otp_resend_interval_secs = 0).await;
     let first = app.sign_up("+16265550110", "ada@example.com").await;
-    let asked = app
-        .gql_as(None, REQUEST_OTP, json!({"i": {"phone": "+16265550110"}}))
-        .await;
+    let asked = request_otp(&app, "+16265550110").await;
     assert_eq!(asked["data"]["signInRequestOtp"]["userErrors"], json!([]));
-    let code = app.sent_codes("+16265550110").await.pop().unwrap();
-    let signed_in = app
-        .gql_as(
-            None,
-            SIGN_IN,
-            json!({"i": {"phone": "+16265550110", "code": code}}),
-        )
-        .await;
+    let code = app.last_code("+16265550110").await;
+    let signed_in = sign_in(&app, "+16265550110", &code).await;
     let payload = &signed_in["data"]["signIn"];
     assert_eq!(payload["userErrors"], json!([]));
     assert_eq!(payload["customer"]["id"], first.id.as_str());
-    let me = app
-        .gql_as(payload["accessToken"].as_str(), ME, json!({}))
-        .await;
-    assert_eq!(me["data"]["me"]["email"], "ada@example.com");
+    let second = me(&app, payload["accessToken"].as_str()).await;
+    assert_eq!(second["data"]["me"]["email"], "ada@example.com");
     // Both sessions are live: signing in on a second device does not sign out the first.
-    let me = app.gql_as(Some(&first.access_token), ME, json!({})).await;
-    assert_eq!(me["data"]["me"]["id"], first.id.as_str());
+    let still = me(&app, Some(&first.access_token)).await;
+    assert_eq!(still["data"]["me"]["id"], first.id.as_str());
 }
 
 #[tokio::test]
 async fn refresh_tokens_rotate_and_a_reused_one_ends_the_session() {
     let app = anonymous_app().await;
     let customer = app.sign_up("+16265550111", "ada@example.com").await;
-    let refreshed = app
-        .gql_as(
-            None,
-            REFRESH,
-            json!({"i": {"refreshToken": customer.refresh_token}}),
-        )
-        .await["data"]["tokenRefresh"]
-        .clone();
+    let refreshed = refresh(&app, &customer.refresh_token).await["data"]["tokenRefresh"].clone();
     assert_eq!(refreshed["userErrors"], json!([]));
     let new_access = refreshed["accessToken"].as_str().unwrap().to_owned();
     let new_refresh = refreshed["refreshToken"].as_str().unwrap().to_owned();
     assert_ne!(new_refresh, customer.refresh_token);
     assert_eq!(
-        app.gql_as(Some(&new_access), ME, json!({})).await["data"]["me"]["id"],
+        me(&app, Some(&new_access)).await["data"]["me"]["id"],
         customer.id.as_str()
     );
 
     // The first refresh token again: someone copied it. The whole session ends.
-    let reused = app
-        .gql_as(
-            None,
-            REFRESH,
-            json!({"i": {"refreshToken": customer.refresh_token}}),
-        )
-        .await["data"]["tokenRefresh"]
-        .clone();
-    assert_eq!(error_codes(&reused), vec!["REFRESH_TOKEN_INVALID"]);
-    let after = app
-        .gql_as(None, REFRESH, json!({"i": {"refreshToken": new_refresh}}))
-        .await["data"]["tokenRefresh"]
-        .clone();
-    assert_eq!(error_codes(&after), vec!["REFRESH_TOKEN_INVALID"]);
+    let reused = refresh(&app, &customer.refresh_token).await;
+    assert_eq!(
+        error_codes(&reused["data"]["tokenRefresh"]),
+        vec!["REFRESH_TOKEN_INVALID"]
+    );
+    let after = refresh(&app, &new_refresh).await;
+    assert_eq!(
+        error_codes(&after["data"]["tokenRefresh"]),
+        vec!["REFRESH_TOKEN_INVALID"]
+    );
+    assert!(unauthenticated(&me(&app, Some(&new_access)).await));
     assert!(unauthenticated(
-        &app.gql_as(Some(&new_access), ME, json!({})).await
+        &me(&app, Some(&customer.access_token)).await
     ));
-    assert!(unauthenticated(
-        &app.gql_as(Some(&customer.access_token), ME, json!({}))
-            .await
-    ));
-    let garbage = app
-        .gql_as(None, REFRESH, json!({"i": {"refreshToken": "rt_nonsense"}}))
-        .await;
+    let garbage = refresh(&app, "rt_nonsense").await;
     assert_eq!(
         error_codes(&garbage["data"]["tokenRefresh"]),
         vec!["REFRESH_TOKEN_INVALID"]
@@ -364,35 +313,19 @@ async fn signing_out_revokes_the_tokens_at_once() {
     let app = anonymous_app().await;
     let customer = app.sign_up("+16265550112", "ada@example.com").await;
     let out = app
-        .gql_as(
-            Some(&customer.access_token),
-            "mutation { signOut { userErrors { code } } }",
-            json!({}),
-        )
+        .gql_as(Some(&customer.access_token), SIGN_OUT, json!({}))
         .await;
     assert_eq!(out["data"]["signOut"]["userErrors"], json!([]));
     assert!(unauthenticated(
-        &app.gql_as(Some(&customer.access_token), ME, json!({}))
-            .await
+        &me(&app, Some(&customer.access_token)).await
     ));
-    let refresh = app
-        .gql_as(
-            None,
-            REFRESH,
-            json!({"i": {"refreshToken": customer.refresh_token}}),
-        )
-        .await;
+    let refreshed = refresh(&app, &customer.refresh_token).await;
     assert_eq!(
-        error_codes(&refresh["data"]["tokenRefresh"]),
+        error_codes(&refreshed["data"]["tokenRefresh"]),
         vec!["REFRESH_TOKEN_INVALID"]
     );
     assert!(unauthenticated(
-        &app.gql_as(
-            None,
-            "mutation { signOut { userErrors { code } } }",
-            json!({})
-        )
-        .await
+        &app.gql_as(None, SIGN_OUT, json!({})).await
     ));
 }
 
@@ -400,14 +333,11 @@ async fn signing_out_revokes_the_tokens_at_once() {
 async fn missing_expired_tampered_and_foreign_tokens() {
     let app = spawn_app_with(Db::Sqlite, |s| s.auth.access_token_ttl_secs = 1).await;
     let customer = app.sign_up("+16265550113", "ada@example.com").await;
-    assert_eq!(
-        app.gql_as(None, ME, json!({})).await["data"]["me"],
-        json!(null)
-    );
+    assert_eq!(me(&app, None).await["data"]["me"], json!(null));
     let mut tampered = customer.access_token.clone();
     tampered.insert(tampered.len() - 3, 'x');
     for token in [tampered.as_str(), "not.a.jwt", ""] {
-        let body = app.gql_as(Some(token), ME, json!({})).await;
+        let body = me(&app, Some(token)).await;
         // An empty bearer token is a presented, invalid one: not the same as none.
         assert!(unauthenticated(&body), "{token:?}: {body}");
     }
@@ -418,7 +348,7 @@ async fn missing_expired_tampered_and_foreign_tokens() {
     .await;
     let foreign = other.sign_up("+16265550113", "ada@example.com").await;
     assert!(unauthenticated(
-        &app.gql_as(Some(&foreign.access_token), ME, json!({})).await
+        &me(&app, Some(&foreign.access_token)).await
     ));
     // `Basic` credentials are not a bearer token.
     let body: Value = app
@@ -452,26 +382,14 @@ async fn missing_expired_tampered_and_foreign_tokens() {
         claims["iat"].as_i64().map(|iat| iat + 1)
     );
     app.eventually("the access token to expire", || async {
-        unauthenticated(
-            &app.gql_as(Some(&customer.access_token), ME, json!({}))
-                .await,
-        )
+        unauthenticated(&me(&app, Some(&customer.access_token)).await)
     })
     .await;
 }
 
 /// Makes SessionM fail, restarts the service, and shows the link then completes once.
 async fn the_sessionm_link_survives_failure_and_restart(kind: Db) {
-    let okya_sim = okya::start(
-        okya::OkyaSimConfig {
-            api_key: "okya_sandbox_key".to_owned(),
-            otp_code: "123456".to_owned(),
-            ..okya::OkyaSimConfig::default()
-        },
-        Faults::new(0, 0.0),
-    )
-    .await
-    .unwrap();
+    let okya_sim = okya_simulator().await;
     let sessionm_faults = Faults::new(0, 1.0);
     let sessionm_sim = crate::helpers::sessionm_simulator(sessionm_faults.clone()).await;
     let (db, url) = TestDb::new(kind).await;
@@ -498,7 +416,7 @@ async fn the_sessionm_link_survives_failure_and_restart(kind: Db) {
     })
     .await;
     assert_eq!(
-        app.gql_as(Some(&customer), ME, json!({})).await["data"]["me"]["loyalty"],
+        me(&app, Some(&customer)).await["data"]["me"]["loyalty"],
         json!(null)
     );
     drop(app);
@@ -508,38 +426,13 @@ async fn the_sessionm_link_survives_failure_and_restart(kind: Db) {
         ..Default::default()
     });
     let app = spawn_with_settings(settings).await;
-    app.eventually("the link after the restart", || async {
-        let me = app.gql_as(Some(&customer), ME, json!({})).await;
-        me["data"]["me"]["loyalty"].is_object()
-    })
-    .await;
-    let accounts: Value = app
-        .http
-        .get(format!("{}/_sandbox/accounts", okya_sim.base_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ledger: Value = app
-        .http
-        .get(format!("{}/_sandbox/ledger", sessionm_sim.pos.base_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let users: Vec<&Value> = ledger["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|u| u["email"] == "ada@example.com")
-        .collect();
-    assert_eq!(users.len(), 1, "exactly one SessionM user: {ledger}");
+    // The simulators the test started are the ones the service is configured with.
+    app.wait_for_link(&customer).await;
+    let accounts = app.okya_accounts().await;
+    let users = app.sessionm_users("ada@example.com").await;
+    assert_eq!(users.len(), 1, "exactly one SessionM user: {users:?}");
     assert_eq!(users[0]["external_id"], id.as_str());
-    assert_eq!(accounts["accounts"][0]["loyalty_id"], users[0]["id"]);
+    assert_eq!(accounts[0]["loyalty_id"], users[0]["id"]);
     drop(app);
     drop(db);
 }
@@ -559,8 +452,7 @@ async fn the_account_story_runs_on_postgres() {
     let app = spawn_app_with(Db::Postgres, |s| s.auth.otp_resend_interval_secs = 0).await;
     let customer = app.sign_up("+16265550115", "ada@example.com").await;
     assert_eq!(
-        app.gql_as(Some(&customer.access_token), ME, json!({}))
-            .await["data"]["me"]["id"],
+        me(&app, Some(&customer.access_token)).await["data"]["me"]["id"],
         customer.id.as_str()
     );
     // Once confirmed, the same details and other details are both an existing account.
@@ -573,61 +465,21 @@ async fn the_account_story_runs_on_postgres() {
     }
     // Our own count of wrong codes, on PostgreSQL: five wrong tries, then the right code
     // is refused without Okya being asked.
-    let asked = app
-        .gql_as(None, REQUEST_OTP, json!({"i": {"phone": "+16265550115"}}))
-        .await;
+    let asked = request_otp(&app, "+16265550115").await;
     assert_eq!(asked["data"]["signInRequestOtp"]["userErrors"], json!([]));
-    let code = app.sent_codes("+16265550115").await.pop().expect("a code");
-    let sign_in = |code: String| {
-        let app = &app;
-        async move {
-            app.gql_as(
-                None,
-                SIGN_IN,
-                json!({"i": {"phone": "+16265550115", "code": code}}),
-            )
-            .await["data"]["signIn"]
-                .clone()
-        }
-    };
-    let verifies_before = app.call_count(Sim::Okya, "POST /auth/v1/otp/verify").await;
+    let code = app.last_code("+16265550115").await;
+    let verifies_before = app.call_count(VERIFY_OTP).await;
     for _ in 0..5 {
-        let wrong = sign_in("000000".to_owned()).await;
+        let wrong = sign_in(&app, "+16265550115", "000000").await["data"]["signIn"].clone();
         assert_eq!(error_codes(&wrong), vec!["OTP_INVALID"], "{wrong}");
         assert_eq!(wrong["accessToken"], json!(null));
     }
-    let right_too_late = sign_in(code).await;
+    let right_too_late = sign_in(&app, "+16265550115", &code).await["data"]["signIn"].clone();
     assert_eq!(error_codes(&right_too_late), vec!["OTP_ATTEMPTS_EXCEEDED"]);
-    assert_eq!(
-        app.call_count(Sim::Okya, "POST /auth/v1/otp/verify").await,
-        verifies_before + 5
-    );
+    assert_eq!(app.call_count(VERIFY_OTP).await, verifies_before + 5);
     // Wrong codes end no session.
-    let refreshed = app
-        .gql_as(
-            None,
-            REFRESH,
-            json!({"i": {"refreshToken": customer.refresh_token}}),
-        )
-        .await;
+    let refreshed = refresh(&app, &customer.refresh_token).await;
     assert_eq!(refreshed["data"]["tokenRefresh"]["userErrors"], json!([]));
-}
-
-/// The Okya simulator's own accounts, as another app of Okya's would see them.
-async fn okya_accounts(app: &TestApp) -> Vec<Value> {
-    let body: Value = app
-        .http
-        .get(format!("{}/_sandbox/accounts", app.sim_url(Sim::Okya)))
-        .send()
-        .await
-        .expect("accounts")
-        .json()
-        .await
-        .expect("accounts JSON");
-    body["accounts"]
-        .as_array()
-        .cloned()
-        .expect("an account list")
 }
 
 #[tokio::test]
@@ -640,7 +492,7 @@ async fn a_repeated_registration_gets_its_first_answer_while_the_account_is_unco
     assert_eq!(again["userErrors"], json!([]), "{again}");
     assert_eq!(again["customer"], first["customer"]);
     assert_eq!(app.sent_codes("+16265550120").await.len(), 1);
-    assert_eq!(okya_accounts(&app).await.len(), 1);
+    assert_eq!(app.okya_accounts().await.len(), 1);
     // Other details are another registration, refused like any other.
     let other = register(&app, "+16265550120", "someone@example.com").await;
     assert_eq!(error_codes(&other), vec!["ACCOUNT_EXISTS"]);
@@ -650,7 +502,7 @@ async fn a_repeated_registration_gets_its_first_answer_while_the_account_is_unco
 async fn registering_again_after_confirming_is_an_existing_account() {
     let app = anonymous_app().await;
     let first = register(&app, "+16265550121", "ada@example.com").await;
-    let code = app.sent_codes("+16265550121").await.pop().expect("a code");
+    let code = app.last_code("+16265550121").await;
     let confirmed = confirm(&app, "+16265550121", &code).await;
     assert_eq!(confirmed["userErrors"], json!([]));
     let token = confirmed["accessToken"].as_str().expect("token").to_owned();
@@ -659,9 +511,9 @@ async fn registering_again_after_confirming_is_an_existing_account() {
     assert_eq!(error_codes(&again), vec!["ACCOUNT_EXISTS"], "{again}");
     assert_eq!(again["customer"], json!(null));
     // Nothing the replay said was taken for the truth: the customer is still confirmed.
-    let me = app.gql_as(Some(&token), ME, json!({})).await;
-    assert_eq!(me["data"]["me"]["id"], first["customer"]["id"]);
-    assert_eq!(me["data"]["me"]["confirmed"], true);
+    let shown = me(&app, Some(&token)).await;
+    assert_eq!(shown["data"]["me"]["id"], first["customer"]["id"]);
+    assert_eq!(shown["data"]["me"]["confirmed"], true);
 }
 
 #[tokio::test]
@@ -672,7 +524,7 @@ async fn registering_again_after_confirming_in_another_app_is_an_existing_accoun
         json!([])
     );
     // The customer confirms through another of Okya's apps: the service never hears of it.
-    let code = app.sent_codes("+16265550122").await.pop().expect("a code");
+    let code = app.last_code("+16265550122").await;
     let verified = app
         .http
         .post(format!("{}/auth/v1/otp/verify", app.sim_url(Sim::Okya)))
@@ -682,7 +534,7 @@ async fn registering_again_after_confirming_in_another_app_is_an_existing_accoun
         .await
         .expect("verify at Okya");
     assert!(verified.status().is_success(), "{}", verified.status());
-    assert_eq!(okya_accounts(&app).await[0]["confirmed"], true);
+    assert_eq!(app.okya_accounts().await[0]["confirmed"], true);
 
     let again = register(&app, "+16265550122", "ada@example.com").await;
     assert_eq!(error_codes(&again), vec!["ACCOUNT_EXISTS"], "{again}");
@@ -701,21 +553,21 @@ async fn a_registration_is_replayed_only_while_its_code_lives() {
         error_codes(&again) == ["ACCOUNT_EXISTS"]
     })
     .await;
-    assert_eq!(okya_accounts(&app).await.len(), 1);
+    assert_eq!(app.okya_accounts().await.len(), 1);
 }
 
 #[tokio::test]
 async fn a_replayed_registration_does_not_restart_the_count_of_wrong_codes() {
     let app = anonymous_app().await;
     register(&app, "+16265550124", "ada@example.com").await;
-    let code = app.sent_codes("+16265550124").await.pop().expect("a code");
+    let code = app.last_code("+16265550124").await;
     for _ in 0..5 {
         assert_eq!(
             error_codes(&confirm(&app, "+16265550124", "999999").await),
             vec!["OTP_INVALID"]
         );
     }
-    let verifies = app.call_count(Sim::Okya, "POST /auth/v1/otp/verify").await;
+    let verifies = app.call_count(VERIFY_OTP).await;
     assert_eq!(verifies, 5);
     // A replay sends no code, so it must not give the guesser five more tries.
     let again = register(&app, "+16265550124", "ada@example.com").await;
@@ -723,7 +575,7 @@ async fn a_replayed_registration_does_not_restart_the_count_of_wrong_codes() {
     let right_too_late = confirm(&app, "+16265550124", &code).await;
     assert_eq!(error_codes(&right_too_late), vec!["OTP_ATTEMPTS_EXCEEDED"]);
     assert_eq!(
-        app.call_count(Sim::Okya, "POST /auth/v1/otp/verify").await,
+        app.call_count(VERIFY_OTP).await,
         verifies,
         "the sixth try was refused by our own count, before reaching Okya"
     );
@@ -736,38 +588,15 @@ async fn a_sessionm_link_that_died_is_tried_again_at_the_next_sign_in() {
     })
     .await;
     // SessionM refuses the new user once: a definite refusal, so the link job dies.
-    app.faults(
-        Sim::Sessionm,
-        json!({"refuse_next": {"POST /priv/v1/apps/{api_key}/users": {"status": 422, "code": "validation", "times": 1}}}),
-    )
-    .await;
+    app.refuse_next(CREATE_MEMBER, 422, "validation", 1).await;
     register(&app, "+16265550125", "ada@example.com").await;
     app.eventually("the link job to die", || async {
-        let ready: Value = app
-            .http
-            .get(format!("{}/readyz", app.url))
-            .send()
-            .await
-            .expect("readyz")
-            .json()
-            .await
-            .expect("readyz JSON");
-        ready["jobs"]["dead"] == 1
+        app.readiness().await["jobs"]["dead"] == 1
     })
     .await;
     let token = app.sign_up_confirm_only("+16265550125").await;
-    app.eventually("the link after the sign-in", || async {
-        let me = app.gql_as(Some(&token), ME, json!({})).await;
-        me["data"]["me"]["loyalty"].is_object()
-    })
-    .await;
-    let users = app.ledger(Sim::Sessionm).await["users"].clone();
-    let users: Vec<&Value> = users
-        .as_array()
-        .expect("users")
-        .iter()
-        .filter(|u| u["email"] == "ada@example.com")
-        .collect();
+    app.wait_for_link(&token).await;
+    let users = app.sessionm_users("ada@example.com").await;
     assert_eq!(users.len(), 1);
-    assert_eq!(okya_accounts(&app).await[0]["loyalty_id"], users[0]["id"]);
+    assert_eq!(app.okya_accounts().await[0]["loyalty_id"], users[0]["id"]);
 }

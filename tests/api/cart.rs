@@ -1,5 +1,5 @@
-use crate::helpers::{Sim, TestApp, error_codes, spawn_app};
-use crate::shop::Shop;
+use crate::helpers::{Sim, TestApp, error_code, error_codes, spawn_app};
+use crate::routes::{CART_LINES, CARTS};
 use serde_json::{Value, json};
 
 const CART_FIELDS: &str = "id store { id } totalQuantity lines { id quantity product { id } modifiers { id } unitPrice { amount } lineTotal { amount } } subtotal { amount currencyCode } discount { amount } tax { amount } total { amount }";
@@ -124,11 +124,7 @@ async fn quantities_outside_1_to_99_are_refused_before_reaching_okya() {
         );
         assert_eq!(payload["cart"], json!(null));
     }
-    assert_eq!(
-        app.call_count(Sim::Okya, "POST /v1/carts/{cart_id}/lines")
-            .await,
-        0
-    );
+    assert_eq!(app.call_count(CART_LINES).await, 0);
 
     let added = add(&app, &cart, json!([latte(99)])).await;
     assert_eq!(added["userErrors"], json!([]));
@@ -282,35 +278,23 @@ async fn unknown_lines_and_carts_are_user_errors() {
 #[tokio::test]
 async fn lost_okya_answers_are_retried_under_one_key_and_persistent_failures_are_upstream_unavailable()
  {
-    let app = Shop {
-        app: spawn_app().await,
-    };
+    let app = spawn_app().await;
     // Okya makes the cart, then its answer is lost twice: the retries carry the first
     // try's key, so Okya answers with that cart rather than making two more.
-    let lose_twice = json!({"times": 2, "status": 503});
-    app.faults(
-        Sim::Okya,
-        json!({"lose_next": {"POST /v1/carts": lose_twice}}),
-    )
-    .await;
+    app.lose_next(CARTS, 2, 503).await;
     let cart = app.new_cart("str_pasadena").await;
     assert!(cart.starts_with("crt_"));
-    app.assert_one_key(Sim::Okya, "POST /v1/carts", 3).await;
+    app.assert_one_key(CARTS, 3).await;
     // Lines added, then the answer lost twice: added once, not three times.
-    let lines = "POST /v1/carts/{cart_id}/lines";
-    app.faults(Sim::Okya, json!({"lose_next": {lines: lose_twice}}))
-        .await;
+    app.lose_next(CART_LINES, 2, 503).await;
     let added = add(&app, &cart, json!([latte(2)])).await;
     assert_eq!(added["userErrors"], json!([]));
     assert_eq!(added["cart"]["totalQuantity"], 2, "{added}");
-    app.assert_one_key(Sim::Okya, lines, 3).await;
+    app.assert_one_key(CART_LINES, 3).await;
 
     app.faults(Sim::Okya, json!({"error_rate": 1.0})).await;
     let body = app.gql("{ stores { id } }", json!({})).await;
-    assert_eq!(
-        body["errors"][0]["extensions"]["code"],
-        "UPSTREAM_UNAVAILABLE"
-    );
+    assert_eq!(error_code(&body), "UPSTREAM_UNAVAILABLE");
     assert!(
         !body["errors"][0]["message"]
             .as_str()
@@ -324,8 +308,5 @@ async fn lost_okya_answers_are_retried_under_one_key_and_persistent_failures_are
             json!({}),
         )
         .await;
-    assert_eq!(
-        body["errors"][0]["extensions"]["code"],
-        "UPSTREAM_UNAVAILABLE"
-    );
+    assert_eq!(error_code(&body), "UPSTREAM_UNAVAILABLE");
 }

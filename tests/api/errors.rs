@@ -1,12 +1,12 @@
 //! Every error the service returns carries an `extensions.code` from the one documented
 //! list: the README's "Error codes" section, which is also `ErrorCode` in the code.
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, send_json, spawn_app};
 use cbtl_bff::graphql::errors::ErrorCode;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use strum::IntoEnumIterator;
-use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+use tokio_tungstenite::tungstenite::Message;
 
 /// The codes the README documents, read from its "Error codes" table.
 fn documented_codes() -> Vec<String> {
@@ -59,7 +59,7 @@ fn codes(body: &Value) -> Vec<String> {
 }
 
 async fn post_json(app: &TestApp, body: Value) -> Value {
-    let token = app.token.lock().unwrap().clone().unwrap_or_default();
+    let token = app.token().unwrap_or_default();
     app.http
         .post(app.graphql_url())
         .bearer_auth(token)
@@ -185,28 +185,16 @@ async fn refusals_before_graphql_carry_codes() {
 #[tokio::test]
 async fn errors_over_websockets_carry_codes_too() {
     let app = spawn_app().await;
-    let token = app.token.lock().unwrap().clone().unwrap();
-    let mut request = format!("ws://{}/graphql", app.app.addr())
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    let mut send = async |message: Value| {
-        socket
-            .send(Message::Text(message.to_string().into()))
-            .await
-            .unwrap();
-    };
-    send(
+    let token = app.token().unwrap();
+    let mut socket = app.connect_ws("graphql-transport-ws").await;
+    for message in [
         json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}}),
-    )
-    .await;
-    send(json!({"type": "subscribe", "id": "1", "payload": {"query": "{ nope }"}})).await;
-    send(json!({"type": "subscribe", "id": "2", "payload": {"query": "subscription { orderStatusChanged(orderId: \"ord_missing\") { id } }"}})).await;
-    send(json!({"type": "subscribe", "id": "3", "payload": {"query": "{"}})).await;
+        json!({"type": "subscribe", "id": "1", "payload": {"query": "{ nope }"}}),
+        json!({"type": "subscribe", "id": "2", "payload": {"query": "subscription { orderStatusChanged(orderId: \"ord_missing\") { id } }"}}),
+        json!({"type": "subscribe", "id": "3", "payload": {"query": "{"}}),
+    ] {
+        send_json(&mut socket, message).await;
+    }
     let mut seen = std::collections::BTreeMap::new();
     while seen.len() < 3 {
         let Some(Ok(Message::Text(text))) = socket.next().await else {

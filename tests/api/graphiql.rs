@@ -13,8 +13,8 @@ use std::panic::AssertUnwindSafe;
 async fn graphiql_renders_with_no_network_lists_the_schema_and_runs_queries_and_subscriptions() {
     // At the default limits: GraphiQL's own introspection query must pass them.
     let app = spawn_app_with(Db::Sqlite, |_| {}).await;
-    let customer = app.sign_up("+16265550190", "grace@example.com").await;
-    app.use_token(Some(&customer.access_token));
+    app.sign_up_and_use("+16265550190", "grace@example.com")
+        .await;
     let browser = Browser::start().await;
     // The browser is closed whatever happens, so a failure leaves no Chromium behind.
     let outcome = AssertUnwindSafe(use_graphiql(&app, &browser))

@@ -1,9 +1,13 @@
-//! `spawn_app` and a small typed client, in the manner of zero2prod.
+//! `spawn_app` and a small typed client, in the manner of zero2prod: the service with its
+//! simulators and a fresh database, a customer, the GraphQL and websockets the app speaks,
+//! and what the simulators were sent and hold. Orders have their own helpers in `shop`.
 
+use crate::routes::Route;
 use cbtl_bff::{app::Application, config::Settings};
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A client websocket, as the tests open them.
 pub type Ws =
@@ -112,8 +116,7 @@ pub fn test_settings(database_url: String) -> Settings {
 /// A running app with a signed-in customer whose token `gql` sends.
 pub async fn spawn_app() -> TestApp {
     let app = spawn_app_with(Db::Sqlite, |_| {}).await;
-    let customer = app.sign_up("+16265550100", "ada@example.com").await;
-    app.use_token(Some(&customer.access_token));
+    app.sign_up_and_use("+16265550100", "ada@example.com").await;
     app
 }
 
@@ -155,8 +158,8 @@ fn test_app(app: Application) -> TestApp {
     }
 }
 
-#[derive(Clone, Copy)]
-#[allow(dead_code)] // Stripe's and Epoint's ledgers are read once checkout exists.
+/// An upstream, as the tests reach its simulator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sim {
     Okya,
     Stripe,
@@ -164,51 +167,30 @@ pub enum Sim {
     Sessionm,
 }
 
+/// `accountRegister` with `$i` as its input and the whole customer selected.
+pub const REGISTER: &str = "mutation($i: AccountRegisterInput!) { accountRegister(input: $i) { customer { id email phone firstName lastName confirmed } userErrors { code field message } } }";
+const CONFIRM: &str = "mutation($i: AccountConfirmInput!) { accountConfirm(input: $i) { customer { id confirmed } accessToken accessTokenExpiresAt refreshToken userErrors { code field message } } }";
+const LOYALTY: &str = "{ me { loyalty { pointsBalance } } }";
+const ADD_LINES: &str = "mutation($c: ID!, $l: [CartLineInput!]!) { cartLinesAdd(cartId: $c, lines: $l) { userErrors { code message } } }";
+
+/// GraphQL, as the app sends it.
 impl TestApp {
     pub fn graphql_url(&self) -> String {
         format!("{}/graphql", self.url)
-    }
-
-    /// A graphql-transport-ws socket signed in with `token`, subscribed (operation id
-    /// `"s"`) to `orderStatusChanged` of `order_id` with `selection`.
-    pub async fn subscribe_to_order(&self, token: &str, order_id: &str, selection: &str) -> Ws {
-        use futures_util::SinkExt;
-        use tokio_tungstenite::tungstenite::{
-            Message, client::IntoClientRequest, http::HeaderValue,
-        };
-        let mut request = self
-            .graphql_url()
-            .replace("http://", "ws://")
-            .into_client_request()
-            .expect("a websocket request");
-        request.headers_mut().insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_static("graphql-transport-ws"),
-        );
-        let (mut ws, _) = tokio_tungstenite::connect_async(request)
-            .await
-            .expect("the websocket opens");
-        let init = json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}});
-        ws.send(Message::Text(init.to_string().into()))
-            .await
-            .expect("connection_init");
-        let query = format!(
-            "subscription($o: ID!) {{ orderStatusChanged(orderId: $o) {{ {selection} }} }}"
-        );
-        let subscribe = json!({"id": "s", "type": "subscribe", "payload": {"query": query, "variables": {"o": order_id}}});
-        ws.send(Message::Text(subscribe.to_string().into()))
-            .await
-            .expect("subscribe");
-        ws
     }
 
     pub fn use_token(&self, token: Option<&str>) {
         *self.token.lock().unwrap() = token.map(str::to_owned);
     }
 
+    /// The bearer token `gql` sends, if any.
+    pub fn token(&self) -> Option<String> {
+        self.token.lock().unwrap().clone()
+    }
+
     /// Sends a GraphQL request the way the app does and returns the JSON body.
     pub async fn gql(&self, query: &str, variables: Value) -> Value {
-        let token = self.token.lock().unwrap().clone();
+        let token = self.token();
         self.gql_as(token.as_deref(), query, variables).await
     }
 
@@ -233,7 +215,168 @@ impl TestApp {
         assert!(body.get("errors").is_none(), "unexpected errors: {body}");
         body["data"].clone()
     }
+}
 
+/// Customers: Create Account, sign-in and the SessionM link.
+impl TestApp {
+    /// `accountRegister` for Ada Lovelace with this phone and email, sent anonymously: the
+    /// whole response body.
+    pub async fn register(&self, phone: &str, email: &str) -> Value {
+        let input =
+            json!({"email": email, "phone": phone, "firstName": "Ada", "lastName": "Lovelace"});
+        self.gql_as(None, REGISTER, json!({"i": input})).await
+    }
+
+    /// `accountConfirm` of `phone` with `code`, sent anonymously: the whole response body.
+    pub async fn confirm(&self, phone: &str, code: &str) -> Value {
+        self.gql_as(None, CONFIRM, json!({"i": {"phone": phone, "code": code}}))
+            .await
+    }
+
+    /// The last code the Okya simulator sent to `phone`.
+    pub async fn last_code(&self, phone: &str) -> String {
+        self.sent_codes(phone).await.pop().expect("a code was sent")
+    }
+
+    /// Registers and confirms a customer through the API, as the app would.
+    pub async fn sign_up(&self, phone: &str, email: &str) -> Customer {
+        let registered = self.register(phone, email).await;
+        assert_eq!(
+            registered["data"]["accountRegister"]["userErrors"],
+            json!([]),
+            "{registered}"
+        );
+        let code = self.last_code(phone).await;
+        let confirmed = self.confirm(phone, &code).await;
+        let payload = &confirmed["data"]["accountConfirm"];
+        assert_eq!(payload["userErrors"], json!([]), "{confirmed}");
+        Customer {
+            id: payload["customer"]["id"].as_str().expect("id").to_owned(),
+            access_token: payload["accessToken"].as_str().expect("token").to_owned(),
+            refresh_token: payload["refreshToken"]
+                .as_str()
+                .expect("refresh")
+                .to_owned(),
+        }
+    }
+
+    /// Signs a customer up, as [`TestApp::sign_up`], and makes them the one `gql` speaks for.
+    pub async fn sign_up_and_use(&self, phone: &str, email: &str) -> Customer {
+        let customer = self.sign_up(phone, email).await;
+        self.use_token(Some(&customer.access_token));
+        customer
+    }
+
+    /// Signs a customer up, as [`TestApp::sign_up`], and waits for their SessionM link.
+    pub async fn member(&self, phone: &str, email: &str) -> Customer {
+        let customer = self.sign_up(phone, email).await;
+        self.wait_for_link(&customer.access_token).await;
+        customer
+    }
+
+    /// Confirms an already registered phone with the code it was sent; returns the token.
+    pub async fn sign_up_confirm_only(&self, phone: &str) -> String {
+        let code = self.last_code(phone).await;
+        let confirmed = self.confirm(phone, &code).await;
+        assert_eq!(
+            confirmed["data"]["accountConfirm"]["userErrors"],
+            json!([]),
+            "{confirmed}"
+        );
+        confirmed["data"]["accountConfirm"]["accessToken"]
+            .as_str()
+            .expect("token")
+            .to_owned()
+    }
+
+    /// Waits until the customer whose token this is has a loyalty account: the SessionM
+    /// link, which the service makes in the background, is done. Meanwhile `me` answers
+    /// without errors (no loyalty account yet is `null`, not an error).
+    pub async fn wait_for_link(&self, token: &str) {
+        self.eventually("the SessionM link", || async {
+            let body = self.gql_as(Some(token), LOYALTY, json!({})).await;
+            assert!(body.get("errors").is_none(), "unexpected errors: {body}");
+            body["data"]["me"]["loyalty"].is_object()
+        })
+        .await;
+    }
+
+    /// The signed-in customer's points balance.
+    pub async fn points_balance(&self) -> Value {
+        self.data(LOYALTY, json!({})).await["me"]["loyalty"]["pointsBalance"].clone()
+    }
+}
+
+/// Carts.
+impl TestApp {
+    /// Creates a cart at an open store and returns its id.
+    pub async fn new_cart(&self, store_id: &str) -> String {
+        let data = self
+            .data(
+                "mutation($s: ID!) { cartCreate(input: {storeId: $s}) { cart { id } userErrors { code } } }",
+                json!({"s": store_id}),
+            )
+            .await;
+        assert_eq!(data["cartCreate"]["userErrors"], json!([]));
+        data["cartCreate"]["cart"]["id"]
+            .as_str()
+            .expect("cart id")
+            .to_owned()
+    }
+
+    /// Adds `lines` (a list of `CartLineInput`s) to the cart, which must take them.
+    pub async fn add_lines(&self, cart: &str, lines: Value) {
+        let added = self.data(ADD_LINES, json!({"c": cart, "l": lines})).await;
+        assert_eq!(added["cartLinesAdd"]["userErrors"], json!([]), "{added}");
+    }
+
+    /// A new cart at `store` with `lines` in it.
+    pub async fn cart_with(&self, store: &str, lines: Value) -> String {
+        let cart = self.new_cart(store).await;
+        self.add_lines(&cart, lines).await;
+        cart
+    }
+}
+
+/// Waiting for the service's background work.
+impl TestApp {
+    /// Polls until `check` holds, for work the service finishes in the background.
+    pub async fn eventually<F, Fut>(&self, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        for _ in 0..100 {
+            if check().await {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// How many jobs are waiting to run (or running) in the service's queue.
+    pub async fn pending_jobs(&self) -> i64 {
+        cbtl_bff::store::jobs::count(&self.app.state().db, cbtl_bff::store::jobs::PENDING)
+            .await
+            .expect("jobs")
+    }
+
+    /// `/readyz`'s body; it answers 200.
+    pub async fn readiness(&self) -> Value {
+        let response = self
+            .http
+            .get(format!("{}/readyz", self.url))
+            .send()
+            .await
+            .expect("readyz");
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("readyz JSON")
+    }
+}
+
+/// The simulators: their `/_sandbox` routes, call logs, faults and ledgers.
+impl TestApp {
     pub fn sim_url(&self, sim: Sim) -> String {
         let sandbox = self.app.sandbox();
         // SessionM's admin routes (ledger, faults, call log) are on its POS host.
@@ -257,20 +400,46 @@ impl TestApp {
             .expect("a simulator for this upstream")
     }
 
-    /// Calls per route the simulator received.
-    pub async fn calls(&self, sim: Sim) -> BTreeMap<String, u64> {
+    /// `GET /_sandbox/{path}` of the simulator: its JSON answer.
+    pub async fn sandbox_get(&self, sim: Sim, path: &str) -> Value {
         self.http
-            .get(format!("{}/_sandbox/calls", self.sim_url(sim)))
+            .get(format!("{}/_sandbox/{path}", self.sim_url(sim)))
             .send()
             .await
-            .expect("calls")
+            .unwrap_or_else(|e| panic!("GET /_sandbox/{path}: {e}"))
             .json()
             .await
-            .expect("calls JSON")
+            .unwrap_or_else(|e| panic!("GET /_sandbox/{path} JSON: {e}"))
     }
 
-    pub async fn call_count(&self, sim: Sim, route: &str) -> u64 {
-        self.calls(sim).await.get(route).copied().unwrap_or(0)
+    /// Sends `body` to `/_sandbox/{path}` of the simulator, which must take it.
+    pub async fn sandbox(&self, method: reqwest::Method, sim: Sim, path: &str, body: Value) {
+        let status = self
+            .http
+            .request(
+                method.clone(),
+                format!("{}/_sandbox/{path}", self.sim_url(sim)),
+            )
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} /_sandbox/{path}: {e}"))
+            .status();
+        assert!(status.is_success(), "{method} /_sandbox/{path}: {status}");
+    }
+
+    /// Calls per route the simulator received.
+    pub async fn calls(&self, sim: Sim) -> BTreeMap<String, u64> {
+        serde_json::from_value(self.sandbox_get(sim, "calls").await).expect("calls JSON")
+    }
+
+    /// How many calls the route's simulator received on it.
+    pub async fn call_count(&self, route: Route) -> u64 {
+        self.calls(route.sim)
+            .await
+            .get(route.name)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub async fn reset_calls(&self, sim: Sim) {
@@ -281,16 +450,82 @@ impl TestApp {
             .expect("reset calls");
     }
 
-    pub async fn faults(&self, sim: Sim, update: Value) {
-        let status = self
-            .http
-            .put(format!("{}/_sandbox/faults", self.sim_url(sim)))
-            .json(&update)
+    /// The requests the route's simulator received on it, oldest first, faulted ones
+    /// included.
+    pub async fn log(&self, route: Route) -> Vec<Value> {
+        self.http
+            .get(format!("{}/_sandbox/calls/log", self.sim_url(route.sim)))
+            .query(&[("route", route.name)])
             .send()
             .await
-            .expect("faults")
-            .status();
-        assert!(status.is_success());
+            .expect("call log")
+            .json()
+            .await
+            .expect("call log JSON")
+    }
+
+    /// Every request to `route` carried the same idempotency key, and there were at least
+    /// `at_least` of them: a retry, whatever answer it followed, repeated the first try.
+    pub async fn assert_one_key(&self, route: Route, at_least: usize) -> String {
+        let log = self.log(route).await;
+        assert!(
+            log.len() >= at_least,
+            "{route}: expected at least {at_least} requests: {log:?}"
+        );
+        let mut keys: Vec<&str> = log.iter().filter_map(|r| r["key"].as_str()).collect();
+        assert_eq!(
+            keys.len(),
+            log.len(),
+            "{route}: a request without a key: {log:?}"
+        );
+        keys.dedup();
+        assert_eq!(
+            keys.len(),
+            1,
+            "{route}: several keys for one effect: {log:?}"
+        );
+        keys[0].to_owned()
+    }
+
+    /// Changes the simulator's faults (`/_sandbox/faults`): latency, error rate, or the
+    /// faults of the next calls of a route, for which the methods below read better.
+    pub async fn faults(&self, sim: Sim, update: Value) {
+        self.sandbox(reqwest::Method::PUT, sim, "faults", update)
+            .await;
+    }
+
+    /// The next `times` calls of `route` fail with a 503 before doing anything.
+    pub async fn fail_next(&self, route: Route, times: u64) {
+        self.faults(route.sim, json!({"fail_next": {route.name: times}}))
+            .await;
+    }
+
+    /// The next `times` calls of `route` are refused with `status` and the upstream's
+    /// `code`; 0 times ends a refusal.
+    pub async fn refuse_next(&self, route: Route, status: u16, code: &str, times: u32) {
+        let refusal = json!({"status": status, "code": code, "times": times});
+        self.faults(route.sim, json!({"refuse_next": {route.name: refusal}}))
+            .await;
+    }
+
+    /// The next `times` calls of `route` are done, then their answer is lost: replaced by
+    /// `status` (a status code, `"drop"` for a broken connection, `"garble"`).
+    pub async fn lose_next(&self, route: Route, times: u32, status: impl Into<Value>) {
+        let loss = json!({"times": times, "status": status.into()});
+        self.faults(route.sim, json!({"lose_next": {route.name: loss}}))
+            .await;
+    }
+
+    /// The next call of `route` is answered after `ms` milliseconds.
+    pub async fn slow_next(&self, route: Route, ms: u64) {
+        self.faults(route.sim, json!({"slow_next": {route.name: {"ms": ms}}}))
+            .await;
+    }
+
+    /// What the simulator holds (`/_sandbox/ledger`): Stripe's intents and refunds,
+    /// Epoint's tickets, SessionM's members and transactions.
+    pub async fn ledger(&self, sim: Sim) -> Value {
+        self.sandbox_get(sim, "ledger").await
     }
 
     /// The codes the Okya simulator "sent" to a phone, oldest first.
@@ -315,100 +550,112 @@ impl TestApp {
             .unwrap_or_default()
     }
 
-    /// Registers and confirms a customer through the API, as the app would.
-    pub async fn sign_up(&self, phone: &str, email: &str) -> Customer {
-        let registered = self
-            .gql_as(
-                None,
-                "mutation($i: AccountRegisterInput!) { accountRegister(input: $i) { customer { id } userErrors { code message } } }",
-                json!({"i": {"email": email, "phone": phone, "firstName": "Ada", "lastName": "Lovelace"}}),
-            )
-            .await;
-        assert_eq!(
-            registered["data"]["accountRegister"]["userErrors"],
-            json!([]),
-            "{registered}"
+    /// The Okya simulator's own accounts, as another app of Okya's would see them.
+    pub async fn okya_accounts(&self) -> Vec<Value> {
+        self.sandbox_get(Sim::Okya, "accounts").await["accounts"]
+            .as_array()
+            .cloned()
+            .expect("an account list")
+    }
+
+    /// SessionM's members with this email.
+    pub async fn sessionm_users(&self, email: &str) -> Vec<Value> {
+        let ledger = self.ledger(Sim::Sessionm).await;
+        ledger["users"]
+            .as_array()
+            .unwrap_or_else(|| panic!("SessionM's users: {ledger}"))
+            .iter()
+            .filter(|u| u["email"] == email)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Websockets to `/graphql`.
+impl TestApp {
+    /// A websocket to `/graphql` speaking `protocol`, which the service agreed to.
+    pub async fn connect_ws(&self, protocol: &str) -> Ws {
+        use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue};
+        let mut request = self
+            .graphql_url()
+            .replace("http://", "ws://")
+            .into_client_request()
+            .expect("a websocket request");
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(protocol).expect("a protocol name"),
         );
-        let code = self.sent_codes(phone).await.pop().expect("a code was sent");
-        let confirmed = self
-            .gql_as(
-                None,
-                "mutation($i: AccountConfirmInput!) { accountConfirm(input: $i) { customer { id } accessToken refreshToken userErrors { code } } }",
-                json!({"i": {"phone": phone, "code": code}}),
-            )
-            .await;
-        let payload = &confirmed["data"]["accountConfirm"];
-        assert_eq!(payload["userErrors"], json!([]), "{confirmed}");
-        Customer {
-            id: payload["customer"]["id"].as_str().expect("id").to_owned(),
-            access_token: payload["accessToken"].as_str().expect("token").to_owned(),
-            refresh_token: payload["refreshToken"]
+        let (ws, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("the websocket opens");
+        assert_eq!(response.headers()["sec-websocket-protocol"], protocol);
+        ws
+    }
+
+    /// A graphql-transport-ws socket signed in with `token`, subscribed (operation id
+    /// `"s"`) to `orderStatusChanged` of `order_id` with `selection`.
+    pub async fn subscribe_to_order(&self, token: &str, order_id: &str, selection: &str) -> Ws {
+        let mut ws = self.connect_ws("graphql-transport-ws").await;
+        init_ws(&mut ws, json!({"Authorization": format!("Bearer {token}")})).await;
+        let query = format!(
+            "subscription($o: ID!) {{ orderStatusChanged(orderId: $o) {{ {selection} }} }}"
+        );
+        send_json(
+            &mut ws,
+            json!({"id": "s", "type": "subscribe", "payload": {"query": query, "variables": {"o": order_id}}}),
+        )
+        .await;
+        ws
+    }
+}
+
+/// Sends one JSON message.
+pub async fn send_json(ws: &mut Ws, message: Value) {
+    use futures_util::SinkExt;
+    ws.send(Message::Text(message.to_string().into()))
+        .await
+        .expect("a message sent");
+}
+
+/// Sends `connection_init` with `payload` and reads the `connection_ack`.
+pub async fn init_ws(ws: &mut Ws, payload: Value) {
+    send_json(ws, json!({"type": "connection_init", "payload": payload})).await;
+    assert_eq!(next_json(ws).await["type"], "connection_ack");
+}
+
+/// The next frame but pings and pongs, within 10 s.
+pub async fn next_frame(ws: &mut Ws) -> Message {
+    use futures_util::StreamExt;
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message in time")
+            .expect("the socket open")
+            .expect("a valid frame");
+        if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
+            return message;
+        }
+    }
+}
+
+/// The next JSON message, skipping pings; any other frame fails the test.
+pub async fn next_json(ws: &mut Ws) -> Value {
+    match next_frame(ws).await {
+        Message::Text(text) => serde_json::from_str(&text).expect("a JSON message"),
+        other => panic!("unexpected frame {other:?}"),
+    }
+}
+
+/// The status in the next `next` message of an `orderStatusChanged` subscription.
+pub async fn next_status(ws: &mut Ws) -> String {
+    loop {
+        let message = next_json(ws).await;
+        if message["type"] == "next" {
+            return message["payload"]["data"]["orderStatusChanged"]["status"]
                 .as_str()
-                .expect("refresh")
-                .to_owned(),
+                .expect("a status")
+                .to_owned();
         }
-    }
-
-    /// Confirms an already registered phone with the code it was sent; returns the token.
-    pub async fn sign_up_confirm_only(&self, phone: &str) -> String {
-        let code = self.sent_codes(phone).await.pop().expect("a code was sent");
-        let confirmed = self
-            .gql_as(
-                None,
-                "mutation($i: AccountConfirmInput!) { accountConfirm(input: $i) { accessToken userErrors { code } } }",
-                json!({"i": {"phone": phone, "code": code}}),
-            )
-            .await;
-        assert_eq!(
-            confirmed["data"]["accountConfirm"]["userErrors"],
-            json!([]),
-            "{confirmed}"
-        );
-        confirmed["data"]["accountConfirm"]["accessToken"]
-            .as_str()
-            .expect("token")
-            .to_owned()
-    }
-
-    /// Polls until `check` holds, for work the service finishes in the background.
-    pub async fn eventually<F, Fut>(&self, what: &str, mut check: F)
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        for _ in 0..100 {
-            if check().await {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        panic!("timed out waiting for {what}");
-    }
-
-    pub async fn ledger(&self, sim: Sim) -> Value {
-        self.http
-            .get(format!("{}/_sandbox/ledger", self.sim_url(sim)))
-            .send()
-            .await
-            .expect("ledger")
-            .json()
-            .await
-            .expect("ledger JSON")
-    }
-
-    /// Creates a cart at an open store and returns its id.
-    pub async fn new_cart(&self, store_id: &str) -> String {
-        let data = self
-            .data(
-                "mutation($s: ID!) { cartCreate(input: {storeId: $s}) { cart { id } userErrors { code } } }",
-                json!({"s": store_id}),
-            )
-            .await;
-        assert_eq!(data["cartCreate"]["userErrors"], json!([]));
-        data["cartCreate"]["cart"]["id"]
-            .as_str()
-            .expect("cart id")
-            .to_owned()
     }
 }
 
@@ -423,6 +670,13 @@ pub fn error_codes(payload: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The `extensions.code` of a response's first error; empty when there is none.
+pub fn error_code(body: &Value) -> &str {
+    body["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or("")
 }
 
 /// Simulators started by the test itself, so they outlive the service (restarts, several
@@ -512,6 +766,56 @@ impl ExternalUpstreams {
             .to_owned()
             .into();
     }
+}
+
+/// The world a service runs in when it must be stopped and started again, or run twice:
+/// upstreams that outlive it, as real ones do, its database, and the port every
+/// incarnation of it listens on (Okya's webhooks are sent there).
+pub struct World {
+    pub upstreams: ExternalUpstreams,
+    /// The settings every incarnation starts with.
+    pub settings: Settings,
+    pub port: Port,
+    _db: TestDb,
+}
+
+impl World {
+    /// Starts the upstreams and makes the database; `tweak` adjusts the settings.
+    pub async fn start(kind: Db, tweak: impl FnOnce(&mut Settings)) -> Self {
+        let port = Port::bind();
+        let upstreams = ExternalUpstreams::start(port.number()).await;
+        let (db, url) = TestDb::new(kind).await;
+        let mut settings = test_settings(url);
+        upstreams.configure(&mut settings);
+        tweak(&mut settings);
+        World {
+            upstreams,
+            settings,
+            port,
+            _db: db,
+        }
+    }
+
+    /// An incarnation of the service on the world's port.
+    pub async fn spawn(&self) -> TestApp {
+        spawn_on(self.settings.clone(), &self.port).await
+    }
+}
+
+/// An Okya simulator the test starts itself, with the sandbox key and a fixed code, so it
+/// outlives the service as the real Okya would.
+pub async fn okya_simulator() -> cbtl_bff::sandbox::Simulator {
+    use cbtl_bff::sandbox::{faults::Faults, okya};
+    okya::start(
+        okya::OkyaSimConfig {
+            api_key: "okya_sandbox_key".to_owned(),
+            otp_code: "123456".to_owned(),
+            ..okya::OkyaSimConfig::default()
+        },
+        Faults::new(0, 0.0),
+    )
+    .await
+    .expect("okya simulator")
 }
 
 /// A port the test binds once and keeps, so the service can be stopped and started again

@@ -22,6 +22,7 @@ mod persisted_queries;
 mod persistence;
 mod protocol;
 mod rewards;
+mod routes;
 mod sessionm;
 mod shop;
 mod step_faults;

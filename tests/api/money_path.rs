@@ -2,22 +2,14 @@
 //! back, Stripe refusing requests of ours, a catalogue that changes under a POS retry, and
 //! Stripe's idempotency as Stripe documents it (slow first requests, saved 500s).
 
-use crate::helpers::{Sim, error_codes};
-use crate::shop::shop;
+use crate::helpers::{Sim, error_code, error_codes};
+use crate::routes::{CAPTURE, INJECT, INTENT_SEARCH, INTENTS, PAYMENTS, REFUNDS};
+use crate::shop::{
+    StoreAction::{Accept, Reject},
+    placed, shop,
+};
 use cbtl_bff::domain::CaptureMode;
 use serde_json::json;
-
-const INTENTS: &str = "POST /v1/payment_intents";
-const REFUNDS: &str = "POST /v1/refunds";
-const CAPTURE: &str = "POST /v1/payment_intents/{id}/capture";
-const INJECT: &str = "POST /v1/locations/{location_id}/orders";
-
-fn id_of(payload: &serde_json::Value) -> String {
-    payload["order"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("an order: {payload}"))
-        .to_owned()
-}
 
 /// Item A2: a support agent refunds the charge in Stripe's Dashboard before the POS at
 /// `str_burbank` refuses the order. Our refund is refused (`charge_already_refunded`); the
@@ -25,17 +17,15 @@ fn id_of(payload: &serde_json::Value) -> String {
 #[tokio::test]
 async fn a_charge_refunded_by_support_before_a_pos_refusal_ends_cancelled_once() {
     let shop = shop(|s| s.orders.pos_max_attempts = 1).await;
-    let cart = shop.filled_cart("str_burbank").await;
-    let id = id_of(&shop.checkout(&cart, "pm_card_visa", None, "k").await);
-    shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
+    let (cart, id) = shop.awaiting_acceptance("str_burbank").await;
     shop.refund_outside(&id).await;
-    shop.store_action(&cart, "accept").await;
+    shop.store_action(&cart, Accept).await;
     let order = shop.wait_for_status(&id, "CANCELLED").await;
     assert_eq!(order["payment"]["status"], "REFUNDED");
     let row = shop.wait_until_settled(&id).await;
     assert_eq!(row.attention, None);
     // The Dashboard's refund and our one refused try; the step is over, so no more.
-    let refunds = shop.log(Sim::Stripe, REFUNDS).await;
+    let refunds = shop.log(REFUNDS).await;
     assert_eq!(refunds.len(), 2, "{refunds:?}");
     assert_eq!(refunds[1]["status"], 400, "ours was refused: {refunds:?}");
     shop.assert_money_invariants().await;
@@ -48,11 +38,9 @@ async fn a_charge_refunded_by_support_before_a_pos_refusal_ends_cancelled_once()
 #[tokio::test]
 async fn an_authorisation_cancelled_outside_is_recalled_not_captured() {
     let shop = shop(|s| s.orders.capture = CaptureMode::OnAcceptance).await;
-    let cart = shop.filled_cart("str_pasadena").await;
-    let id = id_of(&shop.checkout(&cart, "pm_card_visa", None, "k").await);
-    shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
+    let (cart, id) = shop.awaiting_acceptance("str_pasadena").await;
     shop.release_outside(&id).await;
-    shop.store_action(&cart, "accept").await;
+    shop.store_action(&cart, Accept).await;
     let order = shop.wait_for_status(&id, "CANCELLED").await;
     assert_eq!(order["payment"]["status"], "CANCELLED");
     let row = shop.wait_until_settled(&id).await;
@@ -62,7 +50,7 @@ async fn an_authorisation_cancelled_outside_is_recalled_not_captured() {
         shop.okya_order(&cart).await["cancellation"]["kind"],
         "recalled"
     );
-    assert_eq!(shop.log(Sim::Stripe, CAPTURE).await.len(), 1);
+    assert_eq!(shop.log(CAPTURE).await.len(), 1);
     shop.assert_money_invariants().await;
 }
 
@@ -72,22 +60,17 @@ async fn an_authorisation_cancelled_outside_is_recalled_not_captured() {
 #[tokio::test]
 async fn a_refund_refusal_stripe_cannot_explain_goes_to_an_operator() {
     let shop = shop(|s| s.orders.max_step_attempts = 3).await;
-    let cart = shop.filled_cart("str_pasadena").await;
-    let id = id_of(&shop.checkout(&cart, "pm_card_visa", None, "k").await);
-    shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
-    shop.faults(
-        Sim::Stripe,
-        json!({"refuse_next": {REFUNDS: {"status": 400, "code": "charge_disputed", "times": 1000}}}),
-    )
-    .await;
-    shop.store_action(&cart, "reject").await;
+    let (cart, id) = shop.awaiting_acceptance("str_pasadena").await;
+    shop.refuse_next(REFUNDS, 400, "charge_disputed", 1000)
+        .await;
+    shop.store_action(&cart, Reject).await;
     shop.eventually("the order marked for an operator", || async {
         shop.row(&id).await.attention.is_some()
     })
     .await;
     let ready = shop.readiness().await;
     assert_eq!(ready["orders"]["needing_attention"], 1, "{ready}");
-    let tries = shop.log(Sim::Stripe, REFUNDS).await.len();
+    let tries = shop.log(REFUNDS).await.len();
     assert!((1..=3).contains(&tries), "bounded: {tries}");
     // The sweeper leaves it alone: another sweep sends nothing.
     let settled = shop.wait_until_settled(&id).await;
@@ -99,7 +82,7 @@ async fn a_refund_refusal_stripe_cannot_explain_goes_to_an_operator() {
             .contains("charge_disputed"),
         "{settled:?}"
     );
-    assert_eq!(shop.log(Sim::Stripe, REFUNDS).await.len(), tries);
+    assert_eq!(shop.log(REFUNDS).await.len(), tries);
     assert_eq!(shop.order(&id).await["status"], "AWAITING_ACCEPTANCE");
 }
 
@@ -108,17 +91,13 @@ async fn a_refund_refusal_stripe_cannot_explain_goes_to_an_operator() {
 #[tokio::test]
 async fn a_revoked_stripe_key_is_not_the_customers_card_and_the_checkout_can_be_retried() {
     let shop = shop(|_| {}).await;
-    shop.faults(
-        Sim::Stripe,
-        json!({"refuse_next": {INTENTS: {"status": 401, "code": "api_key_expired", "times": 1}}}),
-    )
-    .await;
+    shop.refuse_next(INTENTS, 401, "api_key_expired", 1).await;
     let cart = shop.filled_cart("str_pasadena").await;
     let first = shop.checkout(&cart, "pm_card_visa", None, "k").await;
     assert_eq!(error_codes(&first), ["PAYMENT_UNAVAILABLE"], "{first}");
     assert_ne!(error_codes(&first), ["PAYMENT_FAILED"]);
     assert_eq!(first["order"]["status"], "AWAITING_PAYMENT");
-    let id = id_of(&first);
+    let id = placed(&first);
     assert!(shop.intents_for(&id).await.is_empty());
     let again = shop.checkout(&cart, "pm_card_visa", None, "k").await;
     assert_eq!(again["userErrors"], json!([]), "{again}");
@@ -132,15 +111,11 @@ async fn a_revoked_stripe_key_is_not_the_customers_card_and_the_checkout_can_be_
 #[tokio::test]
 async fn an_unretried_payment_is_cancelled_after_the_timeout() {
     let shop = shop(|s| s.orders.authentication_timeout_secs = 1).await;
-    shop.faults(
-        Sim::Stripe,
-        json!({"refuse_next": {INTENTS: {"status": 400, "code": "parameter_unknown", "times": 1}}}),
-    )
-    .await;
+    shop.refuse_next(INTENTS, 400, "parameter_unknown", 1).await;
     let cart = shop.filled_cart("str_pasadena").await;
     let first = shop.checkout(&cart, "pm_card_visa", None, "k").await;
     assert_eq!(error_codes(&first), ["PAYMENT_UNAVAILABLE"], "{first}");
-    let id = id_of(&first);
+    let id = placed(&first);
     shop.wait_for_status(&id, "PAYMENT_FAILED").await;
     assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
     let again = shop.checkout(&cart, "pm_card_visa", None, "k").await;
@@ -159,40 +134,30 @@ async fn a_product_renamed_between_two_pos_tries_does_not_change_the_ticket() {
         s.orders.pos_max_attempts = 5;
     })
     .await;
-    let cart = shop.filled_cart("str_pasadena").await;
-    let id = id_of(&shop.checkout(&cart, "pm_card_visa", None, "k").await);
-    shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
+    let (cart, id) = shop.awaiting_acceptance("str_pasadena").await;
     // The POS takes the first try; all three of its answers are lost.
-    shop.faults(
-        Sim::Epoint,
-        json!({"lose_next": {INJECT: {"times": 3, "status": "drop"}}}),
-    )
-    .await;
-    shop.store_action(&cart, "accept").await;
+    shop.lose_next(INJECT, 3, "drop").await;
+    shop.store_action(&cart, Accept).await;
     shop.eventually("the first try", || async {
-        shop.log(Sim::Epoint, INJECT).await.len() >= 3
+        shop.log(INJECT).await.len() >= 3
     })
     .await;
-    let renamed = shop
-        .http
-        .patch(format!(
-            "{}/_sandbox/products/prd_latte",
-            shop.sim_url(Sim::Okya)
-        ))
-        .json(&json!({"name": "Caffè Latte (new recipe)"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(renamed.status().is_success());
+    shop.sandbox(
+        reqwest::Method::PATCH,
+        Sim::Okya,
+        "products/prd_latte",
+        json!({"name": "Caffè Latte (new recipe)"}),
+    )
+    .await;
     let order = shop.wait_for_status(&id, "IN_PREPARATION").await;
     assert_eq!(order["payment"]["status"], "CAPTURED");
-    let tries = shop.log(Sim::Epoint, INJECT).await;
+    let tries = shop.log(INJECT).await;
     assert!(tries.len() >= 4, "{tries:?}");
     assert!(
         tries.iter().all(|t| t["status"] != 422),
         "a try was refused: {tries:?}"
     );
-    shop.assert_one_key(Sim::Epoint, INJECT, 4).await;
+    shop.assert_one_key(INJECT, 4).await;
     shop.assert_money_invariants().await;
 }
 
@@ -202,20 +167,19 @@ async fn a_product_renamed_between_two_pos_tries_does_not_change_the_ticket() {
 #[tokio::test]
 async fn a_charge_slower_than_the_timeout_is_charged_once_and_kept() {
     let shop = shop(|s| s.stripe.timeout_ms = 1_000).await;
-    shop.faults(Sim::Stripe, json!({"slow_next": {INTENTS: {"ms": 3_000}}}))
-        .await;
+    shop.slow_next(INTENTS, 3_000).await;
     let cart = shop.filled_cart("str_pasadena").await;
     let payload = shop.checkout(&cart, "pm_card_visa", None, "k").await;
     assert_eq!(payload["userErrors"], json!([]), "{payload}");
-    let id = id_of(&payload);
+    let id = placed(&payload);
     let order = shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
     assert_eq!(order["payment"]["status"], "CAPTURED");
-    let tries = shop.log(Sim::Stripe, INTENTS).await;
+    let tries = shop.log(INTENTS).await;
     assert!(
         tries.iter().any(|t| t["status"] == 409),
         "a retry met the key in use: {tries:?}"
     );
-    shop.assert_one_key(Sim::Stripe, INTENTS, 2).await;
+    shop.assert_one_key(INTENTS, 2).await;
     assert_eq!(shop.intents_for(&id).await.len(), 1);
     assert_eq!(shop.ledger(Sim::Stripe).await["refunds"], json!([]));
     shop.assert_money_invariants().await;
@@ -226,26 +190,17 @@ async fn a_charge_slower_than_the_timeout_is_charged_once_and_kept() {
 #[tokio::test]
 async fn a_charge_whose_saved_500_is_replayed_is_found_by_its_metadata() {
     let shop = shop(|_| {}).await;
-    shop.faults(
-        Sim::Stripe,
-        json!({"lose_next": {INTENTS: {"status": 500}}}),
-    )
-    .await;
+    shop.lose_next(INTENTS, 1, 500).await;
     let cart = shop.filled_cart("str_pasadena").await;
     let payload = shop.checkout(&cart, "pm_card_visa", None, "k").await;
     assert_eq!(payload["userErrors"], json!([]), "{payload}");
-    let id = id_of(&payload);
+    let id = placed(&payload);
     assert_eq!(
         shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await["payment"]["status"],
         "CAPTURED"
     );
     assert_eq!(shop.intents_for(&id).await.len(), 1);
-    assert!(
-        !shop
-            .log(Sim::Stripe, "GET /v1/payment_intents/search")
-            .await
-            .is_empty()
-    );
+    assert!(!shop.log(INTENT_SEARCH).await.is_empty());
     shop.assert_money_invariants().await;
 }
 
@@ -254,15 +209,9 @@ async fn a_charge_whose_saved_500_is_replayed_is_found_by_its_metadata() {
 #[tokio::test]
 async fn a_capture_whose_saved_500_is_replayed_is_read_from_the_intent() {
     let shop = shop(|s| s.orders.capture = CaptureMode::OnAcceptance).await;
-    let cart = shop.filled_cart("str_pasadena").await;
-    let id = id_of(&shop.checkout(&cart, "pm_card_visa", None, "k").await);
-    shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
-    shop.faults(
-        Sim::Stripe,
-        json!({"lose_next": {CAPTURE: {"status": 500}}}),
-    )
-    .await;
-    shop.store_action(&cart, "accept").await;
+    let (cart, id) = shop.awaiting_acceptance("str_pasadena").await;
+    shop.lose_next(CAPTURE, 1, 500).await;
+    shop.store_action(&cart, Accept).await;
     let order = shop.wait_for_status(&id, "IN_PREPARATION").await;
     assert_eq!(order["payment"]["status"], "CAPTURED");
     shop.assert_money_invariants().await;
@@ -273,23 +222,15 @@ async fn a_capture_whose_saved_500_is_replayed_is_read_from_the_intent() {
 /// up its attempts in seconds. Whoever drives the flow, a step waits for its retry time.
 #[tokio::test]
 async fn a_waiting_checkout_keeps_the_retry_pace_of_a_failing_step() {
-    const PAYMENTS: &str = "POST /v1/orders/{order_id}/payments";
     let shop = shop(|s| s.orders.checkout_wait_ms = 2_000).await;
-    shop.faults(Sim::Okya, json!({"fail_next": {PAYMENTS: 1_000_000}}))
-        .await;
+    shop.fail_next(PAYMENTS, 1_000_000).await;
     let cart = shop.filled_cart("str_pasadena").await;
     let body = shop
-        .gql(
-            "mutation($i: CheckoutInput!) { checkout(input: $i) { order { id } } }",
-            json!({"i": {"cartId": cart, "paymentMethodId": "pm_card_visa", "idempotencyKey": "k"}}),
-        )
+        .checkout_body("id", &cart, "pm_card_visa", None, "k")
         .await;
-    assert_eq!(
-        body["errors"][0]["extensions"]["code"], "UPSTREAM_UNAVAILABLE",
-        "{body}"
-    );
+    assert_eq!(error_code(&body), "UPSTREAM_UNAVAILABLE", "{body}");
     // Backing off from 200 ms, about 4 tries fit in 2 s (3 requests each), a webhook's
     // run included; driven every 25 ms it was over a hundred.
-    let tries = shop.log(Sim::Okya, PAYMENTS).await.len();
+    let tries = shop.log(PAYMENTS).await.len();
     assert!((3..=18).contains(&tries), "{tries} requests in 2 s");
 }

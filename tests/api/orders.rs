@@ -3,34 +3,23 @@
 //! simulators' call logs: each effect asked for under one idempotency key) as well as
 //! what the ledgers hold, and ends with the money invariants.
 
-use crate::helpers::{Db, Sim, TestApp, error_codes};
-use crate::shop::{Shop, shop};
+use crate::helpers::{Db, Sim, TestApp, World, error_codes, next_json};
+use crate::routes::{
+    CANCEL, CAPTURE, INJECT, INTENTS, ORDERS, PAYMENTS, RECALL, REFUNDS, RELEASE, SALE, UNLOCK,
+};
+use crate::shop::{
+    StoreAction::{self, Accept, Complete, Ready, Reject},
+    checkout_mutation, placed, shop, shop_on,
+};
 use cbtl_bff::domain::CaptureMode;
-use futures_util::StreamExt;
 use serde_json::{Value, json};
-use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
 
 const ORDER_FIELDS: &str = "id number status store { id } total { amount currencyCode } subtotal { amount } tax { amount } payment { status amount { amount } brand last4 clientSecret } statusHistory { status } pointsEarned lines { quantity product { id } }";
 
-fn checkout_query() -> String {
-    format!(
-        "mutation($i: CheckoutInput!) {{ checkout(input: $i) {{ order {{ {ORDER_FIELDS} }} userErrors {{ code field message }} }} }}"
-    )
-}
-
 /// The `checkout` payload with this file's order fields.
-async fn checkout(shop: &Shop, cart: &str, card: &str, key: &str) -> Value {
+async fn checkout(shop: &TestApp, cart: &str, card: &str, key: &str) -> Value {
     shop.checkout_selecting(ORDER_FIELDS, cart, card, None, key)
         .await
-}
-
-/// The id of the order a checkout placed.
-fn placed(payload: &Value) -> String {
-    payload["order"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("an order: {payload}"))
-        .to_owned()
 }
 
 #[tokio::test]
@@ -64,15 +53,15 @@ async fn an_order_is_paid_accepted_injected_prepared_and_collected() {
     let okya = shop.okya_order(&cart).await;
     assert_eq!(okya["payment"]["reference"], charged[0]["id"]);
 
-    shop.store_action(&cart, "accept").await;
+    shop.store_action(&cart, Accept).await;
     let prepared = shop.wait_for_status(&id, "IN_PREPARATION").await;
     assert_eq!(prepared["payment"]["status"], "CAPTURED");
     let epoint = shop.ledger(Sim::Epoint).await;
     assert_eq!(epoint["orders"][0]["external_id"], id.as_str(), "{epoint}");
 
-    shop.store_action(&cart, "ready").await;
+    shop.store_action(&cart, Ready).await;
     shop.wait_for_status(&id, "READY_FOR_PICKUP").await;
-    shop.store_action(&cart, "complete").await;
+    shop.store_action(&cart, Complete).await;
     shop.wait_for_status(&id, "COMPLETED").await;
     let done = shop.order_selecting("statusHistory { status }", &id).await;
     let history: Vec<&str> = done["statusHistory"]
@@ -98,18 +87,8 @@ async fn an_order_is_paid_accepted_injected_prepared_and_collected() {
     .await;
     shop.wait_until_settled(&id).await;
     // Nothing failed, so every effect was asked for by exactly one request.
-    for (sim, route) in [
-        (Sim::Okya, Shop::ORDERS),
-        (Sim::Stripe, Shop::INTENTS),
-        (Sim::Okya, Shop::PAYMENTS),
-        (Sim::Epoint, Shop::INJECT),
-        (Sim::Sessionm, Shop::SALE),
-    ] {
-        assert_eq!(
-            shop.assert_sent_once(sim, route, &id, 1).await,
-            1,
-            "{route}"
-        );
+    for route in [ORDERS, INTENTS, PAYMENTS, INJECT, SALE] {
+        assert_eq!(shop.assert_sent_once(route, &id, 1).await, 1, "{route}");
     }
     shop.assert_money_invariants().await;
 }
@@ -133,9 +112,9 @@ async fn a_declined_card_fails_the_order_and_no_store_sees_it() {
     assert_eq!(intents[0]["status"], "requires_payment_method");
     assert_eq!(intents[0]["amount_received"], 0);
     shop.wait_until_settled(&id).await;
-    shop.assert_sent_once(Sim::Okya, Shop::CANCEL, &id, 1).await;
-    shop.assert_not_sent(Sim::Okya, Shop::PAYMENTS, &id).await;
-    shop.assert_not_sent(Sim::Epoint, Shop::INJECT, &id).await;
+    shop.assert_sent_once(CANCEL, &id, 1).await;
+    shop.assert_not_sent(PAYMENTS, &id).await;
+    shop.assert_not_sent(INJECT, &id).await;
     shop.assert_money_invariants().await;
 }
 
@@ -154,9 +133,8 @@ async fn okya_refusals_are_user_errors_with_nothing_charged() {
     let again = checkout(&shop, &cart, "pm_card_visa", "key-2").await;
     assert_eq!(error_codes(&again), vec!["CART_ALREADY_ORDERED"]);
     // Only the first order asked Stripe for money, and only once.
-    assert_eq!(shop.log(Sim::Stripe, Shop::INTENTS).await.len(), 1);
-    shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, &id, 1)
-        .await;
+    assert_eq!(shop.log(INTENTS).await.len(), 1);
+    shop.assert_sent_once(INTENTS, &id, 1).await;
 
     // An ordered cart cannot change any more.
     let frozen = shop
@@ -186,15 +164,14 @@ async fn the_same_key_returns_the_same_order_and_charges_once() {
     let id = placed(&first);
     assert_eq!(second["order"]["id"], id.as_str());
     assert_eq!(shop.intents_for(&id).await.len(), 1);
-    shop.assert_sent_once(Sim::Okya, Shop::ORDERS, &id, 1).await;
-    shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, &id, 1)
-        .await;
+    shop.assert_sent_once(ORDERS, &id, 1).await;
+    shop.assert_sent_once(INTENTS, &id, 1).await;
 
     let other_cart = shop.filled_cart("str_pasadena").await;
     let reused = checkout(&shop, &other_cart, "pm_card_visa", "key-1").await;
     assert_eq!(error_codes(&reused), vec!["IDEMPOTENCY_KEY_REUSED"]);
     assert_eq!(reused["order"], json!(null));
-    assert_eq!(shop.log(Sim::Okya, Shop::ORDERS).await.len(), 1);
+    assert_eq!(shop.log(ORDERS).await.len(), 1);
     shop.assert_money_invariants().await;
 }
 
@@ -215,9 +192,8 @@ async fn ten_simultaneous_checkouts_with_one_key_charge_once() {
     assert_eq!(shop.intents_for(&id).await.len(), 1);
     // Okya and Stripe would each refuse a second order or replay a second charge, so
     // their ledgers cannot tell; what was sent can.
-    shop.assert_sent_once(Sim::Okya, Shop::ORDERS, &id, 1).await;
-    shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, &id, 1)
-        .await;
+    shop.assert_sent_once(ORDERS, &id, 1).await;
+    shop.assert_sent_once(INTENTS, &id, 1).await;
     shop.assert_money_invariants().await;
 }
 
@@ -226,15 +202,14 @@ async fn a_rejected_order_is_refunded() {
     let shop = shop(|_| {}).await;
     let cart = shop.filled_cart("str_pasadena").await;
     let id = placed(&checkout(&shop, &cart, "pm_card_visa", "k").await);
-    shop.store_action(&cart, "reject").await;
+    shop.store_action(&cart, Reject).await;
     let rejected = shop.wait_for_status(&id, "REJECTED").await;
     assert_eq!(rejected["payment"]["status"], "REFUNDED");
     shop.wait_until_settled(&id).await;
     let stripe = shop.ledger(Sim::Stripe).await;
     assert_eq!(stripe["refunds"][0]["amount"], 1874, "{stripe}");
-    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &id, 1)
-        .await;
-    shop.assert_not_sent(Sim::Epoint, Shop::INJECT, &id).await;
+    shop.assert_sent_once(REFUNDS, &id, 1).await;
+    shop.assert_not_sent(INJECT, &id).await;
     assert_eq!(shop.ledger(Sim::Epoint).await["orders"], json!([]));
     shop.assert_money_invariants().await;
 }
@@ -244,7 +219,7 @@ async fn when_the_pos_refuses_the_order_is_recalled_and_refunded() {
     let shop = shop(|s| s.orders.pos_max_attempts = 2).await;
     let cart = shop.filled_cart("str_burbank").await;
     let id = placed(&checkout(&shop, &cart, "pm_card_visa", "k").await);
-    shop.store_action(&cart, "accept").await;
+    shop.store_action(&cart, Accept).await;
     let cancelled = shop.wait_for_status(&id, "CANCELLED").await;
     assert_eq!(cancelled["payment"]["status"], "REFUNDED");
     shop.wait_until_settled(&id).await;
@@ -252,11 +227,9 @@ async fn when_the_pos_refuses_the_order_is_recalled_and_refunded() {
     assert_eq!(okya["cancellation"]["kind"], "recalled", "{okya}");
     let stripe = shop.ledger(Sim::Stripe).await;
     assert_eq!(stripe["refunds"][0]["amount"], 1874, "{stripe}");
-    shop.assert_sent_once(Sim::Epoint, Shop::INJECT, &id, 1)
-        .await;
-    shop.assert_sent_once(Sim::Okya, Shop::RECALL, &id, 1).await;
-    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &id, 1)
-        .await;
+    shop.assert_sent_once(INJECT, &id, 1).await;
+    shop.assert_sent_once(RECALL, &id, 1).await;
+    shop.assert_sent_once(REFUNDS, &id, 1).await;
     shop.assert_money_invariants().await;
 }
 
@@ -267,13 +240,13 @@ async fn capture_on_acceptance_authorises_then_captures_or_releases() {
     let payload = checkout(&shop, &cart, "pm_card_visa", "k1").await;
     assert_eq!(payload["order"]["payment"]["status"], "AUTHORIZED");
     let captured = placed(&payload);
-    shop.store_action(&cart, "accept").await;
+    shop.store_action(&cart, Accept).await;
     let prepared = shop.wait_for_status(&captured, "IN_PREPARATION").await;
     assert_eq!(prepared["payment"]["status"], "CAPTURED");
 
     let cart = shop.filled_cart("str_pasadena").await;
     let released = placed(&checkout(&shop, &cart, "pm_card_visa", "k2").await);
-    shop.store_action(&cart, "reject").await;
+    shop.store_action(&cart, Reject).await;
     let rejected = shop.wait_for_status(&released, "REJECTED").await;
     assert_eq!(rejected["payment"]["status"], "CANCELLED");
     shop.wait_until_settled(&captured).await;
@@ -285,12 +258,9 @@ async fn capture_on_acceptance_authorises_then_captures_or_releases() {
         "released, not refunded"
     );
     assert_eq!(shop.ledger(Sim::Stripe).await["refunds"], json!([]));
-    shop.assert_sent_once(Sim::Stripe, Shop::CAPTURE, &captured, 1)
-        .await;
-    shop.assert_sent_once(Sim::Stripe, Shop::RELEASE, &released, 1)
-        .await;
-    shop.assert_not_sent(Sim::Stripe, Shop::CAPTURE, &released)
-        .await;
+    shop.assert_sent_once(CAPTURE, &captured, 1).await;
+    shop.assert_sent_once(RELEASE, &released, 1).await;
+    shop.assert_not_sent(CAPTURE, &released).await;
     shop.assert_money_invariants().await;
 }
 
@@ -313,33 +283,24 @@ async fn three_d_secure_waits_for_stripe_and_then_carries_on_or_fails() {
             "{order_json}"
         );
         let id = placed(&payload);
-        let intent = shop.intents_for(&id).await[0]["id"]
-            .as_str()
-            .expect("an intent")
-            .to_owned();
-        let response = shop
-            .http
-            .post(format!(
-                "{}/_sandbox/payment_intents/{intent}/authenticate",
-                shop.sim_url(Sim::Stripe),
-            ))
-            .json(&json!({"outcome": outcome}))
-            .send()
-            .await
-            .expect("authenticate");
-        assert!(response.status().is_success(), "{}", response.status());
+        let intent = shop.intent_id(&id).await;
+        shop.sandbox(
+            reqwest::Method::POST,
+            Sim::Stripe,
+            &format!("payment_intents/{intent}/authenticate"),
+            json!({"outcome": outcome}),
+        )
+        .await;
         shop.wait_for_status(&id, expected).await;
         let after = shop.order_selecting(ORDER_FIELDS, &id).await;
         assert_eq!(after["payment"]["clientSecret"], json!(null));
         shop.wait_until_settled(&id).await;
-        shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, &id, 1)
-            .await;
+        shop.assert_sent_once(INTENTS, &id, 1).await;
         if expected == "PAYMENT_FAILED" {
             assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
-            shop.assert_sent_once(Sim::Okya, Shop::CANCEL, &id, 1).await;
+            shop.assert_sent_once(CANCEL, &id, 1).await;
         } else {
-            shop.assert_sent_once(Sim::Okya, Shop::PAYMENTS, &id, 1)
-                .await;
+            shop.assert_sent_once(PAYMENTS, &id, 1).await;
         }
     }
     shop.assert_money_invariants().await;
@@ -355,22 +316,9 @@ async fn an_abandoned_authentication_is_cancelled_after_the_timeout() {
     shop.wait_until_settled(&id).await;
     assert_eq!(shop.intents_for(&id).await[0]["status"], "canceled");
     assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
-    shop.assert_sent_once(Sim::Stripe, Shop::RELEASE, &id, 1)
-        .await;
-    shop.assert_sent_once(Sim::Okya, Shop::CANCEL, &id, 1).await;
+    shop.assert_sent_once(RELEASE, &id, 1).await;
+    shop.assert_sent_once(CANCEL, &id, 1).await;
     shop.assert_money_invariants().await;
-}
-
-async fn post_webhook(app: &TestApp, body: &str, signature: Option<String>) -> u16 {
-    let mut request = app
-        .http
-        .post(format!("{}/webhooks/okya", app.url))
-        .header("content-type", "application/json")
-        .body(body.to_owned());
-    if let Some(signature) = signature {
-        request = request.header("x-okya-signature", signature);
-    }
-    request.send().await.expect("webhook").status().as_u16()
 }
 
 #[tokio::test]
@@ -385,19 +333,14 @@ async fn forged_stale_repeated_and_reordered_webhooks_change_nothing_they_should
     okya["version"] = json!(okya["version"].as_i64().expect("a version") + 100);
     let event = json!({"id": "evt_forged", "type": "order.updated", "created_at": chrono::Utc::now(), "data": {"order": okya}}).to_string();
     let now = chrono::Utc::now().timestamp();
-    assert_eq!(post_webhook(&shop, &event, None).await, 401);
+    assert_eq!(shop.post_okya_webhook(&event, None).await, 401);
     assert_eq!(
-        post_webhook(
-            &shop,
-            &event,
-            Some(sign("wrong-secret", now, event.as_bytes()))
-        )
-        .await,
+        shop.post_okya_webhook(&event, Some(sign("wrong-secret", now, event.as_bytes())))
+            .await,
         401
     );
     assert_eq!(
-        post_webhook(
-            &shop,
+        shop.post_okya_webhook(
             &event,
             Some(sign("whsec_okya_sandbox", now - 301, event.as_bytes()))
         )
@@ -405,7 +348,8 @@ async fn forged_stale_repeated_and_reordered_webhooks_change_nothing_they_should
         401
     );
     assert_eq!(
-        post_webhook(&shop, &event, Some("t=abc,v1=00".into())).await,
+        shop.post_okya_webhook(&event, Some("t=abc,v1=00".into()))
+            .await,
         401
     );
     // Whatever the refused webhooks might have started has run its course.
@@ -416,10 +360,10 @@ async fn forged_stale_repeated_and_reordered_webhooks_change_nothing_they_should
         "AWAITING_ACCEPTANCE",
         "a forged acceptance does nothing"
     );
-    shop.assert_not_sent(Sim::Epoint, Shop::INJECT, &id).await;
+    shop.assert_not_sent(INJECT, &id).await;
 
     // The real store accepts; then an old event (a lower version) arrives late, twice.
-    shop.store_action(&cart, "accept").await;
+    shop.store_action(&cart, Accept).await;
     shop.wait_for_status(&id, "IN_PREPARATION").await;
     let mut stale = shop.okya_order(&cart).await;
     stale["approval"] = json!("NEEDS_APPROVAL");
@@ -432,16 +376,15 @@ async fn forged_stale_repeated_and_reordered_webhooks_change_nothing_they_should
         old.as_bytes(),
     );
     assert_eq!(
-        post_webhook(&shop, &old, Some(signature.clone())).await,
+        shop.post_okya_webhook(&old, Some(signature.clone())).await,
         204
     );
-    assert_eq!(post_webhook(&shop, &old, Some(signature)).await, 204);
+    assert_eq!(shop.post_okya_webhook(&old, Some(signature)).await, 204);
     // The accepted webhooks' jobs have been applied before we look.
     shop.wait_until_settled(&id).await;
     assert_eq!(shop.order(&id).await["status"], "IN_PREPARATION");
     assert_eq!(
-        shop.assert_sent_once(Sim::Epoint, Shop::INJECT, &id, 1)
-            .await,
+        shop.assert_sent_once(INJECT, &id, 1).await,
         1,
         "injected once"
     );
@@ -453,30 +396,10 @@ async fn subscribe(app: &TestApp, token: &str, order_id: &str) -> crate::helpers
         .await
 }
 
-async fn next_json(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("in time")
-            .expect("open")
-            .expect("frame");
-        if let Message::Text(text) = message {
-            let value: Value = serde_json::from_str(&text).unwrap();
-            if value["type"] != "connection_ack" {
-                return value;
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn the_subscription_follows_the_order_live_and_ends_when_it_is_final() {
     let shop = shop(|_| {}).await;
-    let token = shop.token.lock().unwrap().clone().expect("signed in");
+    let token = shop.token().expect("signed in");
     let cart = shop.filled_cart("str_pasadena").await;
     let id = placed(&checkout(&shop, &cart, "pm_card_visa", "k").await);
     let mut ws = subscribe(&shop, &token, &id).await;
@@ -486,7 +409,7 @@ async fn the_subscription_follows_the_order_live_and_ends_when_it_is_final() {
     );
     let mut seen = Vec::new();
     // How fast each change reaches the subscriber is the benchmarks' business.
-    for action in ["accept", "ready", "complete"] {
+    for action in [Accept, Ready, Complete] {
         shop.store_action(&cart, action).await;
         let event = next_json(&mut ws).await;
         seen.push(
@@ -563,15 +486,14 @@ async fn orders_are_listed_newest_first_and_kept_to_their_customer() {
         "UNAUTHENTICATED"
     );
     let anonymous = shop
-        .gql_as(None, &checkout_query(), json!({"i": {"cartId": "crt_x", "paymentMethodId": "pm_card_visa", "idempotencyKey": "k"}}))
+        .gql_as(None, &checkout_mutation(ORDER_FIELDS), json!({"i": {"cartId": "crt_x", "paymentMethodId": "pm_card_visa", "idempotencyKey": "k"}}))
         .await;
     assert_eq!(
         anonymous["errors"][0]["extensions"]["code"],
         "UNAUTHENTICATED"
     );
     for id in &ids {
-        shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, id, 1)
-            .await;
+        shop.assert_sent_once(INTENTS, id, 1).await;
     }
     shop.assert_money_invariants().await;
 }
@@ -642,7 +564,13 @@ async fn stripe_webhooks_need_a_valid_signature() {
 }
 
 /// One order the store rejects, or accepts; `card` pays for it.
-async fn decided(shop: &Shop, store: &str, card: &str, action: &str, key: &str) -> String {
+async fn decided(
+    shop: &TestApp,
+    store: &str,
+    card: &str,
+    action: StoreAction,
+    key: &str,
+) -> String {
     let cart = shop.filled_cart(store).await;
     let payload = checkout(shop, &cart, card, key).await;
     assert_eq!(payload["userErrors"], json!([]), "{payload}");
@@ -662,7 +590,7 @@ async fn every_compensation_also_runs_on_postgres() {
 /// A declined card (with a voucher), a rejection, an offline POS and Okya refusing the
 /// payment, each undone; and an order that goes through.
 async fn compensations_capturing_at_once(kind: Db) {
-    let shop = Shop::start(kind, |s| s.orders.pos_max_attempts = 2).await;
+    let shop = shop_on(kind, |s| s.orders.pos_max_attempts = 2).await;
 
     // A declined card with a voucher: the Okya order cancelled, the voucher released.
     let voucher = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
@@ -676,33 +604,26 @@ async fn compensations_capturing_at_once(kind: Db) {
     shop.wait_until_settled(&declined).await;
     assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
     assert_eq!(shop.voucher_status(&voucher).await, "AVAILABLE");
-    shop.assert_sent_once(Sim::Okya, Shop::CANCEL, &declined, 1)
-        .await;
-    shop.assert_sent_once(Sim::Sessionm, Shop::UNLOCK, &declined, 1)
-        .await;
+    shop.assert_sent_once(CANCEL, &declined, 1).await;
+    shop.assert_sent_once(UNLOCK, &declined, 1).await;
 
     // The store rejects: refunded.
-    let rejected = decided(&shop, "str_pasadena", "pm_card_visa", "reject", "rejected").await;
+    let rejected = decided(&shop, "str_pasadena", "pm_card_visa", Reject, "rejected").await;
     let order = shop.wait_for_status(&rejected, "REJECTED").await;
     assert_eq!(order["payment"]["status"], "REFUNDED");
     shop.wait_until_settled(&rejected).await;
-    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &rejected, 1)
-        .await;
+    shop.assert_sent_once(REFUNDS, &rejected, 1).await;
 
     // The POS is offline: recalled and refunded.
-    let recalled = decided(&shop, "str_burbank", "pm_card_visa", "accept", "recalled").await;
+    let recalled = decided(&shop, "str_burbank", "pm_card_visa", Accept, "recalled").await;
     let order = shop.wait_for_status(&recalled, "CANCELLED").await;
     assert_eq!(order["payment"]["status"], "REFUNDED");
     shop.wait_until_settled(&recalled).await;
-    shop.assert_sent_once(Sim::Okya, Shop::RECALL, &recalled, 1)
-        .await;
-    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &recalled, 1)
-        .await;
+    shop.assert_sent_once(RECALL, &recalled, 1).await;
+    shop.assert_sent_once(REFUNDS, &recalled, 1).await;
 
     // Okya will not record the payment: refunded, and the Okya order cancelled.
-    let refusal = json!({"status": 409, "code": "invalid_state", "times": 5});
-    shop.faults(Sim::Okya, json!({"refuse_next": {Shop::PAYMENTS: refusal}}))
-        .await;
+    shop.refuse_next(PAYMENTS, 409, "invalid_state", 5).await;
     let cart = shop.filled_cart("str_pasadena").await;
     let unrecorded = checkout(&shop, &cart, "pm_card_visa", "unrecorded").await;
     assert_eq!(
@@ -714,115 +635,77 @@ async fn compensations_capturing_at_once(kind: Db) {
     let order = shop.wait_for_status(&unrecorded, "PAYMENT_FAILED").await;
     assert_eq!(order["payment"]["status"], "REFUNDED");
     shop.wait_until_settled(&unrecorded).await;
-    shop.faults(
-        Sim::Okya,
-        json!({"refuse_next": {Shop::PAYMENTS: {"status": 409, "code": "invalid_state", "times": 0}}}),
-    )
-    .await;
+    shop.refuse_next(PAYMENTS, 409, "invalid_state", 0).await;
     assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
-    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &unrecorded, 1)
-        .await;
-    shop.assert_sent_once(Sim::Okya, Shop::CANCEL, &unrecorded, 1)
-        .await;
+    shop.assert_sent_once(REFUNDS, &unrecorded, 1).await;
+    shop.assert_sent_once(CANCEL, &unrecorded, 1).await;
 
     // And an order that goes through, whose checkout is answered again by its key.
     let cart = shop.filled_cart("str_pasadena").await;
     let happy = placed(&checkout(&shop, &cart, "pm_card_visa", "happy").await);
-    shop.store_action(&cart, "accept").await;
+    shop.store_action(&cart, Accept).await;
     shop.wait_for_status(&happy, "IN_PREPARATION").await;
     let again = checkout(&shop, &cart, "pm_card_visa", "happy").await;
     assert_eq!(again["order"]["id"], happy.as_str());
     shop.wait_until_settled(&happy).await;
-    shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, &happy, 1)
-        .await;
-    shop.assert_not_sent(Sim::Stripe, Shop::REFUNDS, &happy)
-        .await;
+    shop.assert_sent_once(INTENTS, &happy, 1).await;
+    shop.assert_not_sent(REFUNDS, &happy).await;
     shop.assert_money_invariants().await;
 }
 
 /// Capturing on acceptance: a refused capture is recalled and released; a rejected order
 /// is released, not refunded.
 async fn compensations_capturing_on_acceptance(kind: Db) {
-    let shop = Shop::start(kind, |s| s.orders.capture = CaptureMode::OnAcceptance).await;
-    let refusal = json!({"status": 400, "code": "charge_expired_for_capture", "times": 5});
-    shop.faults(
-        Sim::Stripe,
-        json!({"refuse_next": {Shop::CAPTURE: refusal}}),
-    )
-    .await;
-    let uncaptured = decided(
-        &shop,
-        "str_pasadena",
-        "pm_card_visa",
-        "accept",
-        "uncaptured",
-    )
-    .await;
+    let shop = shop_on(kind, |s| s.orders.capture = CaptureMode::OnAcceptance).await;
+    shop.refuse_next(CAPTURE, 400, "charge_expired_for_capture", 5)
+        .await;
+    let uncaptured = decided(&shop, "str_pasadena", "pm_card_visa", Accept, "uncaptured").await;
     let order = shop.wait_for_status(&uncaptured, "CANCELLED").await;
     assert_eq!(order["payment"]["status"], "CANCELLED");
     shop.wait_until_settled(&uncaptured).await;
-    shop.faults(
-        Sim::Stripe,
-        json!({"refuse_next": {Shop::CAPTURE: {"status": 400, "code": "charge_expired_for_capture", "times": 0}}}),
-    )
-    .await;
+    shop.refuse_next(CAPTURE, 400, "charge_expired_for_capture", 0)
+        .await;
     assert_eq!(shop.intents_for(&uncaptured).await[0]["status"], "canceled");
-    shop.assert_sent_once(Sim::Okya, Shop::RECALL, &uncaptured, 1)
-        .await;
-    shop.assert_sent_once(Sim::Stripe, Shop::RELEASE, &uncaptured, 1)
-        .await;
+    shop.assert_sent_once(RECALL, &uncaptured, 1).await;
+    shop.assert_sent_once(RELEASE, &uncaptured, 1).await;
 
-    let released = decided(&shop, "str_pasadena", "pm_card_visa", "reject", "released").await;
+    let released = decided(&shop, "str_pasadena", "pm_card_visa", Reject, "released").await;
     let order = shop.wait_for_status(&released, "REJECTED").await;
     assert_eq!(order["payment"]["status"], "CANCELLED");
     shop.wait_until_settled(&released).await;
-    shop.assert_sent_once(Sim::Stripe, Shop::RELEASE, &released, 1)
-        .await;
+    shop.assert_sent_once(RELEASE, &released, 1).await;
     assert_eq!(shop.ledger(Sim::Stripe).await["refunds"], json!([]));
     shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn lost_webhooks_are_made_up_for_by_reconciliation() {
-    use crate::helpers::{ExternalUpstreams, Port, TestDb, spawn_with_settings, test_settings};
-    // Okya's webhooks go to a port held by a socket that never accepts: every one of them
-    // is lost.
-    let nowhere = Port::bind();
-    let upstreams = ExternalUpstreams::start(nowhere.number()).await;
-    let (_db, url) = TestDb::new(Db::Sqlite).await;
-    let mut settings = test_settings(url);
-    upstreams.configure(&mut settings);
-    settings.orders.reconcile_interval_secs = 1;
-    settings.orders.sweep_interval_ms = 100;
-    let app = spawn_with_settings(settings).await;
-    let customer = app.sign_up("+16265550190", "ada@example.com").await;
-    app.use_token(Some(&customer.access_token));
-    let shop = Shop { app };
+    // Okya's webhooks go to the world's port, which no incarnation of the service serves:
+    // a socket that never accepts, so every one of them is lost.
+    let world = World::start(Db::Sqlite, |s| {
+        s.orders.reconcile_interval_secs = 1;
+        s.orders.sweep_interval_ms = 100;
+    })
+    .await;
+    let shop = crate::helpers::spawn_with_settings(world.settings.clone()).await;
+    shop.sign_up_and_use("+16265550190", "ada@example.com")
+        .await;
     let cart = shop.filled_cart("str_pasadena").await;
     let id = placed(&checkout(&shop, &cart, "pm_card_visa", "k").await);
-    shop.store_action(&cart, "accept").await;
+    shop.store_action(&cart, Accept).await;
     // Only the timer can notice: nothing reads the order through the API meanwhile (a
     // read asks Okya too); the service's own row is read straight from its database.
     shop.eventually("reconciliation to inject the accepted order", || async {
         shop.row(&id).await.status == cbtl_bff::domain::OrderStatus::InPreparation
     })
     .await;
-    let delivered: Value = shop
-        .http
-        .get(format!("{}/_sandbox/webhooks", upstreams.okya.base_url))
-        .send()
-        .await
-        .expect("webhooks")
-        .json()
-        .await
-        .expect("webhooks JSON");
+    let delivered = shop.sandbox_get(Sim::Okya, "webhooks").await;
     assert!(
         !delivered.to_string().contains("\"delivered\":true"),
         "no webhook may have arrived: {delivered}"
     );
     shop.wait_until_settled(&id).await;
-    shop.assert_sent_once(Sim::Epoint, Shop::INJECT, &id, 1)
-        .await;
+    shop.assert_sent_once(INJECT, &id, 1).await;
     shop.assert_money_invariants().await;
 }
 
@@ -830,11 +713,10 @@ async fn lost_webhooks_are_made_up_for_by_reconciliation() {
 async fn a_pos_that_keeps_failing_is_given_up_on_after_bounded_retries_and_refunded() {
     let shop = shop(|s| s.orders.pos_max_attempts = 3).await;
     // The POS answers 503 to every injection (each attempt is itself retried by the client).
-    shop.faults(Sim::Epoint, json!({"fail_next": {Shop::INJECT: 100}}))
-        .await;
+    shop.fail_next(INJECT, 100).await;
     let cart = shop.filled_cart("str_pasadena").await;
     let id = placed(&checkout(&shop, &cart, "pm_card_visa", "k").await);
-    shop.store_action(&cart, "accept").await;
+    shop.store_action(&cart, Accept).await;
     let cancelled = shop.wait_for_status(&id, "CANCELLED").await;
     assert_eq!(cancelled["payment"]["status"], "REFUNDED");
     shop.wait_until_settled(&id).await;
@@ -844,20 +726,17 @@ async fn a_pos_that_keeps_failing_is_given_up_on_after_bounded_retries_and_refun
     );
     assert_eq!(shop.ledger(Sim::Epoint).await["orders"], json!([]));
     // Three attempts of three tries each, all under the order's one key.
-    let tries = shop
-        .assert_sent_once(Sim::Epoint, Shop::INJECT, &id, 3)
-        .await;
+    let tries = shop.assert_sent_once(INJECT, &id, 3).await;
     assert_eq!(tries, 9, "bounded: 3 attempts × 3 tries");
-    shop.assert_sent_once(Sim::Okya, Shop::RECALL, &id, 1).await;
-    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &id, 1)
-        .await;
+    shop.assert_sent_once(RECALL, &id, 1).await;
+    shop.assert_sent_once(REFUNDS, &id, 1).await;
     shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn when_okya_will_not_record_the_payment_the_charge_is_refunded() {
     let shop = shop(|_| {}).await;
-    shop.faults(Sim::Okya, json!({"refuse_next": {Shop::PAYMENTS: {"status": 409, "code": "invalid_state", "times": 5}}})).await;
+    shop.refuse_next(PAYMENTS, 409, "invalid_state", 5).await;
     let cart = shop.filled_cart("str_pasadena").await;
     let payload = checkout(&shop, &cart, "pm_card_visa", "k").await;
     assert_eq!(payload["order"]["status"], "PAYMENT_FAILED");
@@ -870,21 +749,20 @@ async fn when_okya_will_not_record_the_payment_the_charge_is_refunded() {
     assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
     let stripe = shop.ledger(Sim::Stripe).await;
     assert_eq!(stripe["refunds"][0]["amount"], 1874, "{stripe}");
-    shop.assert_sent_once(Sim::Okya, Shop::PAYMENTS, &id, 1)
-        .await;
-    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &id, 1)
-        .await;
-    shop.assert_sent_once(Sim::Okya, Shop::CANCEL, &id, 1).await;
+    shop.assert_sent_once(PAYMENTS, &id, 1).await;
+    shop.assert_sent_once(REFUNDS, &id, 1).await;
+    shop.assert_sent_once(CANCEL, &id, 1).await;
     shop.assert_money_invariants().await;
 }
 
 #[tokio::test]
 async fn when_the_capture_is_refused_the_order_is_recalled_and_the_authorisation_released() {
     let shop = shop(|s| s.orders.capture = CaptureMode::OnAcceptance).await;
-    shop.faults(Sim::Stripe, json!({"refuse_next": {Shop::CAPTURE: {"status": 400, "code": "charge_expired_for_capture", "times": 5}}})).await;
+    shop.refuse_next(CAPTURE, 400, "charge_expired_for_capture", 5)
+        .await;
     let cart = shop.filled_cart("str_pasadena").await;
     let id = placed(&checkout(&shop, &cart, "pm_card_visa", "k").await);
-    shop.store_action(&cart, "accept").await;
+    shop.store_action(&cart, Accept).await;
     let cancelled = shop.wait_for_status(&id, "CANCELLED").await;
     assert_eq!(cancelled["payment"]["status"], "CANCELLED");
     shop.wait_until_settled(&id).await;
@@ -898,10 +776,8 @@ async fn when_the_capture_is_refused_the_order_is_recalled_and_the_authorisation
         "released, never captured"
     );
     assert_eq!(shop.ledger(Sim::Stripe).await["refunds"], json!([]));
-    shop.assert_sent_once(Sim::Stripe, Shop::CAPTURE, &id, 1)
-        .await;
-    shop.assert_sent_once(Sim::Okya, Shop::RECALL, &id, 1).await;
-    shop.assert_sent_once(Sim::Stripe, Shop::RELEASE, &id, 1)
-        .await;
+    shop.assert_sent_once(CAPTURE, &id, 1).await;
+    shop.assert_sent_once(RECALL, &id, 1).await;
+    shop.assert_sent_once(RELEASE, &id, 1).await;
     shop.assert_money_invariants().await;
 }

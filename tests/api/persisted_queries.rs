@@ -3,7 +3,7 @@
 //! hash alone, then on `PersistedQueryNotFound` the query with its hash, then the hash
 //! alone again, by POST, and by GET with `useGETForHashedQueries`.
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, error_code, spawn_app};
 use serde_json::{Value, json};
 
 const QUERY: &str = "query StoresGet {\n  stores {\n    id\n    name\n    __typename\n  }\n}";
@@ -57,12 +57,6 @@ async fn get(app: &TestApp, operation: &str, extensions: &Value) -> (u16, Value)
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
-fn code(body: &Value) -> &str {
-    body["errors"][0]["extensions"]["code"]
-        .as_str()
-        .unwrap_or("none")
-}
-
 #[tokio::test]
 async fn the_apollo_link_sequence_registers_then_runs_by_hash_over_post_and_get() {
     let app = spawn_app().await;
@@ -72,7 +66,7 @@ async fn the_apollo_link_sequence_registers_then_runs_by_hash_over_post_and_get(
         json!({"operationName": "StoresPost", "variables": {}, "extensions": extensions(&hash)});
 
     let (_, body) = post(&app, hash_only.clone()).await;
-    assert_eq!(code(&body), "PERSISTED_QUERY_NOT_FOUND", "{body}");
+    assert_eq!(error_code(&body), "PERSISTED_QUERY_NOT_FOUND", "{body}");
     assert_eq!(body["errors"][0]["message"], "PersistedQueryNotFound");
 
     let mut with_query = hash_only.clone();
@@ -88,7 +82,7 @@ async fn the_apollo_link_sequence_registers_then_runs_by_hash_over_post_and_get(
     // useGETForHashedQueries: the hash by GET, the registration by POST, then GET again.
     let hash = sha256(QUERY);
     let (_, body) = get(&app, "StoresGet", &extensions(&hash)).await;
-    assert_eq!(code(&body), "PERSISTED_QUERY_NOT_FOUND", "{body}");
+    assert_eq!(error_code(&body), "PERSISTED_QUERY_NOT_FOUND", "{body}");
     let (status, _) = post(
         &app,
         json!({"operationName": "StoresGet", "variables": {}, "extensions": extensions(&hash), "query": QUERY}),
@@ -110,9 +104,9 @@ async fn a_hash_that_does_not_match_its_query_is_refused_and_not_registered() {
     )
     .await;
     assert_eq!(status, 400);
-    assert_eq!(code(&body), "BAD_REQUEST", "{body}");
+    assert_eq!(error_code(&body), "BAD_REQUEST", "{body}");
     let (_, body) = post(&app, json!({"extensions": extensions(&other)})).await;
-    assert_eq!(code(&body), "PERSISTED_QUERY_NOT_FOUND", "{body}");
+    assert_eq!(error_code(&body), "PERSISTED_QUERY_NOT_FOUND", "{body}");
 
     // A document that does not validate is not kept either.
     let invalid = "{ nope }";
@@ -121,9 +115,9 @@ async fn a_hash_that_does_not_match_its_query_is_refused_and_not_registered() {
         json!({"query": invalid, "extensions": extensions(&sha256(invalid))}),
     )
     .await;
-    assert_eq!(code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+    assert_eq!(error_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
     let (_, body) = post(&app, json!({"extensions": extensions(&sha256(invalid))})).await;
-    assert_eq!(code(&body), "PERSISTED_QUERY_NOT_FOUND", "{body}");
+    assert_eq!(error_code(&body), "PERSISTED_QUERY_NOT_FOUND", "{body}");
 }
 
 #[tokio::test]
@@ -135,14 +129,14 @@ async fn other_versions_are_not_supported_and_malformed_extensions_are_bad_reque
         json!({"extensions": {"persistedQuery": {"version": 2, "sha256Hash": hash}}}),
     )
     .await;
-    assert_eq!(code(&body), "PERSISTED_QUERY_NOT_SUPPORTED", "{body}");
+    assert_eq!(error_code(&body), "PERSISTED_QUERY_NOT_SUPPORTED", "{body}");
     for malformed in [
         json!({"version": 1}),
         json!({"version": 1, "sha256Hash": "abc"}),
         json!("yes"),
     ] {
         let (status, body) = post(&app, json!({"extensions": {"persistedQuery": malformed}})).await;
-        assert_eq!((status, code(&body)), (400, "BAD_REQUEST"), "{body}");
+        assert_eq!((status, error_code(&body)), (400, "BAD_REQUEST"), "{body}");
     }
 }
 

@@ -1,21 +1,15 @@
 //! What we store survives restarts, on SQLite and on PostgreSQL.
 
-use crate::helpers::{Db, TestApp, TestDb, spawn_app_with, spawn_with_settings, test_settings};
-use cbtl_bff::sandbox::{faults::Faults, okya};
-use serde_json::{Value, json};
+use crate::helpers::{
+    Db, TestApp, TestDb, okya_simulator, spawn_app_with, spawn_with_settings, test_settings,
+};
+use serde_json::json;
 
 /// `/readyz` says the service can work: the database answers, and the job queue and the
 /// orders table can be counted (a count that fails is reported as `null`), with nothing
 /// dead and nothing waiting for an operator.
 async fn assert_ready(app: &TestApp) {
-    let ready = app
-        .http
-        .get(format!("{}/readyz", app.url))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(ready.status(), 200);
-    let body: Value = ready.json().await.expect("readyz JSON");
+    let body = app.readiness().await;
     assert_eq!(body["status"], "ready", "{body}");
     assert_eq!(body["database"], "ok", "{body}");
     assert!(body["jobs"]["pending"].is_u64(), "{body}");
@@ -25,31 +19,19 @@ async fn assert_ready(app: &TestApp) {
 
 async fn cart_survives_a_restart(kind: Db) {
     // Okya outlives the service here, as the real one would.
-    let okya_sim = okya::start(
-        okya::OkyaSimConfig {
-            api_key: "okya_sandbox_key".to_owned(),
-            otp_code: "123456".to_owned(),
-            ..okya::OkyaSimConfig::default()
-        },
-        Faults::new(0, 0.0),
-    )
-    .await
-    .unwrap();
+    let okya_sim = okya_simulator().await;
     let (db, url) = TestDb::new(kind).await;
     let mut settings = test_settings(url);
     settings.okya.base_url = Some(okya_sim.base_url.clone());
 
     let app = spawn_with_settings(settings.clone()).await;
-    let customer = app.sign_up("+16265550100", "ada@example.com").await;
-    app.use_token(Some(&customer.access_token));
-    let cart = app.new_cart("str_pasadena").await;
-    let added = app
-        .data(
-            "mutation($c: ID!) { cartLinesAdd(cartId: $c, lines: [{productId: \"prd_water\", quantity: 2}]) { userErrors { code } } }",
-            json!({"c": cart}),
+    let customer = app.sign_up_and_use("+16265550100", "ada@example.com").await;
+    let cart = app
+        .cart_with(
+            "str_pasadena",
+            json!([{"productId": "prd_water", "quantity": 2}]),
         )
         .await;
-    assert_eq!(added["cartLinesAdd"]["userErrors"], json!([]));
     drop(app);
 
     let app = spawn_with_settings(settings).await;
@@ -81,8 +63,7 @@ async fn carts_survive_a_restart_on_postgres() {
 #[tokio::test]
 async fn the_whole_cart_story_runs_on_postgres() {
     let app = spawn_app_with(Db::Postgres, |_| {}).await;
-    let customer = app.sign_up("+16265550100", "ada@example.com").await;
-    app.use_token(Some(&customer.access_token));
+    app.sign_up_and_use("+16265550100", "ada@example.com").await;
     let cart = app.new_cart("str_santa_monica").await;
     let data = app
         .data(
@@ -114,24 +95,11 @@ async fn housekeeping_forgets_only_what_no_longer_matters() {
     use cbtl_bff::store::housekeeping::purge;
     for kind in [Db::Sqlite, Db::Postgres] {
         let app = spawn_app_with(kind, |_| {}).await;
-        let customer = app.sign_up("+16265550199", "ada@example.com").await;
-        app.eventually("the link job done", || async {
-            app.gql_as(
-                Some(&customer.access_token),
-                "{ me { loyalty { pointsBalance } } }",
-                json!({}),
-            )
-            .await["data"]["me"]["loyalty"]
-                .is_object()
-        })
-        .await;
+        let customer = app.member("+16265550199", "ada@example.com").await;
         let db = &app.app.state().db;
         // The link is visible once SessionM's id is saved; the job ends after Okya is told.
         app.eventually("the link job finished", || async {
-            cbtl_bff::store::jobs::count(db, cbtl_bff::store::jobs::PENDING)
-                .await
-                .unwrap()
-                == 0
+            app.pending_jobs().await == 0
         })
         .await;
         let now = chrono::Utc::now().timestamp_millis();

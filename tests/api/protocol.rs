@@ -225,13 +225,13 @@ async fn get_follows_the_same_rules_as_post() {
     // A mutation picked by operationName from a document that also holds a query: GET
     // refuses it (405), while the query of the same document runs.
     let mixed = "query Q { stores { id } } mutation M { cartCreate(input: {storeId: \"str_pasadena\"}) { cart { id } } }";
-    let refused = app
-        .http
-        .get(app.graphql_url())
-        .query(&[("query", mixed), ("operationName", "M")])
-        .send()
-        .await
-        .unwrap();
+    let get_operation = |name: &'static str| {
+        app.http
+            .get(app.graphql_url())
+            .query(&[("query", mixed), ("operationName", name)])
+            .send()
+    };
+    let refused = get_operation("M").await.unwrap();
     assert_eq!(refused.status(), 405);
     assert_eq!(refused.headers()["allow"], "POST");
     let body: Value = refused.json().await.unwrap();
@@ -239,13 +239,7 @@ async fn get_follows_the_same_rules_as_post() {
         body["errors"][0]["extensions"]["code"],
         "METHOD_NOT_ALLOWED"
     );
-    let allowed = app
-        .http
-        .get(app.graphql_url())
-        .query(&[("query", mixed), ("operationName", "Q")])
-        .send()
-        .await
-        .unwrap();
+    let allowed = get_operation("Q").await.unwrap();
     assert_eq!(allowed.status(), 200);
     // No Accept on GET: application/json (audit 80D8).
     assert_eq!(allowed.headers()["content-type"], JSON);
@@ -426,14 +420,7 @@ async fn health_and_readiness_probes_answer() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    let ready = app
-        .http
-        .get(format!("{}/readyz", app.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
-    let body: Value = ready.json().await.unwrap();
+    let body = app.readiness().await;
     assert_eq!(body["database"], "ok");
     assert!(
         body["jobs"]["pending"].is_u64() && body["jobs"]["dead"] == 0,

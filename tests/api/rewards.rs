@@ -4,57 +4,19 @@
 //! is what the service sent: each effect under one key (the simulators' call logs).
 
 use crate::helpers::{Db, Sim, TestApp, error_codes};
-use crate::shop::{Shop, shop};
+use crate::routes::{ADJUST, INJECT, INTENTS, LOCK, REFUNDS, SALE, UNLOCK};
+use crate::shop::{
+    StoreAction::{Accept, Reject},
+    placed, shop, shop_on,
+};
 use serde_json::{Value, json};
 
 const ORDER_FIELDS: &str = "id status subtotal { amount } discount { amount } tax { amount } total { amount } payment { status amount { amount } } voucher { id voucherId name discount { amount } }";
 
-/// Signs up another member and waits for their SessionM link; returns their token.
-async fn member(app: &TestApp, phone: &str, email: &str) -> String {
-    let customer = app.sign_up(phone, email).await;
-    let token = customer.access_token.clone();
-    app.eventually("the SessionM link", || async {
-        app.gql_as(
-            Some(&token),
-            "{ me { loyalty { pointsBalance } } }",
-            json!({}),
-        )
-        .await["data"]["me"]["loyalty"]
-            .is_object()
-    })
-    .await;
-    token
-}
-
-/// A cart with the one line given.
-async fn cart_of(shop: &Shop, line: Value) -> String {
-    let cart = shop.new_cart("str_pasadena").await;
-    let added = shop
-        .data(
-            "mutation($c: ID!, $l: [CartLineInput!]!) { cartLinesAdd(cartId: $c, lines: $l) { userErrors { code } } }",
-            json!({"c": cart, "l": [line]}),
-        )
-        .await;
-    assert_eq!(added["cartLinesAdd"]["userErrors"], json!([]));
-    cart
-}
-
-async fn checkout(shop: &Shop, cart: &str, voucher: &str, card: &str, key: &str) -> Value {
+/// The `checkout` payload with this file's order fields, using `voucher`.
+async fn checkout(shop: &TestApp, cart: &str, voucher: &str, card: &str, key: &str) -> Value {
     shop.checkout_selecting(ORDER_FIELDS, cart, card, Some(voucher), key)
         .await
-}
-
-fn placed(payload: &Value) -> String {
-    payload["order"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("an order: {payload}"))
-        .to_owned()
-}
-
-async fn points_balance(shop: &Shop) -> Value {
-    shop.data("{ me { loyalty { pointsBalance } } }", json!({}))
-        .await["me"]["loyalty"]["pointsBalance"]
-        .clone()
 }
 
 #[tokio::test]
@@ -84,27 +46,18 @@ async fn a_voucher_discounts_the_okya_order_the_adjusted_total_is_charged_and_po
     );
     assert_eq!(shop.voucher_status(&fixed).await, "LOCKED");
 
-    shop.store_action(&cart, "accept").await;
+    shop.store_action(&cart, Accept).await;
     shop.wait_for_status(&id, "IN_PREPARATION").await;
     shop.eventually("points credited", || async {
         shop.order(&id).await["pointsEarned"] == 16
     })
     .await;
-    assert_eq!(points_balance(&shop).await, 16);
+    assert_eq!(shop.points_balance().await, 16);
     assert_eq!(shop.voucher_status(&fixed).await, "REDEEMED");
     shop.wait_until_settled(&id).await;
     // Locked, put on the Okya order, charged and sold once each, by one request each.
-    for (sim, route) in [
-        (Sim::Sessionm, Shop::LOCK),
-        (Sim::Okya, Shop::ADJUST),
-        (Sim::Stripe, Shop::INTENTS),
-        (Sim::Sessionm, Shop::SALE),
-    ] {
-        assert_eq!(
-            shop.assert_sent_once(sim, route, &id, 1).await,
-            1,
-            "{route}"
-        );
+    for route in [LOCK, ADJUST, INTENTS, SALE] {
+        assert_eq!(shop.assert_sent_once(route, &id, 1).await, 1, "{route}");
     }
 
     // Used once: a second order cannot use it, and is neither charged nor shown.
@@ -118,7 +71,7 @@ async fn a_voucher_discounts_the_okya_order_the_adjusted_total_is_charged_and_po
     assert_eq!(refused["order"], json!(null));
     assert_eq!(shop.okya_order(&again).await["status"], "CANCELED");
     assert_eq!(
-        shop.log(Sim::Stripe, Shop::INTENTS).await.len(),
+        shop.log(INTENTS).await.len(),
         1,
         "the refused order asked Stripe for nothing"
     );
@@ -129,27 +82,27 @@ async fn a_voucher_discounts_the_okya_order_the_adjusted_total_is_charged_and_po
 async fn a_free_drink_that_covers_the_order_charges_nothing() {
     let shop = shop(|_| {}).await;
     let free = shop.voucher("FREE_ITEM", "AVAILABLE").await;
-    let cart = cart_of(
-        &shop,
-        json!({"productId": "prd_latte", "quantity": 1, "modifierOptionIds": ["opt_size_small"]}),
-    )
-    .await;
+    let cart = shop
+        .cart_with(
+            "str_pasadena",
+            json!([{"productId": "prd_latte", "quantity": 1, "modifierOptionIds": ["opt_size_small"]}]),
+        )
+        .await;
     let payload = checkout(&shop, &cart, &free, "pm_card_visa", "free").await;
     assert_eq!(payload["userErrors"], json!([]));
     assert_eq!(payload["order"]["total"]["amount"], "0.00");
     assert_eq!(payload["order"]["status"], "AWAITING_ACCEPTANCE");
     assert_eq!(payload["order"]["payment"], json!(null));
     let id = placed(&payload);
-    shop.store_action(&cart, "accept").await;
+    shop.store_action(&cart, Accept).await;
     shop.wait_for_status(&id, "IN_PREPARATION").await;
     shop.wait_until_settled(&id).await;
     assert_eq!(
-        shop.log(Sim::Stripe, Shop::INTENTS).await,
+        shop.log(INTENTS).await,
         Vec::<Value>::new(),
         "nothing asked of Stripe at all"
     );
-    shop.assert_sent_once(Sim::Epoint, Shop::INJECT, &id, 1)
-        .await;
+    shop.assert_sent_once(INJECT, &id, 1).await;
     shop.assert_money_invariants().await;
 }
 
@@ -162,7 +115,10 @@ async fn expired_foreign_and_unknown_vouchers_are_refused_with_nothing_charged()
     assert_eq!(error_codes(&refused), vec!["VOUCHER_EXPIRED"]);
     assert_eq!(shop.okya_order(&cart1).await["status"], "CANCELED");
 
-    let bob = member(&shop, "+16265550181", "bob@example.com").await;
+    let bob = shop
+        .member("+16265550181", "bob@example.com")
+        .await
+        .access_token;
     let bobs: Value = shop
         .gql_as(Some(&bob), "{ vouchers { id status } }", json!({}))
         .await;
@@ -180,10 +136,7 @@ async fn expired_foreign_and_unknown_vouchers_are_refused_with_nothing_charged()
         error_codes(&checkout(&shop, &cart3, "uo_nope", "pm_card_visa", "c").await),
         vec!["VOUCHER_NOT_FOUND"]
     );
-    assert_eq!(
-        shop.log(Sim::Stripe, Shop::INTENTS).await,
-        Vec::<Value>::new()
-    );
+    assert_eq!(shop.log(INTENTS).await, Vec::<Value>::new());
     // Bob's voucher is untouched.
     let after: Value = shop
         .gql_as(Some(&bob), "{ vouchers { id status } }", json!({}))
@@ -211,10 +164,8 @@ async fn a_declined_payment_releases_the_voucher() {
         "AVAILABLE",
         "usable again"
     );
-    shop.assert_sent_once(Sim::Sessionm, Shop::LOCK, &id, 1)
-        .await;
-    shop.assert_sent_once(Sim::Sessionm, Shop::UNLOCK, &id, 1)
-        .await;
+    shop.assert_sent_once(LOCK, &id, 1).await;
+    shop.assert_sent_once(UNLOCK, &id, 1).await;
     shop.assert_money_invariants().await;
 }
 
@@ -224,15 +175,13 @@ async fn a_rejected_order_gives_its_voucher_back() {
     let percent = shop.voucher("PERCENTAGE", "AVAILABLE").await;
     let cart = shop.filled_cart("str_pasadena").await;
     let id = placed(&checkout(&shop, &cart, &percent, "pm_card_visa", "k").await);
-    shop.store_action(&cart, "reject").await;
+    shop.store_action(&cart, Reject).await;
     let rejected = shop.wait_for_status(&id, "REJECTED").await;
     assert_eq!(rejected["payment"]["status"], "REFUNDED");
     shop.wait_until_settled(&id).await;
     assert_eq!(shop.voucher_status(&percent).await, "AVAILABLE");
-    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &id, 1)
-        .await;
-    shop.assert_sent_once(Sim::Sessionm, Shop::UNLOCK, &id, 1)
-        .await;
+    shop.assert_sent_once(REFUNDS, &id, 1).await;
+    shop.assert_sent_once(UNLOCK, &id, 1).await;
     shop.assert_money_invariants().await;
 }
 
@@ -261,10 +210,9 @@ async fn two_checkouts_racing_for_one_voucher_charge_only_one() {
     assert_eq!(error_codes(lost[0]), vec!["VOUCHER_IN_USE"]);
     assert_eq!(lost[0]["order"], json!(null));
     let winner = placed(won[0]);
-    shop.assert_sent_once(Sim::Stripe, Shop::INTENTS, &winner, 1)
-        .await;
+    shop.assert_sent_once(INTENTS, &winner, 1).await;
     assert_eq!(
-        shop.log(Sim::Stripe, Shop::INTENTS).await.len(),
+        shop.log(INTENTS).await.len(),
         1,
         "only the winner asked Stripe for money"
     );
@@ -276,24 +224,18 @@ async fn a_transaction_whose_answers_are_lost_is_retried_under_its_key_until_poi
     let shop = shop(|_| {}).await;
     // SessionM records the sale every time, then its answer is lost, eight times over:
     // only the same `request_id` on every try keeps that one sale.
-    shop.faults(
-        Sim::Sessionm,
-        json!({"lose_next": {Shop::SALE: {"times": 8, "status": 503}}}),
-    )
-    .await;
+    shop.lose_next(SALE, 8, 503).await;
     let cart = shop.filled_cart("str_pasadena").await;
     let voucher = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
     let id = placed(&checkout(&shop, &cart, &voucher, "pm_card_visa", "k").await);
-    shop.store_action(&cart, "accept").await;
+    shop.store_action(&cart, Accept).await;
     shop.wait_for_status(&id, "IN_PREPARATION").await;
     shop.eventually("points after the retries", || async {
-        points_balance(&shop).await == 16
+        shop.points_balance().await == 16
     })
     .await;
     shop.wait_until_settled(&id).await;
-    let sent = shop
-        .assert_sent_once(Sim::Sessionm, Shop::SALE, &id, 9)
-        .await;
+    let sent = shop.assert_sent_once(SALE, &id, 9).await;
     assert_eq!(sent, 9, "eight lost answers, then the one that arrived");
     let ledger = shop.ledger(Sim::Sessionm).await;
     assert_eq!(
@@ -307,7 +249,7 @@ async fn a_transaction_whose_answers_are_lost_is_retried_under_its_key_until_poi
 
 #[tokio::test]
 async fn use_reward_runs_on_postgres() {
-    let shop = Shop::start(Db::Postgres, |_| {}).await;
+    let shop = shop_on(Db::Postgres, |_| {}).await;
     let fixed = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
     let first = shop.filled_cart("str_pasadena").await;
     let payload = checkout(&shop, &first, &fixed, "pm_card_visa", "pg-1").await;
@@ -318,16 +260,13 @@ async fn use_reward_runs_on_postgres() {
         vec!["VOUCHER_IN_USE"]
     );
     let id = placed(&payload);
-    shop.store_action(&first, "reject").await;
+    shop.store_action(&first, Reject).await;
     shop.wait_for_status(&id, "REJECTED").await;
     shop.wait_until_settled(&id).await;
     assert_eq!(shop.voucher_status(&fixed).await, "AVAILABLE");
-    shop.assert_sent_once(Sim::Sessionm, Shop::LOCK, &id, 1)
-        .await;
-    shop.assert_sent_once(Sim::Sessionm, Shop::UNLOCK, &id, 1)
-        .await;
-    shop.assert_sent_once(Sim::Stripe, Shop::REFUNDS, &id, 1)
-        .await;
+    shop.assert_sent_once(LOCK, &id, 1).await;
+    shop.assert_sent_once(UNLOCK, &id, 1).await;
+    shop.assert_sent_once(REFUNDS, &id, 1).await;
     shop.assert_money_invariants().await;
 }
 
@@ -336,14 +275,16 @@ async fn a_voucher_that_does_not_apply_to_the_basket_is_refused_and_kept() {
     let shop = shop(|_| {}).await;
     let fixed = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
     // $2 off needs a $4 basket; a bottle of water is $2.25.
-    let cart = cart_of(&shop, json!({"productId": "prd_water", "quantity": 1})).await;
+    let cart = shop
+        .cart_with(
+            "str_pasadena",
+            json!([{"productId": "prd_water", "quantity": 1}]),
+        )
+        .await;
     let refused = checkout(&shop, &cart, &fixed, "pm_card_visa", "small").await;
     assert_eq!(error_codes(&refused), vec!["VOUCHER_NOT_APPLICABLE"]);
     assert_eq!(refused["order"], json!(null));
-    assert_eq!(
-        shop.log(Sim::Stripe, Shop::INTENTS).await,
-        Vec::<Value>::new()
-    );
+    assert_eq!(shop.log(INTENTS).await, Vec::<Value>::new());
     assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
     assert_eq!(shop.voucher_status(&fixed).await, "AVAILABLE");
     shop.assert_money_invariants().await;
@@ -352,16 +293,14 @@ async fn a_voucher_that_does_not_apply_to_the_basket_is_refused_and_kept() {
 #[tokio::test]
 async fn when_okya_refuses_the_discount_the_voucher_is_released_and_nothing_charged() {
     let shop = shop(|_| {}).await;
-    shop.faults(Sim::Okya, json!({"refuse_next": {Shop::ADJUST: {"status": 422, "code": "adjustment_too_large", "times": 5}}})).await;
+    shop.refuse_next(ADJUST, 422, "adjustment_too_large", 5)
+        .await;
     let fixed = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
     let cart = shop.filled_cart("str_pasadena").await;
     let refused = checkout(&shop, &cart, &fixed, "pm_card_visa", "k").await;
     assert_eq!(error_codes(&refused), vec!["VOUCHER_NOT_APPLICABLE"]);
     assert_eq!(refused["order"], json!(null));
-    assert_eq!(
-        shop.log(Sim::Stripe, Shop::INTENTS).await,
-        Vec::<Value>::new()
-    );
+    assert_eq!(shop.log(INTENTS).await, Vec::<Value>::new());
     assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
     assert_eq!(
         shop.voucher_status(&fixed).await,
@@ -369,7 +308,7 @@ async fn when_okya_refuses_the_discount_the_voucher_is_released_and_nothing_char
         "the lock was released"
     );
     // The only order of the shop: its lock, and the one release of it.
-    shop.assert_one_key(Sim::Sessionm, Shop::LOCK, 1).await;
-    shop.assert_one_key(Sim::Sessionm, Shop::UNLOCK, 1).await;
+    shop.assert_one_key(LOCK, 1).await;
+    shop.assert_one_key(UNLOCK, 1).await;
     shop.assert_money_invariants().await;
 }

@@ -3,9 +3,23 @@
 //! points appear later, and a lock whose answer cannot be read released like one that
 //! may have happened.
 
-use crate::helpers::{Db, ExternalUpstreams, Port, Sim, TestDb, error_codes, test_settings};
-use crate::shop::{Shop, shop};
-use serde_json::json;
+use crate::helpers::{Db, Sim, TestApp, World, error_codes, spawn_app_with};
+use crate::routes::{CREATE_MEMBER, FIND_MEMBER, LOCK, LOOKUP, SALE, UNLOCK};
+use crate::shop::{StoreAction::Accept, placed, shop, shop_on};
+use serde_json::{Value, json};
+
+/// Checks `cart` out with `voucher`, which the service refuses with `code`: the `checkout`
+/// payload, and the id of the refused order (kept, though the app is shown none, for its
+/// compensation), once the flow has nothing left to do.
+async fn refused(shop: &TestApp, cart: &str, voucher: &str, code: &str) -> (Value, String) {
+    let payload = shop
+        .checkout_selecting("id status", cart, "pm_card_visa", Some(voucher), "k")
+        .await;
+    assert_eq!(error_codes(&payload), vec![code], "{payload}");
+    let id = shop.only_order_id().await;
+    shop.wait_until_settled(&id).await;
+    (payload, id)
+}
 
 #[tokio::test]
 async fn a_lock_whose_answer_cannot_be_read_is_released_when_the_order_fails() {
@@ -13,32 +27,17 @@ async fn a_lock_whose_answer_cannot_be_read_is_released_when_the_order_fails() {
     let voucher = shop.voucher("PERCENTAGE", "AVAILABLE").await;
     let cart = shop.filled_cart("str_pasadena").await;
     // SessionM locks the offer, and what comes back is not an answer anyone can read.
-    shop.faults(
-        Sim::Sessionm,
-        json!({"lose_next": {Shop::LOCK: {"times": 1, "status": "garble"}}}),
-    )
-    .await;
-    let payload = shop
-        .checkout_selecting("id status", &cart, "pm_card_visa", Some(&voucher), "k")
-        .await;
-    assert_eq!(
-        error_codes(&payload),
-        vec!["SERVICE_UNAVAILABLE"],
-        "{payload}"
-    );
+    shop.lose_next(LOCK, 1, "garble").await;
+    let (payload, id) = refused(&shop, &cart, &voucher, "SERVICE_UNAVAILABLE").await;
     assert_eq!(
         payload["order"],
         json!(null),
         "a refused checkout shows no order"
     );
-    let id = shop.only_order_id().await;
-    shop.wait_until_settled(&id).await;
     assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
     // The lock may have happened, so it was released: the voucher is usable again.
-    shop.assert_sent_once(Sim::Sessionm, Shop::LOCK, &id, 1)
-        .await;
-    shop.assert_sent_once(Sim::Sessionm, Shop::UNLOCK, &id, 1)
-        .await;
+    shop.assert_sent_once(LOCK, &id, 1).await;
+    shop.assert_sent_once(UNLOCK, &id, 1).await;
     assert_eq!(shop.voucher_status(&voucher).await, "AVAILABLE");
     assert!(shop.intents_for(&id).await.is_empty(), "nothing charged");
     shop.assert_money_invariants().await;
@@ -49,29 +48,17 @@ async fn a_refused_lock_releases_nothing_another_order_may_hold() {
     let shop = shop(|_| {}).await;
     let voucher = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
     // $2 off needs a 4.00 basket; a lookup does not check that, the lock does.
-    let cart = shop.new_cart("str_pasadena").await;
-    let added = shop
-        .data(
-            "mutation($c: ID!, $l: [CartLineInput!]!) { cartLinesAdd(cartId: $c, lines: $l) { userErrors { code } } }",
-            json!({"c": cart, "l": [{"productId": "prd_espresso", "quantity": 1}]}),
+    let cart = shop
+        .cart_with(
+            "str_pasadena",
+            json!([{"productId": "prd_espresso", "quantity": 1}]),
         )
         .await;
-    assert_eq!(added["cartLinesAdd"]["userErrors"], json!([]), "{added}");
-    let payload = shop
-        .checkout_selecting("id status", &cart, "pm_card_visa", Some(&voucher), "k")
-        .await;
-    assert_eq!(
-        error_codes(&payload),
-        vec!["VOUCHER_NOT_APPLICABLE"],
-        "{payload}"
-    );
-    let id = shop.only_order_id().await;
-    shop.wait_until_settled(&id).await;
-    shop.assert_sent_once(Sim::Sessionm, Shop::LOCK, &id, 1)
-        .await;
+    let (_, id) = refused(&shop, &cart, &voucher, "VOUCHER_NOT_APPLICABLE").await;
+    shop.assert_sent_once(LOCK, &id, 1).await;
     // SessionM's unlock names only the offer: an order that knows it holds no lock must
     // not send one, or it would free a lock another order holds.
-    shop.assert_not_sent(Sim::Sessionm, Shop::UNLOCK, &id).await;
+    shop.assert_not_sent(UNLOCK, &id).await;
     assert_eq!(shop.voucher_status(&voucher).await, "AVAILABLE");
     shop.assert_money_invariants().await;
 }
@@ -87,32 +74,26 @@ async fn use_reward_and_the_points_credit_run_on_postgres() {
 }
 
 async fn points_land_after_processing(kind: Db) {
-    let shop = Shop::start(kind, |_| {}).await;
+    let shop = shop_on(kind, |_| {}).await;
     // SessionM takes its time over the queued transaction.
-    let settings = shop
-        .http
-        .put(format!("{}/_sandbox/settings", shop.sim_url(Sim::Sessionm)))
-        .json(&json!({"transaction_delay_ms": 3000}))
-        .send()
-        .await
-        .expect("settings");
-    assert!(settings.status().is_success());
+    shop.sandbox(
+        reqwest::Method::PUT,
+        Sim::Sessionm,
+        "settings",
+        json!({"transaction_delay_ms": 3000}),
+    )
+    .await;
     let voucher = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
     let cart = shop.filled_cart("str_pasadena").await;
-    let payload = shop
-        .checkout_selecting("id", &cart, "pm_card_visa", Some(&voucher), "k")
-        .await;
-    let id = payload["order"]["id"]
-        .as_str()
-        .expect("the order")
-        .to_owned();
-    shop.store_action(&cart, "accept").await;
+    let id = placed(
+        &shop
+            .checkout_selecting("id", &cart, "pm_card_visa", Some(&voucher), "k")
+            .await,
+    );
+    shop.store_action(&cart, Accept).await;
     shop.wait_for_status(&id, "IN_PREPARATION").await;
     shop.eventually("the sale queued at SessionM", || async {
-        !shop
-            .requests_about(Sim::Sessionm, Shop::SALE, &id)
-            .await
-            .is_empty()
+        !shop.requests_about(SALE, &id).await.is_empty()
     })
     .await;
     // Queued for 3 s at SessionM: not processed, so no points shown yet.
@@ -131,19 +112,17 @@ async fn points_land_after_processing(kind: Db) {
     // SessionM accepted the sale: the Discount object went back as the lock gave it.
     assert_eq!(ledger["rejected"], json!([]), "{ledger}");
     assert_eq!(shop.voucher_status(&voucher).await, "REDEEMED");
-    shop.assert_sent_once(Sim::Sessionm, Shop::SALE, &id, 1)
-        .await;
+    shop.assert_sent_once(SALE, &id, 1).await;
 }
 
 #[tokio::test]
 async fn a_store_sessionm_does_not_know_stops_the_start() {
-    let port = Port::bind();
-    let upstreams = ExternalUpstreams::start(port.number()).await;
-    let (_db, url) = TestDb::new(Db::Sqlite).await;
-    let mut settings = test_settings(url);
-    upstreams.configure(&mut settings);
-    settings.sessionm.store_ids.remove("str_burbank");
-    let result = cbtl_bff::app::build_on(settings.clone(), port.handle()).await;
+    let world = World::start(Db::Sqlite, |s| {
+        s.sessionm.store_ids.remove("str_burbank");
+    })
+    .await;
+    let mut settings = world.settings.clone();
+    let result = cbtl_bff::app::build_on(settings.clone(), world.port.handle()).await;
     let Err(err) = result else {
         panic!("started without a SessionM store for str_burbank");
     };
@@ -156,8 +135,8 @@ async fn a_store_sessionm_does_not_know_stops_the_start() {
     assert!(message.contains("str_burbank"), "{message}");
 
     // With every store mapped it starts.
-    upstreams.configure(&mut settings);
-    let app = cbtl_bff::app::build_on(settings, port.handle())
+    world.upstreams.configure(&mut settings);
+    let app = cbtl_bff::app::build_on(settings, world.port.handle())
         .await
         .expect("starts with every store mapped");
     drop(app);
@@ -172,17 +151,13 @@ async fn a_voucher_sessionm_describes_in_new_terms_is_unusable_and_the_rest_of_t
         (&free, json!({"status": "ISSUED"})),
         (&percent, json!({"discount_type": "BUY_ONE_GET_ONE"})),
     ] {
-        let shown = shop
-            .http
-            .patch(format!(
-                "{}/_sandbox/offers/{id}",
-                shop.sim_url(Sim::Sessionm)
-            ))
-            .json(&change)
-            .send()
-            .await
-            .expect("sandbox");
-        assert!(shown.status().is_success());
+        shop.sandbox(
+            reqwest::Method::PATCH,
+            Sim::Sessionm,
+            &format!("offers/{id}"),
+            change,
+        )
+        .await;
     }
     let wallet = shop
         .data(
@@ -226,18 +201,9 @@ async fn a_voucher_sessionm_describes_in_new_terms_is_unusable_and_the_rest_of_t
 
     // Checking out with it is refused before anything is locked or charged.
     let cart = shop.filled_cart("str_pasadena").await;
-    let payload = shop
-        .checkout_selecting("id", &cart, "pm_card_visa", Some(&percent), "k")
-        .await;
-    assert_eq!(
-        error_codes(&payload),
-        vec!["VOUCHER_NOT_APPLICABLE"],
-        "{payload}"
-    );
-    let id = shop.only_order_id().await;
-    shop.wait_until_settled(&id).await;
-    shop.assert_not_sent(Sim::Sessionm, Shop::LOCK, &id).await;
-    shop.assert_not_sent(Sim::Sessionm, Shop::UNLOCK, &id).await;
+    let (_, id) = refused(&shop, &cart, &percent, "VOUCHER_NOT_APPLICABLE").await;
+    shop.assert_not_sent(LOCK, &id).await;
+    shop.assert_not_sent(UNLOCK, &id).await;
     assert!(shop.intents_for(&id).await.is_empty());
     // Compensated: the Okya order made for it is cancelled.
     assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
@@ -249,24 +215,11 @@ async fn a_wallet_sessionm_will_not_show_cancels_the_order_and_locks_nothing() {
     let voucher = shop.voucher("PERCENTAGE", "AVAILABLE").await;
     let cart = shop.filled_cart("str_pasadena").await;
     // SessionM refuses our own wallet lookup (a fault of ours, not the voucher's).
-    shop.faults(
-        Sim::Sessionm,
-        json!({"refuse_next": {"POST /api/2.0/lookup": {"status": 401, "code": "access_denied", "times": 1}}}),
-    )
-    .await;
-    let payload = shop
-        .checkout_selecting("id", &cart, "pm_card_visa", Some(&voucher), "k")
-        .await;
-    assert_eq!(
-        error_codes(&payload),
-        vec!["SERVICE_UNAVAILABLE"],
-        "{payload}"
-    );
-    let id = shop.only_order_id().await;
-    shop.wait_until_settled(&id).await;
+    shop.refuse_next(LOOKUP, 401, "access_denied", 1).await;
+    let (_, id) = refused(&shop, &cart, &voucher, "SERVICE_UNAVAILABLE").await;
     assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
-    shop.assert_not_sent(Sim::Sessionm, Shop::LOCK, &id).await;
-    shop.assert_not_sent(Sim::Sessionm, Shop::UNLOCK, &id).await;
+    shop.assert_not_sent(LOCK, &id).await;
+    shop.assert_not_sent(UNLOCK, &id).await;
     assert!(shop.intents_for(&id).await.is_empty(), "nothing charged");
     assert_eq!(shop.voucher_status(&voucher).await, "AVAILABLE");
 }
@@ -274,14 +227,13 @@ async fn a_wallet_sessionm_will_not_show_cancels_the_order_and_locks_nothing() {
 #[tokio::test]
 async fn a_points_balance_sessionm_did_not_give_is_an_error_never_zero() {
     let shop = shop(|_| {}).await;
-    let omitted = shop
-        .http
-        .put(format!("{}/_sandbox/settings", shop.sim_url(Sim::Sessionm)))
-        .json(&json!({"omit_points": true}))
-        .send()
-        .await
-        .expect("settings");
-    assert!(omitted.status().is_success());
+    shop.sandbox(
+        reqwest::Method::PUT,
+        Sim::Sessionm,
+        "settings",
+        json!({"omit_points": true}),
+    )
+    .await;
     let body = shop
         .gql(
             "{ me { loyalty { pointsBalance tier vouchers { id } } } }",
@@ -304,29 +256,15 @@ async fn a_points_balance_sessionm_did_not_give_is_an_error_never_zero() {
 
 #[tokio::test]
 async fn a_member_made_but_never_answered_is_found_by_our_customer_id() {
-    let app = crate::helpers::spawn_app_with(Db::Sqlite, |s| {
+    let app = spawn_app_with(Db::Sqlite, |s| {
         s.jobs.poll_interval_ms = 50;
         s.jobs.max_backoff_ms = 100;
     })
     .await;
     // SessionM makes the member every time it is asked, and every answer is lost: more
     // than the inline retries under one Message-ID can make up for.
-    app.faults(
-        Sim::Sessionm,
-        json!({"lose_next": {"POST /priv/v1/apps/{api_key}/users": {"times": 3, "status": 503}}}),
-    )
-    .await;
-    let customer = app.sign_up("+16265550170", "lin@example.com").await;
-    app.eventually("the SessionM link", || async {
-        app.gql_as(
-            Some(&customer.access_token),
-            "{ me { loyalty { pointsBalance } } }",
-            json!({}),
-        )
-        .await["data"]["me"]["loyalty"]
-            .is_object()
-    })
-    .await;
+    app.lose_next(CREATE_MEMBER, 3, 503).await;
+    app.member("+16265550170", "lin@example.com").await;
     let ledger = app.ledger(Sim::Sessionm).await;
     let users = ledger["users"].as_array().expect("members");
     assert_eq!(
@@ -342,21 +280,10 @@ async fn a_member_made_but_never_answered_is_found_by_our_customer_id() {
         .values()
         .collect();
     assert_eq!(keys.len(), 1, "{ledger}");
-    let log = app
-        .http
-        .get(format!(
-            "{}/_sandbox/calls/log?route=GET /priv/v1/apps/{{api_key}}/external/users/{{external_id}}",
-            app.sim_url(Sim::Sessionm)
-        ))
-        .send()
-        .await
-        .expect("log")
-        .json::<serde_json::Value>()
-        .await
-        .expect("log JSON");
+    let log = app.log(FIND_MEMBER).await;
     assert!(
-        log.as_array().is_some_and(|l| l.len() >= 2),
-        "looked up by external id before each creation attempt: {log}"
+        log.len() >= 2,
+        "looked up by external id before each creation attempt: {log:?}"
     );
 }
 
@@ -372,39 +299,31 @@ async fn a_voucher_another_order_holds_is_refused_and_its_lock_left_alone() {
         .checkout_selecting("id status", &a, "pm_card_visa", Some(&fixed), "a")
         .await;
     assert_eq!(first["userErrors"], json!([]), "{first}");
-    let holder = first["order"]["id"].as_str().expect("order").to_owned();
+    let holder = placed(&first);
     assert_eq!(shop.voucher_status(&fixed).await, "LOCKED");
 
     let second = shop
         .checkout_selecting("id status", &b, "pm_card_visa", Some(&fixed), "b")
         .await;
     assert_eq!(error_codes(&second), vec!["VOUCHER_IN_USE"], "{second}");
-    let db = &shop.app.app.state().db;
-    let orders: Vec<String> = {
-        use sea_orm::EntityTrait;
-        cbtl_bff::store::entities::order::Entity::find()
-            .all(db)
-            .await
-            .expect("orders")
-            .into_iter()
-            .map(|o| o.id)
-            .filter(|id| id != &holder)
-            .collect()
-    };
+    let orders: Vec<String> = shop
+        .order_ids()
+        .await
+        .into_iter()
+        .filter(|id| id != &holder)
+        .collect();
     let refused = &orders[0];
     shop.wait_until_settled(refused).await;
     // Refused from the wallet: no lock asked for, and no unlock that would free the
     // holder's lock (SessionM's unlock names only the offer).
-    shop.assert_not_sent(Sim::Sessionm, Shop::LOCK, refused)
-        .await;
-    shop.assert_not_sent(Sim::Sessionm, Shop::UNLOCK, refused)
-        .await;
+    shop.assert_not_sent(LOCK, refused).await;
+    shop.assert_not_sent(UNLOCK, refused).await;
     assert_eq!(
         shop.voucher_status(&fixed).await,
         "LOCKED",
         "still the holder's"
     );
-    shop.store_action(&a, "accept").await;
+    shop.store_action(&a, Accept).await;
     shop.wait_for_status(&holder, "IN_PREPARATION").await;
     shop.eventually("the holder's sale redeems it", || async {
         shop.voucher_status(&fixed).await == "REDEEMED"

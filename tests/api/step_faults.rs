@@ -11,24 +11,17 @@
 //! nothing left open; every retry must have carried the first try's idempotency key (read
 //! from the simulator's call log, faulted requests included).
 
-use crate::helpers::{Sim, error_codes};
-use crate::shop::{Shop, shop};
+use crate::helpers::{Sim, TestApp, error_codes};
+use crate::routes::{
+    ADJUST, CANCEL, CAPTURE, INJECT, INTENTS, LOCK, ORDERS, PAYMENTS, RECALL, REFUNDS, RELEASE,
+    Route, SALE, UNLOCK,
+};
+use crate::shop::{
+    StoreAction::{Accept, Reject},
+    placed, shop,
+};
 use cbtl_bff::domain::CaptureMode;
 use serde_json::{Value, json};
-
-const ORDERS: &str = "POST /v1/orders";
-const ADJUST: &str = "POST /v1/orders/{order_id}/adjustments";
-const PAYMENTS: &str = "POST /v1/orders/{order_id}/payments";
-const CANCEL: &str = "POST /v1/orders/{order_id}/cancel";
-const RECALL: &str = "POST /v1/orders/{order_id}/recall";
-const INTENTS: &str = "POST /v1/payment_intents";
-const CAPTURE: &str = "POST /v1/payment_intents/{id}/capture";
-const RELEASE: &str = "POST /v1/payment_intents/{id}/cancel";
-const REFUNDS: &str = "POST /v1/refunds";
-const INJECT: &str = "POST /v1/locations/{location_id}/orders";
-const LOCK: &str = "POST /api/2.0/lock";
-const UNLOCK: &str = "POST /api/2.0/unlock";
-const SALE: &str = "POST /api/2.0/send_transaction";
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {
@@ -39,37 +32,29 @@ enum Fault {
 
 /// Arms `fault` on `route`. An outage lasts until [`lift`] ends it; a lost answer lasts 5
 /// requests: the first call's 3 inline tries, and 2 of the flow's own retry.
-async fn arm(shop: &Shop, sim: Sim, route: &str, fault: Fault, refusal: (u16, &str)) {
-    let update = match fault {
-        Fault::Transient => json!({"fail_next": {route: 1_000_000}}),
-        Fault::Refusal => {
-            json!({"refuse_next": {route: {"status": refusal.0, "code": refusal.1, "times": 1}}})
-        }
+async fn arm(shop: &TestApp, route: Route, fault: Fault, refusal: (u16, &str)) {
+    match fault {
+        Fault::Transient => shop.fail_next(route, 1_000_000).await,
+        Fault::Refusal => shop.refuse_next(route, refusal.0, refusal.1, 1).await,
         // Stripe saves a 5xx it answers under the key, so a lost Stripe answer is a broken
         // connection (the 5xx case has tests of its own); the others lose it as a 503.
-        Fault::Lost if matches!(sim, Sim::Stripe) => {
-            json!({"lose_next": {route: {"times": 5, "status": "drop"}}})
-        }
-        Fault::Lost => json!({"lose_next": {route: {"times": 5, "status": 503}}}),
-    };
-    shop.faults(sim, update).await;
+        Fault::Lost if matches!(route.sim, Sim::Stripe) => shop.lose_next(route, 5, "drop").await,
+        Fault::Lost => shop.lose_next(route, 5, 503).await,
+    }
 }
 
 /// Ends an outage on `route` once it has outlasted two tries of the step (6 requests) and
 /// no job is pending, so nothing but the flow's own retry is left to resume the order.
 /// Does nothing for other faults.
-async fn lift(shop: &Shop, sim: Sim, route: &str, fault: Fault) {
+async fn lift(shop: &TestApp, route: Route, fault: Fault) {
     if !matches!(fault, Fault::Transient) {
         return;
     }
-    let db = &shop.app.app.state().db;
     for _ in 0..400 {
-        let tried = shop.log(sim, route).await.len();
-        let pending = cbtl_bff::store::jobs::count(db, cbtl_bff::store::jobs::PENDING)
-            .await
-            .expect("jobs");
+        let tried = shop.log(route).await.len();
+        let pending = shop.pending_jobs().await;
         if tried >= 6 && pending == 0 {
-            shop.faults(sim, json!({"fail_next": {route: 0}})).await;
+            shop.fail_next(route, 0).await;
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -78,49 +63,52 @@ async fn lift(shop: &Shop, sim: Sim, route: &str, fault: Fault) {
 }
 
 /// The requests that carried a fault on `route` used one key, and there was a retry.
-async fn assert_retried_with_one_key(shop: &Shop, sim: Sim, route: &str, fault: Fault) {
+async fn assert_retried_with_one_key(shop: &TestApp, route: Route, fault: Fault) {
     match fault {
         Fault::Transient | Fault::Lost => {
-            shop.assert_one_key(sim, route, 6).await;
+            shop.assert_one_key(route, 6).await;
         }
         Fault::Refusal => {}
     }
 }
 
-fn order_id(payload: &Value) -> String {
-    payload["order"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("an order: {payload}"))
-        .to_owned()
+/// A filled cart checked out with `card` (and `voucher`) at `str_pasadena` while `fault`
+/// is on `route` (armed just before), lifted once the step was tried again: the cart and
+/// the `checkout` payload.
+async fn checkout_through(
+    shop: &TestApp,
+    (route, fault): (Route, Fault),
+    card: &str,
+    voucher: Option<&str>,
+) -> (String, Value) {
+    let cart = shop.filled_cart("str_pasadena").await;
+    let (payload, ()) = tokio::join!(
+        shop.checkout(&cart, card, voucher, "k"),
+        lift(shop, route, fault)
+    );
+    (cart, payload)
 }
 
 /// A paid order the store accepts while `fault` is on `route` (armed just before).
 async fn accepted(
-    shop: &Shop,
+    shop: &TestApp,
     store: &str,
-    (sim, route, fault, refusal): (Sim, &str, Fault, (u16, &str)),
+    (route, fault, refusal): (Route, Fault, (u16, &str)),
 ) -> (String, String) {
     let cart = shop.filled_cart(store).await;
     let payload = shop.checkout(&cart, "pm_card_visa", None, "k").await;
     assert_eq!(payload["userErrors"], json!([]), "{payload}");
-    let id = order_id(&payload);
+    let id = placed(&payload);
     shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
-    arm(shop, sim, route, fault, refusal).await;
-    tokio::join!(
-        shop.store_action(&cart, "accept"),
-        lift(shop, sim, route, fault)
-    );
+    arm(shop, route, fault, refusal).await;
+    tokio::join!(shop.store_action(&cart, Accept), lift(shop, route, fault));
     (cart, id)
 }
 
 async fn submit(fault: Fault) {
     let shop = shop(|_| {}).await;
-    arm(&shop, Sim::Okya, ORDERS, fault, (400, "invalid_request")).await;
-    let cart = shop.filled_cart("str_pasadena").await;
-    let (payload, ()) = tokio::join!(
-        shop.checkout(&cart, "pm_card_visa", None, "k"),
-        lift(&shop, Sim::Okya, ORDERS, fault)
-    );
+    arm(&shop, ORDERS, fault, (400, "invalid_request")).await;
+    let (cart, payload) = checkout_through(&shop, (ORDERS, fault), "pm_card_visa", None).await;
     match fault {
         Fault::Refusal => {
             // Our request, not the customer's cart: nothing charged, told to try again.
@@ -129,39 +117,24 @@ async fn submit(fault: Fault) {
             assert_eq!(shop.ledger(Sim::Stripe).await["payment_intents"], json!([]));
         }
         Fault::Transient | Fault::Lost => {
-            let id = order_id(&payload);
+            let id = placed(&payload);
             shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
-            shop.store_action(&cart, "accept").await;
+            shop.store_action(&cart, Accept).await;
             shop.wait_for_status(&id, "IN_PREPARATION").await;
-            let okya: Value = shop
-                .http
-                .get(format!("{}/_sandbox/orders", shop.sim_url(Sim::Okya)))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            assert_eq!(
-                okya["orders"].as_array().map(Vec::len),
-                Some(1),
-                "one Okya order: {okya}"
-            );
+            let okya = shop.okya_orders().await;
+            assert_eq!(okya.len(), 1, "one Okya order: {okya:?}");
         }
     }
-    assert_retried_with_one_key(&shop, Sim::Okya, ORDERS, fault).await;
+    assert_retried_with_one_key(&shop, ORDERS, fault).await;
     shop.assert_money_invariants().await;
 }
 
-async fn discount(fault: Fault, route: &'static str, sim: Sim) {
+async fn discount(fault: Fault, route: Route) {
     let shop = shop(|_| {}).await;
     let voucher = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
-    arm(&shop, sim, route, fault, (422, "offer_not_applicable")).await;
-    let cart = shop.filled_cart("str_pasadena").await;
-    let (payload, ()) = tokio::join!(
-        shop.checkout(&cart, "pm_card_visa", Some(&voucher), "k"),
-        lift(&shop, sim, route, fault)
-    );
+    arm(&shop, route, fault, (422, "offer_not_applicable")).await;
+    let (cart, payload) =
+        checkout_through(&shop, (route, fault), "pm_card_visa", Some(&voucher)).await;
     match fault {
         Fault::Refusal => {
             assert_eq!(
@@ -174,13 +147,13 @@ async fn discount(fault: Fault, route: &'static str, sim: Sim) {
             assert_eq!(shop.voucher_status(&voucher).await, "AVAILABLE");
         }
         Fault::Transient | Fault::Lost => {
-            let id = order_id(&payload);
+            let id = placed(&payload);
             let order = shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
             assert_eq!(
                 order["total"]["amount"], "16.54",
                 "the discount applied: {order}"
             );
-            shop.store_action(&cart, "accept").await;
+            shop.store_action(&cart, Accept).await;
             shop.wait_for_status(&id, "IN_PREPARATION").await;
             shop.eventually("the voucher redeemed", || async {
                 shop.voucher_status(&voucher).await == "REDEEMED"
@@ -188,26 +161,15 @@ async fn discount(fault: Fault, route: &'static str, sim: Sim) {
             .await;
         }
     }
-    assert_retried_with_one_key(&shop, sim, route, fault).await;
+    assert_retried_with_one_key(&shop, route, fault).await;
     shop.assert_money_invariants().await;
 }
 
 async fn charge(fault: Fault) {
     let shop = shop(|_| {}).await;
-    arm(
-        &shop,
-        Sim::Stripe,
-        INTENTS,
-        fault,
-        (400, "parameter_invalid_integer"),
-    )
-    .await;
-    let cart = shop.filled_cart("str_pasadena").await;
-    let (payload, ()) = tokio::join!(
-        shop.checkout(&cart, "pm_card_visa", None, "k"),
-        lift(&shop, Sim::Stripe, INTENTS, fault)
-    );
-    let id = order_id(&payload);
+    arm(&shop, INTENTS, fault, (400, "parameter_invalid_integer")).await;
+    let (cart, payload) = checkout_through(&shop, (INTENTS, fault), "pm_card_visa", None).await;
+    let id = placed(&payload);
     if let Fault::Refusal = fault {
         // Our request was at fault: nothing charged, not the card's fault, retryable.
         assert_eq!(error_codes(&payload), ["PAYMENT_UNAVAILABLE"], "{payload}");
@@ -218,22 +180,18 @@ async fn charge(fault: Fault) {
         assert_eq!(again["order"]["id"], id.as_str());
     }
     shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
-    shop.store_action(&cart, "accept").await;
+    shop.store_action(&cart, Accept).await;
     shop.wait_for_status(&id, "IN_PREPARATION").await;
     assert_eq!(shop.intents_for(&id).await.len(), 1);
-    assert_retried_with_one_key(&shop, Sim::Stripe, INTENTS, fault).await;
+    assert_retried_with_one_key(&shop, INTENTS, fault).await;
     shop.assert_money_invariants().await;
 }
 
 async fn record_payment(fault: Fault) {
     let shop = shop(|_| {}).await;
-    arm(&shop, Sim::Okya, PAYMENTS, fault, (409, "invalid_state")).await;
-    let cart = shop.filled_cart("str_pasadena").await;
-    let (payload, ()) = tokio::join!(
-        shop.checkout(&cart, "pm_card_visa", None, "k"),
-        lift(&shop, Sim::Okya, PAYMENTS, fault)
-    );
-    let id = order_id(&payload);
+    arm(&shop, PAYMENTS, fault, (409, "invalid_state")).await;
+    let (cart, payload) = checkout_through(&shop, (PAYMENTS, fault), "pm_card_visa", None).await;
+    let id = placed(&payload);
     match fault {
         Fault::Refusal => {
             let order = shop.wait_for_status(&id, "PAYMENT_FAILED").await;
@@ -242,7 +200,7 @@ async fn record_payment(fault: Fault) {
         }
         Fault::Transient | Fault::Lost => {
             shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
-            shop.store_action(&cart, "accept").await;
+            shop.store_action(&cart, Accept).await;
             shop.wait_for_status(&id, "IN_PREPARATION").await;
             assert_eq!(
                 shop.okya_order(&cart).await["payment"]["status"],
@@ -250,14 +208,14 @@ async fn record_payment(fault: Fault) {
             );
         }
     }
-    assert_retried_with_one_key(&shop, Sim::Okya, PAYMENTS, fault).await;
+    assert_retried_with_one_key(&shop, PAYMENTS, fault).await;
     shop.assert_money_invariants().await;
 }
 
 async fn inject(fault: Fault) {
     // Enough tries that the outage ends before the POS is given up on.
     let shop = shop(|s| s.orders.pos_max_attempts = 10).await;
-    let fault_on = (Sim::Epoint, INJECT, fault, (409, "pos_offline"));
+    let fault_on = (INJECT, fault, (409, "pos_offline"));
     let (cart, id) = accepted(&shop, "str_pasadena", fault_on).await;
     match fault {
         Fault::Refusal => {
@@ -278,18 +236,13 @@ async fn inject(fault: Fault) {
             );
         }
     }
-    assert_retried_with_one_key(&shop, Sim::Epoint, INJECT, fault).await;
+    assert_retried_with_one_key(&shop, INJECT, fault).await;
     shop.assert_money_invariants().await;
 }
 
 async fn capture(fault: Fault) {
     let shop = shop(|s| s.orders.capture = CaptureMode::OnAcceptance).await;
-    let fault_on = (
-        Sim::Stripe,
-        CAPTURE,
-        fault,
-        (400, "charge_expired_for_capture"),
-    );
+    let fault_on = (CAPTURE, fault, (400, "charge_expired_for_capture"));
     let (cart, id) = accepted(&shop, "str_pasadena", fault_on).await;
     match fault {
         Fault::Refusal => {
@@ -306,13 +259,13 @@ async fn capture(fault: Fault) {
             assert_eq!(shop.intents_for(&id).await[0]["status"], "succeeded");
         }
     }
-    assert_retried_with_one_key(&shop, Sim::Stripe, CAPTURE, fault).await;
+    assert_retried_with_one_key(&shop, CAPTURE, fault).await;
     shop.assert_money_invariants().await;
 }
 
 async fn recall(fault: Fault) {
     let shop = shop(|s| s.orders.pos_max_attempts = 1).await;
-    let fault_on = (Sim::Okya, RECALL, fault, (409, "invalid_state"));
+    let fault_on = (RECALL, fault, (409, "invalid_state"));
     let (_cart, id) = accepted(&shop, "str_burbank", fault_on).await;
     let order = shop.wait_for_status(&id, "CANCELLED").await;
     assert_eq!(order["payment"]["status"], "REFUNDED");
@@ -322,25 +275,22 @@ async fn recall(fault: Fault) {
             .map(Vec::len),
         Some(1)
     );
-    assert_retried_with_one_key(&shop, Sim::Okya, RECALL, fault).await;
+    assert_retried_with_one_key(&shop, RECALL, fault).await;
     shop.assert_money_invariants().await;
 }
 
 async fn refund(fault: Fault) {
     let shop = shop(|_| {}).await;
-    let cart = shop.filled_cart("str_pasadena").await;
-    let payload = shop.checkout(&cart, "pm_card_visa", None, "k").await;
-    let id = order_id(&payload);
-    shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
+    let (cart, id) = shop.awaiting_acceptance("str_pasadena").await;
     match fault {
         // The refusal as it happens: a support agent refunded the charge in Stripe's
         // Dashboard first, so Stripe refuses ours (`charge_already_refunded`).
         Fault::Refusal => shop.refund_outside(&id).await,
-        Fault::Transient | Fault::Lost => arm(&shop, Sim::Stripe, REFUNDS, fault, (0, "")).await,
+        Fault::Transient | Fault::Lost => arm(&shop, REFUNDS, fault, (0, "")).await,
     }
     tokio::join!(
-        shop.store_action(&cart, "reject"),
-        lift(&shop, Sim::Stripe, REFUNDS, fault)
+        shop.store_action(&cart, Reject),
+        lift(&shop, REFUNDS, fault)
     );
     let order = shop.wait_for_status(&id, "REJECTED").await;
     assert_eq!(order["payment"]["status"], "REFUNDED");
@@ -348,41 +298,35 @@ async fn refund(fault: Fault) {
     assert_eq!(settled.attention, None);
     let refunds = shop.ledger(Sim::Stripe).await["refunds"].clone();
     assert_eq!(refunds.as_array().map(Vec::len), Some(1), "{refunds}");
-    assert_retried_with_one_key(&shop, Sim::Stripe, REFUNDS, fault).await;
+    assert_retried_with_one_key(&shop, REFUNDS, fault).await;
     shop.assert_money_invariants().await;
 }
 
 async fn release(fault: Fault) {
     let shop = shop(|s| s.orders.capture = CaptureMode::OnAcceptance).await;
-    let cart = shop.filled_cart("str_pasadena").await;
-    let payload = shop.checkout(&cart, "pm_card_visa", None, "k").await;
-    let id = order_id(&payload);
-    shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
+    let (cart, id) = shop.awaiting_acceptance("str_pasadena").await;
     match fault {
         Fault::Refusal => shop.release_outside(&id).await,
-        Fault::Transient | Fault::Lost => arm(&shop, Sim::Stripe, RELEASE, fault, (0, "")).await,
+        Fault::Transient | Fault::Lost => arm(&shop, RELEASE, fault, (0, "")).await,
     }
     tokio::join!(
-        shop.store_action(&cart, "reject"),
-        lift(&shop, Sim::Stripe, RELEASE, fault)
+        shop.store_action(&cart, Reject),
+        lift(&shop, RELEASE, fault)
     );
     let order = shop.wait_for_status(&id, "REJECTED").await;
     assert_eq!(order["payment"]["status"], "CANCELLED");
     assert_eq!(shop.wait_until_settled(&id).await.attention, None);
     assert_eq!(shop.intents_for(&id).await[0]["status"], "canceled");
-    assert_retried_with_one_key(&shop, Sim::Stripe, RELEASE, fault).await;
+    assert_retried_with_one_key(&shop, RELEASE, fault).await;
     shop.assert_money_invariants().await;
 }
 
 async fn cancel_okya(fault: Fault) {
     let shop = shop(|_| {}).await;
-    arm(&shop, Sim::Okya, CANCEL, fault, (409, "invalid_state")).await;
-    let cart = shop.filled_cart("str_pasadena").await;
-    let (payload, ()) = tokio::join!(
-        shop.checkout(&cart, "pm_card_chargeDeclined", None, "k"),
-        lift(&shop, Sim::Okya, CANCEL, fault)
-    );
-    let id = order_id(&payload);
+    arm(&shop, CANCEL, fault, (409, "invalid_state")).await;
+    let (cart, payload) =
+        checkout_through(&shop, (CANCEL, fault), "pm_card_chargeDeclined", None).await;
+    let id = placed(&payload);
     assert_eq!(
         shop.wait_for_status(&id, "PAYMENT_FAILED").await["payment"]["status"],
         "FAILED"
@@ -391,54 +335,42 @@ async fn cancel_okya(fault: Fault) {
     if !matches!(fault, Fault::Refusal) {
         assert_eq!(shop.okya_order(&cart).await["status"], "CANCELED");
     }
-    assert_retried_with_one_key(&shop, Sim::Okya, CANCEL, fault).await;
+    assert_retried_with_one_key(&shop, CANCEL, fault).await;
     shop.assert_money_invariants().await;
 }
 
 async fn unlock(fault: Fault) {
     let shop = shop(|_| {}).await;
     let voucher = shop.voucher("FIXED_AMOUNT", "AVAILABLE").await;
-    arm(
+    arm(&shop, UNLOCK, fault, (422, "offer_not_locked")).await;
+    let (_cart, payload) = checkout_through(
         &shop,
-        Sim::Sessionm,
-        UNLOCK,
-        fault,
-        (422, "offer_not_locked"),
+        (UNLOCK, fault),
+        "pm_card_chargeDeclined",
+        Some(&voucher),
     )
     .await;
-    let cart = shop.filled_cart("str_pasadena").await;
-    let (payload, ()) = tokio::join!(
-        shop.checkout(&cart, "pm_card_chargeDeclined", Some(&voucher), "k"),
-        lift(&shop, Sim::Sessionm, UNLOCK, fault)
-    );
-    let id = order_id(&payload);
+    let id = placed(&payload);
     shop.wait_for_status(&id, "PAYMENT_FAILED").await;
     assert_eq!(shop.wait_until_settled(&id).await.attention, None);
     if !matches!(fault, Fault::Refusal) {
         assert_eq!(shop.voucher_status(&voucher).await, "AVAILABLE");
     }
-    assert_retried_with_one_key(&shop, Sim::Sessionm, UNLOCK, fault).await;
+    assert_retried_with_one_key(&shop, UNLOCK, fault).await;
     shop.assert_money_invariants().await;
 }
 
 /// Step 26 is a durable job, not a step, but it is an upstream write all the same.
 async fn sale(fault: Fault) {
     let shop = shop(|_| {}).await;
-    let cart = shop.filled_cart("str_pasadena").await;
-    let id = order_id(&shop.checkout(&cart, "pm_card_visa", None, "k").await);
-    shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
+    let (cart, id) = shop.awaiting_acceptance("str_pasadena").await;
     match fault {
         // A durable job retries on its own schedule: its outage is a count of 503s that
         // outlasts one run's inline tries.
-        Fault::Transient => {
-            shop.faults(Sim::Sessionm, json!({"fail_next": {SALE: 5}}))
-                .await
-        }
-        Fault::Refusal | Fault::Lost => {
-            arm(&shop, Sim::Sessionm, SALE, fault, (422, "validation")).await
-        }
+        Fault::Transient => shop.fail_next(SALE, 5).await,
+        Fault::Refusal | Fault::Lost => arm(&shop, SALE, fault, (422, "validation")).await,
     }
-    shop.store_action(&cart, "accept").await;
+    shop.store_action(&cart, Accept).await;
     shop.wait_for_status(&id, "IN_PREPARATION").await;
     shop.wait_until_settled(&id).await;
     let order = shop.order(&id).await;
@@ -459,7 +391,7 @@ async fn sale(fault: Fault) {
             assert_eq!(sales, Some(1), "{sessionm}");
         }
     }
-    assert_retried_with_one_key(&shop, Sim::Sessionm, SALE, fault).await;
+    assert_retried_with_one_key(&shop, SALE, fault).await;
     shop.assert_money_invariants().await;
 }
 
@@ -478,11 +410,11 @@ matrix! {
     submit_transient => submit(Fault::Transient);
     submit_refused => submit(Fault::Refusal);
     submit_lost => submit(Fault::Lost);
-    discount_lock_transient => discount(Fault::Transient, LOCK, Sim::Sessionm);
-    discount_lock_refused => discount(Fault::Refusal, LOCK, Sim::Sessionm);
-    discount_lock_lost => discount(Fault::Lost, LOCK, Sim::Sessionm);
-    discount_adjust_transient => discount(Fault::Transient, ADJUST, Sim::Okya);
-    discount_adjust_lost => discount(Fault::Lost, ADJUST, Sim::Okya);
+    discount_lock_transient => discount(Fault::Transient, LOCK);
+    discount_lock_refused => discount(Fault::Refusal, LOCK);
+    discount_lock_lost => discount(Fault::Lost, LOCK);
+    discount_adjust_transient => discount(Fault::Transient, ADJUST);
+    discount_adjust_lost => discount(Fault::Lost, ADJUST);
     charge_transient => charge(Fault::Transient);
     charge_refused => charge(Fault::Refusal);
     charge_lost => charge(Fault::Lost);

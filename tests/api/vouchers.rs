@@ -1,21 +1,17 @@
 //! The customer's SessionM vouchers, asked for once per request.
 
-use crate::helpers::{Db, Sim, spawn_app_with};
+use crate::helpers::{Db, Sim, TestApp, spawn_app_with};
+use crate::routes::LOOKUP;
+use crate::shop::placed;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 #[tokio::test]
 async fn vouchers_list_the_wallet_with_expired_ones_and_cost_one_lookup() {
     let app = spawn_app_with(Db::Sqlite, |_| {}).await;
-    let ada = app.sign_up("+16265550160", "ada@example.com").await;
+    let ada = app.sign_up_and_use("+16265550160", "ada@example.com").await;
     let bob = app.sign_up("+16265550161", "bob@example.com").await;
-    app.use_token(Some(&ada.access_token));
-    app.eventually("the SessionM link", || async {
-        app.data("{ me { loyalty { pointsBalance } } }", json!({}))
-            .await["me"]["loyalty"]
-            .is_object()
-    })
-    .await;
+    app.wait_for_link(&ada.access_token).await;
     app.reset_calls(Sim::Sessionm).await;
     let data = app
         .data(
@@ -27,7 +23,7 @@ async fn vouchers_list_the_wallet_with_expired_ones_and_cost_one_lookup() {
     let calls = app.calls(Sim::Sessionm).await;
     // Bob's account may still be being linked meanwhile; only wallet lookups count here.
     assert_eq!(
-        calls.get("POST /api/2.0/lookup"),
+        calls.get(LOOKUP.name),
         Some(&1),
         "one SessionM lookup for the whole request: {calls:?}"
     );
@@ -63,16 +59,7 @@ async fn vouchers_list_the_wallet_with_expired_ones_and_cost_one_lookup() {
     assert_eq!(data["me"]["loyalty"]["pointsBalance"], 0);
 
     // Bob's wallet is his own.
-    app.eventually("Bob's link", || async {
-        app.gql_as(
-            Some(&bob.access_token),
-            "{ me { loyalty { pointsBalance } } }",
-            json!({}),
-        )
-        .await["data"]["me"]["loyalty"]
-            .is_object()
-    })
-    .await;
+    app.wait_for_link(&bob.access_token).await;
     let bobs = app
         .gql_as(Some(&bob.access_token), "{ vouchers { id } }", json!({}))
         .await;
@@ -126,16 +113,13 @@ fn assert_normalisable(response: &Value) {
     walk(response, &mut BTreeMap::new());
 }
 
-async fn add_lattes(app: &crate::helpers::TestApp, quantity: u32) -> String {
-    let cart = app.new_cart("str_pasadena").await;
-    let added = app
-        .data(
-            "mutation($c: ID!, $q: Int!) { cartLinesAdd(cartId: $c, lines: [{productId: \"prd_latte\", quantity: $q, modifierOptionIds: [\"opt_size_small\"]}]) { userErrors { code } } }",
-            json!({"c": cart, "q": quantity}),
-        )
-        .await;
-    assert_eq!(added["cartLinesAdd"]["userErrors"], json!([]));
-    cart
+/// A cart at `str_pasadena` with `quantity` small lattes.
+async fn lattes(app: &TestApp, quantity: u32) -> String {
+    app.cart_with(
+        "str_pasadena",
+        json!([{"productId": "prd_latte", "quantity": quantity, "modifierOptionIds": ["opt_size_small"]}]),
+    )
+    .await
 }
 
 /// Every type with an `id` is identified by it alone: a declined checkout and its retry
@@ -143,45 +127,19 @@ async fn add_lattes(app: &crate::helpers::TestApp, quantity: u32) -> String {
 #[tokio::test]
 async fn two_orders_that_used_one_voucher_never_share_an_identity() {
     let app = spawn_app_with(Db::Sqlite, |s| s.sandbox.auto_accept_delay_ms = 0).await;
-    let ada = app.sign_up("+16265550162", "ada@example.com").await;
-    app.use_token(Some(&ada.access_token));
-    app.eventually("the SessionM link", || async {
-        app.data("{ me { loyalty { pointsBalance } } }", json!({}))
-            .await["me"]["loyalty"]
-            .is_object()
-    })
-    .await;
-    let wallet = app
-        .data("{ vouchers { id status discount { kind } } }", json!({}))
-        .await;
-    let percent = wallet["vouchers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["discount"]["kind"] == "PERCENTAGE" && v["status"] == "AVAILABLE")
-        .expect("a percentage voucher")["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let checkout = "mutation($i: CheckoutInput!) { checkout(input: $i) { order { id status } userErrors { code } } }";
+    let ada = app.sign_up_and_use("+16265550162", "ada@example.com").await;
+    app.wait_for_link(&ada.access_token).await;
+    let percent = app.voucher("PERCENTAGE", "AVAILABLE").await;
     let mut orders = Vec::new();
-    for (lattes, card, key) in [
+    for (quantity, card, key) in [
         (1, "pm_card_chargeDeclined", "declined"),
         (3, "pm_card_visa", "retry"),
     ] {
-        let cart = add_lattes(&app, lattes).await;
-        let placed = app
-            .data(
-                checkout,
-                json!({"i": {"cartId": cart, "paymentMethodId": card, "voucherId": percent, "idempotencyKey": key}}),
-            )
+        let cart = lattes(&app, quantity).await;
+        let payload = app
+            .checkout_selecting("id status", &cart, card, Some(&percent), key)
             .await;
-        orders.push(
-            placed["checkout"]["order"]["id"]
-                .as_str()
-                .unwrap_or_else(|| panic!("an order: {placed}"))
-                .to_owned(),
-        );
+        orders.push(placed(&payload));
     }
     let order_fields = "__typename id status discount { amount } voucher { __typename id voucherId name discount { amount currencyCode } } lines { __typename id quantity product { __typename id name } } store { __typename id name }";
     let data = app

@@ -1,11 +1,13 @@
 //! `/graphql` as a websocket: graphql-transport-ws with its close codes, and legacy graphql-ws.
 
-use crate::helpers::{Db, Sim, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{
+    Db, Sim, TestApp, Ws, init_ws, next_json, send_json, spawn_app, spawn_app_with,
+};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream, connect_async,
+    MaybeTlsStream, connect_async,
     tungstenite::{
         Message,
         client::IntoClientRequest,
@@ -20,47 +22,10 @@ use tokio_tungstenite::{
     },
 };
 
-type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(app: &TestApp, protocol: &str) -> Socket {
-    let url = app.graphql_url().replace("http://", "ws://");
-    let mut request = url.into_client_request().unwrap();
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_str(protocol).unwrap(),
-    );
-    let (socket, response) = connect_async(request).await.expect("websocket connects");
-    assert_eq!(response.headers()["sec-websocket-protocol"], protocol);
-    socket
-}
-
-async fn send(socket: &mut Socket, message: Value) {
-    socket
-        .send(Message::Text(message.to_string().into()))
-        .await
-        .unwrap();
-}
-
-/// The next JSON message, skipping pings.
-async fn recv(socket: &mut Socket) -> Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("message in time")
-            .expect("socket open")
-            .expect("valid frame");
-        match message {
-            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
-}
-
 /// Reads until the server closes, returning the close code and reason, then completes the
 /// closing handshake as a browser would (answering the Close) and sees the server end the
 /// connection.
-async fn close_code(socket: &mut Socket) -> (u16, String) {
+async fn close_code(socket: &mut Ws) -> (u16, String) {
     let frame = loop {
         let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
             .await
@@ -80,71 +45,69 @@ async fn close_code(socket: &mut Socket) -> (u16, String) {
     frame
 }
 
-async fn init(socket: &mut Socket) {
-    send(socket, json!({"type": "connection_init", "payload": {}})).await;
-    assert_eq!(recv(socket).await["type"], "connection_ack");
-}
-
 #[tokio::test]
 async fn transport_ws_runs_an_operation_to_completion_and_answers_pings() {
     let app = spawn_app().await;
-    let mut ws = connect(&app, "graphql-transport-ws").await;
-    send(&mut ws, json!({"type": "ping", "payload": {"n": 1}})).await;
+    let mut ws = app.connect_ws("graphql-transport-ws").await;
+    send_json(&mut ws, json!({"type": "ping", "payload": {"n": 1}})).await;
     assert_eq!(
-        recv(&mut ws).await,
+        next_json(&mut ws).await,
         json!({"type": "pong", "payload": {"n": 1}})
     );
-    init(&mut ws).await;
-    send(
+    init_ws(&mut ws, json!({})).await;
+    send_json(
         &mut ws,
         json!({"id": "1", "type": "subscribe", "payload": {"query": "{ stores { id } }"}}),
     )
     .await;
-    let next = recv(&mut ws).await;
+    let next = next_json(&mut ws).await;
     assert_eq!(next["type"], "next");
     assert_eq!(next["id"], "1");
     assert!(next["payload"]["data"]["stores"].as_array().unwrap().len() >= 3);
-    assert_eq!(recv(&mut ws).await, json!({"type": "complete", "id": "1"}));
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "complete", "id": "1"})
+    );
 
     // A request error is an `error` message, with no `complete` after it.
-    send(
+    send_json(
         &mut ws,
         json!({"id": "2", "type": "subscribe", "payload": {"query": "{ nope }"}}),
     )
     .await;
-    let error = recv(&mut ws).await;
+    let error = next_json(&mut ws).await;
     assert_eq!(error["type"], "error");
     assert!(error["payload"][0]["message"].is_string());
-    send(&mut ws, json!({"type": "ping"})).await;
-    assert_eq!(recv(&mut ws).await["type"], "pong");
+    send_json(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(next_json(&mut ws).await["type"], "pong");
 }
 
 #[tokio::test]
 async fn transport_ws_closes_with_the_protocol_codes() {
     let app = spawn_app_with(Db::Sqlite, |s| s.graphql.ws_init_timeout_secs = 1).await;
 
-    let mut ws = connect(&app, "graphql-transport-ws").await;
-    send(
+    let mut ws = app.connect_ws("graphql-transport-ws").await;
+    send_json(
         &mut ws,
         json!({"id": "1", "type": "subscribe", "payload": {"query": "{ stores { id } }"}}),
     )
     .await;
     assert_eq!(close_code(&mut ws).await, (4401, "Unauthorized".to_owned()));
 
-    let mut ws = connect(&app, "graphql-transport-ws").await;
-    init(&mut ws).await;
-    send(&mut ws, json!({"type": "connection_init"})).await;
+    let mut ws = app.connect_ws("graphql-transport-ws").await;
+    init_ws(&mut ws, json!({})).await;
+    send_json(&mut ws, json!({"type": "connection_init"})).await;
     assert_eq!(close_code(&mut ws).await.0, 4429);
 
-    let mut ws = connect(&app, "graphql-transport-ws").await;
-    send(&mut ws, json!({"type": "what"})).await;
+    let mut ws = app.connect_ws("graphql-transport-ws").await;
+    send_json(&mut ws, json!({"type": "what"})).await;
     assert_eq!(close_code(&mut ws).await.0, 4400);
 
-    let mut ws = connect(&app, "graphql-transport-ws").await;
+    let mut ws = app.connect_ws("graphql-transport-ws").await;
     ws.send(Message::Text("{not json".into())).await.unwrap();
     assert_eq!(close_code(&mut ws).await.0, 4400);
 
-    let mut ws = connect(&app, "graphql-transport-ws").await;
+    let mut ws = app.connect_ws("graphql-transport-ws").await;
     assert_eq!(
         close_code(&mut ws).await,
         (4408, "Connection initialisation timeout".to_owned())
@@ -152,24 +115,24 @@ async fn transport_ws_closes_with_the_protocol_codes() {
 
     // Two operations with one id while the first still runs.
     app.faults(Sim::Okya, json!({"latency_ms": 1500})).await;
-    let mut ws = connect(&app, "graphql-transport-ws").await;
-    init(&mut ws).await;
+    let mut ws = app.connect_ws("graphql-transport-ws").await;
+    init_ws(&mut ws, json!({})).await;
     let subscribe =
         json!({"id": "dup", "type": "subscribe", "payload": {"query": "{ stores { id } }"}});
-    send(&mut ws, subscribe.clone()).await;
-    send(&mut ws, subscribe).await;
+    send_json(&mut ws, subscribe.clone()).await;
+    send_json(&mut ws, subscribe).await;
     assert_eq!(
         close_code(&mut ws).await,
         (4409, "Subscriber for dup already exists".to_owned())
     );
     // With the longest id, the reason is cut to fit a Close frame (RFC 6455 §5.5).
-    let mut ws = connect(&app, "graphql-transport-ws").await;
-    init(&mut ws).await;
+    let mut ws = app.connect_ws("graphql-transport-ws").await;
+    init_ws(&mut ws, json!({})).await;
     let id = "i".repeat(128);
     let subscribe =
         json!({"id": id, "type": "subscribe", "payload": {"query": "{ stores { id } }"}});
-    send(&mut ws, subscribe.clone()).await;
-    send(&mut ws, subscribe).await;
+    send_json(&mut ws, subscribe.clone()).await;
+    send_json(&mut ws, subscribe).await;
     let (code, reason) = close_code(&mut ws).await;
     assert_eq!(code, 4409);
     assert!(
@@ -181,16 +144,18 @@ async fn transport_ws_closes_with_the_protocol_codes() {
 #[tokio::test]
 async fn legacy_graphql_ws_speaks_start_data_complete() {
     let app = spawn_app().await;
-    let mut ws = connect(&app, "graphql-ws").await;
-    send(&mut ws, json!({"type": "connection_init", "payload": {}})).await;
-    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
-    assert_eq!(recv(&mut ws).await["type"], "ka");
-    send(&mut ws, json!({"id": "a", "type": "start", "payload": {"query": "{ product(id: \"prd_latte\") { name } }"}})).await;
-    let data = recv(&mut ws).await;
+    let mut ws = app.connect_ws("graphql-ws").await;
+    init_ws(&mut ws, json!({})).await;
+    assert_eq!(next_json(&mut ws).await["type"], "ka");
+    send_json(&mut ws, json!({"id": "a", "type": "start", "payload": {"query": "{ product(id: \"prd_latte\") { name } }"}})).await;
+    let data = next_json(&mut ws).await;
     assert_eq!(data["type"], "data");
     assert_eq!(data["payload"]["data"]["product"]["name"], "Caffè Latte");
-    assert_eq!(recv(&mut ws).await, json!({"type": "complete", "id": "a"}));
-    send(&mut ws, json!({"type": "connection_terminate"})).await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "complete", "id": "a"})
+    );
+    send_json(&mut ws, json!({"type": "connection_terminate"})).await;
 }
 
 #[tokio::test]
@@ -209,58 +174,32 @@ async fn a_websocket_without_a_graphql_subprotocol_is_refused() {
 /// and the cart's id.
 async fn place_order(app: &TestApp, token: &str, key: &str) -> (Value, String) {
     app.use_token(Some(token));
-    let cart = app.new_cart("str_pasadena").await;
-    let added = app
-        .data(
-            "mutation($c: ID!) { cartLinesAdd(cartId: $c, lines: [{productId: \"prd_croissant\", quantity: 1}]) { userErrors { code } } }",
-            json!({"c": cart}),
+    let cart = app
+        .cart_with(
+            "str_pasadena",
+            json!([{"productId": "prd_croissant", "quantity": 1}]),
         )
         .await;
-    assert_eq!(added["cartLinesAdd"]["userErrors"], json!([]));
-    let body = app
-        .gql(
-            "mutation($i: CheckoutInput!) { checkout(input: $i) { order { id status } userErrors { code } } }",
-            json!({"i": {"cartId": cart, "paymentMethodId": "pm_card_visa", "idempotencyKey": key}}),
-        )
+    let payload = app
+        .checkout_selecting("id status", &cart, "pm_card_visa", None, key)
         .await;
-    assert!(body.get("errors").is_none(), "checkout: {body}");
-    assert_eq!(body["data"]["checkout"]["userErrors"], json!([]), "{body}");
-    (body["data"]["checkout"]["order"].clone(), cart)
+    assert_eq!(payload["userErrors"], json!([]), "{payload}");
+    (payload["order"].clone(), cart)
 }
 
 /// Sends the Okya simulator's current copy of the order placed from `cart` to our webhook,
 /// signed as Okya signs it; the status we answer.
 async fn okya_webhook_for(app: &TestApp, cart: &str) -> u16 {
     use cbtl_bff::upstream::signature::sign;
-    let ledger: Value = app
-        .http
-        .get(format!("{}/_sandbox/orders", app.sim_url(Sim::Okya)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let okya = ledger["orders"]
-        .as_array()
-        .and_then(|orders| orders.iter().find(|o| o["cart_id"] == cart).cloned())
-        .expect("an Okya order");
+    let okya = app.okya_order(cart).await;
+    assert!(okya.is_object(), "an Okya order for {cart}");
     let event = json!({"id": format!("evt_{}", uuid::Uuid::new_v4().simple()), "type": "order.updated", "created_at": chrono::Utc::now(), "data": {"order": okya}}).to_string();
     let signature = sign(
         "whsec_okya_sandbox",
         chrono::Utc::now().timestamp(),
         event.as_bytes(),
     );
-    app.http
-        .post(format!("{}/webhooks/okya", app.url))
-        .header("content-type", "application/json")
-        .header("x-okya-signature", signature)
-        .body(event)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    app.post_okya_webhook(&event, Some(signature)).await
 }
 
 #[tokio::test]
@@ -278,13 +217,9 @@ async fn thirty_subscribes_on_one_socket_cost_only_their_sender() {
     let (order, _) = place_order(&app, &ada.access_token, "ada-1").await;
     let order_id = order["id"].as_str().expect("order id").to_owned();
 
-    let mut ws = connect(&app, "graphql-transport-ws").await;
-    send(
-        &mut ws,
-        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {}", ada.access_token)}}),
-    )
-    .await;
-    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+    let mut ws = app.connect_ws("graphql-transport-ws").await;
+    let bearer = format!("Bearer {}", ada.access_token);
+    init_ws(&mut ws, json!({"Authorization": bearer})).await;
     let query = "subscription($o: ID!) { orderStatusChanged(orderId: $o) { id status statusHistory { status } } }";
     for n in 0..30 {
         ws.feed(Message::Text(
@@ -328,7 +263,7 @@ async fn thirty_subscribes_on_one_socket_cost_only_their_sender() {
     // per-socket limit with an `error`.
     let mut answered = std::collections::BTreeMap::new();
     while answered.len() < 30 {
-        let message = recv(&mut ws).await;
+        let message = next_json(&mut ws).await;
         let id = message["id"].as_str().expect("an id").to_owned();
         answered.entry(id).or_insert(message);
     }
@@ -397,7 +332,7 @@ fn accepted_socket(
     None
 }
 
-fn client_addr(socket: &Socket) -> std::net::SocketAddr {
+fn client_addr(socket: &Ws) -> std::net::SocketAddr {
     match socket.get_ref() {
         MaybeTlsStream::Plain(tcp) => tcp.local_addr().expect("client address"),
         _ => panic!("a plain TCP socket"),
@@ -408,7 +343,7 @@ fn client_addr(socket: &Socket) -> std::net::SocketAddr {
 #[tokio::test]
 async fn accepted_sockets_send_small_messages_at_once() {
     let app = spawn_app().await;
-    let mut ws = connect(&app, "graphql-transport-ws").await;
+    let mut ws = app.connect_ws("graphql-transport-ws").await;
     let accepted = accepted_socket(app.app.addr(), client_addr(&ws))
         .expect("the service's end of the websocket");
     // Without TCP_NODELAY, Nagle's algorithm holds a small frame until the previous one
@@ -419,15 +354,18 @@ async fn accepted_sockets_send_small_messages_at_once() {
     );
 
     // Reported, not asserted (timing belongs to benchmarks): `next` to `complete`.
-    init(&mut ws).await;
-    send(
+    init_ws(&mut ws, json!({})).await;
+    send_json(
         &mut ws,
         json!({"id": "1", "type": "subscribe", "payload": {"query": "{ __typename }"}}),
     )
     .await;
-    assert_eq!(recv(&mut ws).await["type"], "next");
+    assert_eq!(next_json(&mut ws).await["type"], "next");
     let next_at = std::time::Instant::now();
-    assert_eq!(recv(&mut ws).await, json!({"type": "complete", "id": "1"}));
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "complete", "id": "1"})
+    );
     eprintln!("next to complete: {:?}", next_at.elapsed());
 }
 
@@ -435,9 +373,8 @@ async fn accepted_sockets_send_small_messages_at_once() {
 async fn a_clients_close_is_answered_with_a_close() {
     let app = spawn_app().await;
     for protocol in ["graphql-transport-ws", "graphql-ws"] {
-        let mut ws = connect(&app, protocol).await;
-        send(&mut ws, json!({"type": "connection_init", "payload": {}})).await;
-        assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+        let mut ws = app.connect_ws(protocol).await;
+        init_ws(&mut ws, json!({})).await;
         ws.send(Message::Close(Some(CloseFrame {
             code: CloseCode::Away,
             reason: "page closed".into(),
@@ -459,10 +396,9 @@ async fn a_clients_close_is_answered_with_a_close() {
     }
 
     // The legacy protocol's `connection_terminate` is a normal closure.
-    let mut ws = connect(&app, "graphql-ws").await;
-    send(&mut ws, json!({"type": "connection_init", "payload": {}})).await;
-    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
-    send(&mut ws, json!({"type": "connection_terminate"})).await;
+    let mut ws = app.connect_ws("graphql-ws").await;
+    init_ws(&mut ws, json!({})).await;
+    send_json(&mut ws, json!({"type": "connection_terminate"})).await;
     assert_eq!(close_code(&mut ws).await.0, 1000);
 }
 
@@ -471,9 +407,9 @@ async fn messages_the_server_cannot_take_close_with_their_code() {
     let app = spawn_app().await;
     for protocol in ["graphql-transport-ws", "graphql-ws"] {
         // Larger than the largest message taken (`graphql.max_body_bytes`, 64 KiB).
-        let mut ws = connect(&app, protocol).await;
+        let mut ws = app.connect_ws(protocol).await;
         let query = format!("{{ __typename }} #{}", "x".repeat(70 * 1024));
-        send(
+        send_json(
             &mut ws,
             json!({"id": "1", "type": "subscribe", "payload": {"query": query}}),
         )
@@ -485,7 +421,7 @@ async fn messages_the_server_cannot_take_close_with_their_code() {
         );
     }
     // The same in fragments each under the limit (RFC 6455 §5.4).
-    let mut ws = connect(&app, "graphql-transport-ws").await;
+    let mut ws = app.connect_ws("graphql-transport-ws").await;
     let half = vec![b' '; 40 * 1024];
     ws.feed(Message::Frame(Frame::message(
         half.clone(),
@@ -508,7 +444,7 @@ async fn messages_the_server_cannot_take_close_with_their_code() {
     );
 
     // A text frame that is not UTF-8 (RFC 6455 §8.1) is 1007.
-    let mut ws = connect(&app, "graphql-transport-ws").await;
+    let mut ws = app.connect_ws("graphql-transport-ws").await;
     let raw = Frame::message(vec![0xff, 0xfe, 0x7b], OpCode::Data(Data::Text), true);
     ws.send(Message::Frame(raw)).await.unwrap();
     assert_eq!(close_code(&mut ws).await.0, 1007, "invalid UTF-8");
@@ -565,8 +501,7 @@ async fn on_sigterm_every_socket_is_closed_with_going_away() {
             .insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
         let (mut ws, _) = connect_async(request).await.expect("websocket connects");
         if initialised {
-            send(&mut ws, json!({"type": "connection_init", "payload": {}})).await;
-            assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+            init_ws(&mut ws, json!({})).await;
         }
         sockets.push(ws);
     }
@@ -598,22 +533,20 @@ async fn one_customers_operations_are_bounded_over_all_their_sockets() {
     let (order, _) = place_order(&app, &ada.access_token, "ada-1").await;
     let query = "subscription($o: ID!) { orderStatusChanged(orderId: $o) { id status } }";
     let subscribe = |id: &str| json!({"id": id, "type": "subscribe", "payload": {"query": query, "variables": {"o": order["id"]}}});
-    let init = json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {}", ada.access_token)}});
-    let mut first = connect(&app, "graphql-transport-ws").await;
-    send(&mut first, init.clone()).await;
-    assert_eq!(recv(&mut first).await["type"], "connection_ack");
-    let mut second = connect(&app, "graphql-transport-ws").await;
-    send(&mut second, init).await;
-    assert_eq!(recv(&mut second).await["type"], "connection_ack");
+    let auth = json!({"Authorization": format!("Bearer {}", ada.access_token)});
+    let mut first = app.connect_ws("graphql-transport-ws").await;
+    init_ws(&mut first, auth.clone()).await;
+    let mut second = app.connect_ws("graphql-transport-ws").await;
+    init_ws(&mut second, auth).await;
 
     for id in ["a1", "a2"] {
-        send(&mut first, subscribe(id)).await;
-        assert_eq!(recv(&mut first).await["type"], "next");
+        send_json(&mut first, subscribe(id)).await;
+        assert_eq!(next_json(&mut first).await["type"], "next");
     }
-    send(&mut second, subscribe("b1")).await;
-    assert_eq!(recv(&mut second).await["type"], "next");
-    send(&mut second, subscribe("b2")).await;
-    let refused = recv(&mut second).await;
+    send_json(&mut second, subscribe("b1")).await;
+    assert_eq!(next_json(&mut second).await["type"], "next");
+    send_json(&mut second, subscribe("b2")).await;
+    let refused = next_json(&mut second).await;
     assert_eq!(
         (&refused["type"], &refused["id"]),
         (&json!("error"), &json!("b2"))
@@ -621,11 +554,11 @@ async fn one_customers_operations_are_bounded_over_all_their_sockets() {
     assert_eq!(refused["payload"][0]["extensions"]["code"], "RATE_LIMITED");
 
     // Completing one frees its place; a ping's pong shows the completion was handled.
-    send(&mut first, json!({"id": "a1", "type": "complete"})).await;
-    send(&mut first, json!({"type": "ping"})).await;
-    assert_eq!(recv(&mut first).await["type"], "pong");
-    send(&mut second, subscribe("b2")).await;
-    let next = recv(&mut second).await;
+    send_json(&mut first, json!({"id": "a1", "type": "complete"})).await;
+    send_json(&mut first, json!({"type": "ping"})).await;
+    assert_eq!(next_json(&mut first).await["type"], "pong");
+    send_json(&mut second, subscribe("b2")).await;
+    let next = next_json(&mut second).await;
     assert_eq!((&next["type"], &next["id"]), (&json!("next"), &json!("b2")));
     // So does a socket that goes away.
     drop(first);
@@ -634,15 +567,10 @@ async fn one_customers_operations_are_bounded_over_all_their_sockets() {
         let subscribe = &subscribe;
         let token = ada.access_token.clone();
         async move {
-            let mut third = connect(app, "graphql-transport-ws").await;
-            send(
-                &mut third,
-                json!({"type": "connection_init", "payload": {"authToken": token}}),
-            )
-            .await;
-            assert_eq!(recv(&mut third).await["type"], "connection_ack");
-            send(&mut third, subscribe("c1")).await;
-            recv(&mut third).await["type"] == "next"
+            let mut third = app.connect_ws("graphql-transport-ws").await;
+            init_ws(&mut third, json!({"authToken": token})).await;
+            send_json(&mut third, subscribe("c1")).await;
+            next_json(&mut third).await["type"] == "next"
         }
     })
     .await;
@@ -659,26 +587,24 @@ async fn a_peer_gone_silent_is_dropped_and_its_operations_freed() {
     let ada = app.sign_up("+16265550143", "ada@example.com").await;
     let (order, _) = place_order(&app, &ada.access_token, "ada-1").await;
     let subscribe = json!({"id": "s", "type": "subscribe", "payload": {"query": "subscription($o: ID!) { orderStatusChanged(orderId: $o) { id } }", "variables": {"o": order["id"]}}});
-    let init = json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {}", ada.access_token)}});
+    let auth = json!({"Authorization": format!("Bearer {}", ada.access_token)});
 
     // A phone that loses its network: the socket stays open but nothing answers pings.
-    let mut lost = connect(&app, "graphql-transport-ws").await;
-    send(&mut lost, init.clone()).await;
-    assert_eq!(recv(&mut lost).await["type"], "connection_ack");
-    send(&mut lost, subscribe.clone()).await;
-    assert_eq!(recv(&mut lost).await["type"], "next");
+    let mut lost = app.connect_ws("graphql-transport-ws").await;
+    init_ws(&mut lost, auth.clone()).await;
+    send_json(&mut lost, subscribe.clone()).await;
+    assert_eq!(next_json(&mut lost).await["type"], "next");
 
     // Its reconnection is refused at first (the lost socket holds the one operation
     // allowed), then served once the lost socket is found silent and dropped.
     app.eventually("the silent socket's operation is freed", || {
         let app = &app;
-        let (init, subscribe) = (init.clone(), subscribe.clone());
+        let (auth, subscribe) = (auth.clone(), subscribe.clone());
         async move {
-            let mut again = connect(app, "graphql-transport-ws").await;
-            send(&mut again, init).await;
-            assert_eq!(recv(&mut again).await["type"], "connection_ack");
-            send(&mut again, subscribe).await;
-            recv(&mut again).await["type"] == "next"
+            let mut again = app.connect_ws("graphql-transport-ws").await;
+            init_ws(&mut again, auth).await;
+            send_json(&mut again, subscribe).await;
+            next_json(&mut again).await["type"] == "next"
         }
     })
     .await;
@@ -688,15 +614,14 @@ async fn a_peer_gone_silent_is_dropped_and_its_operations_freed() {
 #[tokio::test]
 async fn the_legacy_protocol_is_kept_alive_with_ka() {
     let app = spawn_app_with(Db::Sqlite, |s| s.graphql.ws_keepalive_ms = 200).await;
-    let mut ws = connect(&app, "graphql-ws").await;
-    send(&mut ws, json!({"type": "connection_init", "payload": {}})).await;
-    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+    let mut ws = app.connect_ws("graphql-ws").await;
+    init_ws(&mut ws, json!({})).await;
     // subscriptions-transport-ws closes the socket when, after a first `ka`, none comes
     // within its timeout: they must keep coming.
     // (Bounded as a whole: the pings that come meanwhile keep each `recv` from timing out.)
     tokio::time::timeout(Duration::from_secs(10), async {
         for _ in 0..3 {
-            assert_eq!(recv(&mut ws).await, json!({"type": "ka"}));
+            assert_eq!(next_json(&mut ws).await, json!({"type": "ka"}));
         }
     })
     .await
