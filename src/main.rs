@@ -92,7 +92,9 @@ async fn attention(settings: &Settings) -> Result<(), Box<dyn std::error::Error>
 
 async fn resume(settings: &Settings, order_id: &str) -> Result<(), Box<dyn std::error::Error>> {
     let db = store::connect(&settings.database_url, &settings.database).await?;
-    if store::orders::resume(&db, order_id, cbtl_bff::auth::now_ms()).await? {
+    let id = cbtl_bff::domain::OrderId::parse(order_id)
+        .ok_or_else(|| format!("{order_id:?} is not an order id"))?;
+    if store::orders::resume(&db, &id, cbtl_bff::auth::now_ms()).await? {
         println!("{order_id} resumes at the next sweep");
         Ok(())
     } else {

@@ -49,7 +49,13 @@ impl CustomerObject {
         first: Option<i32>,
         after: Option<String>,
     ) -> Result<async_graphql::connection::Connection<String, super::orders::OrderObject>> {
-        super::orders::customer_orders(ctx, &self.0.id, first, after).await
+        super::orders::customer_orders(
+            ctx,
+            &crate::domain::CustomerId::from_upstream(self.0.id.clone()),
+            first,
+            after,
+        )
+        .await
     }
 
     /// The SessionM loyalty account; null for a moment after registration, while the

@@ -10,8 +10,9 @@ use super::{
 use crate::{
     context::AppState,
     domain::{
-        CartId, Currency, Failure, IdempotencyKey, Money, OrderStatus as DomainStatus,
-        PaymentMethodId, PaymentStatus as DomainPayment, Step, StoreId, VoucherId,
+        CartId, Currency, CustomerId, Failure, IdempotencyKey, Money, OrderId,
+        OrderStatus as DomainStatus, PaymentMethodId, PaymentStatus as DomainPayment, Step,
+        StoreId, VoucherId,
     },
     flows::place_order::{self, CheckoutRefusal, CheckoutRequest},
     store::{self, orders::Order},
@@ -155,7 +156,7 @@ impl PaymentObject<'_> {
 #[Object(name = "Order")]
 impl OrderObject {
     async fn id(&self) -> ID {
-        ID(self.row.id.clone())
+        ID(self.row.id.to_string())
     }
 
     /// The short number the barista calls.
@@ -239,7 +240,7 @@ impl OrderObject {
         };
         Ok(Some(AppliedVoucher {
             id: ID(format!("{}:{id}", self.row.id)),
-            voucher_id: ID(id.clone()),
+            voucher_id: ID(id.to_string()),
             name: name.clone(),
             discount: self.money(self.row.discount_minor)?,
         }))
@@ -410,12 +411,21 @@ fn order_errors(row: &Order) -> Vec<UserError> {
     vec![UserError::new(code, &["input", field], message)]
 }
 
-pub async fn owned_order(state: &AppState, customer_id: &str, raw: &str) -> Result<Option<Order>> {
-    let order = store::orders::find(&state.db, raw)
+/// The customer's order with the id a client sent, if it is theirs and was placed; an id
+/// that cannot be an order's is simply not found.
+pub async fn owned_order(
+    state: &AppState,
+    customer_id: &CustomerId,
+    raw: &str,
+) -> Result<Option<Order>> {
+    let Some(id) = OrderId::parse(raw) else {
+        return Ok(None);
+    };
+    let order = store::orders::find(&state.db, &id)
         .await
         .map_err(ApiError::from)?;
     Ok(order.filter(|o| {
-        o.customer_id == customer_id && o.okya_order_id.is_some() && o.step != Step::Invalid
+        &o.customer_id == customer_id && o.okya_order_id.is_some() && o.step != Step::Invalid
     }))
 }
 
@@ -428,7 +438,7 @@ impl OrderQuery {
     async fn order(&self, ctx: &Context<'_>, id: ID) -> Result<Option<OrderObject>> {
         let state = context::state(ctx)?;
         let customer = context::customer(ctx)?;
-        let Some(mut order) = owned_order(state, customer.as_str(), &id).await? else {
+        let Some(mut order) = owned_order(state, customer, &id).await? else {
             return Ok(None);
         };
         if let Some(okya_id) = &order.okya_order_id {
@@ -460,7 +470,7 @@ impl OrderQuery {
 /// A page of the customer's orders, newest first.
 pub async fn customer_orders(
     ctx: &Context<'_>,
-    customer_id: &str,
+    customer_id: &CustomerId,
     first: Option<i32>,
     after: Option<String>,
 ) -> Result<Connection<String, OrderObject>> {
@@ -492,7 +502,7 @@ pub async fn customer_orders(
     Ok(connection)
 }
 
-fn encode_cursor(created_ms: i64, id: &str) -> String {
+fn encode_cursor(created_ms: i64, id: &OrderId) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_ms}:{id}"))
 }
 
@@ -628,12 +638,12 @@ impl OrderSubscription {
         order_id: ID,
     ) -> Result<impl Stream<Item = Result<OrderObject>> + use<>> {
         let state = context::state(ctx)?.clone();
-        let customer = context::customer(ctx)?.as_str().to_owned();
+        let customer = context::customer(ctx)?.clone();
         // Listen before reading, so no change can fall between the two.
         let events = state.order_events.subscribe();
         // One customer's subscriptions share a few connections, so however many they open,
         // everyone else still finds the pool free.
-        let slot = state.quotas.db_connections.acquire(&customer).await;
+        let slot = state.quotas.db_connections.acquire(customer.as_str()).await;
         let Some(order) = owned_order(&state, &customer, &order_id).await? else {
             return Err(ApiError::NotFound.into());
         };
@@ -664,8 +674,8 @@ use futures_util::StreamExt;
 struct StatusFollower {
     state: AppState,
     /// Whose database quota the re-reads draw on.
-    customer: String,
-    order_id: String,
+    customer: CustomerId,
+    order_id: OrderId,
     events: tokio::sync::broadcast::Receiver<crate::events::OrderChanged>,
     seen: usize,
     pending: std::collections::VecDeque<OrderObject>,
@@ -689,7 +699,7 @@ impl StatusFollower {
             }
             let hinted = tokio::select! {
                 received = self.events.recv() => match received {
-                    Ok(event) => event.order_id == self.order_id,
+                    Ok(event) => event.order_id == self.order_id.as_str(),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 },
@@ -707,7 +717,7 @@ impl StatusFollower {
             .state
             .quotas
             .db_connections
-            .acquire(&self.customer)
+            .acquire(self.customer.as_str())
             .await;
         let history = store::orders::history(&self.state.db, &self.order_id)
             .await

@@ -5,7 +5,7 @@ use super::{
     entities::{order, order_status_history as history},
     sql::stmt,
 };
-use crate::domain::{OrderStatus, Step, StepKind};
+use crate::domain::{CustomerId, IdempotencyKey, OrderId, OrderStatus, Step, StepKind};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait,
     IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
@@ -31,18 +31,18 @@ pub async fn insert_new(db: &impl ConnectionTrait, row: Order) -> Result<bool, S
     Ok(result == 1)
 }
 
-pub async fn find(db: &impl ConnectionTrait, id: &str) -> Result<Option<Order>, StoreError> {
+pub async fn find(db: &impl ConnectionTrait, id: &OrderId) -> Result<Option<Order>, StoreError> {
     Ok(order::Entity::find_by_id(id.to_owned()).one(db).await?)
 }
 
 pub async fn find_by_key(
     db: &impl ConnectionTrait,
-    customer_id: &str,
-    key: &str,
+    customer_id: &CustomerId,
+    key: &IdempotencyKey,
 ) -> Result<Option<Order>, StoreError> {
     Ok(order::Entity::find()
-        .filter(order::Column::CustomerId.eq(customer_id))
-        .filter(order::Column::IdempotencyKey.eq(key))
+        .filter(order::Column::CustomerId.eq(customer_id.as_str()))
+        .filter(order::Column::IdempotencyKey.eq(key.as_str()))
         .one(db)
         .await?)
 }
@@ -85,7 +85,7 @@ pub async fn save(db: &impl ConnectionTrait, row: Order) -> Result<(), StoreErro
 /// Reserves the order for one runner until `now + lease_ms`; false if another holds it.
 pub async fn acquire(
     db: &impl ConnectionTrait,
-    id: &str,
+    id: &OrderId,
     now_ms: i64,
     lease_ms: i64,
 ) -> Result<bool, StoreError> {
@@ -93,19 +93,19 @@ pub async fn acquire(
         .execute_raw(stmt(
             db,
             "UPDATE orders SET locked_until_ms = ? WHERE id = ? AND (locked_until_ms IS NULL OR locked_until_ms < ?)",
-            vec![(now_ms + lease_ms).into(), id.into(), now_ms.into()],
+            vec![(now_ms + lease_ms).into(), id.as_str().into(), now_ms.into()],
         ))
         .await?;
     Ok(result.rows_affected() == 1)
 }
 
-pub async fn release(db: &impl ConnectionTrait, id: &str) -> Result<(), StoreError> {
+pub async fn release(db: &impl ConnectionTrait, id: &OrderId) -> Result<(), StoreError> {
     order::Entity::update_many()
         .col_expr(
             order::Column::LockedUntilMs,
             Expr::value(Option::<i64>::None),
         )
-        .filter(order::Column::Id.eq(id))
+        .filter(order::Column::Id.eq(id.as_str()))
         .exec(db)
         .await?;
     Ok(())
@@ -119,7 +119,7 @@ pub async fn due(
     now_ms: i64,
     customer_deadline_ms: i64,
     limit: u64,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<OrderId>, StoreError> {
     let rows = order::Entity::find()
         .select_only()
         .column(order::Column::Id)
@@ -144,7 +144,7 @@ pub async fn due(
         )
         .order_by_asc(order::Column::NextAttemptAtMs)
         .limit(limit)
-        .into_tuple::<String>()
+        .into_tuple::<OrderId>()
         .all(db)
         .await?;
     Ok(rows)
@@ -154,7 +154,7 @@ pub async fn due(
 /// nothing) when the order is no longer in `from`.
 pub async fn transition(
     db: &impl ConnectionTrait,
-    id: &str,
+    id: &OrderId,
     from: OrderStatus,
     to: OrderStatus,
     now_ms: i64,
@@ -165,7 +165,7 @@ pub async fn transition(
     let result = order::Entity::update_many()
         .col_expr(order::Column::Status, Expr::value(to))
         .col_expr(order::Column::UpdatedAtMs, Expr::value(now_ms))
-        .filter(order::Column::Id.eq(id))
+        .filter(order::Column::Id.eq(id.as_str()))
         .filter(order::Column::Status.eq(from))
         .exec(db)
         .await?;
@@ -179,16 +179,16 @@ pub async fn transition(
 /// Adds a status to the history; the first status of an order too.
 pub async fn append_history(
     db: &impl ConnectionTrait,
-    id: &str,
+    id: &OrderId,
     status: OrderStatus,
     now_ms: i64,
 ) -> Result<(), StoreError> {
     let count = history::Entity::find()
-        .filter(history::Column::OrderId.eq(id))
+        .filter(history::Column::OrderId.eq(id.as_str()))
         .count(db)
         .await?;
     let row = history::ActiveModel {
-        order_id: Set(id.to_owned()),
+        order_id: Set(id.to_string()),
         seq: Set(i32::try_from(count).unwrap_or(i32::MAX - 1) + 1),
         status: Set(status),
         at_ms: Set(now_ms),
@@ -204,7 +204,7 @@ pub async fn append_history(
 /// connection writes.
 pub async fn start_history(
     db: &impl ConnectionTrait,
-    id: &str,
+    id: &OrderId,
     status: OrderStatus,
     now_ms: i64,
 ) -> Result<bool, StoreError> {
@@ -213,7 +213,12 @@ pub async fn start_history(
             db,
             "INSERT INTO order_status_history (order_id, seq, status, at_ms) SELECT ?, 1, ?, ? \
              WHERE NOT EXISTS (SELECT 1 FROM order_status_history WHERE order_id = ?)",
-            vec![id.into(), status.as_str().into(), now_ms.into(), id.into()],
+            vec![
+                id.as_str().into(),
+                status.as_str().into(),
+                now_ms.into(),
+                id.as_str().into(),
+            ],
         ))
         .await?;
     Ok(result.rows_affected() == 1)
@@ -221,10 +226,10 @@ pub async fn start_history(
 
 pub async fn history(
     db: &impl ConnectionTrait,
-    id: &str,
+    id: &OrderId,
 ) -> Result<Vec<history::Model>, StoreError> {
     Ok(history::Entity::find()
-        .filter(history::Column::OrderId.eq(id))
+        .filter(history::Column::OrderId.eq(id.as_str()))
         .order_by_asc(history::Column::Seq)
         .all(db)
         .await?)
@@ -233,12 +238,12 @@ pub async fn history(
 /// A customer's visible orders, newest first, strictly before the `(created, id)` cursor.
 pub async fn page_for_customer(
     db: &impl ConnectionTrait,
-    customer_id: &str,
+    customer_id: &CustomerId,
     before: Option<(i64, String)>,
     limit: u64,
 ) -> Result<Vec<Order>, StoreError> {
     let mut query = order::Entity::find()
-        .filter(order::Column::CustomerId.eq(customer_id))
+        .filter(order::Column::CustomerId.eq(customer_id.as_str()))
         .filter(order::Column::Step.ne(Step::Invalid))
         .filter(order::Column::OkyaOrderId.is_not_null());
     if let Some((created, id)) = before {
@@ -264,14 +269,14 @@ pub async fn page_for_customer(
 /// repeated webhooks change nothing.
 pub async fn record_okya_state(
     db: &impl ConnectionTrait,
-    id: &str,
+    id: &OrderId,
     okya: &crate::upstream::okya::orders::Order,
 ) -> Result<bool, StoreError> {
     let result = order::Entity::update_many()
         .col_expr(order::Column::OkyaVersion, Expr::value(okya.version))
         .col_expr(order::Column::OkyaApproval, Expr::value(okya.approval))
         .col_expr(order::Column::OkyaFulfilment, Expr::value(okya.fulfilment))
-        .filter(order::Column::Id.eq(id))
+        .filter(order::Column::Id.eq(id.as_str()))
         .filter(order::Column::OkyaVersion.lt(okya.version))
         .exec(db)
         .await?;
@@ -280,12 +285,12 @@ pub async fn record_okya_state(
 
 pub async fn set_points(
     db: &impl ConnectionTrait,
-    id: &str,
+    id: &OrderId,
     points: i64,
 ) -> Result<(), StoreError> {
     order::Entity::update_many()
         .col_expr(order::Column::PointsEarned, Expr::value(points))
-        .filter(order::Column::Id.eq(id))
+        .filter(order::Column::Id.eq(id.as_str()))
         .exec(db)
         .await?;
     Ok(())
@@ -295,12 +300,12 @@ pub async fn set_points(
 /// after that, so every retry sends the same body.
 pub async fn loyalty_sent_at(
     db: &impl ConnectionTrait,
-    id: &str,
+    id: &OrderId,
     now_ms: i64,
 ) -> Result<i64, StoreError> {
     order::Entity::update_many()
         .col_expr(order::Column::LoyaltySentAtMs, Expr::value(now_ms))
-        .filter(order::Column::Id.eq(id))
+        .filter(order::Column::Id.eq(id.as_str()))
         .filter(order::Column::LoyaltySentAtMs.is_null())
         .exec(db)
         .await?;
@@ -355,7 +360,11 @@ pub async fn list_needing_attention(
 
 /// Clears an order's attention mark and makes its step due now, with a fresh count of
 /// attempts; false when the order was not waiting for an operator.
-pub async fn resume(db: &impl ConnectionTrait, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+pub async fn resume(
+    db: &impl ConnectionTrait,
+    id: &OrderId,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
     let result = order::Entity::update_many()
         .col_expr(
             order::Column::Attention,
@@ -367,7 +376,7 @@ pub async fn resume(db: &impl ConnectionTrait, id: &str, now_ms: i64) -> Result<
         )
         .col_expr(order::Column::StepAttempts, Expr::value(0))
         .col_expr(order::Column::NextAttemptAtMs, Expr::value(now_ms))
-        .filter(order::Column::Id.eq(id))
+        .filter(order::Column::Id.eq(id.as_str()))
         .filter(order::Column::Attention.is_not_null())
         .exec(db)
         .await?;

@@ -547,7 +547,7 @@ impl TestApp {
                     .filter_map(|e| e["code"].as_str().map(str::to_owned))
                     .collect()
             })
-            .unwrap_or_default()
+            .expect("the outbox lists messages")
     }
 
     /// The Okya simulator's own accounts, as another app of Okya's would see them.

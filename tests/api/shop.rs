@@ -154,7 +154,8 @@ impl TestApp {
 
     /// The order's row in the service's database.
     pub async fn row(&self, id: &str) -> cbtl_bff::store::orders::Order {
-        cbtl_bff::store::orders::find(&self.app.state().db, id)
+        let order_id = cbtl_bff::domain::OrderId::parse(id).expect("an order id");
+        cbtl_bff::store::orders::find(&self.app.state().db, &order_id)
             .await
             .expect("database")
             .unwrap_or_else(|| panic!("no order {id}"))
@@ -168,7 +169,7 @@ impl TestApp {
             .await
             .expect("orders")
             .into_iter()
-            .map(|o| o.id)
+            .map(|o| o.id.to_string())
             .collect()
     }
 
@@ -293,7 +294,7 @@ impl TestApp {
         self.ledger(Sim::Stripe).await["payment_intents"]
             .as_array()
             .cloned()
-            .unwrap_or_default()
+            .expect("the Stripe ledger lists payment_intents")
             .into_iter()
             .filter(|pi| pi["metadata"]["order_id"] == order)
             .collect()
@@ -362,8 +363,10 @@ impl TestApp {
                 .map(|(named, _)| named)
                 .unwrap_or_else(|| panic!("{route}: a key that names no order: {request}"));
             let db = &self.app.state().db;
+            let order_id = cbtl_bff::domain::OrderId::parse(named)
+                .unwrap_or_else(|| panic!("{route}: a key that names no order id: {request}"));
             assert!(
-                cbtl_bff::store::orders::find(db, named)
+                cbtl_bff::store::orders::find(db, &order_id)
                     .await
                     .expect("database")
                     .is_some(),
@@ -422,11 +425,15 @@ impl TestApp {
             stripe["requests_without_idempotency_key"], 0,
             "a Stripe write without an Idempotency-Key: {stripe}"
         );
+        // A ledger without its lists would make every check below pass: it is a failure.
         let intents = stripe["payment_intents"]
             .as_array()
             .cloned()
-            .unwrap_or_default();
-        let refunds = stripe["refunds"].as_array().cloned().unwrap_or_default();
+            .expect("the Stripe ledger lists payment_intents");
+        let refunds = stripe["refunds"]
+            .as_array()
+            .cloned()
+            .expect("the Stripe ledger lists refunds");
         let mut per_order: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for intent in &intents {
             let order = intent["metadata"]["order_id"]
@@ -476,7 +483,11 @@ impl TestApp {
         }
         let epoint = self.ledger(Sim::Epoint).await;
         let mut tickets: BTreeMap<String, usize> = BTreeMap::new();
-        for ticket in epoint["orders"].as_array().cloned().unwrap_or_default() {
+        let orders = epoint["orders"]
+            .as_array()
+            .cloned()
+            .expect("the Epoint ledger lists orders");
+        for ticket in orders {
             *tickets
                 .entry(ticket["external_id"].as_str().unwrap_or("").to_owned())
                 .or_default() += 1;

@@ -48,7 +48,7 @@ pub(super) async fn inject(state: &AppState, mut order: Order) -> Result<Next, F
     match state
         .upstreams
         .epoint
-        .find_order(&location, &order.id)
+        .find_order(&location, order.id.as_str())
         .await
     {
         Ok(Some(receipt)) => {
@@ -220,9 +220,9 @@ pub(super) async fn injection(
 ) -> Result<InjectOrder, FlowError> {
     let lines = snapshot(state, order).await?;
     let currency = currency(order)?;
-    let customer = store::customers::find(&state.db, &order.customer_id).await?;
+    let customer = store::customers::find(&state.db, order.customer_id.as_str()).await?;
     Ok(InjectOrder {
-        external_id: order.id.clone(),
+        external_id: order.id.to_string(),
         order_number: order
             .number
             .clone()

@@ -39,7 +39,7 @@ pub async fn apply_okya_event(
 
 /// Runs the flow for a webhook job; a busy order makes the job retry shortly, so the
 /// event is applied by whoever holds the order next.
-pub(super) async fn drive_for_job(state: &AppState, id: &str) -> Result<(), JobError> {
+pub(super) async fn drive_for_job(state: &AppState, id: &OrderId) -> Result<(), JobError> {
     match drive(state, id).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(JobError::Busy("order busy; will apply shortly".into())),

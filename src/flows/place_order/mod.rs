@@ -36,7 +36,10 @@
 use crate::{
     auth::now_ms,
     context::AppState,
-    domain::{CaptureMode, CartId, Currency, Failure, Money, OrderStatus, PaymentStatus, Step},
+    domain::{
+        CaptureMode, CartId, Currency, Failure, Money, OrderId, OrderStatus, PaymentStatus, Step,
+        VoucherId,
+    },
     flows::order_lines::{self, LineSnapshot},
     jobs::{JobError, JobKind},
     store::{self, StoreError, orders::Order},
@@ -60,6 +63,8 @@ mod events;
 mod payment;
 mod reward;
 mod submit;
+#[cfg(test)]
+mod tests;
 
 use acceptance::*;
 use compensations::*;
@@ -144,6 +149,57 @@ impl CheckoutRequest {
     }
 }
 
+impl CheckoutRequest {
+    /// The order row this checkout starts: at `submit`, awaiting payment, nothing known
+    /// from any upstream yet, held by no one.
+    fn new_order(&self, request_hash: String, capture_mode: CaptureMode, now: i64) -> Order {
+        Order {
+            id: OrderId::new(),
+            customer_id: self.customer_id.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            request_hash,
+            cart_id: self.cart_id.clone(),
+            store_id: String::new(),
+            payment_method_id: self.payment_method_id.clone(),
+            voucher_id: self.voucher_id.clone(),
+            voucher_name: None,
+            capture_mode,
+            status: OrderStatus::AwaitingPayment,
+            step: Step::Submit,
+            step_attempts: 0,
+            next_attempt_at_ms: now,
+            locked_until_ms: None,
+            failure_code: None,
+            failure_message: None,
+            okya_order_id: None,
+            number: None,
+            currency: None,
+            subtotal_minor: None,
+            discount_minor: None,
+            tax_minor: None,
+            total_minor: None,
+            lines_json: None,
+            okya_version: 0,
+            okya_approval: None,
+            okya_fulfilment: None,
+            payment_intent_id: None,
+            payment_status: None,
+            card_brand: None,
+            card_last4: None,
+            pos_ticket_id: None,
+            points_earned: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            attention: None,
+            attention_at_ms: None,
+            lines_snapshot_json: None,
+            key_generation: 0,
+            voucher_discount_json: None,
+            loyalty_sent_at_ms: None,
+        }
+    }
+}
+
 /// Refusals decided before any order exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckoutRefusal {
@@ -187,7 +243,7 @@ pub(super) struct Transition {
     then: Then,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Then {
     RunOn,
     Rest,
@@ -266,12 +322,9 @@ pub async fn checkout(
 ) -> Result<Result<Order, CheckoutRefusal>, FlowError> {
     let hash = request.hash();
     loop {
-        if let Some(existing) = store::orders::find_by_key(
-            &state.db,
-            request.customer_id.as_str(),
-            request.idempotency_key.as_str(),
-        )
-        .await?
+        if let Some(existing) =
+            store::orders::find_by_key(&state.db, &request.customer_id, &request.idempotency_key)
+                .await?
         {
             if existing.request_hash != hash {
                 return Ok(Err(CheckoutRefusal::IdempotencyKeyReused));
@@ -288,51 +341,9 @@ pub async fn checkout(
             return Ok(Err(CheckoutRefusal::CartNotFound));
         }
         let now = now_ms();
-        let row = Order {
-            id: format!("ord_{}", uuid::Uuid::now_v7().simple()),
-            customer_id: request.customer_id.as_str().to_owned(),
-            idempotency_key: request.idempotency_key.as_str().to_owned(),
-            request_hash: hash.clone(),
-            cart_id: request.cart_id.as_str().to_owned(),
-            store_id: String::new(),
-            payment_method_id: request.payment_method_id.as_str().to_owned(),
-            voucher_id: request.voucher_id.as_ref().map(|v| v.as_str().to_owned()),
-            voucher_name: None,
-            capture_mode: state.settings.orders.capture,
-            status: OrderStatus::AwaitingPayment,
-            step: Step::Submit,
-            step_attempts: 0,
-            next_attempt_at_ms: now,
-            // Held by this request from the start, so the sweeper leaves it alone.
-            locked_until_ms: Some(now + lease_ms(state)),
-            failure_code: None,
-            failure_message: None,
-            okya_order_id: None,
-            number: None,
-            currency: None,
-            subtotal_minor: None,
-            discount_minor: None,
-            tax_minor: None,
-            total_minor: None,
-            lines_json: None,
-            okya_version: 0,
-            okya_approval: None,
-            okya_fulfilment: None,
-            payment_intent_id: None,
-            payment_status: None,
-            card_brand: None,
-            card_last4: None,
-            pos_ticket_id: None,
-            points_earned: None,
-            created_at_ms: now,
-            updated_at_ms: now,
-            attention: None,
-            attention_at_ms: None,
-            lines_snapshot_json: None,
-            key_generation: 0,
-            voucher_discount_json: None,
-            loyalty_sent_at_ms: None,
-        };
+        let mut row = request.new_order(hash.clone(), state.settings.orders.capture, now);
+        // Held by this request from the start, so the sweeper leaves it alone.
+        row.locked_until_ms = Some(now + lease_ms(state));
         let id = row.id.clone();
         if !store::orders::insert_new(&state.db, row).await? {
             // A concurrent request with the same key won the insert: wait for its result.
@@ -346,7 +357,7 @@ pub async fn checkout(
 
 /// The customer sent the same checkout again after Stripe refused a request of ours:
 /// charge again (Stripe saved no result for a request it refused before running it).
-async fn retry_payment(state: &AppState, id: &str) -> Result<(), FlowError> {
+async fn retry_payment(state: &AppState, id: &OrderId) -> Result<(), FlowError> {
     // Another runner may hold the order for a moment (a webhook's job, a concurrent retry
     // of this same checkout): wait for it rather than answer with the old refusal.
     let deadline = tokio::time::Instant::now() + state.settings.orders.checkout_wait();
@@ -387,7 +398,7 @@ fn fulfilment(order: &Order) -> Option<Fulfilment> {
     order.okya_fulfilment
 }
 
-async fn load(state: &AppState, id: &str) -> Result<Order, FlowError> {
+async fn load(state: &AppState, id: &OrderId) -> Result<Order, FlowError> {
     store::orders::find(&state.db, id)
         .await?
         .ok_or_else(|| FlowError::Corrupt(format!("order {id} vanished")))
@@ -395,7 +406,7 @@ async fn load(state: &AppState, id: &str) -> Result<Order, FlowError> {
 
 /// Waits until the flow rests (waiting for the store or the customer, or finished), so
 /// every caller with the same key sees the same settled answer.
-async fn wait_until_resting(state: &AppState, id: &str) -> Result<Order, FlowError> {
+async fn wait_until_resting(state: &AppState, id: &OrderId) -> Result<Order, FlowError> {
     let deadline = tokio::time::Instant::now() + state.settings.orders.checkout_wait();
     loop {
         let order = load(state, id).await?;
@@ -411,7 +422,7 @@ async fn wait_until_resting(state: &AppState, id: &str) -> Result<Order, FlowErr
 }
 
 /// Runs the flow if no one else holds it.
-pub async fn drive(state: &AppState, id: &str) -> Result<bool, FlowError> {
+pub async fn drive(state: &AppState, id: &OrderId) -> Result<bool, FlowError> {
     if !store::orders::acquire(&state.db, id, now_ms(), lease_ms(state)).await? {
         return Ok(false);
     }
@@ -424,7 +435,7 @@ pub async fn drive(state: &AppState, id: &str) -> Result<bool, FlowError> {
 /// The steps run in a task of their own: a caller that goes away (a checkout whose client
 /// disconnected) does not stop them halfway, and they start on a fresh stack instead of
 /// under the GraphQL resolver's.
-async fn run_held(state: &AppState, id: &str) -> Result<(), FlowError> {
+async fn run_held(state: &AppState, id: &OrderId) -> Result<(), FlowError> {
     let (state, id) = (state.clone(), id.to_owned());
     let runner = tokio::spawn(
         async move {
@@ -447,7 +458,7 @@ async fn run_held(state: &AppState, id: &str) -> Result<(), FlowError> {
     }
 }
 
-async fn run_steps(state: &AppState, id: &str) -> Result<(), FlowError> {
+async fn run_steps(state: &AppState, id: &OrderId) -> Result<(), FlowError> {
     for _ in 0..MAX_STEPS_PER_RUN {
         let order = load(state, id).await?;
         if order.attention.is_some() {
@@ -497,7 +508,7 @@ async fn run_steps(state: &AppState, id: &str) -> Result<(), FlowError> {
 
 /// Records a failed attempt and when to try again, or gives the order to an operator
 /// once the step has been tried `orders.max_step_attempts` times.
-async fn schedule_retry(state: &AppState, id: &str, reason: &str) -> Result<(), FlowError> {
+async fn schedule_retry(state: &AppState, id: &OrderId, reason: &str) -> Result<(), FlowError> {
     let mut order = load(state, id).await?;
     order.step_attempts += 1;
     let max = i32::try_from(state.settings.orders.max_step_attempts).unwrap_or(i32::MAX);
@@ -519,7 +530,7 @@ async fn schedule_retry(state: &AppState, id: &str, reason: &str) -> Result<(), 
 
 /// Parks the order for an operator: the sweeper skips it, `/readyz` counts it, and the
 /// reason is logged at ERROR. Clearing `attention` (see the README) resumes it.
-async fn mark_attention(state: &AppState, id: &str, reason: &str) -> Result<(), FlowError> {
+async fn mark_attention(state: &AppState, id: &OrderId, reason: &str) -> Result<(), FlowError> {
     let mut order = load(state, id).await?;
     tracing::error!(order_id = %id, step = %order.step, status = %order.status, %reason, "order needs an operator");
     order.attention = Some(reason.chars().take(1_000).collect());
@@ -611,7 +622,7 @@ async fn commit(
     if let Some(to) = to {
         if moved {
             tracing::info!(order_id = %order.id, from = from.as_str(), to = to.as_str(), "order status changed");
-            state.order_events.publish(&order.id).await;
+            state.order_events.publish(order.id.as_str()).await;
         } else if from != to {
             tracing::warn!(order_id = %order.id, from = from.as_str(), to = to.as_str(), "refused status change");
         }

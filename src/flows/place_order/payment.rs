@@ -57,13 +57,13 @@ pub(super) async fn charge(state: &AppState, mut order: Order) -> Result<Next, F
         ))
     })?;
     let mut metadata = BTreeMap::new();
-    metadata.insert("order_id".to_owned(), order.id.clone());
+    metadata.insert("order_id".to_owned(), order.id.to_string());
     if let Some(okya) = &order.okya_order_id {
         metadata.insert("okya_order_id".to_owned(), okya.clone());
     }
     let params = CreatePaymentIntent {
         amount: total,
-        payment_method: order.payment_method_id.clone(),
+        payment_method: order.payment_method_id.to_string(),
         capture_method: match capture_mode {
             CaptureMode::Immediate => CaptureMethod::Automatic,
             CaptureMode::OnAcceptance => CaptureMethod::Manual,
@@ -145,7 +145,7 @@ pub(super) async fn find_intent(
     let found = state
         .upstreams
         .stripe
-        .search_payment_intents_by_metadata("order_id", &order.id)
+        .search_payment_intents_by_metadata("order_id", order.id.as_str())
         .await?;
     // One intent per order is the invariant; the newest wins if Stripe ever shows more.
     Ok(found.into_iter().max_by_key(|pi| pi.created))
@@ -394,7 +394,10 @@ pub(super) async fn record_payment(state: &AppState, mut order: Order) -> Result
     let body = NewPayment {
         provider: if free { "voucher" } else { "stripe" }.into(),
         reference: if free {
-            order.voucher_id.clone().unwrap_or_else(|| order.id.clone())
+            order
+                .voucher_id
+                .as_ref()
+                .map_or_else(|| order.id.to_string(), VoucherId::to_string)
         } else {
             order.payment_intent_id.clone().ok_or_else(|| {
                 FlowError::Corrupt(format!(

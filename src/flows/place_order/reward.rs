@@ -12,7 +12,7 @@ pub(super) async fn discount(state: &AppState, mut order: Order) -> Result<Next,
         .voucher_id
         .clone()
         .ok_or_else(|| FlowError::Corrupt(format!("order {} discounts no voucher", order.id)))?;
-    let customer = store::customers::find(&state.db, &order.customer_id).await?;
+    let customer = store::customers::find(&state.db, order.customer_id.as_str()).await?;
     let Some(user_id) = customer.and_then(|c| c.sessionm_user_id) else {
         fail_with(
             &mut order,
@@ -49,7 +49,11 @@ pub(super) async fn discount(state: &AppState, mut order: Order) -> Result<Next,
                 return Ok(go(order, Step::CancelOkya).into());
             }
         };
-        let refusal = match wallet.offers.iter().find(|o| o.user_offer_id == voucher) {
+        let refusal = match wallet
+            .offers
+            .iter()
+            .find(|o| o.user_offer_id == voucher.as_str())
+        {
             None => Some((Failure::VoucherNotFound, "no such voucher".to_owned())),
             Some(offer) => match &offer.status {
                 OfferStatus::Expired => Some((Failure::VoucherExpired, "expired".into())),
@@ -71,13 +75,13 @@ pub(super) async fn discount(state: &AppState, mut order: Order) -> Result<Next,
         }
         // From the moment the lock is asked for, a lock may exist (its answer can be lost
         // or unreadable), so every compensation must try to release it.
-        order.voucher_name = Some(voucher.clone());
+        order.voucher_name = Some(voucher.to_string());
         checkpoint(state, &mut order).await?;
     }
     let locked = match state
         .upstreams
         .sessionm
-        .lock(&voucher, &basket, &key(&order, "lock"))
+        .lock(voucher.as_str(), &basket, &key(&order, "lock"))
         .await
     {
         Ok(discount) => discount,
@@ -106,7 +110,7 @@ pub(super) async fn discount(state: &AppState, mut order: Order) -> Result<Next,
     checkpoint(state, &mut order).await?;
     let adjustment = NewAdjustment {
         source: "sessionm".into(),
-        reference: voucher.clone(),
+        reference: voucher.to_string(),
         description: order
             .voucher_name
             .clone()
@@ -150,7 +154,7 @@ pub(super) async fn basket(state: &AppState, order: &mut Order) -> Result<Transa
     let lines = snapshot(state, order).await?;
     let currency = currency(order)?;
     Transaction::new(
-        order.id.clone(),
+        order.id.to_string(),
         order.store_id.clone(),
         currency.clone(),
         order_lines::loyalty_lines(&lines, &currency),
@@ -169,7 +173,7 @@ pub(super) async fn release_voucher(
     match state
         .upstreams
         .sessionm
-        .unlock(voucher, &key(order, "unlock"))
+        .unlock(voucher.as_str(), &key(order, "unlock"))
         .await
     {
         Ok(()) => Ok(None),
@@ -191,7 +195,7 @@ pub async fn send_to_sessionm(
 ) -> Result<(), JobError> {
     let transient = |e: &dyn std::fmt::Display| JobError::Transient(e.to_string());
     let order = job_order(state, &payload).await?;
-    let customer = store::customers::find(&state.db, &order.customer_id)
+    let customer = store::customers::find(&state.db, order.customer_id.as_str())
         .await
         .map_err(|e| transient(&e))?
         .ok_or_else(|| JobError::Permanent(format!("no customer for {}", order.id)))?;
@@ -237,7 +241,7 @@ pub async fn read_loyalty_points(
     let points = state
         .upstreams
         .sessionm
-        .transaction_points(&order.customer_id, &order.id)
+        .transaction_points(order.customer_id.as_str(), order.id.as_str())
         .await
         .map_err(|e| JobError::from_upstream(&e))?
         .ok_or_else(|| JobError::Transient("SessionM has not processed the sale yet".into()))?;
@@ -256,7 +260,9 @@ pub(super) async fn job_order(
     let Some(order_id) = payload["order_id"].as_str() else {
         return Err(JobError::Permanent("payload without order_id".into()));
     };
-    store::orders::find(&state.db, order_id)
+    let order_id = OrderId::parse(order_id)
+        .ok_or_else(|| JobError::Permanent(format!("malformed order_id {order_id:?}")))?;
+    store::orders::find(&state.db, &order_id)
         .await
         .map_err(|e| JobError::Transient(e.to_string()))?
         .ok_or_else(|| JobError::Permanent(format!("no order {order_id}")))
@@ -279,7 +285,7 @@ pub(super) fn sale(
         .map_err(|e| FlowError::Corrupt(format!("snapshot of {}: {e}", order.id)))?;
     let currency = currency(order)?;
     let transaction = Transaction::new(
-        order.id.clone(),
+        order.id.to_string(),
         order.store_id.clone(),
         currency.clone(),
         order_lines::loyalty_lines(&lines, &currency),
@@ -292,7 +298,7 @@ pub(super) fn sale(
             let object: serde_json::Value = serde_json::from_str(object)
                 .map_err(|e| FlowError::Corrupt(format!("discount of {}: {e}", order.id)))?;
             vec![sessionm::Discount {
-                user_offer_id: voucher.clone(),
+                user_offer_id: voucher.to_string(),
                 name: order.voucher_name.clone(),
                 amount: money(order, "discount", order.discount_minor)?,
                 object,

@@ -6,11 +6,14 @@ use super::*;
 /// Steps 7–11 (Use Reward 14–15): Okya validates the cart and creates the order; its lines are snapshotted
 /// with the catalogue's names so every later payload describes what was bought.
 pub(super) async fn submit(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
-    let cart_id = CartId::from_upstream(order.cart_id.clone());
     let okya = match state
         .upstreams
         .okya
-        .create_order(&cart_id, &order.customer_id, &key(&order, "submit"))
+        .create_order(
+            &order.cart_id,
+            order.customer_id.as_str(),
+            &key(&order, "submit"),
+        )
         .await
     {
         Ok(okya) => okya,

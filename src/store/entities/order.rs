@@ -1,4 +1,7 @@
-use crate::domain::{CaptureMode, OrderStatus, PaymentStatus, Step};
+use crate::domain::{
+    CaptureMode, CartId, CustomerId, IdempotencyKey, OrderId, OrderStatus, PaymentMethodId,
+    PaymentStatus, Step, VoucherId,
+};
 use crate::upstream::okya::orders::{Approval, Fulfilment};
 use sea_orm::entity::prelude::*;
 
@@ -8,15 +11,15 @@ use sea_orm::entity::prelude::*;
 #[sea_orm(table_name = "orders")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: String,
-    pub customer_id: String,
-    pub idempotency_key: String,
+    pub id: OrderId,
+    pub customer_id: CustomerId,
+    pub idempotency_key: IdempotencyKey,
     /// SHA-256 of the checkout input, to tell a retry from a reuse of the key.
     pub request_hash: String,
-    pub cart_id: String,
+    pub cart_id: CartId,
     pub store_id: String,
-    pub payment_method_id: String,
-    pub voucher_id: Option<String>,
+    pub payment_method_id: PaymentMethodId,
+    pub voucher_id: Option<VoucherId>,
     /// Set once SessionM locked the voucher for this order (its name), so compensations
     /// know there is a lock to release.
     pub voucher_name: Option<String>,
