@@ -3,7 +3,7 @@
 use crate::helpers::{
     Db, Sim, TestApp, TestDb, error_codes, spawn_app_with, spawn_with_settings, test_settings,
 };
-use cbtl_bff::sandbox::{faults::Faults, okya};
+use cbtl_sandbox::{faults::Faults, okya};
 use serde_json::{Value, json};
 
 const REGISTER: &str = "mutation($i: AccountRegisterInput!) { accountRegister(input: $i) { customer { id email phone firstName lastName confirmed } userErrors { code field message } } }";
@@ -503,7 +503,7 @@ async fn the_sessionm_link_survives_failure_and_restart(kind: Db) {
     );
     drop(app);
 
-    sessionm_faults.apply(cbtl_bff::sandbox::faults::FaultUpdate {
+    sessionm_faults.apply(cbtl_sandbox::faults::FaultUpdate {
         error_rate: Some(0.0),
         ..Default::default()
     });

@@ -1,7 +1,7 @@
 //! What we store survives restarts, on SQLite and on PostgreSQL.
 
 use crate::helpers::{Db, TestApp, TestDb, spawn_app_with, spawn_with_settings, test_settings};
-use cbtl_bff::sandbox::{faults::Faults, okya};
+use cbtl_sandbox::{faults::Faults, okya};
 use serde_json::{Value, json};
 
 /// `/readyz` says the service can work: the database answers, and the job queue and the

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::config::{SessionmSettings, sandbox_credentials as creds};
-use crate::sandbox::{
+use cbtl_sandbox::{
     faults::{FaultUpdate, Faults},
     sessionm::{SessionmSandbox, SessionmSimConfig, start},
 };
@@ -156,9 +156,9 @@ async fn a_creation_whose_answers_are_lost_is_replayed_under_its_message_id() {
     sim.pos.faults.apply(FaultUpdate {
         lose_next: [(
             "POST /priv/v1/apps/{api_key}/users".to_owned(),
-            crate::sandbox::faults::Loss {
+            cbtl_sandbox::faults::Loss {
                 times: 2,
-                status: crate::sandbox::faults::LostAs::Status(503),
+                status: cbtl_sandbox::faults::LostAs::Status(503),
             },
         )]
         .into(),

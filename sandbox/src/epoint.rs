@@ -2,15 +2,13 @@
 //! is known and online unless configured or toggled otherwise; an accepted injection
 //! "prints" at once.
 //!
-//! It accepts only the default sandbox key of [`EpointSettings`]. Admin routes:
+//! It accepts only the configured key ([`EpointSimConfig::api_key`], by default
+//! [`credentials::EPOINT_API_KEY`]). Admin routes:
 //! - `GET /_sandbox/ledger`: injected orders, refused attempts and location overrides;
 //! - `PUT /_sandbox/locations/{id}` `{"online": bool, "known"?: bool}`: takes a location's
 //!   POS offline or back, or makes the location unknown.
 
-use super::{Simulator, faults::Faults};
-use crate::config::EpointSettings;
-use crate::domain::Currency;
-use crate::upstream::epoint::codes;
+use crate::{LOOPBACK_ANY_PORT, Simulator, credentials, faults::Faults, money::Currency};
 use axum::{
     Json, Router,
     body::Bytes,
@@ -20,26 +18,78 @@ use axum::{
     routing::{get, post, put},
 };
 use chrono::{DateTime, Utc};
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::{
     collections::{BTreeMap, HashMap},
+    net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
 const MAX_KEY_LEN: usize = 255;
 const MAX_EXTERNAL_ID_LEN: usize = 64;
 
+/// Refusal codes (`{"error": {"code"}}`), as `docs/upstreams/epoint.md` lists them.
+pub mod codes {
+    /// 409: the location's POS is not connected; nothing was printed.
+    pub const POS_OFFLINE: &str = "pos_offline";
+    /// 404: no such location.
+    pub const LOCATION_UNKNOWN: &str = "location_unknown";
+    /// 422: the order does not add up or misses a field; `field` names it.
+    pub const INVALID_ORDER: &str = "invalid_order";
+    /// 422: this `Idempotency-Key` was first used with a different body.
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
+    /// 400: the `Idempotency-Key` header is missing or longer than 255 characters.
+    pub const IDEMPOTENCY_KEY_INVALID: &str = "idempotency_key_invalid";
+    /// 409: this external id was already injected under another idempotency key.
+    pub const DUPLICATE_ORDER: &str = "duplicate_order";
+    /// 404 on `GET …/orders/{external_id}`: never injected.
+    pub const ORDER_NOT_FOUND: &str = "order_not_found";
+    /// 401: missing or wrong `X-Api-Key`.
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// 400: the body is not JSON.
+    pub const INVALID_REQUEST: &str = "invalid_request";
+}
+
 /// Start-up behaviour of the simulator.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone)]
 pub struct EpointSimConfig {
     /// Locations whose POS refuses every injection with `pos_offline` (the sandbox store
     /// whose name contains "POS offline").
     pub offline_locations: Vec<String>,
+    /// The `X-Api-Key` clients must present.
+    pub api_key: String,
 }
 
+impl Default for EpointSimConfig {
+    /// Every location online, and the sandbox key.
+    fn default() -> Self {
+        Self {
+            offline_locations: Vec::new(),
+            api_key: credentials::EPOINT_API_KEY.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for EpointSimConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EpointSimConfig")
+            .field("offline_locations", &self.offline_locations)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts the simulator on a free loopback port.
 pub async fn start(config: EpointSimConfig, faults: Arc<Faults>) -> std::io::Result<Simulator> {
+    start_on(LOOPBACK_ANY_PORT, config, faults).await
+}
+
+/// Starts the simulator on `addr`.
+pub async fn start_on(
+    addr: SocketAddr,
+    config: EpointSimConfig,
+    faults: Arc<Faults>,
+) -> std::io::Result<Simulator> {
     let mut locations = BTreeMap::new();
     for id in config.offline_locations {
         locations.insert(
@@ -51,7 +101,7 @@ pub async fn start(config: EpointSimConfig, faults: Arc<Faults>) -> std::io::Res
         );
     }
     let sim = Arc::new(Sim {
-        api_key: EpointSettings::default().api_key.expose_secret().to_owned(),
+        api_key: config.api_key,
         state: Mutex::new(PosState {
             locations,
             ..PosState::default()
@@ -67,7 +117,7 @@ pub async fn start(config: EpointSimConfig, faults: Arc<Faults>) -> std::io::Res
         .route("/_sandbox/ledger", get(ledger))
         .route("/_sandbox/locations/{location_id}", put(set_location))
         .with_state(sim);
-    super::serve("epoint", router, faults).await
+    crate::serve("epoint", addr, router, faults).await
 }
 
 struct Sim {
@@ -239,7 +289,7 @@ fn validate(order: &OrderIn) -> Result<(), Invalid> {
     if order.customer.name.trim().is_empty() {
         return Err(invalid("customer.name", "is required"));
     }
-    if Currency::parse(&order.currency).is_err() {
+    if Currency::parse(&order.currency).is_none() {
         return Err(invalid("currency", "is not an ISO 4217 code"));
     }
     if order.lines.is_empty() {

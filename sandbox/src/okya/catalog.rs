@@ -1,7 +1,7 @@
 //! The sandbox menu: four stores (one closed, one whose POS is offline) and 24 products,
 //! most with modifier groups.
 
-use crate::upstream::okya::{ModifierGroup, ModifierOption, Product, Store, WireMoney};
+use super::wire::{ModifierGroup, ModifierOption, Product, Store, WireMoney};
 
 pub const CURRENCY: &str = "USD";
 /// The store whose Epoint POS refuses every injection (API.md's sandbox conventions).

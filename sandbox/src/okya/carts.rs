@@ -1,9 +1,9 @@
 //! Okya carts: lines, modifier validation and totals with the store's tax.
 
-use super::{Inner, OkyaError, OkyaState, idempotent};
-use crate::upstream::okya::{
+use super::wire::{
     AddLines, Cart, CartLine, CreateCart, Product, RemoveLines, UpdateLines, WireMoney,
 };
+use super::{Inner, OkyaError, OkyaState, idempotent};
 use axum::{
     Json,
     extract::{Path, State},

@@ -1,12 +1,12 @@
 //! The simulator's own wire types, written from `docs/upstreams/sessionm.md` and never from
-//! the client (`crate::upstream`), so that a change in the client cannot quietly change
-//! what the simulator accepts.
+//! the client in cbtl-bff, so that a change in the client cannot quietly change what the
+//! simulator accepts.
 //!
 //! Requests are read leniently (unknown fields are ignored, as public integrations send
 //! extras such as `custom_data` and `guest_count`); amounts are decimal numbers in currency
 //! units, parsed exactly into cents.
 
-use crate::domain::{Currency, Money};
+use crate::money::{Currency, Money};
 use axum::http::StatusCode;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
@@ -43,9 +43,9 @@ impl Amount {
                 _ => return Err(format!("amount {n} is not a finite number")),
             }
         };
-        Money::parse_decimal(&text, Currency::usd())
+        Money::from_decimal(&text, Currency::usd())
             .map(|m| Amount(m.minor))
-            .map_err(|_| format!("amount {text} is not a decimal with at most 2 decimals"))
+            .ok_or_else(|| format!("amount {text} is not a decimal with at most 2 decimals"))
     }
 
     /// Reads an amount out of a JSON value (a discount object is kept as raw JSON).
@@ -71,8 +71,7 @@ impl Amount {
     /// `percent`% of this amount, rounded half away from zero to the cent.
     pub(super) fn percent(self, percent: u32) -> Option<Amount> {
         Money::new(self.0, Currency::usd())
-            .percent_bps(i64::from(percent) * 100)
-            .ok()
+            .share_bps(i64::from(percent) * 100)
             .map(|m| Amount(m.minor))
     }
 
@@ -90,7 +89,7 @@ impl Amount {
 
 impl fmt::Display for Amount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&Money::new(self.0, Currency::usd()).to_decimal_string())
+        f.write_str(&Money::new(self.0, Currency::usd()).to_decimal())
     }
 }
 

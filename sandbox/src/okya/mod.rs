@@ -6,8 +6,9 @@ mod auth;
 mod carts;
 pub mod catalog;
 mod orders;
+pub mod wire;
 
-use super::{Simulator, faults::Faults};
+use crate::{LOOPBACK_ANY_PORT, Simulator, credentials, faults::Faults};
 use axum::{
     Json, Router,
     extract::{Query, Request, State},
@@ -19,11 +20,14 @@ use axum::{
 use serde::Deserialize;
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
-use crate::upstream::okya::{Cart, Product, Store};
+use wire::{Cart, Product, Store};
 
+/// What the Okya simulator accepts, and how its store and webhooks behave.
+#[derive(Clone)]
 pub struct OkyaSimConfig {
     /// The key clients must present as `Authorization: Bearer`.
     pub api_key: String,
@@ -40,17 +44,31 @@ pub struct OkyaSimConfig {
 }
 
 impl Default for OkyaSimConfig {
-    /// The sandbox key and OTP code, no auto-accept, and no webhook delivery.
+    /// The sandbox key, OTP code and webhook secret, no auto-accept, and no webhook
+    /// delivery.
     fn default() -> Self {
         Self {
-            api_key: "okya_sandbox_key".to_owned(),
-            otp_code: "123456".to_owned(),
+            api_key: credentials::OKYA_API_KEY.to_owned(),
+            otp_code: credentials::OTP_CODE.to_owned(),
             auto_accept_delay_ms: 0,
             webhook_url: None,
-            webhook_secret: "whsec_okya_sandbox".to_owned(),
+            webhook_secret: credentials::OKYA_WEBHOOK_SECRET.to_owned(),
         }
     }
 }
+
+impl std::fmt::Debug for OkyaSimConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OkyaSimConfig")
+            .field("auto_accept_delay_ms", &self.auto_accept_delay_ms)
+            .field("webhook_url", &self.webhook_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long after a paid order the sandbox store accepts it, unless configured otherwise
+/// (cbtl-bff's `sandbox.auto_accept_delay_ms` default).
+pub const AUTO_ACCEPT_DELAY_MS: u64 = 2_000;
 
 impl OkyaSimConfig {
     /// The defaults, with this API key and OTP code.
@@ -130,7 +148,17 @@ impl IntoResponse for OkyaError {
     }
 }
 
+/// Starts the simulator on a free loopback port.
 pub async fn start(config: OkyaSimConfig, faults: Arc<Faults>) -> std::io::Result<Simulator> {
+    start_on(LOOPBACK_ANY_PORT, config, faults).await
+}
+
+/// Starts the simulator on `addr`.
+pub async fn start_on(
+    addr: SocketAddr,
+    config: OkyaSimConfig,
+    faults: Arc<Faults>,
+) -> std::io::Result<Simulator> {
     let state = Arc::new(OkyaState {
         api_key: config.api_key,
         otp_code: config.otp_code,
@@ -204,7 +232,7 @@ pub async fn start(config: OkyaSimConfig, faults: Arc<Faults>) -> std::io::Resul
             axum::routing::put(orders::set_store),
         )
         .with_state(state);
-    super::serve("okya", api.merge(sandbox), faults).await
+    crate::serve("okya", addr, api.merge(sandbox), faults).await
 }
 
 async fn authenticate(

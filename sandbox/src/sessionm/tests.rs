@@ -2,11 +2,11 @@
 //! `tests/fixtures/sessionm/` (see its README for each one's source).
 
 use super::{SessionmSandbox, SessionmSimConfig, start};
-use crate::sandbox::faults::Faults;
+use crate::faults::Faults;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sessionm");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/sessionm");
 
 fn config() -> SessionmSimConfig {
     SessionmSimConfig {

@@ -10,12 +10,11 @@
 //! - `GET /_sandbox/ledger`: every intent, refund and event, and how many requests each
 //!   idempotency key received, so tests can prove a customer was charged exactly once.
 
-use super::{
-    Simulator,
+use crate::{
+    LOOPBACK_ANY_PORT, Simulator, credentials,
     faults::{FaultPlan, Faults, LostAs},
-    unix_now,
+    signature, unix_now,
 };
-use crate::upstream::signature;
 use axum::{
     Router,
     body::Bytes,
@@ -28,6 +27,7 @@ use serde_json::{Value, json};
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
+    net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
@@ -45,7 +45,7 @@ impl Default for StripeSimConfig {
     fn default() -> Self {
         Self {
             webhook_url: None,
-            webhook_secret: "whsec_stripe_sandbox".to_owned(),
+            webhook_secret: credentials::STRIPE_WEBHOOK_SECRET.to_owned(),
         }
     }
 }
@@ -64,10 +64,21 @@ const PROCESSING: Duration = Duration::from_millis(15);
 /// Card authorisations lapse after about 7 days.
 const HOLD_SECS: i64 = 7 * 86_400;
 const WEBHOOK_ATTEMPTS: u32 = 4;
-/// The version the events claim; the client pins the same one.
-const API_VERSION: &str = crate::upstream::stripe::API_VERSION;
+/// The API version the simulator speaks and its events claim (`"api_version"`): the one
+/// cbtl-bff's client pins with `Stripe-Version` (a test in the service checks they agree).
+pub const API_VERSION: &str = "2024-06-20";
 
+/// Starts the simulator on a free loopback port.
 pub async fn start(config: StripeSimConfig, faults: Arc<Faults>) -> std::io::Result<Simulator> {
+    start_on(LOOPBACK_ANY_PORT, config, faults).await
+}
+
+/// Starts the simulator on `addr`.
+pub async fn start_on(
+    addr: SocketAddr,
+    config: StripeSimConfig,
+    faults: Arc<Faults>,
+) -> std::io::Result<Simulator> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -92,7 +103,7 @@ pub async fn start(config: StripeSimConfig, faults: Arc<Faults>) -> std::io::Res
         .route("/_sandbox/ledger", get(ledger))
         .fallback(unrecognised)
         .with_state(sim);
-    super::serve("stripe", router, faults).await
+    crate::serve("stripe", addr, router, faults).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1815,7 +1826,7 @@ fn publish(sim: &Arc<Sim>, events: Vec<Value>) {
 
 async fn deliver(sim: Arc<Sim>, url: String, event_id: String, body: String) {
     for attempt in 1..=WEBHOOK_ATTEMPTS {
-        let signed = signature::sign(&sim.config.webhook_secret, unix_now(), body.as_bytes());
+        let signed = signature::header(&sim.config.webhook_secret, unix_now(), body.as_bytes());
         let sent = sim
             .http
             .post(&url)

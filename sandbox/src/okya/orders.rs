@@ -9,15 +9,13 @@
 //!   `X-Okya-Signature` and retried (0.5 s, doubling, at most 6 attempts).
 //! - `GET /_sandbox/orders` and `GET /_sandbox/webhooks` are the ledgers tests read.
 
-use super::{Inner, OkyaError, OkyaState, idempotent};
-use crate::sandbox::unix_now;
-use crate::upstream::okya::orders::{
+use super::wire::{
     Adjustment, Approval, Cancellation, CancellationKind, Card, CreateOrder, Fulfilment,
     NewAdjustment, NewPayment, ORDER_UPDATED, Order, OrderEvent, OrderEventData, OrderState,
-    PaymentRecord, PaymentRecordStatus, Reason,
+    PaymentRecord, PaymentRecordStatus, Reason, WireMoney, codes,
 };
-use crate::upstream::okya::{WireMoney, codes};
-use crate::upstream::signature;
+use super::{Inner, OkyaError, OkyaState, idempotent};
+use crate::{signature, unix_now};
 use axum::{
     Json,
     body::Bytes,
@@ -159,7 +157,7 @@ impl Courier {
     async fn deliver(&self, url: &str, event: &Outgoing) {
         let mut wait = FIRST_RETRY;
         for attempt in 1..=DELIVERY_ATTEMPTS {
-            let signed = signature::sign(&self.secret, unix_now(), event.body.as_bytes());
+            let signed = signature::header(&self.secret, unix_now(), event.body.as_bytes());
             let sent = self
                 .http
                 .post(url)

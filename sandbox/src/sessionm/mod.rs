@@ -21,7 +21,7 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
-use super::{Simulator, faults::Faults};
+use crate::{LOOPBACK_ANY_PORT, Simulator, credentials, faults::Faults, okya};
 use axum::{
     Json, Router,
     extract::State as Extract,
@@ -35,11 +35,12 @@ use serde_json::{Value, json};
 use state::State;
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
 /// What the simulator accepts: both hosts' credentials, the client id and the stores.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SessionmSimConfig {
     /// Core API key: the Basic user and the `{api_key}` path segment.
     pub api_key: String,
@@ -53,6 +54,39 @@ pub struct SessionmSimConfig {
     pub client_id: String,
     /// Okya store ids; one SessionM store is created for each, in order.
     pub okya_store_ids: Vec<String>,
+}
+
+impl Default for SessionmSimConfig {
+    /// The sandbox credentials and client id, and a store for each of the Okya
+    /// simulator's stores.
+    fn default() -> Self {
+        Self {
+            api_key: credentials::SESSIONM_API_KEY.to_owned(),
+            api_secret: credentials::SESSIONM_API_SECRET.to_owned(),
+            pos_api_key: credentials::SESSIONM_POS_API_KEY.to_owned(),
+            pos_api_secret: credentials::SESSIONM_POS_API_SECRET.to_owned(),
+            client_id: credentials::SESSIONM_CLIENT_ID.to_owned(),
+            okya_store_ids: okya::catalog::store_ids(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SessionmSimConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionmSimConfig")
+            .field("client_id", &self.client_id)
+            .field("okya_store_ids", &self.okya_store_ids)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where SessionM's two hosts listen.
+#[derive(Clone, Copy, Debug)]
+pub struct Hosts {
+    /// The Core API host.
+    pub core: SocketAddr,
+    /// The POS / eCommerce host.
+    pub pos: SocketAddr,
 }
 
 /// The running simulator: two hosts over one state.
@@ -70,9 +104,22 @@ pub struct SessionmSandbox {
 /// The e-commerce store's id.
 const ECOMMERCE_STORE_ID: &str = "sm-store-ecommerce";
 
-/// Starts both hosts on loopback ports. They share `faults`, so a fault route key such as
-/// `POST /api/2.0/lock` can be set through either host's `/_sandbox/faults`.
+/// Starts both hosts on free loopback ports. They share `faults`, so a fault route key such
+/// as `POST /api/2.0/lock` can be set through either host's `/_sandbox/faults`.
 pub async fn start(
+    config: SessionmSimConfig,
+    faults: Arc<Faults>,
+) -> std::io::Result<SessionmSandbox> {
+    let hosts = Hosts {
+        core: LOOPBACK_ANY_PORT,
+        pos: LOOPBACK_ANY_PORT,
+    };
+    start_on(hosts, config, faults).await
+}
+
+/// Starts both hosts on `hosts`' addresses, sharing `faults`.
+pub async fn start_on(
+    hosts: Hosts,
     config: SessionmSimConfig,
     faults: Arc<Faults>,
 ) -> std::io::Result<SessionmSandbox> {
@@ -89,14 +136,16 @@ pub async fn start(
         store_ids: known,
         state: Mutex::new(State::new()),
     });
-    let core = super::serve(
+    let core = crate::serve(
         "sessionm-core",
+        hosts.core,
         core::routes().merge(admin()).with_state(shared.clone()),
         faults.clone(),
     )
     .await?;
-    let pos = super::serve(
+    let pos = crate::serve(
         "sessionm-pos",
+        hosts.pos,
         pos::routes().merge(admin()).with_state(shared),
         faults,
     )

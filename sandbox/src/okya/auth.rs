@@ -1,8 +1,8 @@
 //! Okya Auth: accounts and one-time codes, with the abuse rules a real identity provider
 //! has (expiry, five tries, send throttling) and an outbox tests can read codes from.
 
+use super::wire::{Account, NewAccount, OtpPurpose};
 use super::{OkyaError, OkyaState, idempotent};
-use crate::upstream::okya::auth::{Account, NewAccount, OtpPurpose};
 use axum::{
     Json,
     extract::{Path, Query, State},
