@@ -39,6 +39,9 @@ pub struct StripeSimConfig {
     pub webhook_url: Option<String>,
     /// The `whsec_…` secret that signs `Stripe-Signature`.
     pub webhook_secret: String,
+    /// The secret keys accepted; empty accepts any `sk_…`/`rk_…` key, as if every key
+    /// belonged to the account (idempotency keys are still scoped per key).
+    pub secret_keys: Vec<String>,
 }
 
 impl Default for StripeSimConfig {
@@ -46,6 +49,7 @@ impl Default for StripeSimConfig {
         Self {
             webhook_url: None,
             webhook_secret: credentials::STRIPE_WEBHOOK_SECRET.to_owned(),
+            secret_keys: Vec::new(),
         }
     }
 }
@@ -586,8 +590,8 @@ fn new_id(prefix: &str) -> String {
     format!("{prefix}_{tail}")
 }
 
-/// The secret key from `Authorization: Bearer sk_…`.
-fn api_key(headers: &HeaderMap) -> Result<String, ApiError> {
+/// The secret key from `Authorization: Bearer sk_…`, if the simulator accepts it.
+fn api_key(config: &StripeSimConfig, headers: &HeaderMap) -> Result<String, ApiError> {
     let missing = || {
         ApiError::unauthorised(
             "You did not provide an API key. You need to provide your API key in the \
@@ -600,7 +604,12 @@ fn api_key(headers: &HeaderMap) -> Result<String, ApiError> {
         .and_then(|v| v.to_str().ok())
         .ok_or_else(missing)?;
     let key = value.strip_prefix("Bearer ").ok_or_else(missing)?.trim();
-    if key.starts_with("sk_") || key.starts_with("rk_") {
+    let accepted = if config.secret_keys.is_empty() {
+        key.starts_with("sk_") || key.starts_with("rk_")
+    } else {
+        config.secret_keys.iter().any(|k| k == key)
+    };
+    if accepted {
         return Ok(key.to_owned());
     }
     let shown: String = key.chars().take(8).collect();
@@ -878,7 +887,7 @@ async fn write(
     op: Op,
 ) -> Response {
     let request_id = new_id("req");
-    let prepared = api_key(headers)
+    let prepared = api_key(&sim.config, headers)
         .and_then(|api_key| Ok((api_key, Params::parse(body)?, idempotency_key(headers)?)));
     let (api_key, params, key) = match prepared {
         Ok(prepared) => prepared,
@@ -1506,7 +1515,7 @@ async fn retrieve_intent(
     headers: HeaderMap,
 ) -> Response {
     let request_id = new_id("req");
-    let found = api_key(&headers)
+    let found = api_key(&sim.config, &headers)
         .and_then(|_| query_params(query.as_deref()))
         .and_then(|params| {
             let ledger = sim.lock();
@@ -1532,7 +1541,7 @@ async fn search_intents(
     headers: HeaderMap,
 ) -> Response {
     let request_id = new_id("req");
-    let found = api_key(&headers)
+    let found = api_key(&sim.config, &headers)
         .and_then(|_| query_params(query.as_deref()))
         .and_then(|params| {
             let clauses = parse_search(params.required("query")?)?;
@@ -1626,7 +1635,7 @@ async fn retrieve_refund(
     headers: HeaderMap,
 ) -> Response {
     let request_id = new_id("req");
-    let found = api_key(&headers).and_then(|_| {
+    let found = api_key(&sim.config, &headers).and_then(|_| {
         let ledger = sim.lock();
         ledger
             .refunds

@@ -594,6 +594,7 @@ mod tests {
             StripeSimConfig {
                 webhook_url,
                 webhook_secret: WEBHOOK_SECRET.to_owned(),
+                ..StripeSimConfig::default()
             },
             Faults::new(0, 0.0),
         )

@@ -22,6 +22,7 @@ mod persisted_queries;
 mod persistence;
 mod protocol;
 mod rewards;
+mod sandbox_binary;
 mod sessionm;
 mod shop;
 mod step_faults;
