@@ -1,7 +1,7 @@
 //! Okya Auth: accounts and one-time codes, with the abuse rules a real identity provider
 //! has (expiry, five tries, send throttling) and an outbox tests can read codes from.
 
-use super::wire::{Account, NewAccount, OtpPurpose};
+use super::wire::{Account, NewAccount, OtpPurpose, SaveLoyalty, SendOtp, VerifyOtp};
 use super::{OkyaError, OkyaState, idempotent};
 use axum::{
     Json,
@@ -77,7 +77,8 @@ fn issue(
             StatusCode::UNPROCESSABLE_ENTITY,
             "otp_throttled",
             format!("wait {retry_after} s"),
-        ));
+        )
+        .retry_after(retry_after));
     }
     otp.sends.push(now);
     otp.code = if state.otp_code.is_empty() {
@@ -154,12 +155,6 @@ pub(super) async fn register(
     })
 }
 
-#[derive(Serialize, Deserialize)]
-pub(super) struct SendOtp {
-    phone: String,
-    purpose: OtpPurpose,
-}
-
 pub(super) async fn send_otp(
     State(state): State<Arc<OkyaState>>,
     headers: HeaderMap,
@@ -172,12 +167,6 @@ pub(super) async fn send_otp(
         let sent = issue(&sim, &mut inner.auth, &body.phone, body.purpose, known)?;
         Ok((StatusCode::OK, sent))
     })
-}
-
-#[derive(Deserialize)]
-pub(super) struct VerifyOtp {
-    phone: String,
-    code: String,
 }
 
 pub(super) async fn verify_otp(
@@ -229,16 +218,20 @@ pub(super) async fn verify_otp(
     Json(serde_json::json!({"account": auth.accounts[index]})).into_response()
 }
 
-#[derive(Deserialize)]
-pub(super) struct SaveLoyalty {
-    user_id: String,
-}
-
 pub(super) async fn save_loyalty(
     State(state): State<Arc<OkyaState>>,
     Path(account_id): Path<String>,
     Json(body): Json<SaveLoyalty>,
 ) -> Response {
+    if body.provider != "sessionm" {
+        return OkyaError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "provider must be sessionm",
+        )
+        .field("provider")
+        .into_response();
+    }
     let mut inner = state.lock();
     let Some(account) = inner.auth.accounts.iter_mut().find(|a| a.id == account_id) else {
         return OkyaError::new(

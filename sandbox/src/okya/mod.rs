@@ -120,6 +120,8 @@ pub(crate) struct OkyaError {
     code: &'static str,
     message: String,
     field: Option<String>,
+    /// Seconds to wait before asking again, for Okya Auth's throttles.
+    retry_after: Option<i64>,
 }
 
 impl OkyaError {
@@ -129,6 +131,7 @@ impl OkyaError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -137,8 +140,18 @@ impl OkyaError {
         self
     }
 
+    pub(crate) fn retry_after(mut self, seconds: i64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     fn body(&self) -> serde_json::Value {
-        serde_json::json!({"error": {"code": self.code, "message": self.message, "field": self.field}})
+        let mut error =
+            serde_json::json!({"code": self.code, "message": self.message, "field": self.field});
+        if let (Some(seconds), Some(fields)) = (self.retry_after, error.as_object_mut()) {
+            fields.insert("retry_after".to_owned(), seconds.into());
+        }
+        serde_json::json!({ "error": error })
     }
 }
 

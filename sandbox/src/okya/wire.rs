@@ -460,6 +460,33 @@ pub enum OtpPurpose {
     SignIn,
 }
 
+/// The body of `POST /auth/v1/otp`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SendOtp {
+    /// E.164.
+    pub phone: String,
+    /// Confirm or sign in.
+    pub purpose: OtpPurpose,
+}
+
+/// The body of `POST /auth/v1/otp/verify`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VerifyOtp {
+    /// E.164.
+    pub phone: String,
+    /// The six digits.
+    pub code: String,
+}
+
+/// The body of `PUT /auth/v1/accounts/{id}/loyalty`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SaveLoyalty {
+    /// `sessionm`, the only provider.
+    pub provider: String,
+    /// The SessionM user id.
+    pub user_id: String,
+}
+
 /// Refusal codes (`{"error": {"code"}}`) the simulator answers with.
 pub mod codes {
     /// 404: no such store.

@@ -2,11 +2,9 @@
 //! `tests/fixtures/sessionm/` (see its README for each one's source).
 
 use super::{SessionmSandbox, SessionmSimConfig, start};
-use crate::faults::Faults;
+use crate::{contract, faults::Faults};
 use serde_json::{Value, json};
 use std::time::Duration;
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/sessionm");
 
 fn config() -> SessionmSimConfig {
     SessionmSimConfig {
@@ -21,55 +19,16 @@ fn config() -> SessionmSimConfig {
 
 /// A fixture with its `"{{name}}"` placeholders replaced by whole JSON values.
 fn fixture(name: &str, subs: &[(&str, Value)]) -> Value {
-    let path = format!("{FIXTURES}/{name}");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let mut value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
-    fill(&mut value, subs);
+    let mut value = contract::fixture("sessionm", name).unwrap_or_else(|e| panic!("{e}"));
+    contract::fill(&mut value, subs);
     value
-}
-
-fn fill(value: &mut Value, subs: &[(&str, Value)]) {
-    match value {
-        Value::String(s) => {
-            if let Some((_, with)) = subs.iter().find(|(k, _)| *s == format!("{{{{{k}}}}}")) {
-                *value = with.clone();
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|v| fill(v, subs)),
-        Value::Object(map) => map.values_mut().for_each(|v| fill(v, subs)),
-        _ => {}
-    }
 }
 
 /// Every key of `expected` is in `actual` with a value of the same JSON kind, recursively
 /// (arrays: each element of `actual` against the first of `expected`).
 fn assert_shape(expected: &Value, actual: &Value, at: &str) {
-    let kind = |v: &Value| match v {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    };
-    assert_eq!(kind(expected), kind(actual), "{at}: {actual}");
-    match (expected, actual) {
-        (Value::Object(e), Value::Object(a)) => {
-            for (key, value) in e {
-                let Some(found) = a.get(key) else {
-                    panic!("{at}.{key} missing in {actual}");
-                };
-                assert_shape(value, found, &format!("{at}.{key}"));
-            }
-        }
-        (Value::Array(e), Value::Array(a)) => {
-            if let Some(first) = e.first() {
-                for (i, item) in a.iter().enumerate() {
-                    assert_shape(first, item, &format!("{at}[{i}]"));
-                }
-            }
-        }
-        _ => {}
+    if let Err(e) = contract::covers(expected, actual) {
+        panic!("{at}: {e}");
     }
 }
 
