@@ -17,6 +17,7 @@ pub mod epoint;
 pub mod faults;
 pub mod money;
 pub mod okya;
+pub mod service_env;
 pub mod sessionm;
 pub mod signature;
 pub mod stripe;

@@ -10,9 +10,9 @@
 //! Its own variables are not named `CBTL_…`: a service reads every `CBTL_` variable as a
 //! setting and refuses one it does not know.
 
-use cbtl_sandbox::{Sandbox, SandboxConfig, credentials, okya};
+use cbtl_sandbox::{Sandbox, SandboxConfig, credentials, okya, service_env};
 use clap::Parser;
-use std::{fmt::Write as _, io::Write as _, net::SocketAddr, process::ExitCode};
+use std::{io::Write as _, net::SocketAddr, process::ExitCode};
 
 /// Runs the Okya, Stripe, Epoint and SessionM simulators on fixed ports and prints the
 /// environment that points a cbtl-bff at them.
@@ -330,24 +330,19 @@ fn service_env(
             )
         }));
     }
-    // The service wants at least 32 bytes.
-    env.push(("CBTL_AUTH__JWT_SECRET".to_owned(), random(48)));
+    // Last, as `service_env::read` expects; the service wants at least 32 bytes.
+    env.push((service_env::LAST.to_owned(), random(48)));
     env
 }
 
-/// The environment as `KEY=value` lines, which a shell (`set -a; . ./sandbox.env`),
-/// systemd's `EnvironmentFile` and `docker run --env-file` all read.
-fn env_file(env: &[(String, String)], app_url: &str) -> String {
-    let mut out = format!(
-        "# cbtl-sandbox: the environment that points a cbtl-bff at these simulators.\n\
-         # The service must be reachable at {app_url} (SANDBOX_APP_URL) for the webhooks.\n\
-         # CBTL_AUTH__JWT_SECRET is the service's own token key, generated here because any\n\
-         # upstream URL requires one: keep one value for every instance of the service.\n"
-    );
-    for (key, value) in env {
-        let _ = writeln!(out, "{key}={value}");
-    }
-    out
+/// What the printed environment is, for whoever reads the file later.
+fn comment(app_url: &str) -> String {
+    format!(
+        "cbtl-sandbox: the environment that points a cbtl-bff at these simulators.\n\
+         The service must be reachable at {app_url} (SANDBOX_APP_URL) for the webhooks.\n\
+         CBTL_AUTH__JWT_SECRET is the service's own token key, generated here because any\n\
+         upstream URL requires one: keep one value for every instance of the service."
+    )
 }
 
 async fn shutdown_signal() {
@@ -411,7 +406,7 @@ async fn main() -> ExitCode {
     let env = service_env(&sandbox, &credentials, args.public_host.as_deref());
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = stdout
-        .write_all(env_file(&env, &args.app_url).as_bytes())
+        .write_all(service_env::write(&comment(&args.app_url), &env).as_bytes())
         .and_then(|()| stdout.flush())
     {
         eprintln!("cbtl-sandbox: cannot print the environment: {e}");

@@ -3,10 +3,10 @@
 //! credentials it printed. (`tests/api/sandbox_binary.rs` in the service starts a cbtl-bff
 //! with that environment.)
 
+use cbtl_sandbox::service_env;
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// Every simulator on a free loopback port.
@@ -45,22 +45,9 @@ async fn start(args: &[&str]) -> (Child, BTreeMap<String, String>) {
         .spawn()
         .expect("cbtl-sandbox starts");
     let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut env = BTreeMap::new();
-    let read = async {
-        while let Some(line) = lines.next_line().await.expect("a line") {
-            if line.starts_with('#') {
-                continue;
-            }
-            let (key, value) = line.split_once('=').expect("KEY=value");
-            env.insert(key.to_owned(), value.to_owned());
-            if key == "CBTL_AUTH__JWT_SECRET" {
-                break;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), read)
+    let env = tokio::time::timeout(Duration::from_secs(30), service_env::read(stdout))
         .await
+        .expect("the environment is printed in time")
         .expect("the environment is printed");
     (child, env)
 }

@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// The newest modification time under `path`.
@@ -99,27 +98,25 @@ async fn start_sandbox(app_url: &str) -> (Child, BTreeMap<String, String>) {
         .kill_on_drop(true)
         .spawn()
         .expect("cbtl-sandbox starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut env = BTreeMap::new();
-    let read = async {
-        while let Some(line) = lines.next_line().await.expect("a line") {
-            let Some((key, value)) = line.split_once('=').filter(|_| !line.starts_with('#')) else {
-                continue;
-            };
-            env.insert(key.to_owned(), value.to_owned());
-            if key == "CBTL_AUTH__JWT_SECRET" {
-                break;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), read)
-        .await
-        .expect("the environment is printed");
+    let stdout = child.stdout.take().expect("stdout");
+    let env = tokio::time::timeout(
+        Duration::from_secs(30),
+        cbtl_sandbox::service_env::read(stdout),
+    )
+    .await
+    .expect("the environment is printed in time")
+    .expect("the environment is printed");
     (child, env)
 }
 
-/// cbtl-bff with only `env` (and its own database and address) for settings.
-fn start_service(env: &BTreeMap<String, String>, listen: &str, database: &Path) -> Child {
+/// cbtl-bff with only `env` (and its own database and address) for settings, logging to
+/// `log`.
+fn start_service(
+    env: &BTreeMap<String, String>,
+    listen: &str,
+    database: &Path,
+    log: &Path,
+) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cbtl-bff"));
     for (key, _) in std::env::vars() {
         if key.starts_with("CBTL_") || key == "DATABASE_URL" {
@@ -135,7 +132,7 @@ fn start_service(env: &BTreeMap<String, String>, listen: &str, database: &Path) 
         )
         .arg("serve")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("a log file"))
         .kill_on_drop(true)
         .spawn()
         .expect("cbtl-bff starts")
@@ -204,12 +201,13 @@ async fn a_service_started_with_the_printed_environment_works_against_the_stand_
     let app_url = format!("http://127.0.0.1:{port}");
     let (_sandbox, env) = start_sandbox(&app_url).await;
     let dir = tempfile::tempdir().expect("a temporary directory");
+    let log = dir.path().join("service.log");
     let mut service = start_service(
         &env,
         &format!("127.0.0.1:{port}"),
         &dir.path().join("cbtl.db"),
+        &log,
     );
-    let service_log = service.stderr.take().expect("stderr");
     let app = Service {
         url: app_url,
         http: reqwest::Client::new(),
@@ -217,10 +215,7 @@ async fn a_service_started_with_the_printed_environment_works_against_the_stand_
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(Some(status)) = service.try_wait() {
-            let mut log = String::new();
-            let _ =
-                tokio::io::AsyncReadExt::read_to_string(&mut BufReader::new(service_log), &mut log)
-                    .await;
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
             panic!("the service stopped ({status}): {log}");
         }
         let ready = app.http.get(format!("{}/readyz", app.url)).send().await;
