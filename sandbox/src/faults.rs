@@ -71,6 +71,7 @@ struct FaultState {
 /// One request as the simulator received it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CallRecord {
+    /// Arrival order, from 1.
     pub seq: u64,
     /// Method and route template, e.g. `POST /v1/payment_intents/{id}/capture`.
     pub route: String,
@@ -90,8 +91,11 @@ pub struct CallRecord {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Refusal {
+    /// The 4xx to answer.
     pub status: u16,
+    /// The upstream's refusal code in its error shape, e.g. `invalid_state`.
     pub code: String,
+    /// How many of the route's next calls get it (1 unless said).
     #[serde(default = "one")]
     pub times: u32,
 }
@@ -100,6 +104,7 @@ pub struct Refusal {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Loss {
+    /// How many of the route's next answers are lost (1 unless said).
     #[serde(default = "one")]
     pub times: u32,
     /// The status the client gets instead of the real answer, or `"drop"`.
@@ -110,6 +115,7 @@ pub struct Loss {
 /// How an answer is lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LostAs {
+    /// This status (4xx or 5xx) instead of the answer.
     Status(u16),
     /// The connection breaks before the body: the client cannot tell what happened.
     Drop,
@@ -147,7 +153,9 @@ impl<'de> Deserialize<'de> for LostAs {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Slow {
+    /// The extra time, in ms.
     pub ms: u64,
+    /// How many of the route's next calls take it (1 unless said).
     #[serde(default = "one")]
     pub times: u32,
 }
@@ -188,10 +196,13 @@ enum Admission {
     Refuse(Refusal),
 }
 
+/// The body of `PUT /_sandbox/faults`: each field given replaces its knob.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultUpdate {
+    /// Latency added to every call, in ms.
     pub latency_ms: Option<u64>,
+    /// Share of calls answered 503, 0.0 to 1.0 (clamped).
     pub error_rate: Option<f64>,
     /// Route key (`"POST /v1/carts"`) → how many of its next calls fail with a 503.
     #[serde(default)]
@@ -208,6 +219,7 @@ pub struct FaultUpdate {
 }
 
 impl Faults {
+    /// Knobs starting at `latency_ms` and `error_rate` (0.0 to 1.0), with no call yet.
     pub fn new(latency_ms: u64, error_rate: f64) -> Arc<Self> {
         let faults = Arc::new(Self::default());
         faults.apply(FaultUpdate {
@@ -218,6 +230,7 @@ impl Faults {
         faults
     }
 
+    /// Turns the knobs `update` names, as `PUT /_sandbox/faults` does.
     pub fn apply(&self, update: FaultUpdate) {
         if let Some(ms) = update.latency_ms {
             self.latency_ms.store(ms, Ordering::Relaxed);
@@ -249,6 +262,7 @@ impl Faults {
             .collect()
     }
 
+    /// Empties the counters and the call log, as `DELETE /_sandbox/calls` does.
     pub fn reset_calls(&self) {
         let mut state = self.lock();
         state.calls.clear();

@@ -11,6 +11,8 @@
 //! from the service, so a change to a client's request shape cannot quietly change the
 //! simulator too: the fixture tests in `tests/fixtures/` pin both sides.
 
+#![warn(missing_docs)]
+
 pub mod contract;
 pub mod credentials;
 pub mod epoint;

@@ -3,9 +3,11 @@
 
 use super::wire::{ModifierGroup, ModifierOption, Product, Store, WireMoney};
 
+/// Every sandbox store's currency.
 pub const CURRENCY: &str = "USD";
 /// The store whose Epoint POS refuses every injection (API.md's sandbox conventions).
 pub const POS_OFFLINE_STORE: &str = "str_burbank";
+/// The store that is closed, to exercise `store_closed`.
 pub const CLOSED_STORE: &str = "str_sunset";
 
 fn usd(amount: i64) -> WireMoney {
@@ -331,6 +333,7 @@ const ITEMS: &[Item] = &[
 /// Sold out everywhere in the sandbox, to exercise `product_unavailable`.
 pub const SOLD_OUT_PRODUCT: &str = "prd_banana_bread";
 
+/// The 24 sandbox products, in menu order.
 pub fn products() -> Vec<Product> {
     ITEMS
         .iter()
@@ -351,6 +354,7 @@ pub fn store_ids() -> Vec<String> {
     stores().into_iter().map(|s| s.id).collect()
 }
 
+/// The four sandbox stores, in catalogue order.
 pub fn stores() -> Vec<Store> {
     let all: Vec<String> = ITEMS.iter().map(|i| i.id.to_owned()).collect();
     let without_food: Vec<String> = ITEMS
