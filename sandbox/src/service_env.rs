@@ -1,6 +1,6 @@
 //! The environment the `cbtl-sandbox` binary prints for a service: `#` comments, then one
-//! `KEY=value` per line, ending with [`LAST`]. The binary writes it with [`write`]; a test
-//! or a script that starts the binary reads it with [`read`].
+//! `KEY=value` per line, ending with [`LAST`]. The binary writes it with [`write()`]; a test
+//! or a script that starts the binary reads it with [`read()`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -23,7 +23,7 @@ pub fn write(comment: &str, env: &[(String, String)]) -> String {
     out
 }
 
-/// Reads what [`write`] wrote, up to and including [`LAST`] (the rest of `reader` is left
+/// Reads what [`write()`] wrote, up to and including [`LAST`] (the rest of `reader` is left
 /// unread, so a running binary's output can be read while it runs).
 pub async fn read(reader: impl AsyncRead + Unpin) -> std::io::Result<BTreeMap<String, String>> {
     let mut lines = BufReader::new(reader).lines();

@@ -2,13 +2,13 @@
 //! records it (its "Sandbox simulator" section says what the sandbox adds): two hosts with
 //! their own credentials, sharing one state and one fault injector.
 //!
-//! - the **Core API** host: members, `Message-ID` replays, the member statement ([`core`]);
+//! - the **Core API** host: members, `Message-ID` replays, the member statement (`core.rs`);
 //! - the **POS / eCommerce API** host: `request_id` idempotency, offers
-//!   ([`offers`]) and queued transactions ([`transactions`]), plus the admin routes:
+//!   (`offers.rs`) and queued transactions (`transactions.rs`), plus the admin routes:
 //!   `GET /_sandbox/ledger`, `PUT /_sandbox/settings`
 //!   `{"processing_delay_ms"?, "transaction_delay_ms"?}` and the shared fault knobs.
 //!
-//! The simulator has its own wire types ([`wire`]) and never imports the client, so the
+//! The simulator has its own wire types (`wire.rs`) and never imports the client, so the
 //! two can only agree by both following the contract.
 
 mod core;
