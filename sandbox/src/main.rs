@@ -244,13 +244,15 @@ fn config(args: &Args, credentials: &Credentials) -> SandboxConfig {
 }
 
 /// A simulator's URL as a service should name it: `public_host` (if given) with the bound
-/// port.
+/// port; else the bound address, loopback standing for an unspecified one (`0.0.0.0`).
 fn public_url(base_url: &str, public_host: Option<&str>) -> String {
-    let Some(host) = public_host else {
-        return base_url.to_owned();
-    };
     let port = base_url.rsplit(':').next().unwrap_or_default();
-    format!("http://{host}:{port}")
+    match public_host {
+        Some(host) => format!("http://{host}:{port}"),
+        None if base_url.starts_with("http://0.0.0.0:") => format!("http://127.0.0.1:{port}"),
+        None if base_url.starts_with("http://[::]:") => format!("http://[::1]:{port}"),
+        None => base_url.to_owned(),
+    }
 }
 
 /// The environment that points a cbtl-bff at `sandbox`: every upstream's URL, the
@@ -431,4 +433,21 @@ fn url_of(sim: &Option<cbtl_sandbox::Simulator>) -> &str {
     sim.as_ref()
         .map(|s| s.base_url.as_str())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::public_url;
+
+    #[test]
+    fn printed_urls_name_a_host_a_service_can_reach() {
+        let url = |base, host| public_url(base, host);
+        assert_eq!(url("http://127.0.0.1:8081", None), "http://127.0.0.1:8081");
+        assert_eq!(url("http://0.0.0.0:8081", None), "http://127.0.0.1:8081");
+        assert_eq!(url("http://[::]:8081", None), "http://[::1]:8081");
+        assert_eq!(
+            url("http://0.0.0.0:8081", Some("sims.staging.internal")),
+            "http://sims.staging.internal:8081"
+        );
+    }
 }
