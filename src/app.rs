@@ -10,12 +10,13 @@ use crate::{
     graphql, http,
     jobs::JobSignal,
     quota::Quotas,
-    sandbox::{self, Sandbox},
     store::{self, StoreError},
     upstream::{Endpoints, UpstreamError, Upstreams, sessionm},
     worker,
 };
 use axum::{Json, Router, http::StatusCode, routing::get, serve::ListenerExt};
+use cbtl_sandbox::{Sandbox, SandboxConfig};
+use secrecy::ExposeSecret;
 use std::{net::SocketAddr, time::Duration};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tower_http::{catch_panic::CatchPanicLayer, limit::RequestBodyLimitLayer, trace::TraceLayer};
@@ -142,9 +143,65 @@ pub async fn build_on(
     start(settings, listener).await
 }
 
+/// The simulators to start: one for each upstream whose URL is unset, accepting the
+/// credentials the settings hold (by default the sandbox's own) and delivering webhooks to
+/// this service at `app_url`, signed with the first secret it accepts.
+fn sandbox_config(settings: &Settings, app_url: &str) -> SandboxConfig {
+    let first = |secrets: &[secrecy::SecretString]| {
+        secrets
+            .first()
+            .map(|s| s.expose_secret().to_owned())
+            .unwrap_or_default()
+    };
+    let SandboxConfig {
+        okya,
+        stripe,
+        epoint,
+        sessionm,
+        listen,
+        ..
+    } = SandboxConfig::for_app(app_url);
+    SandboxConfig {
+        okya: okya
+            .filter(|_| settings.okya.base_url.is_none())
+            .map(|okya| cbtl_sandbox::okya::OkyaSimConfig {
+                api_key: settings.okya.api_key.expose_secret().to_owned(),
+                otp_code: settings.sandbox.otp_code.clone(),
+                auto_accept_delay_ms: settings.sandbox.auto_accept_delay_ms,
+                webhook_secret: first(&settings.webhooks.okya_secrets),
+                ..okya
+            }),
+        stripe: stripe
+            .filter(|_| settings.stripe.base_url.is_none())
+            .map(|stripe| cbtl_sandbox::stripe::StripeSimConfig {
+                webhook_secret: first(&settings.webhooks.stripe_secrets),
+                ..stripe
+            }),
+        epoint: epoint
+            .filter(|_| settings.epoint.base_url.is_none())
+            .map(|epoint| cbtl_sandbox::epoint::EpointSimConfig {
+                api_key: settings.epoint.api_key.expose_secret().to_owned(),
+                ..epoint
+            }),
+        sessionm: sessionm
+            .filter(|_| !settings.sessionm.is_real())
+            .map(|sessionm| cbtl_sandbox::sessionm::SessionmSimConfig {
+                api_key: settings.sessionm.api_key.clone(),
+                api_secret: settings.sessionm.api_secret.expose_secret().to_owned(),
+                pos_api_key: settings.sessionm.pos_api_key.clone(),
+                pos_api_secret: settings.sessionm.pos_api_secret.expose_secret().to_owned(),
+                client_id: settings.sessionm.client_id.clone(),
+                ..sessionm
+            }),
+        latency_ms: settings.sandbox.latency_ms,
+        error_rate: settings.sandbox.error_rate,
+        listen,
+    }
+}
+
 /// Each upstream's URL: the configured one, or else its simulator's.
 fn endpoints(settings: &Settings, sandbox: &Sandbox) -> Result<Endpoints, UpstreamError> {
-    let url = |configured: &Option<String>, simulated: &Option<sandbox::Simulator>| {
+    let url = |configured: &Option<String>, simulated: &Option<cbtl_sandbox::Simulator>| {
         configured
             .clone()
             .or_else(|| simulated.as_ref().map(|s| s.base_url.clone()))
@@ -167,7 +224,7 @@ fn endpoints(settings: &Settings, sandbox: &Sandbox) -> Result<Endpoints, Upstre
 /// SessionM's two hosts and store mapping: the configured ones, or else the simulator's.
 fn sessionm_endpoints(
     settings: &crate::config::SessionmSettings,
-    simulated: Option<&sandbox::sessionm::SessionmSandbox>,
+    simulated: Option<&cbtl_sandbox::sessionm::SessionmSandbox>,
 ) -> Result<sessionm::SessionmEndpoints, UpstreamError> {
     match (&settings.core_url, &settings.pos_url, simulated) {
         (Some(core_url), Some(pos_url), _) => Ok(sessionm::SessionmEndpoints {
@@ -235,7 +292,7 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
     })?;
     let db = store::connect(&settings.database_url, &settings.database).await?;
     store::migrate(&db).await?;
-    let sandbox = sandbox::start(&settings, &format!("http://{addr}"))
+    let sandbox = cbtl_sandbox::start(sandbox_config(&settings, &format!("http://{addr}")))
         .await
         .map_err(StartError::Sandbox)?;
     let upstreams = Upstreams::new(endpoints(&settings, &sandbox)?, &settings)?;

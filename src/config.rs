@@ -56,19 +56,16 @@ fn describe_sandbox_credentials(found: &[SandboxCredential]) -> String {
     )
 }
 
-/// The credentials the simulators accept. They are published (in this code and the
-/// README), so a real upstream configured with one of them would be open to anyone:
-/// [`Settings::validate`] refuses them whenever their upstream's URL is set.
+/// The credentials the simulators accept, which are the defaults of these settings. The
+/// sandbox crate owns them (`cbtl_sandbox::credentials`). They are published (in that code
+/// and the README), so a real upstream configured with one of them would be open to
+/// anyone: [`Settings::validate`] refuses them whenever their upstream's URL is set.
 pub mod sandbox_credentials {
-    pub const OKYA_API_KEY: &str = "okya_sandbox_key";
-    pub const STRIPE_SECRET_KEY: &str = "sk_test_sandbox";
-    pub const EPOINT_API_KEY: &str = "epoint_sandbox_key";
-    pub const SESSIONM_API_KEY: &str = "sessionm_sandbox_key";
-    pub const SESSIONM_API_SECRET: &str = "sessionm_sandbox_secret";
-    pub const SESSIONM_POS_API_KEY: &str = "sessionm_sandbox_pos_key";
-    pub const SESSIONM_POS_API_SECRET: &str = "sessionm_sandbox_pos_secret";
-    pub const OKYA_WEBHOOK_SECRET: &str = "whsec_okya_sandbox";
-    pub const STRIPE_WEBHOOK_SECRET: &str = "whsec_stripe_sandbox";
+    pub use cbtl_sandbox::credentials::{
+        EPOINT_API_KEY, OKYA_API_KEY, OKYA_WEBHOOK_SECRET, OTP_CODE, SESSIONM_API_KEY,
+        SESSIONM_API_SECRET, SESSIONM_CLIENT_ID, SESSIONM_POS_API_KEY, SESSIONM_POS_API_SECRET,
+        STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET,
+    };
     /// The development-only key that signs access tokens.
     pub const JWT_SECRET: &str = super::DEV_JWT_SECRET;
 }
@@ -415,7 +412,7 @@ impl Default for SessionmSettings {
             pos_url: None,
             pos_api_key: sandbox_credentials::SESSIONM_POS_API_KEY.to_owned(),
             pos_api_secret: SecretString::from(sandbox_credentials::SESSIONM_POS_API_SECRET),
-            client_id: "cbtl-bff".to_owned(),
+            client_id: sandbox_credentials::SESSIONM_CLIENT_ID.to_owned(),
             store_ids: BTreeMap::new(),
             ecommerce_store_id: None,
             connect_timeout_ms: 1_000,
@@ -578,8 +575,8 @@ pub struct SandboxSettings {
 impl Default for SandboxSettings {
     fn default() -> Self {
         Self {
-            otp_code: "123456".to_owned(),
-            auto_accept_delay_ms: 2_000,
+            otp_code: sandbox_credentials::OTP_CODE.to_owned(),
+            auto_accept_delay_ms: cbtl_sandbox::okya::AUTO_ACCEPT_DELAY_MS,
             latency_ms: 0,
             error_rate: 0.0,
         }

@@ -14,7 +14,6 @@ pub mod http;
 pub mod jobs;
 pub mod quota;
 pub mod retry;
-pub mod sandbox;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

@@ -335,7 +335,7 @@ fn path_segment(raw: &str) -> String {
 mod tests {
     use super::*;
     use crate::domain::Currency;
-    use crate::sandbox::{
+    use cbtl_sandbox::{
         Simulator,
         epoint::EpointSimConfig,
         faults::{FaultUpdate, Faults, Loss, LostAs},
@@ -349,8 +349,9 @@ mod tests {
     async fn setup(offline: &[&str]) -> (Simulator, EpointClient) {
         let config = EpointSimConfig {
             offline_locations: offline.iter().map(|s| (*s).to_owned()).collect(),
+            ..EpointSimConfig::default()
         };
-        let sim = crate::sandbox::epoint::start(config, Faults::new(0, 0.0))
+        let sim = cbtl_sandbox::epoint::start(config, Faults::new(0, 0.0))
             .await
             .expect("simulator starts");
         let client =

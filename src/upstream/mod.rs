@@ -3,6 +3,8 @@
 //! timeout and its own `tracing` span.
 
 mod call;
+#[cfg(test)]
+mod contract_tests;
 pub mod epoint;
 pub mod okya;
 pub mod sessionm;

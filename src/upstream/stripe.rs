@@ -578,22 +578,23 @@ impl StripeClient {
 mod tests {
     use super::*;
     use crate::domain::Currency;
-    use crate::sandbox::{
-        self, Simulator,
+    use axum::{Router, body::Bytes, http::HeaderMap, routing::post};
+    use cbtl_sandbox::{
+        Simulator,
         faults::{FaultUpdate, Faults, Loss, LostAs},
         stripe::StripeSimConfig,
     };
-    use axum::{Router, body::Bytes, http::HeaderMap, routing::post};
     use std::time::Duration;
     use tokio::sync::mpsc;
 
     const WEBHOOK_SECRET: &str = "whsec_test_secret";
 
     async fn simulator(webhook_url: Option<String>) -> (Simulator, StripeClient) {
-        let sim = sandbox::stripe::start(
+        let sim = cbtl_sandbox::stripe::start(
             StripeSimConfig {
                 webhook_url,
                 webhook_secret: WEBHOOK_SECRET.to_owned(),
+                ..StripeSimConfig::default()
             },
             Faults::new(0, 0.0),
         )
@@ -626,6 +627,12 @@ mod tests {
     fn rejection(err: &UpstreamError) -> (u16, Rejection) {
         let (status, rejection) = err.rejection().expect("a rejection");
         (status, rejection.clone())
+    }
+
+    /// The simulator's events claim the version this client pins.
+    #[test]
+    fn the_simulator_speaks_the_pinned_api_version() {
+        assert_eq!(cbtl_sandbox::stripe::API_VERSION, API_VERSION);
     }
 
     #[tokio::test]
@@ -667,7 +674,7 @@ mod tests {
         assert_eq!(pi.amount_capturable, 900);
         assert_eq!(pi.amount_received, 0);
         assert_eq!(pi.card(), Some(("mastercard", "4444")));
-        let hold = pi.capture_before().unwrap() - sandbox::unix_now();
+        let hold = pi.capture_before().unwrap() - chrono::Utc::now().timestamp();
         assert!((6 * 86_400..=7 * 86_400).contains(&hold), "{hold}");
 
         let too_much = client
@@ -1055,7 +1062,7 @@ mod tests {
                 &signature,
                 &body,
                 &secrets,
-                sandbox::unix_now(),
+                chrono::Utc::now().timestamp(),
                 300,
             )
             .unwrap();

@@ -5,7 +5,7 @@ use crate::helpers::{
     spawn_with_settings, test_settings,
 };
 use crate::routes::{CREATE_ACCOUNT, CREATE_MEMBER, SEND_OTP, VERIFY_OTP};
-use cbtl_bff::sandbox::faults::Faults;
+use cbtl_sandbox::faults::Faults;
 use serde_json::{Value, json};
 
 const SIGN_IN: &str = "mutation($i: SignInInput!) { signIn(input: $i) { customer { id } accessToken refreshToken userErrors { code field message } } }";
@@ -421,7 +421,7 @@ async fn the_sessionm_link_survives_failure_and_restart(kind: Db) {
     );
     drop(app);
 
-    sessionm_faults.apply(cbtl_bff::sandbox::faults::FaultUpdate {
+    sessionm_faults.apply(cbtl_sandbox::faults::FaultUpdate {
         error_rate: Some(0.0),
         ..Default::default()
     });

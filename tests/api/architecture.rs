@@ -5,6 +5,9 @@
 //! `domain` ← `config` ← `store`, `upstream` ← `context`, `jobs` ← `flows` ← `graphql` ←
 //! `http` ← `worker`, `app` ← `main`.
 //!
+//! The upstream simulators are a crate of their own (`sandbox/`, `cbtl-sandbox`), which the
+//! service depends on and which never depends on the service.
+//!
 //! `cargo test --all-features --test api architecture -- --nocapture` prints the graph.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -96,7 +99,7 @@ fn referenced_modules(code: &str) -> BTreeSet<String> {
 const LAYERS: &[&[&str]] = &[
     &["domain", "retry"],
     &["config", "crash", "events", "telemetry"],
-    &["store", "upstream", "sandbox", "auth", "quota"],
+    &["store", "upstream", "auth", "quota"],
     &["context", "jobs"],
     &["flows"],
     &["graphql"],
@@ -170,4 +173,55 @@ fn the_reader_sees_grouped_and_nested_paths() {
         found.into_iter().collect::<Vec<_>>(),
         ["context", "domain", "store", "x"]
     );
+}
+
+/// The sandbox crate speaks the upstreams' contracts with wire types of its own: if it could
+/// reach the service's clients, a change to a client's request shape could quietly change
+/// the simulator too. Its manifest names no dependency on the service (nor any path
+/// dependency, through which one could come), and none of its files names the service's
+/// crate.
+#[test]
+fn the_sandbox_crate_does_not_depend_on_the_service() {
+    let sandbox = Path::new(env!("CARGO_MANIFEST_DIR")).join("sandbox");
+    let manifest = std::fs::read_to_string(sandbox.join("Cargo.toml")).expect("sandbox/Cargo.toml");
+    let mut table = "";
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            table = line;
+            continue;
+        }
+        if table.contains("dependencies") && !line.starts_with('#') {
+            let name = line.split('=').next().unwrap_or_default().trim();
+            assert!(
+                !matches!(name, "cbtl-bff" | "cbtl_bff") && !line.contains("cbtl-bff"),
+                "sandbox/Cargo.toml depends on the service in {table}: {line}"
+            );
+            assert!(
+                !line.contains("path"),
+                "sandbox/Cargo.toml has a path dependency in {table}: {line}"
+            );
+        }
+    }
+    fn every_file(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("a sandbox folder") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                every_file(&path, files);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    every_file(&sandbox, &mut files);
+    assert!(files.len() > 10, "the sandbox's files are found: {files:?}");
+    for file in files {
+        let text =
+            String::from_utf8_lossy(&std::fs::read(&file).expect("a sandbox file")).into_owned();
+        assert!(
+            !text.contains("cbtl_bff"),
+            "{} names the service's crate",
+            file.display()
+        );
+    }
 }

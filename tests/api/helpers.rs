@@ -682,18 +682,18 @@ pub fn error_code(body: &Value) -> &str {
 /// Simulators started by the test itself, so they outlive the service (restarts, several
 /// instances), as real upstreams do.
 pub struct ExternalUpstreams {
-    pub okya: cbtl_bff::sandbox::Simulator,
-    pub stripe: cbtl_bff::sandbox::Simulator,
-    pub epoint: cbtl_bff::sandbox::Simulator,
-    pub sessionm: cbtl_bff::sandbox::sessionm::SessionmSandbox,
+    pub okya: cbtl_sandbox::Simulator,
+    pub stripe: cbtl_sandbox::Simulator,
+    pub epoint: cbtl_sandbox::Simulator,
+    pub sessionm: cbtl_sandbox::sessionm::SessionmSandbox,
 }
 
 /// A SessionM simulator with the sandbox credentials and one store per Okya sandbox store.
 pub async fn sessionm_simulator(
-    faults: std::sync::Arc<cbtl_bff::sandbox::faults::Faults>,
-) -> cbtl_bff::sandbox::sessionm::SessionmSandbox {
+    faults: std::sync::Arc<cbtl_sandbox::faults::Faults>,
+) -> cbtl_sandbox::sessionm::SessionmSandbox {
     use cbtl_bff::config::sandbox_credentials as creds;
-    use cbtl_bff::sandbox::{okya, sessionm};
+    use cbtl_sandbox::{okya, sessionm};
     sessionm::start(
         sessionm::SessionmSimConfig {
             api_key: creds::SESSIONM_API_KEY.to_owned(),
@@ -711,10 +711,7 @@ pub async fn sessionm_simulator(
 
 /// Points `settings` at a SessionM simulator the test started, as a real SessionM is
 /// configured: both hosts, and its store for each Okya store.
-pub fn configure_sessionm(
-    settings: &mut Settings,
-    sim: &cbtl_bff::sandbox::sessionm::SessionmSandbox,
-) {
+pub fn configure_sessionm(settings: &mut Settings, sim: &cbtl_sandbox::sessionm::SessionmSandbox) {
     settings.sessionm.core_url = Some(sim.core.base_url.clone());
     settings.sessionm.pos_url = Some(sim.pos.base_url.clone());
     settings.sessionm.store_ids = sim.store_ids.clone();
@@ -724,7 +721,7 @@ pub fn configure_sessionm(
 impl ExternalUpstreams {
     /// Okya's webhooks go to the service on `app_port`; `str_burbank`'s POS is offline.
     pub async fn start(app_port: u16) -> Self {
-        use cbtl_bff::sandbox::{epoint, faults::Faults, okya, stripe};
+        use cbtl_sandbox::{epoint, faults::Faults, okya, stripe};
         let okya = okya::start(
             okya::OkyaSimConfig {
                 webhook_url: Some(format!("http://127.0.0.1:{app_port}/webhooks/okya")),
@@ -741,6 +738,7 @@ impl ExternalUpstreams {
         let epoint = epoint::start(
             epoint::EpointSimConfig {
                 offline_locations: vec!["str_burbank".to_owned()],
+                ..epoint::EpointSimConfig::default()
             },
             Faults::new(0, 0.0),
         )
@@ -804,18 +802,11 @@ impl World {
 
 /// An Okya simulator the test starts itself, with the sandbox key and a fixed code, so it
 /// outlives the service as the real Okya would.
-pub async fn okya_simulator() -> cbtl_bff::sandbox::Simulator {
-    use cbtl_bff::sandbox::{faults::Faults, okya};
-    okya::start(
-        okya::OkyaSimConfig {
-            api_key: "okya_sandbox_key".to_owned(),
-            otp_code: "123456".to_owned(),
-            ..okya::OkyaSimConfig::default()
-        },
-        Faults::new(0, 0.0),
-    )
-    .await
-    .expect("okya simulator")
+pub async fn okya_simulator() -> cbtl_sandbox::Simulator {
+    use cbtl_sandbox::{faults::Faults, okya};
+    okya::start(okya::OkyaSimConfig::default(), Faults::new(0, 0.0))
+        .await
+        .expect("okya simulator")
 }
 
 /// A port the test binds once and keeps, so the service can be stopped and started again

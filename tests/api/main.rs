@@ -23,6 +23,7 @@ mod persistence;
 mod protocol;
 mod rewards;
 mod routes;
+mod sandbox_binary;
 mod sessionm;
 mod shop;
 mod step_faults;

@@ -346,13 +346,13 @@ mod tests {
     use super::*;
     use crate::config::OkyaSettings;
     use crate::domain::{ModifierOptionId, ProductId, StoreId};
-    use crate::sandbox::{
+    use crate::upstream::signature;
+    use axum::{Router, body::Bytes, extract::State, http::HeaderMap, routing::post};
+    use cbtl_sandbox::{
         Simulator,
         faults::{FaultUpdate, Faults, Loss, LostAs},
         okya as sim,
     };
-    use crate::upstream::signature;
-    use axum::{Router, body::Bytes, extract::State, http::HeaderMap, routing::post};
     use secrecy::SecretString;
     use serde_json::{Value, json};
     use std::sync::{Arc, Mutex};
