@@ -13,4 +13,6 @@ pub use ids::{
     ProductId, StoreId, VoucherId,
 };
 pub use money::{Currency, Money, MoneyError};
-pub use order::{CaptureMode, OrderStatus, PaymentStatus, Step, StepKind};
+pub use order::{
+    Approval, CaptureMode, Fulfilment, OkyaState, OrderStatus, PaymentStatus, Step, StepKind,
+};

@@ -299,6 +299,67 @@ impl fmt::Display for PaymentStatus {
     }
 }
 
+/// Okya's `approval` of an order (`docs/upstreams/okya.md`): the store's decision. Our
+/// order row records it by the same names, through sea-orm.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    sea_orm::EnumIter,
+    sea_orm::DeriveActiveEnum,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[sea_orm(rs_type = "String", db_type = "Text")]
+pub enum Approval {
+    #[sea_orm(string_value = "NEEDS_APPROVAL")]
+    NeedsApproval,
+    #[sea_orm(string_value = "APPROVED")]
+    Approved,
+    #[sea_orm(string_value = "NOT_APPROVED")]
+    NotApproved,
+}
+
+/// Okya's `fulfilment` of an order: how far the store is with it. Our order row records
+/// it by the same names, through sea-orm.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    sea_orm::EnumIter,
+    sea_orm::DeriveActiveEnum,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[sea_orm(rs_type = "String", db_type = "Text")]
+pub enum Fulfilment {
+    #[sea_orm(string_value = "RECEIVED")]
+    Received,
+    #[sea_orm(string_value = "IN_PREPARATION")]
+    InPreparation,
+    #[sea_orm(string_value = "READY_FOR_PICKUP")]
+    ReadyForPickup,
+    #[sea_orm(string_value = "COMPLETED")]
+    Completed,
+    #[sea_orm(string_value = "VOID")]
+    Void,
+}
+
+/// What our order row keeps of Okya's copy of the order; a `version` is applied only when
+/// newer than the one held, so duplicated or reordered webhooks never move it backwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OkyaState {
+    pub version: i64,
+    pub approval: Approval,
+    pub fulfilment: Fulfilment,
+}
+
 #[cfg(test)]
 mod tests {
     use super::OrderStatus::{self, *};

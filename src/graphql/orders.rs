@@ -445,7 +445,7 @@ impl OrderQuery {
             match state.upstreams.okya.order(okya_id).await {
                 Ok(Some(okya)) if okya.version > order.okya_version => {
                     // A webhook we have not had yet: apply it, then let the flow catch up.
-                    store::orders::record_okya_state(&state.db, &order.id, &okya)
+                    store::orders::record_okya_state(&state.db, &order.id, okya.state())
                         .await
                         .map_err(ApiError::from)?;
                     let _ = place_order::drive(state, &order.id).await;

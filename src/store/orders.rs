@@ -5,7 +5,7 @@ use super::{
     entities::{order, order_status_history as history},
     sql::stmt,
 };
-use crate::domain::{CustomerId, IdempotencyKey, OrderId, OrderStatus, Step, StepKind};
+use crate::domain::{CustomerId, IdempotencyKey, OkyaState, OrderId, OrderStatus, Step, StepKind};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait,
     IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
@@ -270,7 +270,7 @@ pub async fn page_for_customer(
 pub async fn record_okya_state(
     db: &impl ConnectionTrait,
     id: &OrderId,
-    okya: &crate::upstream::okya::orders::Order,
+    okya: OkyaState,
 ) -> Result<bool, StoreError> {
     let result = order::Entity::update_many()
         .col_expr(order::Column::OkyaVersion, Expr::value(okya.version))

@@ -138,6 +138,14 @@ fn the_module_graph_has_no_cycle_and_runs_one_way() {
         upward.is_empty(),
         "modules that use a layer above them: {upward:?}"
     );
+    // The database and the clients meet only in the flows: what both need (the order's
+    // state, Okya's approval and fulfilment) lives in the domain.
+    for (a, b) in [("store", "upstream"), ("upstream", "store")] {
+        assert!(
+            !graph.get(a).is_some_and(|uses| uses.contains(b)),
+            "`{a}` uses `{b}`: move what they share into `domain`"
+        );
+    }
     // Within a layer, modules may use each other only without a cycle.
     let mut state: BTreeMap<&str, u8> = BTreeMap::new();
     fn visit<'a>(

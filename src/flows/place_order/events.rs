@@ -31,7 +31,7 @@ pub async fn apply_okya_event(
             okya.id
         )));
     };
-    store::orders::record_okya_state(&state.db, &order.id, &okya)
+    store::orders::record_okya_state(&state.db, &order.id, okya.state())
         .await
         .map_err(|e| transient(&e))?;
     drive_for_job(state, &order.id).await
@@ -93,7 +93,7 @@ pub async fn reconcile(state: &AppState) -> Result<usize, FlowError> {
             continue;
         }
         tracing::info!(order_id = %order.id, version = okya.version, "reconciliation found a change no webhook brought");
-        store::orders::record_okya_state(&state.db, &order.id, &okya).await?;
+        store::orders::record_okya_state(&state.db, &order.id, okya.state()).await?;
         drive(state, &order.id).await?;
         applied += 1;
     }

@@ -670,7 +670,7 @@ async fn record_okya(
         order.okya_approval = Some(okya.approval);
         order.okya_fulfilment = Some(okya.fulfilment);
     }
-    store::orders::record_okya_state(&state.db, &order.id, okya).await?;
+    store::orders::record_okya_state(&state.db, &order.id, okya.state()).await?;
     Ok(())
 }
 

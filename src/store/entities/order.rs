@@ -1,8 +1,7 @@
 use crate::domain::{
-    CaptureMode, CartId, CustomerId, IdempotencyKey, OrderId, OrderStatus, PaymentMethodId,
-    PaymentStatus, Step, VoucherId,
+    Approval, CaptureMode, CartId, CustomerId, Fulfilment, IdempotencyKey, OrderId, OrderStatus,
+    PaymentMethodId, PaymentStatus, Step, VoucherId,
 };
-use crate::upstream::okya::orders::{Approval, Fulfilment};
 use sea_orm::entity::prelude::*;
 
 /// One Place Order flow: its recovery point (`step`), what the app sees (`status`), the

@@ -21,57 +21,9 @@ pub enum OrderState {
     Canceled,
 }
 
-/// `approval`: the store's decision. Also how our order row records it (by the same
-/// names, through sea-orm).
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    sea_orm::EnumIter,
-    sea_orm::DeriveActiveEnum,
-)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[sea_orm(rs_type = "String", db_type = "Text")]
-pub enum Approval {
-    #[sea_orm(string_value = "NEEDS_APPROVAL")]
-    NeedsApproval,
-    #[sea_orm(string_value = "APPROVED")]
-    Approved,
-    #[sea_orm(string_value = "NOT_APPROVED")]
-    NotApproved,
-}
-
-/// `fulfilment`: how far the store is with the order. Also how our order row records it
-/// (by the same names, through sea-orm).
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    sea_orm::EnumIter,
-    sea_orm::DeriveActiveEnum,
-)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[sea_orm(rs_type = "String", db_type = "Text")]
-pub enum Fulfilment {
-    #[sea_orm(string_value = "RECEIVED")]
-    Received,
-    #[sea_orm(string_value = "IN_PREPARATION")]
-    InPreparation,
-    #[sea_orm(string_value = "READY_FOR_PICKUP")]
-    ReadyForPickup,
-    #[sea_orm(string_value = "COMPLETED")]
-    Completed,
-    #[sea_orm(string_value = "VOID")]
-    Void,
-}
+// Okya's `approval` and `fulfilment` are also how our order row records the store's side,
+// so they live in the domain (the store layer uses them without knowing this client).
+pub use crate::domain::{Approval, Fulfilment, OkyaState};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -117,6 +69,17 @@ pub struct Order {
     pub updated_at: DateTime<Utc>,
     /// Starts at 1 and goes up by 1 on every change; newer wins.
     pub version: i64,
+}
+
+impl Order {
+    /// What our order row keeps of this answer: its version, approval and fulfilment.
+    pub fn state(&self) -> OkyaState {
+        OkyaState {
+            version: self.version,
+            approval: self.approval,
+            fulfilment: self.fulfilment,
+        }
+    }
 }
 
 /// A discount applied to an order after submission.
