@@ -258,9 +258,16 @@ fn sessionm_endpoints(
 /// With a real SessionM, every store Okya lists needs a SessionM store
 /// (`sessionm.store_ids`): a missing one would fail every reward and sale there. When Okya
 /// cannot be asked now, the start goes on and each call checks its own store.
+/// 200 ms, 400 ms, 600 ms between the start's three tries to list Okya's stores.
+const STORE_CHECK_RETRIES: crate::retry::RetryPolicy = crate::retry::RetryPolicy::new(
+    Duration::from_millis(200),
+    Duration::from_millis(600),
+    crate::retry::Jitter::None,
+);
+
 async fn check_sessionm_stores(upstreams: &Upstreams) -> Result<(), StartError> {
     let mut last_error = None;
-    for attempt in 0..3_u64 {
+    for attempt in 0..3_u32 {
         match upstreams.okya.stores(None).await {
             Ok(stores) => {
                 let missing = upstreams
@@ -277,7 +284,7 @@ async fn check_sessionm_stores(upstreams: &Upstreams) -> Result<(), StartError> 
             }
             Err(e) => last_error = Some(e),
         }
-        tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+        tokio::time::sleep(STORE_CHECK_RETRIES.delay(attempt + 1)).await;
     }
     if let Some(e) = last_error {
         tracing::warn!(error = %e, "cannot list Okya's stores to check sessionm.store_ids; each SessionM call checks its store");

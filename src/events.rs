@@ -61,7 +61,17 @@ impl OrderEvents {
         }
     }
 
+    /// Waits between reconnections of the listener: 1 s, doubling to 5 s, jittered so
+    /// instances that lost PostgreSQL together do not reconnect together.
+    const RECONNECT: crate::retry::RetryPolicy = crate::retry::RetryPolicy::new(
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+        crate::retry::Jitter::Equal,
+    );
+
     async fn listen(self) {
+        // Consecutive failed connections; the wait between them grows to a few seconds.
+        let mut failures = 0_u32;
         loop {
             let Some(pool) = Some(self.db.get_postgres_connection_pool()) else {
                 return;
@@ -72,6 +82,7 @@ impl OrderEvents {
                         tracing::warn!(error = %e, "LISTEN failed");
                     } else {
                         tracing::info!("listening for order events from other instances");
+                        failures = 0;
                         loop {
                             match listener.recv().await {
                                 Ok(notification) => {
@@ -89,7 +100,8 @@ impl OrderEvents {
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot connect the order event listener"),
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            failures = failures.saturating_add(1);
+            tokio::time::sleep(Self::RECONNECT.delay(failures)).await;
         }
     }
 }

@@ -1,5 +1,6 @@
-//! One retry policy for every wait between tries (an upstream call's inline retries, a
-//! pending SessionM request, a flow step, a job): exponential from a base, capped, with
+//! One retry policy for every wait after a failed try (an upstream call's inline retries,
+//! a pending SessionM request, a flow step, a job, a busy job, the start's store check,
+//! the order-event listener's reconnection): exponential from a base, capped, with
 //! jitter so the retries of many callers spread out instead of arriving together.
 
 use std::time::Duration;

@@ -30,7 +30,7 @@ pub fn spawn_workers(state: AppState) -> Vec<JoinHandle<()>> {
 
 async fn run_worker(state: AppState, worker: usize) {
     let poll = state.settings.jobs.poll_interval();
-    let lease = i64::try_from(state.settings.jobs.lease().as_millis()).unwrap_or(60_000);
+    let lease = crate::domain::millis(state.settings.jobs.lease());
     loop {
         let notified = state.job_signal.notified();
         match store::jobs::claim(&state.db, now_ms(), lease).await {
@@ -65,9 +65,9 @@ async fn run_one(state: &AppState, job: Claimed) {
             let dead =
                 matches!(error, JobError::Permanent(_)) || (!busy && job.attempts >= MAX_ATTEMPTS);
             let delay = if busy {
-                100 + i64::try_from(fastrand::u64(0..100)).unwrap_or(0)
+                crate::domain::millis(BUSY_RETRY.delay(1))
             } else {
-                backoff_ms(job.attempts, state.settings.jobs.max_backoff_ms)
+                backoff_ms(job.attempts, state.settings.jobs.max_backoff())
             };
             if busy {
                 tracing::debug!(%error, retry_in_ms = delay, "job waits for a busy record");
@@ -111,20 +111,28 @@ async fn dispatch(
 }
 
 /// 250 ms doubling per attempt, capped, with jitter so retries of many jobs spread out.
-fn backoff_ms(attempts: i32, max_ms: u64) -> i64 {
+/// A job waiting for a record another runner holds: soon, spread over 100–200 ms.
+const BUSY_RETRY: crate::retry::RetryPolicy = crate::retry::RetryPolicy::new(
+    Duration::from_millis(100),
+    Duration::from_millis(100),
+    crate::retry::Jitter::Added(100),
+);
+
+fn backoff_ms(attempts: i32, max: Duration) -> i64 {
     let policy = crate::retry::RetryPolicy::new(
         Duration::from_millis(250),
-        Duration::from_millis(max_ms.max(1)),
+        max.max(Duration::from_millis(1)),
         crate::retry::Jitter::Equal,
     );
     let retry = u32::try_from(attempts.max(1)).unwrap_or(1);
-    i64::try_from(policy.delay(retry).as_millis()).unwrap_or(i64::MAX)
+    crate::domain::millis(policy.delay(retry))
 }
 
 #[cfg(test)]
 mod tests {
     use super::backoff_ms;
     use crate::jobs::JobKind;
+    use std::time::Duration;
 
     #[test]
     fn every_job_kind_round_trips_and_the_flows_use_its_names() {
@@ -140,12 +148,12 @@ mod tests {
     #[test]
     fn backoff_grows_and_is_capped() {
         for _ in 0..50 {
-            let first = backoff_ms(1, 300_000);
+            let first = backoff_ms(1, Duration::from_millis(300_000));
             assert!((125..=250).contains(&first));
-            let tenth = backoff_ms(10, 300_000);
+            let tenth = backoff_ms(10, Duration::from_millis(300_000));
             assert!((64_000..=128_000).contains(&tenth), "{tenth}");
-            assert!(backoff_ms(40, 300_000) <= 300_000);
-            assert!(backoff_ms(40, 200) <= 200);
+            assert!(backoff_ms(40, Duration::from_millis(300_000)) <= 300_000);
+            assert!(backoff_ms(40, Duration::from_millis(200)) <= 200);
         }
     }
 }

@@ -7,7 +7,4 @@ pub mod viewer;
 
 pub use viewer::Viewer;
 
-/// Milliseconds since the Unix epoch, the unit the database compares.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+pub use crate::domain::now_ms;

@@ -31,13 +31,12 @@ pub async fn start(
     db: &DatabaseConnection,
     keys: &TokenKeys,
     customer_id: &str,
-    refresh_ttl_secs: u64,
+    refresh_ttl: std::time::Duration,
 ) -> Result<TokenPair, SessionError> {
     let now = now_ms();
     let session_id = format!("ses_{}", uuid::Uuid::new_v4().simple());
     let refresh_token = new_refresh_token();
-    let expires =
-        now + i64::try_from(refresh_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
+    let expires = now.saturating_add(crate::domain::millis(refresh_ttl));
     let txn = db.begin().await.map_err(StoreError::from)?;
     store::sessions::create(&txn, &session_id, customer_id, now, expires).await?;
     store::sessions::add_refresh_token(&txn, &hash_refresh_token(&refresh_token), &session_id, now)

@@ -45,7 +45,7 @@ impl TokenKeys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
-            ttl_secs: i64::try_from(settings.access_token_ttl_secs).unwrap_or(3_600),
+            ttl_secs: crate::domain::millis(settings.access_token_ttl()) / 1_000,
         }
     }
 

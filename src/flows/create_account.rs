@@ -11,7 +11,7 @@ use crate::{
         sessions::{self, SessionError, TokenPair},
     },
     context::AppState,
-    domain::{Email, PersonName, Phone},
+    domain::{Email, PersonName, Phone, millis},
     jobs::JobError,
     store::{self, StoreError, customers::NewCustomer, entities::customer, otp::Attempt},
     upstream::{
@@ -119,7 +119,7 @@ pub async fn register(
     let fingerprint = hex::encode(Sha256::digest(
         serde_json::to_vec(&account).unwrap_or_default(),
     ));
-    let window_ms = i64::try_from(state.settings.auth.otp_ttl().as_millis()).unwrap_or(i64::MAX);
+    let window_ms = millis(state.settings.auth.otp_ttl());
     let attempt =
         store::registrations::begin(&state.db, &fingerprint, phone.as_str(), now_ms(), window_ms)
             .await?;
@@ -219,7 +219,7 @@ async fn check_send_throttle(state: &AppState, phone: &Phone) -> Result<(), Flow
     let now = now_ms();
     let (last, count) =
         store::otp::recent_sends(&state.db, phone.as_str(), now - 3_600_000).await?;
-    let interval_ms = i64::try_from(limits.otp_resend_interval().as_millis()).unwrap_or(30_000);
+    let interval_ms = millis(limits.otp_resend_interval());
     if let Some(last) = last
         && now - last < interval_ms
     {
@@ -289,7 +289,7 @@ pub async fn verify_code(
             &state.db,
             phone.as_str(),
             now_ms(),
-            i64::try_from(limits.otp_ttl_secs * 1000).unwrap_or(600_000),
+            millis(limits.otp_ttl()),
             i32::try_from(limits.otp_max_attempts).unwrap_or(5),
         )
         .await?;
@@ -299,7 +299,7 @@ pub async fn verify_code(
         &state.db,
         phone.as_str(),
         now_ms(),
-        i64::try_from(limits.otp_ttl_secs * 1000).unwrap_or(600_000),
+        millis(limits.otp_ttl()),
         i32::try_from(limits.otp_max_attempts).unwrap_or(5),
     )
     .await?;
@@ -333,7 +333,7 @@ pub async fn verify_code(
         &state.db,
         &state.token_keys,
         &account.id,
-        state.settings.auth.refresh_token_ttl_secs,
+        state.settings.auth.refresh_token_ttl(),
     )
     .await?;
     let customer = store::customers::find(&state.db, &account.id)

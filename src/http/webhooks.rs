@@ -35,7 +35,7 @@ fn verify(
     header: &str,
     body: &[u8],
     secrets: &[SecretString],
-    tolerance: u64,
+    tolerance: std::time::Duration,
 ) -> Option<Response> {
     let Some(value) = headers.get(header).and_then(|v| v.to_str().ok()) else {
         return Some(refuse(
@@ -49,7 +49,8 @@ fn verify(
         body,
         secrets,
         chrono::Utc::now().timestamp(),
-        tolerance,
+        // Signed timestamps are whole seconds (Stripe's scheme, and Okya's after it).
+        tolerance.as_secs(),
     )
     .map_err(|e| {
         tracing::warn!(header, error = %e, "webhook refused");
@@ -135,7 +136,7 @@ pub async fn okya(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         "x-okya-signature",
         &body,
         &hooks.okya_secrets,
-        hooks.tolerance_secs,
+        hooks.tolerance(),
     ) {
         return refused;
     }
@@ -149,7 +150,7 @@ pub async fn stripe(State(state): State<AppState>, headers: HeaderMap, body: Byt
         "stripe-signature",
         &body,
         &hooks.stripe_secrets,
-        hooks.tolerance_secs,
+        hooks.tolerance(),
     ) {
         return refused;
     }

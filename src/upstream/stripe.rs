@@ -382,6 +382,13 @@ pub fn is_idempotency_error(rejection: &Rejection) -> bool {
         || rejection.code == "idempotency_error"
 }
 
+/// True when Stripe does not know the payment method the app sent (`resource_missing` on
+/// the `payment_method` parameter): the customer's to fix, with another card.
+/// See <https://docs.stripe.com/error-codes#resource-missing>.
+pub fn is_unknown_payment_method(rejection: &Rejection) -> bool {
+    rejection.code == "resource_missing" && rejection.field.as_deref() == Some("payment_method")
+}
+
 fn call(operation: &'static str) -> Call {
     Call {
         system: System::Stripe,

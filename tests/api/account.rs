@@ -68,7 +68,7 @@ async fn registration_answers_at_once_links_sessionm_in_the_background_and_the_c
     assert_eq!(customer["confirmed"], false);
     let id = customer["id"].as_str().unwrap().to_owned();
 
-    // Steps 6-9 happen after the answer: a SessionM user, its id saved on the Okya account.
+    // Steps 7–9 happen after the answer: a SessionM user, its id saved on the Okya account.
     app.eventually("the SessionM link", || async {
         let accounts = app.okya_accounts().await;
         accounts

@@ -34,15 +34,56 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
         }
         let text = std::fs::read_to_string(&file).expect("source");
         // Test code may reach anywhere (a client's tests start its simulator).
-        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        let code = without_test_items(&text);
         let uses = graph.entry(module.clone()).or_default();
-        for target in referenced_modules(code) {
+        for target in referenced_modules(&code) {
             if target != module {
                 uses.insert(target);
             }
         }
     }
     graph
+}
+
+/// The code without its `#[cfg(test)]` items: a `mod tests;` declaration, an inline
+/// `mod tests { … }` or any other item, each cut to its own end (its `;`, or the brace
+/// that closes its body), so the code after a test item is still read.
+fn without_test_items(text: &str) -> String {
+    const MARK: &str = "#[cfg(test)]";
+    let mut kept = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(MARK) {
+        kept.push_str(&rest[..at]);
+        let item = &rest[at + MARK.len()..];
+        let semicolon = item.find(';');
+        let brace = item.find('{');
+        let end = match (semicolon, brace) {
+            (Some(semi), Some(open)) if semi < open => semi + 1,
+            (Some(semi), None) => semi + 1,
+            (_, Some(open)) => {
+                let mut depth = 0usize;
+                let mut end = item.len();
+                for (i, c) in item[open..].char_indices() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                end = open + i + 1;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                end
+            }
+            (None, None) => item.len(),
+        };
+        rest = &item[end..];
+    }
+    kept.push_str(rest);
+    kept
 }
 
 fn collect(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
@@ -170,6 +211,17 @@ fn the_module_graph_has_no_cycle_and_runs_one_way() {
     for module in graph.keys() {
         visit(module, &graph, &mut state, &mut Vec::new());
     }
+}
+
+#[test]
+fn test_items_are_cut_to_their_end_and_the_code_after_them_is_read() {
+    let code = without_test_items(
+        "use crate::a;\n#[cfg(test)]\nmod tests;\nuse crate::b;\n#[cfg(test)]\nmod inline {\n    fn f() { crate::c::x(); }\n}\nfn g() { crate::d::y(); }\n",
+    );
+    assert_eq!(
+        referenced_modules(&code).into_iter().collect::<Vec<_>>(),
+        ["a", "b", "d"]
+    );
 }
 
 #[test]

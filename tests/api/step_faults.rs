@@ -360,7 +360,7 @@ async fn unlock(fault: Fault) {
     shop.assert_money_invariants().await;
 }
 
-/// Step 26 is a durable job, not a step, but it is an upstream write all the same.
+/// Step 25 (the sale to SessionM) is a durable job, not a step, but it is an upstream write all the same.
 async fn sale(fault: Fault) {
     let shop = shop(|_| {}).await;
     let (cart, id) = shop.awaiting_acceptance("str_pasadena").await;

@@ -22,7 +22,7 @@ pub(super) fn await_acceptance(mut order: Order) -> Result<Next, FlowError> {
 /// Steps 21–23: the accepted order goes into the store's POS, which prints it.
 pub(super) async fn inject(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let body = injection(state, &mut order).await?;
-    let location = order.store_id.clone();
+    let location = store_of(&order)?;
     let outcome = state
         .upstreams
         .epoint
@@ -240,7 +240,7 @@ pub(super) async fn injection(
                 )
             })
             .unwrap_or_else(|| "Customer".into()),
-        placed_at: chrono::DateTime::from_timestamp_millis(order.created_at_ms).unwrap_or_default(),
+        placed_at: instant(order, "creation time", order.created_at_ms)?,
         pickup_at: None,
         lines: order_lines::pos_lines(&lines, &currency),
         subtotal: money(order, "subtotal", order.subtotal_minor)?,

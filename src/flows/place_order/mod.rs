@@ -5,10 +5,12 @@
 //! idempotency key derived from the order and the step and returns the transition it
 //! wants ([`Next`]: the next step with its status and job, a retry, a rest or an
 //! operator); the one runner ([`run_steps`]) commits it, as rocket-rides' atomic phases
-//! return their recovery point. A step re-run after a crash therefore repeats nothing. A
-//! step that makes two calls (the voucher's lock then Okya's adjustment) checkpoints
-//! between them. One runner at a time holds an
-//! order (a lease in the row); `checkout` runs the flow inline for a quick answer, and the
+//! return their recovery point. A step re-run after a crash therefore repeats nothing.
+//! Within a step, only facts are written before the transition ([`checkpoint`]): what a
+//! first call did before a second (the voucher's lock before Okya's adjustment, a capture
+//! before its record on Okya), a new key generation before a retry, a snapshot taken late,
+//! and Okya's own state of the order as any answer shows it (`record_okya`, applied only
+//! when newer). One runner at a time holds an order (a lease in the row); `checkout` runs the flow inline for a quick answer, and the
 //! sweeper resumes any flow left unfinished by a crash or an upstream outage. Webhooks
 //! only record what Okya or Stripe said and then run the flow.
 //!
@@ -38,7 +40,7 @@ use crate::{
     context::AppState,
     domain::{
         CaptureMode, CartId, Currency, Failure, Money, OrderId, OrderStatus, PaymentStatus, Step,
-        VoucherId,
+        VoucherId, millis,
     },
     flows::order_lines::{self, LineSnapshot},
     jobs::{JobError, JobKind},
@@ -213,8 +215,8 @@ pub enum CheckoutRefusal {
 
 /// What a step wants done: the transition it returns for the runner to commit, as
 /// rocket-rides' atomic phases return their recovery point. A step never records its own
-/// successor or status; between two upstream calls of its own it only checkpoints what
-/// the first one did ([`checkpoint`]), so a crash cannot repeat it.
+/// successor or status; it only checkpoints facts it learned (see the module's docs), so
+/// a crash cannot repeat what an upstream already did.
 pub(super) enum Next {
     /// Record the order at a new step; see [`Transition`].
     Move(Box<Transition>),
@@ -383,7 +385,7 @@ async fn retry_payment(state: &AppState, id: &OrderId) -> Result<(), FlowError> 
 }
 
 fn lease_ms(state: &AppState) -> i64 {
-    i64::try_from(state.settings.orders.lease().as_millis()).unwrap_or(15_000)
+    millis(state.settings.orders.lease())
 }
 
 fn set_payment(order: &mut Order, status: PaymentStatus) {
@@ -550,7 +552,7 @@ const STEP_RETRIES: crate::retry::RetryPolicy = crate::retry::RetryPolicy::new(
 
 fn retry_delay_ms(attempts: i32) -> i64 {
     let retry = u32::try_from(attempts.max(1)).unwrap_or(1);
-    i64::try_from(STEP_RETRIES.delay(retry).as_millis()).unwrap_or(i64::MAX)
+    millis(STEP_RETRIES.delay(retry))
 }
 
 /// Moves to `step`, resetting the retry count.
@@ -649,6 +651,24 @@ fn money(order: &Order, what: &str, minor: Option<i64>) -> Result<Money, FlowErr
     let minor =
         minor.ok_or_else(|| FlowError::Corrupt(format!("order {} has no {what}", order.id)))?;
     Ok(Money::new(minor, currency(order)?))
+}
+
+/// The Okya store the order was placed at (known from submission on); an order without one
+/// is corrupt, never an empty location sent to the POS or SessionM.
+fn store_of(order: &Order) -> Result<String, FlowError> {
+    if order.store_id.is_empty() {
+        return Err(FlowError::Corrupt(format!(
+            "order {} has no store",
+            order.id
+        )));
+    }
+    Ok(order.store_id.clone())
+}
+
+/// One of the order's instants (`what` names it) as a timestamp for an upstream.
+fn instant(order: &Order, what: &str, ms: i64) -> Result<chrono::DateTime<chrono::Utc>, FlowError> {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| FlowError::Corrupt(format!("order {} has no valid {what}: {ms}", order.id)))
 }
 
 fn currency(order: &Order) -> Result<Currency, FlowError> {

@@ -34,8 +34,7 @@ pub(super) fn classify_charge_refusal(e: &UpstreamError) -> ChargeRefusal {
             message: rejection.message.clone(),
         };
     }
-    if rejection.code == "resource_missing" && rejection.field.as_deref() == Some("payment_method")
-    {
+    if stripe::is_unknown_payment_method(rejection) {
         return ChargeRefusal::Customer {
             failure: Failure::CardDeclined,
             message: "This card cannot be used. Try another card.".into(),
@@ -50,12 +49,7 @@ pub(super) fn classify_charge_refusal(e: &UpstreamError) -> ChargeRefusal {
 /// Steps 12–13 (Use Reward 20–21): Stripe takes the total; a refusal is step 15.
 pub(super) async fn charge(state: &AppState, mut order: Order) -> Result<Next, FlowError> {
     let total = money(&order, "total", order.total_minor)?;
-    let capture_mode = Some(order.capture_mode).ok_or_else(|| {
-        FlowError::Corrupt(format!(
-            "capture mode {:?} of {}",
-            order.capture_mode, order.id
-        ))
-    })?;
+    let capture_mode = order.capture_mode;
     let mut metadata = BTreeMap::new();
     metadata.insert("order_id".to_owned(), order.id.to_string());
     if let Some(okya) = &order.okya_order_id {
@@ -280,7 +274,7 @@ pub(super) async fn await_payment_retry(
 }
 
 pub(super) fn authentication_timeout_ms(state: &AppState) -> i64 {
-    i64::try_from(state.settings.orders.authentication_timeout().as_millis()).unwrap_or(900_000)
+    millis(state.settings.orders.authentication_timeout())
 }
 
 /// Waiting for 3-D Secure: Stripe's webhook moves the flow on; an abandoned

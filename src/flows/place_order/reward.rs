@@ -155,7 +155,7 @@ pub(super) async fn basket(state: &AppState, order: &mut Order) -> Result<Transa
     let currency = currency(order)?;
     Transaction::new(
         order.id.to_string(),
-        order.store_id.clone(),
+        store_of(order)?,
         currency.clone(),
         order_lines::loyalty_lines(&lines, &currency),
     )
@@ -286,7 +286,7 @@ pub(super) fn sale(
     let currency = currency(order)?;
     let transaction = Transaction::new(
         order.id.to_string(),
-        order.store_id.clone(),
+        store_of(order)?,
         currency.clone(),
         order_lines::loyalty_lines(&lines, &currency),
     )
@@ -306,7 +306,6 @@ pub(super) fn sale(
         }
         _ => Vec::new(),
     };
-    let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
     Ok(SendTransaction {
         user_id,
         transaction,
@@ -317,7 +316,7 @@ pub(super) fn sale(
             .payment_intent_id
             .clone()
             .unwrap_or_else(|| format!("{}:reward", order.id)),
-        opened_at: at(order.created_at_ms),
-        modified_at: at(sent_at_ms),
+        opened_at: instant(order, "creation time", order.created_at_ms)?,
+        modified_at: instant(order, "sale time", sent_at_ms)?,
     })
 }

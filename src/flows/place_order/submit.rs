@@ -76,7 +76,11 @@ pub(super) async fn snapshot(
         return serde_json::from_str(raw)
             .map_err(|e| FlowError::Corrupt(format!("snapshot of {}: {e}", order.id)));
     }
-    let lines: Vec<CartLine> = serde_json::from_str(order.lines_json.as_deref().unwrap_or("[]"))
+    let raw = order
+        .lines_json
+        .as_deref()
+        .ok_or_else(|| FlowError::Corrupt(format!("order {} has no lines", order.id)))?;
+    let lines: Vec<CartLine> = serde_json::from_str(raw)
         .map_err(|e| FlowError::Corrupt(format!("lines of {}: {e}", order.id)))?;
     let ids: Vec<crate::domain::ProductId> = lines
         .iter()
