@@ -6,6 +6,7 @@ use super::{
     now_ms,
     tokens::{TokenKeys, hash_refresh_token, new_refresh_token},
 };
+use crate::domain::CustomerId;
 use crate::store::{self, StoreError};
 use sea_orm::{DatabaseConnection, TransactionTrait};
 
@@ -30,7 +31,7 @@ pub enum SessionError {
 pub async fn start(
     db: &DatabaseConnection,
     keys: &TokenKeys,
-    customer_id: &str,
+    customer_id: &CustomerId,
     refresh_ttl: std::time::Duration,
 ) -> Result<TokenPair, SessionError> {
     let now = now_ms();
@@ -43,7 +44,7 @@ pub async fn start(
         .await?;
     txn.commit().await.map_err(StoreError::from)?;
     let (access_token, access_expires_at) = keys
-        .issue(customer_id, &session_id, now / 1000)
+        .issue(customer_id.as_str(), &session_id, now / 1000)
         .map_err(|_| SessionError::Signing)?;
     Ok(TokenPair {
         access_token,
@@ -57,7 +58,7 @@ pub async fn refresh(
     db: &DatabaseConnection,
     keys: &TokenKeys,
     refresh_token: &str,
-) -> Result<(String, TokenPair), SessionError> {
+) -> Result<(CustomerId, TokenPair), SessionError> {
     let now = now_ms();
     let hash = hash_refresh_token(refresh_token);
     let Some(token) = store::sessions::find_refresh_token(db, &hash).await? else {
@@ -77,7 +78,7 @@ pub async fn refresh(
     let next = new_refresh_token();
     store::sessions::add_refresh_token(db, &hash_refresh_token(&next), &session.id, now).await?;
     let (access_token, access_expires_at) = keys
-        .issue(&session.customer_id, &session.id, now / 1000)
+        .issue(session.customer_id.as_str(), &session.id, now / 1000)
         .map_err(|_| SessionError::Signing)?;
     Ok((
         session.customer_id,

@@ -55,7 +55,7 @@ impl Viewer {
             Ok(Some(session))
                 if session.revoked_at_ms.is_none()
                     && session.expires_at_ms > now_ms()
-                    && session.customer_id == claims.sub =>
+                    && session.customer_id.as_str() == claims.sub =>
             {
                 Viewer::Customer {
                     id: CustomerId::from_upstream(claims.sub),

@@ -11,7 +11,7 @@ use crate::{
         sessions::{self, SessionError, TokenPair},
     },
     context::AppState,
-    domain::{Email, PersonName, Phone, millis},
+    domain::{CustomerId, Email, PersonName, Phone, millis},
     jobs::JobError,
     store::{self, StoreError, customers::NewCustomer, entities::customer, otp::Attempt},
     upstream::{
@@ -151,7 +151,7 @@ pub async fn register(
     } else {
         registered.account
     };
-    let confirmed_here = store::customers::find(&state.db, &account.id)
+    let confirmed_here = store::customers::find(&state.db, &account.customer_id())
         .await?
         .is_some_and(|c| c.confirmed);
     if account.confirmed || confirmed_here {
@@ -172,7 +172,7 @@ pub async fn register(
     txn.commit().await?;
     state.job_signal.wake();
     tracing::info!(customer_id = %account.id, replay = attempt.replay, "account registered; confirmation code sent");
-    store::customers::find(&state.db, &account.id)
+    store::customers::find(&state.db, &account.customer_id())
         .await?
         .ok_or_else(|| {
             FlowError::Store(StoreError::Corrupt("customer vanished after insert".into()))
@@ -204,7 +204,7 @@ async fn ensure_loyalty_link(
 
 fn new_customer(account: &Account) -> NewCustomer<'_> {
     NewCustomer {
-        id: &account.id,
+        id: account.customer_id(),
         email: &account.email,
         phone: &account.phone,
         first_name: &account.first_name,
@@ -320,7 +320,9 @@ pub async fn verify_code(
     store::otp::finish(&txn, phone.as_str()).await?;
     store::customers::upsert(&txn, new_customer(&account)).await?;
     match &account.loyalty_id {
-        Some(loyalty) => store::customers::set_sessionm_user(&txn, &account.id, loyalty).await?,
+        Some(loyalty) => {
+            store::customers::set_sessionm_user(&txn, &account.customer_id(), loyalty).await?
+        }
         // An account registered elsewhere (another app, the website) gets linked too, and
         // one whose earlier link died is tried again.
         None => ensure_loyalty_link(&txn, &account.id, now).await?,
@@ -332,11 +334,11 @@ pub async fn verify_code(
     let tokens = sessions::start(
         &state.db,
         &state.token_keys,
-        &account.id,
+        &account.customer_id(),
         state.settings.auth.refresh_token_ttl(),
     )
     .await?;
-    let customer = store::customers::find(&state.db, &account.id)
+    let customer = store::customers::find(&state.db, &account.customer_id())
         .await?
         .ok_or_else(|| {
             FlowError::Store(StoreError::Corrupt("customer vanished after upsert".into()))
@@ -355,7 +357,9 @@ pub async fn link_loyalty(state: &AppState, payload: serde_json::Value) -> Resul
         return Err(JobError::Permanent("payload without customer_id".into()));
     };
     let transient = |e: &dyn std::fmt::Display| JobError::Transient(e.to_string());
-    let customer = store::customers::find(&state.db, customer_id)
+    // Our own payload, written from an Okya account id: no client input to check.
+    let customer_id = CustomerId::from_upstream(customer_id.to_owned());
+    let customer = store::customers::find(&state.db, &customer_id)
         .await
         .map_err(|e| transient(&e))?
         .ok_or_else(|| JobError::Permanent(format!("no customer {customer_id}")))?;
@@ -371,7 +375,7 @@ pub async fn link_loyalty(state: &AppState, payload: serde_json::Value) -> Resul
                         first_name: customer.first_name.clone(),
                         last_name: customer.last_name.clone(),
                         phone: Some(customer.phone.clone()),
-                        external_id: customer.id.clone(),
+                        external_id: customer.id.to_string(),
                     },
                     &format!("link-{}", customer.id),
                 )
@@ -386,7 +390,7 @@ pub async fn link_loyalty(state: &AppState, payload: serde_json::Value) -> Resul
     state
         .upstreams
         .okya
-        .save_loyalty_id(&customer.id, &user_id)
+        .save_loyalty_id(customer.id.as_str(), &user_id)
         .await
         .map_err(|e| JobError::from_upstream(&e))?;
     tracing::info!(customer_id = %customer.id, "SessionM user linked to the Okya account");

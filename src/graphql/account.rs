@@ -6,6 +6,7 @@ use super::{
 };
 use crate::{
     auth::sessions::{self, SessionError, TokenPair},
+    domain::CustomerId,
     flows::create_account::{self, FlowError, Refusal, Registration},
     store::{self, entities::customer},
     upstream::okya::auth::OtpPurpose,
@@ -18,7 +19,7 @@ pub struct CustomerObject(pub customer::Model);
 #[Object(name = "Customer")]
 impl CustomerObject {
     async fn id(&self) -> ID {
-        ID(self.0.id.clone())
+        ID(self.0.id.to_string())
     }
 
     async fn email(&self) -> &str {
@@ -49,13 +50,7 @@ impl CustomerObject {
         first: Option<i32>,
         after: Option<String>,
     ) -> Result<async_graphql::connection::Connection<String, super::orders::OrderObject>> {
-        super::orders::customer_orders(
-            ctx,
-            &crate::domain::CustomerId::from_upstream(self.0.id.clone()),
-            first,
-            after,
-        )
-        .await
+        super::orders::customer_orders(ctx, &self.0.id, first, after).await
     }
 
     /// The SessionM loyalty account; null for a moment after registration, while the
@@ -72,7 +67,7 @@ impl CustomerObject {
 
 /// Points, tier and vouchers from SessionM, read with one wallet lookup per request.
 pub struct LoyaltyAccount {
-    customer_id: String,
+    customer_id: CustomerId,
 }
 
 #[Object]
@@ -281,7 +276,7 @@ impl AccountQuery {
         }
         let id = context::customer(ctx)?;
         let state = context::state(ctx)?;
-        let customer = store::customers::find(&state.db, id.as_str())
+        let customer = store::customers::find(&state.db, id)
             .await
             .map_err(ApiError::from)?;
         Ok(customer.map(CustomerObject))

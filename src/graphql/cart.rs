@@ -143,7 +143,7 @@ impl CartQuery {
         let owned = store::carts::find(&state.db, &cart_id)
             .await
             .map_err(ApiError::from)?
-            .is_some_and(|cart| cart.customer_id.as_deref() == Some(customer.as_str()));
+            .is_some_and(|cart| cart.customer_id.as_ref() == Some(customer));
         // Another customer's cart is answered exactly like a missing one.
         if !owned {
             return Ok(None);
@@ -230,7 +230,7 @@ impl CartMutation {
             Err(e) => return refusal(e, &["input"]),
         };
         let cart_id = CartId::from_upstream(cart.id.clone());
-        store::carts::record(&state.db, &cart_id, &store_id, Some(customer.as_str()))
+        store::carts::record(&state.db, &cart_id, &store_id, Some(customer))
             .await
             .map_err(ApiError::from)?;
         tracing::info!(cart_id = %cart_id, store_id = %store_id, "cart created");
@@ -415,7 +415,7 @@ async fn owned_cart(ctx: &Context<'_>, raw: &ID) -> Result<Result<CartId, UserEr
         return Ok(Err(not_found()));
     };
     match store::carts::find(&state.db, &cart_id).await? {
-        Some(cart) if cart.customer_id.as_deref() == Some(customer.as_str()) => Ok(Ok(cart_id)),
+        Some(cart) if cart.customer_id.as_ref() == Some(customer) => Ok(Ok(cart_id)),
         _ => Ok(Err(not_found())),
     }
 }

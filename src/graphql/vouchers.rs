@@ -3,6 +3,7 @@
 
 use super::{context, errors::ApiError, scalars::MoneyObject};
 use crate::{
+    domain::CustomerId,
     store,
     upstream::sessionm::{DiscountKind, Lookup, Offer, OfferStatus, SessionmClient},
 };
@@ -135,7 +136,7 @@ impl VoucherObject {
 }
 
 /// The wallet of a customer by id: empty while their SessionM account is being linked.
-pub async fn wallet(ctx: &Context<'_>, customer_id: &str) -> Result<Option<Lookup>> {
+pub async fn wallet(ctx: &Context<'_>, customer_id: &CustomerId) -> Result<Option<Lookup>> {
     let state = context::state(ctx)?;
     let Some(customer) = store::customers::find(&state.db, customer_id)
         .await
@@ -165,6 +166,6 @@ impl VoucherQuery {
     /// show them greyed out.
     async fn vouchers(&self, ctx: &Context<'_>) -> Result<Vec<VoucherObject>> {
         let customer = context::customer(ctx)?;
-        Ok(vouchers_of(wallet(ctx, customer.as_str()).await?))
+        Ok(vouchers_of(wallet(ctx, customer).await?))
     }
 }

@@ -1,7 +1,7 @@
 //! The carts we created at Okya.
 
 use super::{StoreError, entities::cart};
-use crate::domain::{CartId, StoreId};
+use crate::domain::{CartId, CustomerId, StoreId};
 use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait, sea_query::OnConflict};
 
 /// Remembers a cart Okya created for us. Recording it twice is harmless, so a retried
@@ -10,12 +10,12 @@ pub async fn record(
     db: &DatabaseConnection,
     cart_id: &CartId,
     store_id: &StoreId,
-    customer_id: Option<&str>,
+    customer_id: Option<&CustomerId>,
 ) -> Result<(), StoreError> {
     let row = cart::ActiveModel {
         id: Set(cart_id.as_str().to_owned()),
         store_id: Set(store_id.as_str().to_owned()),
-        customer_id: Set(customer_id.map(str::to_owned)),
+        customer_id: Set(customer_id.cloned()),
         created_at: Set(chrono::Utc::now().fixed_offset()),
     };
     cart::Entity::insert(row)

@@ -1,12 +1,13 @@
 //! Customers as we mirror them from Okya Auth.
 
 use super::{StoreError, entities::customer};
+use crate::domain::CustomerId;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, sea_query::OnConflict,
 };
 
 pub struct NewCustomer<'a> {
-    pub id: &'a str,
+    pub id: CustomerId,
     pub email: &'a str,
     pub phone: &'a str,
     pub first_name: &'a str,
@@ -18,7 +19,7 @@ pub struct NewCustomer<'a> {
 pub async fn upsert(db: &impl ConnectionTrait, new: NewCustomer<'_>) -> Result<(), StoreError> {
     let now = chrono::Utc::now().fixed_offset();
     let row = customer::ActiveModel {
-        id: Set(new.id.to_owned()),
+        id: Set(new.id),
         email: Set(new.email.to_owned()),
         phone: Set(new.phone.to_owned()),
         first_name: Set(new.first_name.to_owned()),
@@ -48,12 +49,12 @@ pub async fn upsert(db: &impl ConnectionTrait, new: NewCustomer<'_>) -> Result<(
 
 pub async fn find(
     db: &impl ConnectionTrait,
-    id: &str,
+    id: &CustomerId,
 ) -> Result<Option<customer::Model>, StoreError> {
-    Ok(customer::Entity::find_by_id(id.to_owned()).one(db).await?)
+    Ok(customer::Entity::find_by_id(id.clone()).one(db).await?)
 }
 
-pub async fn set_confirmed(db: &impl ConnectionTrait, id: &str) -> Result<(), StoreError> {
+pub async fn set_confirmed(db: &impl ConnectionTrait, id: &CustomerId) -> Result<(), StoreError> {
     customer::Entity::update_many()
         .col_expr(
             customer::Column::Confirmed,
@@ -63,7 +64,7 @@ pub async fn set_confirmed(db: &impl ConnectionTrait, id: &str) -> Result<(), St
             customer::Column::UpdatedAt,
             sea_orm::sea_query::Expr::value(chrono::Utc::now().fixed_offset()),
         )
-        .filter(customer::Column::Id.eq(id))
+        .filter(customer::Column::Id.eq(id.as_str()))
         .exec(db)
         .await?;
     Ok(())
@@ -71,7 +72,7 @@ pub async fn set_confirmed(db: &impl ConnectionTrait, id: &str) -> Result<(), St
 
 pub async fn set_sessionm_user(
     db: &impl ConnectionTrait,
-    id: &str,
+    id: &CustomerId,
     sessionm_user_id: &str,
 ) -> Result<(), StoreError> {
     customer::Entity::update_many()
@@ -83,7 +84,7 @@ pub async fn set_sessionm_user(
             customer::Column::UpdatedAt,
             sea_orm::sea_query::Expr::value(chrono::Utc::now().fixed_offset()),
         )
-        .filter(customer::Column::Id.eq(id))
+        .filter(customer::Column::Id.eq(id.as_str()))
         .exec(db)
         .await?;
     Ok(())

@@ -4,6 +4,7 @@ use super::{
     StoreError,
     entities::{refresh_token, session},
 };
+use crate::domain::CustomerId;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, sea_query::Expr,
 };
@@ -11,7 +12,7 @@ use sea_orm::{
 pub async fn create(
     db: &impl ConnectionTrait,
     id: &str,
-    customer_id: &str,
+    customer_id: &CustomerId,
     now_ms: i64,
     expires_at_ms: i64,
 ) -> Result<(), StoreError> {

@@ -220,7 +220,7 @@ pub(super) async fn injection(
 ) -> Result<InjectOrder, FlowError> {
     let lines = snapshot(state, order).await?;
     let currency = currency(order)?;
-    let customer = store::customers::find(&state.db, order.customer_id.as_str()).await?;
+    let customer = store::customers::find(&state.db, &order.customer_id).await?;
     Ok(InjectOrder {
         external_id: order.id.to_string(),
         order_number: order

@@ -338,7 +338,7 @@ pub async fn checkout(
         }
         let owned = store::carts::find(&state.db, &request.cart_id)
             .await?
-            .is_some_and(|cart| cart.customer_id.as_deref() == Some(request.customer_id.as_str()));
+            .is_some_and(|cart| cart.customer_id.as_ref() == Some(&request.customer_id));
         if !owned {
             return Ok(Err(CheckoutRefusal::CartNotFound));
         }

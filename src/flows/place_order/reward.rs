@@ -12,7 +12,7 @@ pub(super) async fn discount(state: &AppState, mut order: Order) -> Result<Next,
         .voucher_id
         .clone()
         .ok_or_else(|| FlowError::Corrupt(format!("order {} discounts no voucher", order.id)))?;
-    let customer = store::customers::find(&state.db, order.customer_id.as_str()).await?;
+    let customer = store::customers::find(&state.db, &order.customer_id).await?;
     let Some(user_id) = customer.and_then(|c| c.sessionm_user_id) else {
         fail_with(
             &mut order,
@@ -195,7 +195,7 @@ pub async fn send_to_sessionm(
 ) -> Result<(), JobError> {
     let transient = |e: &dyn std::fmt::Display| JobError::Transient(e.to_string());
     let order = job_order(state, &payload).await?;
-    let customer = store::customers::find(&state.db, order.customer_id.as_str())
+    let customer = store::customers::find(&state.db, &order.customer_id)
         .await
         .map_err(|e| transient(&e))?
         .ok_or_else(|| JobError::Permanent(format!("no customer for {}", order.id)))?;

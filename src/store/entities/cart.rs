@@ -8,7 +8,7 @@ pub struct Model {
     pub id: String,
     pub store_id: String,
     /// Null until sign-in binds carts to customers.
-    pub customer_id: Option<String>,
+    pub customer_id: Option<crate::domain::CustomerId>,
     pub created_at: DateTimeWithTimeZone,
 }
 

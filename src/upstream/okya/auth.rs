@@ -17,6 +17,13 @@ pub struct Account {
     pub loyalty_id: Option<String>,
 }
 
+impl Account {
+    /// The account as our customer: its Okya Auth id is the customer's id everywhere.
+    pub fn customer_id(&self) -> crate::domain::CustomerId {
+        crate::domain::CustomerId::from_upstream(self.id.clone())
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NewAccount {
     pub email: String,
