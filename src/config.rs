@@ -205,6 +205,21 @@ pub struct GraphqlSettings {
     /// Operations one signed-in customer may run at once over all their websockets
     /// (`CBTL_GRAPHQL__WS_MAX_OPERATIONS_PER_CUSTOMER`).
     pub ws_max_operations_per_customer: u32,
+    /// Most aliased fields in one request, fragments expanded (`CBTL_GRAPHQL__MAX_ALIASES`):
+    /// aliases are how one request asks for the same expensive field many times.
+    pub max_aliases: usize,
+    /// Most fields at the root of the operation that runs (`CBTL_GRAPHQL__MAX_ROOT_FIELDS`).
+    pub max_root_fields: usize,
+    /// Most operations one document may define (`CBTL_GRAPHQL__MAX_OPERATIONS`); each is
+    /// validated, although only one runs.
+    pub max_operations: usize,
+    /// Seconds a query or mutation may run before it is answered with `TIMEOUT`
+    /// (`CBTL_GRAPHQL__OPERATION_TIMEOUT_SECS`); a checkout's flow goes on in the
+    /// background and the same checkout sent again answers with its result.
+    pub operation_timeout_secs: u64,
+    /// Whether the schema answers introspection (`CBTL_GRAPHQL__INTROSPECTION`): GraphiQL
+    /// and codegen need it; production teams usually turn it off and publish the SDL.
+    pub introspection: bool,
 }
 
 impl Default for GraphqlSettings {
@@ -217,6 +232,11 @@ impl Default for GraphqlSettings {
             ws_keepalive_ms: 15_000,
             ws_max_operations: 20,
             ws_max_operations_per_customer: 40,
+            max_aliases: 30,
+            max_root_fields: 20,
+            max_operations: 20,
+            operation_timeout_secs: 30,
+            introspection: true,
         }
     }
 }
@@ -258,6 +278,7 @@ durations!(JobsSettings {
     max_backoff: max_backoff_ms ms,
 });
 durations!(GraphqlSettings {
+    operation_timeout: operation_timeout_secs secs,
     ws_init_timeout: ws_init_timeout_secs secs,
     ws_keepalive: ws_keepalive_ms ms,
 });
@@ -640,6 +661,16 @@ impl Settings {
                     "must be between 1 and the pool size less one ({})",
                     pool - 1
                 ),
+            ));
+        }
+        if self.graphql.max_aliases == 0
+            || self.graphql.max_root_fields == 0
+            || self.graphql.max_operations == 0
+            || self.graphql.operation_timeout_secs == 0
+        {
+            return Err(invalid(
+                "graphql.max_aliases/max_root_fields/max_operations/operation_timeout_secs",
+                "must be at least 1",
             ));
         }
         if self.graphql.max_depth == 0 || self.graphql.max_complexity == 0 {

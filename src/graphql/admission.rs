@@ -1,6 +1,9 @@
 //! What a document must pass before async-graphql validates it: it parses (else
-//! `GRAPHQL_PARSE_FAILED`), it is not nested too deep (else `GRAPHQL_VALIDATION_FAILED`),
-//! and, when it came by GET, the operation it runs is not a mutation (else
+//! `GRAPHQL_PARSE_FAILED`); it is not nested too deep, defines at most
+//! `graphql.max_operations` operations, selects at most `graphql.max_root_fields` fields at
+//! the root of the operation that runs and at most `graphql.max_aliases` aliased fields
+//! (fragments expanded, as execution would) (else `GRAPHQL_VALIDATION_FAILED`); and, when
+//! it came by GET, the operation it runs is not a mutation (else
 //! `METHOD_NOT_ALLOWED`, which the HTTP layer answers with 405).
 //!
 //! Depth is measured as async-graphql does (each field one level, fragments inlined), with
@@ -26,7 +29,8 @@ use async_graphql::{
     Request, ServerError, ServerResult,
     extensions::{Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest},
     parser::types::{
-        DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
+        DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
+        SelectionSet,
     },
 };
 use std::{any::TypeId, sync::Arc};
@@ -57,15 +61,20 @@ const INTROSPECTION_LISTS: [&str; 8] = [
 pub struct SafeMethod;
 
 /// The extension, built with the configured `graphql.max_depth`.
+#[derive(Clone, Copy, Debug)]
 pub struct Admission {
     pub max_depth: usize,
+    pub max_aliases: usize,
+    pub max_root_fields: usize,
+    pub max_operations: usize,
+    /// Whether `__schema` and `__type` may be asked (`graphql.introspection`); when not,
+    /// a document that asks is refused with a clear error (`__typename` stays allowed).
+    pub introspection: bool,
 }
 
 impl ExtensionFactory for Admission {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(Admission {
-            max_depth: self.max_depth,
-        })
+        Arc::new(*self)
     }
 }
 
@@ -84,7 +93,32 @@ impl Extension for Admission {
             ErrorCode::GraphqlParseFailed.set_on(&mut error);
             error
         })?;
-        check_depth(document, self.max_depth)?;
+        if document.operations.iter().count() > self.max_operations {
+            return Err(ErrorCode::GraphqlValidationFailed.error(format!(
+                "The document defines more than {} operations.",
+                self.max_operations
+            )));
+        }
+        let counts = check_depth(document, self.max_depth)?;
+        if counts.introspects && !self.introspection {
+            return Err(ErrorCode::GraphqlValidationFailed.error(
+                "Introspection is disabled on this server; the schema is published as SDL.",
+            ));
+        }
+        if counts.aliases > self.max_aliases {
+            return Err(ErrorCode::GraphqlValidationFailed.error(format!(
+                "The request has more than {} aliased fields.",
+                self.max_aliases
+            )));
+        }
+        if let Some(operation) = selected(document, operation_name.as_deref())
+            && root_fields(document, &operation.selection_set.node, 0) > self.max_root_fields
+        {
+            return Err(ErrorCode::GraphqlValidationFailed.error(format!(
+                "The operation selects more than {} fields at its root.",
+                self.max_root_fields
+            )));
+        }
         if safe_method && runs_a_mutation(document, operation_name.as_deref()) {
             return Err(ErrorCode::MethodNotAllowed.error("mutations must be sent with POST"));
         }
@@ -96,13 +130,44 @@ impl Extension for Admission {
 /// (an unknown name, several operations and no name) this says false and execution reports
 /// the error.
 fn runs_a_mutation(document: &ExecutableDocument, operation_name: Option<&str>) -> bool {
+    selected(document, operation_name).is_some_and(|op| op.ty == OperationType::Mutation)
+}
+
+/// The operation the request runs, when one can be selected.
+fn selected<'a>(
+    document: &'a ExecutableDocument,
+    operation_name: Option<&str>,
+) -> Option<&'a OperationDefinition> {
     let operation = match (&document.operations, operation_name) {
         (DocumentOperations::Single(op), _) => Some(op),
         (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name),
         (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
         (DocumentOperations::Multiple(_), None) => None,
     };
-    operation.is_some_and(|op| op.node.ty == OperationType::Mutation)
+    operation.map(|op| &op.node)
+}
+
+/// The fields at the root of a selection set, through fragments (bounded: a fragment cycle
+/// is validation's to report, and the walk has already bounded the document's size).
+fn root_fields(document: &ExecutableDocument, set: &SelectionSet, nesting: usize) -> usize {
+    if nesting > 8 {
+        return 0;
+    }
+    set.items
+        .iter()
+        .map(|selection| match &selection.node {
+            Selection::Field(_) => 1,
+            Selection::InlineFragment(fragment) => {
+                root_fields(document, &fragment.node.selection_set.node, nesting + 1)
+            }
+            Selection::FragmentSpread(spread) => document
+                .fragments
+                .get(spread.node.fragment_name.node.as_str())
+                .map_or(0, |f| {
+                    root_fields(document, &f.node.selection_set.node, nesting + 1)
+                }),
+        })
+        .sum()
 }
 
 /// Why a document is refused before validation.
@@ -164,23 +229,38 @@ struct Walk<'a> {
     document: &'a ExecutableDocument,
     max_depth: usize,
     visits: usize,
+    /// Aliased fields met, fragments expanded.
+    aliases: usize,
+    introspects: bool,
     /// Fragments being expanded on the current path; a cycle is left for validation to
     /// report (`NoFragmentCycles`).
     fragments: Vec<&'a str>,
 }
 
-fn check_depth(document: &ExecutableDocument, max_depth: usize) -> Result<(), ServerError> {
+/// What the walk counted in a document it admitted.
+struct Counts {
+    aliases: usize,
+    /// Whether the document asks for `__schema` or `__type`.
+    introspects: bool,
+}
+
+fn check_depth(document: &ExecutableDocument, max_depth: usize) -> Result<Counts, ServerError> {
     let mut walk = Walk {
         document,
         max_depth,
         visits: 0,
+        aliases: 0,
+        introspects: false,
         fragments: Vec::new(),
     };
     for (_, operation) in document.operations.iter() {
         walk.selection_set(&operation.node.selection_set.node, 0, 0, None)
             .map_err(|refusal| refusal.into_error(max_depth))?;
     }
-    Ok(())
+    Ok(Counts {
+        aliases: walk.aliases,
+        introspects: walk.introspects,
+    })
 }
 
 impl<'a> Walk<'a> {
@@ -201,11 +281,15 @@ impl<'a> Walk<'a> {
             }
             match &selection.node {
                 Selection::Field(field) => {
+                    if field.node.alias.is_some() {
+                        self.aliases += 1;
+                    }
                     let name = field.node.name.node.as_str();
                     let depth = depth + 1;
                     let inner = match introspection {
                         Some(path) => Some(path.enter(name)?),
                         None if name == "__schema" || name == "__type" => {
+                            self.introspects = true;
                             Some(IntrospectionPath::default().enter(name)?)
                         }
                         None if depth > self.max_depth => return Err(Refusal::TooDeep),

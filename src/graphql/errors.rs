@@ -109,6 +109,9 @@ pub enum ErrorCode {
     RateLimited,
     /// Our fault; the detail is in the log, never in the answer.
     Internal,
+    /// The operation ran longer than `graphql.operation_timeout_secs`; retrying may
+    /// succeed (a checkout with the same key answers with its result).
+    Timeout,
     /// The document is not GraphQL (a syntax error).
     GraphqlParseFailed,
     /// The document does not fit the schema, names no runnable operation, or exceeds a

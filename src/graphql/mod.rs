@@ -11,6 +11,7 @@ pub mod loaders;
 mod orders;
 pub mod persisted;
 pub mod scalars;
+mod timeout;
 mod vouchers;
 
 use crate::{config::GraphqlSettings, context::AppState};
@@ -48,10 +49,20 @@ pub fn build(limits: &GraphqlSettings, state: Option<AppState>) -> AppSchema {
     .extension(persisted::PersistedQueries::default())
     .extension(admission::Admission {
         max_depth: limits.max_depth,
+        max_aliases: limits.max_aliases,
+        max_root_fields: limits.max_root_fields,
+        max_operations: limits.max_operations,
+        introspection: limits.introspection,
+    })
+    .extension(timeout::OperationTimeout {
+        limit: limits.operation_timeout(),
     })
     .limit_complexity(limits.max_complexity)
     .limit_recursive_depth(admission::MAX_NESTING)
     .limit_directives(20);
+    if !limits.introspection {
+        builder = builder.disable_introspection();
+    }
     if let Some(state) = state {
         builder = builder.data(state);
     }

@@ -15,6 +15,7 @@ mod graphiql;
 mod helpers;
 mod instances;
 mod introspection;
+mod limits;
 mod lost_answers;
 mod money_path;
 mod orders;
