@@ -324,7 +324,11 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
     workers.extend(event_listener);
     workers.push(crate::flows::place_order::spawn_sweeper(state.clone()));
     workers.push(store::housekeeping::spawn(state.db.clone()));
-    let schema = graphql::build(&state.settings.graphql, Some(state.clone()));
+    let schema = graphql::build(
+        &state.settings.graphql,
+        state.settings.introspection(),
+        Some(state.clone()),
+    );
     let sockets = http::ws::Sockets::default();
     let router = router(Gateway {
         app: state.clone(),

@@ -219,7 +219,9 @@ pub struct GraphqlSettings {
     pub operation_timeout_secs: u64,
     /// Whether the schema answers introspection (`CBTL_GRAPHQL__INTROSPECTION`): GraphiQL
     /// and codegen need it; production teams usually turn it off and publish the SDL.
-    pub introspection: bool,
+    /// Unset, it is on while every upstream is simulated and off once any is real (the
+    /// service then serves real customers); see [`Settings::introspection`].
+    pub introspection: Option<bool>,
 }
 
 impl Default for GraphqlSettings {
@@ -236,7 +238,7 @@ impl Default for GraphqlSettings {
             max_root_fields: 20,
             max_operations: 20,
             operation_timeout_secs: 30,
-            introspection: true,
+            introspection: None,
         }
     }
 }
@@ -785,6 +787,17 @@ impl Settings {
         Ok(())
     }
 
+    /// Whether the schema answers introspection: `graphql.introspection` when set, else on
+    /// only while no upstream is real.
+    pub fn introspection(&self) -> bool {
+        self.graphql.introspection.unwrap_or_else(|| {
+            !(self.okya.base_url.is_some()
+                || self.stripe.base_url.is_some()
+                || self.epoint.base_url.is_some()
+                || self.sessionm.is_real())
+        })
+    }
+
     /// Which credentials still hold a sandbox value while the upstream they are for is
     /// real (its URL is set); the JWT key counts as soon as any upstream is real, since
     /// the service then serves real customers.
@@ -971,6 +984,24 @@ mod tests {
         let settings = Settings::default();
         assert_eq!(names(&settings), vec![]);
         settings.validate().expect("the defaults are valid");
+    }
+
+    #[test]
+    fn introspection_is_on_with_the_sandbox_and_off_with_a_real_upstream_unless_set() {
+        assert!(Settings::default().introspection());
+        let real = |tweak: fn(&mut Settings)| {
+            let mut settings = Settings::default();
+            tweak(&mut settings);
+            settings.introspection()
+        };
+        assert!(!real(|s| s.okya.base_url = Some(URL.into())));
+        assert!(!real(|s| s.stripe.base_url = Some(URL.into())));
+        assert!(!real(|s| s.epoint.base_url = Some(URL.into())));
+        assert!(real(|s| {
+            s.okya.base_url = Some(URL.into());
+            s.graphql.introspection = Some(true);
+        }));
+        assert!(!real(|s| s.graphql.introspection = Some(false)));
     }
 
     #[test]

@@ -35,8 +35,9 @@ pub struct Mutation(
 
 pub type AppSchema = Schema<Query, Mutation, orders::OrderSubscription>;
 
-/// Builds the schema. `state` is `None` only for printing the SDL.
-pub fn build(limits: &GraphqlSettings, state: Option<AppState>) -> AppSchema {
+/// Builds the schema. `introspection` is `Settings::introspection`; `state` is `None` only
+/// for printing the SDL.
+pub fn build(limits: &GraphqlSettings, introspection: bool, state: Option<AppState>) -> AppSchema {
     let mut builder = Schema::build(
         Query::default(),
         Mutation::default(),
@@ -52,7 +53,7 @@ pub fn build(limits: &GraphqlSettings, state: Option<AppState>) -> AppSchema {
         max_aliases: limits.max_aliases,
         max_root_fields: limits.max_root_fields,
         max_operations: limits.max_operations,
-        introspection: limits.introspection,
+        introspection,
     })
     .extension(timeout::OperationTimeout {
         limit: limits.operation_timeout(),
@@ -60,7 +61,7 @@ pub fn build(limits: &GraphqlSettings, state: Option<AppState>) -> AppSchema {
     .limit_complexity(limits.max_complexity)
     .limit_recursive_depth(admission::MAX_NESTING)
     .limit_directives(20);
-    if !limits.introspection {
+    if !introspection {
         builder = builder.disable_introspection();
     }
     if let Some(state) = state {
@@ -71,5 +72,5 @@ pub fn build(limits: &GraphqlSettings, state: Option<AppState>) -> AppSchema {
 
 /// The SDL the app codes against; `schema.graphql` holds a copy checked by a test.
 pub fn sdl() -> String {
-    build(&GraphqlSettings::default(), None).sdl()
+    build(&GraphqlSettings::default(), true, None).sdl()
 }

@@ -170,7 +170,7 @@ async fn introspection_can_be_switched_off_by_a_setting() {
         (200, &json!("Query")),
         "{body}"
     );
-    let off = spawn_app_with(Db::Sqlite, |s| s.graphql.introspection = false).await;
+    let off = spawn_app_with(Db::Sqlite, |s| s.graphql.introspection = Some(false)).await;
     let (status, body) = post(&off, query).await;
     assert_eq!(
         (status, code(&body)),
