@@ -332,6 +332,9 @@ fn service_env(
             )
         }));
     }
+    // A service with upstream URLs turns introspection off by default (it may be serving
+    // real customers); against these simulators an app team explores in GraphiQL.
+    env.push(("CBTL_GRAPHQL__INTROSPECTION".to_owned(), "true".to_owned()));
     // Last, as `service_env::read` expects; the service wants at least 32 bytes.
     env.push((service_env::LAST.to_owned(), random(48)));
     env

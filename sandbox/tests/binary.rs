@@ -69,6 +69,7 @@ async fn it_prints_every_setting_a_service_needs_and_its_simulators_take_those_c
             "CBTL_AUTH__JWT_SECRET",
             "CBTL_EPOINT__API_KEY",
             "CBTL_EPOINT__BASE_URL",
+            "CBTL_GRAPHQL__INTROSPECTION",
             "CBTL_OKYA__API_KEY",
             "CBTL_OKYA__BASE_URL",
             "CBTL_SESSIONM__API_KEY",
@@ -117,6 +118,7 @@ async fn it_prints_every_setting_a_service_needs_and_its_simulators_take_those_c
     assert!(env["CBTL_STRIPE__SECRET_KEY"].starts_with("sk_test_"));
     assert!(env["CBTL_WEBHOOKS__OKYA_SECRETS"].starts_with("[whsec_"));
     assert!(env["CBTL_AUTH__JWT_SECRET"].len() >= 32);
+    assert_eq!(env["CBTL_GRAPHQL__INTROSPECTION"], "true");
 
     let http = reqwest::Client::new();
     let status = |request: reqwest::RequestBuilder| async move {

@@ -230,6 +230,13 @@ async fn a_service_started_with_the_printed_environment_works_against_the_stand_
         .as_u64()
         .unwrap_or(0);
 
+    // With real upstream URLs introspection is off by default; the printed environment
+    // turns it on, so GraphiQL and codegen work against a staging service.
+    let schema = app
+        .gql(None, "{ __schema { queryType { name } } }", json!({}))
+        .await;
+    assert_eq!(schema["__schema"]["queryType"]["name"], "Query", "{schema}");
+
     // The catalogue comes from the binary's Okya.
     let stores = app.gql(None, "{ stores { id name } }", json!({})).await;
     let ids: Vec<&str> = stores["stores"]
