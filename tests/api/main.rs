@@ -25,6 +25,7 @@ mod protocol;
 mod rewards;
 mod routes;
 mod sandbox_binary;
+mod secrets;
 mod sessionm;
 mod shop;
 mod step_faults;
