@@ -234,3 +234,42 @@ async fn a_waiting_checkout_keeps_the_retry_pace_of_a_failing_step() {
     let tries = shop.log(PAYMENTS).await.len();
     assert!((3..=18).contains(&tries), "{tries} requests in 2 s");
 }
+
+/// A stored value the flow needs is missing (here the order's store, blanked in the row):
+/// the order goes to an operator with the reason, and nothing is sent upstream with an
+/// empty location, no POS ticket and no recall or refund guessed from a corrupt row.
+#[tokio::test]
+async fn an_order_without_its_store_goes_to_an_operator_and_sends_the_pos_nothing() {
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set, IntoActiveModel};
+    let shop = shop(|_| {}).await;
+    let (cart, id) = shop.awaiting_acceptance("str_pasadena").await;
+    let mut row = shop.row(&id).await.into_active_model();
+    row.store_id = Set(String::new());
+    row.update(&shop.app.state().db)
+        .await
+        .expect("the row blanked");
+    shop.store_action(&cart, Accept).await;
+    shop.eventually("the order marked for an operator", || async {
+        shop.row(&id).await.attention.is_some()
+    })
+    .await;
+    let settled = shop.wait_until_settled(&id).await;
+    assert!(
+        settled
+            .attention
+            .as_deref()
+            .unwrap_or("")
+            .contains("has no store"),
+        "{settled:?}"
+    );
+    assert!(
+        shop.log(INJECT).await.is_empty(),
+        "no ticket for an empty location"
+    );
+    assert!(
+        shop.log(REFUNDS).await.is_empty(),
+        "nothing refunded on a guess"
+    );
+    let ready = shop.readiness().await;
+    assert_eq!(ready["orders"]["needing_attention"], 1, "{ready}");
+}
