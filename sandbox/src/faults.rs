@@ -14,6 +14,14 @@
 //!   "lose_next": {"POST /v1/orders": {"times": 1, "status": 503}},
 //!   "slow_next": {"POST /v1/payment_intents": {"ms": 3000, "times": 1}}}`
 //!
+//! `PUT /_sandbox/faults` with `{"chaos": {"rate": 0.1, "hang_ms": 12000, "webhook_rate": 0.1}}`
+//! turns on random faults for soaks: each call (outside `/_sandbox`) meets one with
+//! probability `rate`, drawn evenly from [`ChaosFault`]'s kinds (503, 429 with
+//! `Retry-After`, a hang past the client's timeout, a dropped connection, a slow answer,
+//! an answer lost after the upstream acted, a hang after it acted); each webhook meets
+//! one of [`WebhookFate`]'s faults with probability `webhook_rate` (lost, sent twice,
+//! delayed so that later events overtake it). `{"chaos": null}` turns it off.
+//!
 //! `fail_next` answers 503 before the handler runs (transient: clients retry; nothing
 //! happened). `refuse_next` answers a definite refusal (a 4xx with the given code) before
 //! the handler runs. `lose_next` runs the handler (the upstream acts and records its
@@ -57,6 +65,60 @@ pub struct Faults {
     state: Mutex<FaultState>,
 }
 
+/// Random faults for soaks: see the module's documentation.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Chaos {
+    /// Share of calls that meet a fault, 0.0 to 1.0.
+    #[serde(default)]
+    pub rate: f64,
+    /// How long a hanging call hangs before it answers 503, in ms: longer than the
+    /// client's timeout, so the client gives up first.
+    #[serde(default = "default_hang_ms")]
+    pub hang_ms: u64,
+    /// Share of webhook events that are lost, duplicated or delayed, 0.0 to 1.0.
+    #[serde(default)]
+    pub webhook_rate: f64,
+}
+
+fn default_hang_ms() -> u64 {
+    15_000
+}
+
+/// The kinds of fault [`Chaos`] draws from, evenly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::EnumIter)]
+pub enum ChaosFault {
+    /// `503` before the handler: nothing happened.
+    Unavailable,
+    /// `429` with `Retry-After: 1` before the handler: nothing happened.
+    RateLimited,
+    /// No answer until the client has given up, then `503`; nothing happened.
+    Hang,
+    /// The connection breaks before the handler: nothing happened, and the client cannot
+    /// tell.
+    Dropped,
+    /// The answer comes 100 to 1,500 ms late.
+    Slow,
+    /// The handler acts, then the answer is lost (a 5xx, a dropped connection or a
+    /// garbled body).
+    Lost,
+    /// The handler acts, then no answer until the client has given up.
+    HangAfter,
+}
+
+/// What happens to one webhook delivery under [`Chaos`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookFate {
+    /// Delivered as usual.
+    Deliver,
+    /// Never sent: the receiver must find out another way (reconciliation).
+    Lose,
+    /// Sent twice.
+    Duplicate,
+    /// Sent this much later, after the events that follow it.
+    Delay(Duration),
+}
+
 #[derive(Default)]
 struct FaultState {
     calls: BTreeMap<String, u64>,
@@ -66,6 +128,7 @@ struct FaultState {
     refuse_next: BTreeMap<String, Refusal>,
     lose_next: BTreeMap<String, Loss>,
     slow_next: BTreeMap<String, Slow>,
+    chaos: Option<Chaos>,
 }
 
 /// One request as the simulator received it.
@@ -172,6 +235,8 @@ pub struct FaultPlan {
     slow: Mutex<Option<Duration>>,
     slowed: bool,
     lost: Option<LostAs>,
+    /// Chaos: how long the lost answer hangs before it is sent.
+    hang_after: Option<Duration>,
 }
 
 impl FaultPlan {
@@ -194,6 +259,12 @@ enum Admission {
     Pass(FaultPlan),
     Fail,
     Refuse(Refusal),
+    /// Chaos: `429` with `Retry-After`.
+    RateLimited,
+    /// Chaos: no answer for this long, then `503`.
+    Hang(Duration),
+    /// Chaos: the connection breaks before the handler.
+    Dropped,
 }
 
 /// The body of `PUT /_sandbox/faults`: each field given replaces its knob.
@@ -216,6 +287,14 @@ pub struct FaultUpdate {
     /// Route key → its next calls take longer.
     #[serde(default)]
     pub slow_next: BTreeMap<String, Slow>,
+    /// Random faults (`null` turns them off; absent leaves them as they are).
+    #[serde(default, deserialize_with = "some_or_null")]
+    pub chaos: Option<Option<Chaos>>,
+}
+
+/// `null` → `Some(None)` (off), a value → `Some(Some(_))`; an absent field stays `None`.
+fn some_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Chaos>>, D::Error> {
+    Option::<Chaos>::deserialize(d).map(Some)
 }
 
 impl Faults {
@@ -244,6 +323,24 @@ impl Faults {
         state.refuse_next.extend(update.refuse_next);
         state.lose_next.extend(update.lose_next);
         state.slow_next.extend(update.slow_next);
+        if let Some(chaos) = update.chaos {
+            state.chaos = chaos.filter(|c| c.rate > 0.0 || c.webhook_rate > 0.0);
+        }
+    }
+
+    /// What happens to the next webhook this simulator sends.
+    pub fn webhook_fate(&self) -> WebhookFate {
+        let Some(chaos) = self.lock().chaos else {
+            return WebhookFate::Deliver;
+        };
+        if fastrand::f64() >= chaos.webhook_rate {
+            return WebhookFate::Deliver;
+        }
+        match fastrand::u8(0..3) {
+            0 => WebhookFate::Lose,
+            1 => WebhookFate::Duplicate,
+            _ => WebhookFate::Delay(Duration::from_millis(fastrand::u64(500..4_000))),
+        }
     }
 
     /// Calls received per route since start or the last reset.
@@ -311,6 +408,36 @@ impl Faults {
         let ppm = self.error_ppm.load(Ordering::Relaxed);
         if plan.lost.is_none() && ppm != 0 && fastrand::u64(0..1_000_000) < ppm {
             return Admission::Fail;
+        }
+        if let Some(chaos) = state.chaos
+            && !plan.slowed
+            && plan.lost.is_none()
+            && !route.contains(" /_sandbox/")
+            && fastrand::f64() < chaos.rate
+        {
+            let hang = Duration::from_millis(chaos.hang_ms);
+            let kinds: Vec<ChaosFault> = <ChaosFault as strum::IntoEnumIterator>::iter().collect();
+            match kinds[fastrand::usize(0..kinds.len())] {
+                ChaosFault::Unavailable => return Admission::Fail,
+                ChaosFault::RateLimited => return Admission::RateLimited,
+                ChaosFault::Hang => return Admission::Hang(hang),
+                ChaosFault::Dropped => return Admission::Dropped,
+                ChaosFault::Slow => {
+                    plan.slow = Mutex::new(Some(Duration::from_millis(fastrand::u64(100..1_500))));
+                    plan.slowed = true;
+                }
+                ChaosFault::Lost => {
+                    plan.lost = Some(match fastrand::u8(0..3) {
+                        0 => LostAs::Status(if fastrand::bool() { 500 } else { 502 }),
+                        1 => LostAs::Drop,
+                        _ => LostAs::Garbled,
+                    });
+                }
+                ChaosFault::HangAfter => {
+                    plan.hang_after = Some(hang);
+                    plan.lost = Some(LostAs::Status(504));
+                }
+            }
         }
         Admission::Pass(plan)
     }
@@ -391,6 +518,34 @@ async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: Next)
                 "injected fault",
             )
         }
+        Admission::RateLimited => {
+            faults.record(route, path, key, "rate_limited", 429);
+            let mut response = fault_body(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "rate_limit",
+                "injected rate limit",
+            );
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            response
+        }
+        Admission::Hang(hang) => {
+            faults.record(route, path, key, "hung", 503);
+            tokio::time::sleep(hang).await;
+            fault_body(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "api_error",
+                "sandbox_fault",
+                "injected hang",
+            )
+        }
+        Admission::Dropped => {
+            faults.record(route, path, key, "dropped", 0);
+            dropped()
+        }
         Admission::Refuse(refusal) => {
             let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::CONFLICT);
             faults.record(route, path, key, "refused", status.as_u16());
@@ -407,6 +562,9 @@ async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: Next)
             let response = next.run(request).await;
             if let Some(slow) = plan.take_slow() {
                 tokio::time::sleep(slow).await;
+            }
+            if let Some(hang) = plan.hang_after {
+                tokio::time::sleep(hang).await;
             }
             let fault = match (plan.lost(), plan.slowed) {
                 (Some(_), _) => "lost",
@@ -551,6 +709,57 @@ mod tests {
         );
         headers.insert("idempotency-key", "k1".parse().expect("value"));
         assert_eq!(idempotency_key(&headers, b""), Some("k1".into()));
+    }
+
+    #[test]
+    fn chaos_draws_every_kind_of_fault_and_spares_the_sandbox_routes() {
+        let faults = Faults::new(0, 0.0);
+        let update: FaultUpdate =
+            serde_json::from_str(r#"{"chaos": {"rate": 1.0, "hang_ms": 5, "webhook_rate": 1.0}}"#)
+                .expect("parses");
+        faults.apply(update);
+        let (mut failed, mut limited, mut hung, mut dropped, mut slow, mut lost, mut hang_after) =
+            (0, 0, 0, 0, 0, 0, 0);
+        for _ in 0..2_000 {
+            match faults.decide("POST /v1/orders") {
+                Admission::Fail => failed += 1,
+                Admission::RateLimited => limited += 1,
+                Admission::Hang(d) => {
+                    assert_eq!(d, Duration::from_millis(5));
+                    hung += 1
+                }
+                Admission::Dropped => dropped += 1,
+                Admission::Refuse(_) => panic!("chaos never refuses: a refusal is definite"),
+                Admission::Pass(plan) => match (plan.lost(), plan.hang_after, plan.slowed) {
+                    (Some(_), Some(_), _) => hang_after += 1,
+                    (Some(_), None, _) => lost += 1,
+                    (None, _, true) => slow += 1,
+                    (None, _, false) => panic!("a call at rate 1.0 met no fault"),
+                },
+            }
+        }
+        for (kind, n) in [
+            ("503", failed),
+            ("429", limited),
+            ("hang", hung),
+            ("drop", dropped),
+            ("slow", slow),
+            ("lost", lost),
+            ("hang after", hang_after),
+        ] {
+            assert!(n > 150, "{kind} drawn {n} times of 2,000");
+        }
+        assert!(
+            matches!(faults.decide("GET /_sandbox/outbox"), Admission::Pass(p) if p.lost().is_none() && !p.slowed)
+        );
+        let fates: Vec<WebhookFate> = (0..300).map(|_| faults.webhook_fate()).collect();
+        assert!(fates.contains(&WebhookFate::Lose));
+        assert!(fates.contains(&WebhookFate::Duplicate));
+        assert!(fates.iter().any(|f| matches!(f, WebhookFate::Delay(_))));
+        assert!(!fates.contains(&WebhookFate::Deliver));
+        faults.apply(serde_json::from_str(r#"{"chaos": null}"#).expect("parses"));
+        assert!((0..100).all(|_| faults.admit("POST /v1/orders")));
+        assert_eq!(faults.webhook_fate(), WebhookFate::Deliver);
     }
 
     #[test]

@@ -179,6 +179,7 @@ pub async fn start_on(
         courier: Arc::new(orders::Courier::new(
             config.webhook_url,
             config.webhook_secret,
+            faults.clone(),
         )?),
         inner: Mutex::new(Inner {
             stores: catalog::stores(),

@@ -15,7 +15,7 @@ use super::wire::{
     PaymentRecord, PaymentRecordStatus, Reason, WireMoney, codes,
 };
 use super::{Inner, OkyaError, OkyaState, idempotent};
-use crate::{signature, unix_now};
+use crate::{faults::WebhookFate, signature, unix_now};
 use axum::{
     Json,
     body::Bytes,
@@ -130,10 +130,17 @@ pub(crate) struct Courier {
     url: Option<String>,
     secret: String,
     deliveries: Mutex<Vec<Delivery>>,
+    /// The simulator's fault knobs: under chaos, a webhook may be lost, sent twice or
+    /// delayed past the events that follow it.
+    faults: Arc<crate::faults::Faults>,
 }
 
 impl Courier {
-    pub(crate) fn new(url: Option<String>, secret: String) -> std::io::Result<Self> {
+    pub(crate) fn new(
+        url: Option<String>,
+        secret: String,
+        faults: Arc<crate::faults::Faults>,
+    ) -> std::io::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(DELIVERY_TIMEOUT)
             .build()
@@ -143,6 +150,7 @@ impl Courier {
             url,
             secret,
             deliveries: Mutex::new(Vec::new()),
+            faults,
         })
     }
 
@@ -198,14 +206,32 @@ impl Courier {
     }
 }
 
-/// One order's queue: its events go out one after the other, in version order.
+/// One order's queue: its events go out one after the other, in version order, unless
+/// the fault knobs lose, repeat or delay one (a delayed event leaves the queue and goes
+/// out on its own, after the ones behind it).
 async fn run_queue(
     courier: Arc<Courier>,
     url: String,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
 ) {
     while let Some(event) = queue.recv().await {
-        courier.deliver(&url, &event).await;
+        match courier.faults.webhook_fate() {
+            WebhookFate::Deliver => courier.deliver(&url, &event).await,
+            WebhookFate::Lose => {
+                tracing::debug!(event = %event.event_id, "sandbox fault: okya webhook lost");
+            }
+            WebhookFate::Duplicate => {
+                courier.deliver(&url, &event).await;
+                courier.deliver(&url, &event).await;
+            }
+            WebhookFate::Delay(wait) => {
+                let (courier, url) = (courier.clone(), url.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    courier.deliver(&url, &event).await;
+                });
+            }
+        }
     }
 }
 

@@ -96,6 +96,7 @@ pub async fn start_on(
         config,
         http,
         state: Mutex::new(Ledger::default()),
+        faults: faults.clone(),
     });
     let router = Router::new()
         .route("/v1/payment_intents", post(create_intent))

@@ -13,6 +13,8 @@ pub(super) struct Sim {
     pub(super) config: StripeSimConfig,
     pub(super) http: reqwest::Client,
     pub(super) state: Mutex<Ledger>,
+    /// The simulator's fault knobs (chaos loses, repeats and delays webhooks).
+    pub(super) faults: std::sync::Arc<crate::faults::Faults>,
 }
 
 impl Sim {

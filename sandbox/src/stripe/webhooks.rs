@@ -4,7 +4,7 @@ use super::{
     WEBHOOK_ATTEMPTS,
     model::{EventRecord, Sim},
 };
-use crate::{signature, unix_now};
+use crate::{faults::WebhookFate, signature, unix_now};
 use axum::http::header;
 use serde_json::Value;
 use std::{sync::Arc, time::Duration};
@@ -36,7 +36,25 @@ pub(super) fn publish(sim: &Arc<Sim>, events: Vec<Value>) {
     };
     for event in events {
         let id = event["id"].as_str().unwrap_or_default().to_owned();
-        tokio::spawn(deliver(sim.clone(), url.clone(), id, event.to_string()));
+        let (sim, url, body) = (sim.clone(), url.clone(), event.to_string());
+        match sim.faults.webhook_fate() {
+            WebhookFate::Deliver => {
+                tokio::spawn(deliver(sim, url, id, body));
+            }
+            WebhookFate::Lose => {
+                tracing::debug!(event = %id, "sandbox fault: stripe webhook lost");
+            }
+            WebhookFate::Duplicate => {
+                tokio::spawn(deliver(sim.clone(), url.clone(), id.clone(), body.clone()));
+                tokio::spawn(deliver(sim, url, id, body));
+            }
+            WebhookFate::Delay(wait) => {
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    deliver(sim, url, id, body).await;
+                });
+            }
+        }
     }
 }
 
