@@ -94,7 +94,18 @@ pub enum UpstreamError {
         /// Boxed: the refusal is large, and errors travel through every `Result`.
         rejection: Box<Rejection>,
     },
+    /// A 2xx whose body cannot be read (cut off, garbled, not the documented shape): the
+    /// upstream may well have acted, so for a write the outcome is unknown, like a lost
+    /// answer, and the same request under the same key finds out.
     #[error("{system} {operation}: unreadable response: {reason}")]
+    Unreadable {
+        system: System,
+        operation: &'static str,
+        reason: String,
+    },
+    /// A readable answer that says something we cannot accept (an unknown currency, a
+    /// figure missing): asking again gets the same, so it is not retried.
+    #[error("{system} {operation}: unacceptable response: {reason}")]
     Protocol {
         system: System,
         operation: &'static str,
@@ -124,7 +135,8 @@ impl UpstreamError {
             | UpstreamError::Unavailable { .. }
             | UpstreamError::RateLimited { .. }
             | UpstreamError::Server { .. }
-            | UpstreamError::InProgress { .. } => true,
+            | UpstreamError::InProgress { .. }
+            | UpstreamError::Unreadable { .. } => true,
             UpstreamError::Rejected { .. }
             | UpstreamError::Protocol { .. }
             | UpstreamError::Setup(_) => false,
@@ -160,7 +172,7 @@ impl Call {
         request: RequestBuilder,
     ) -> Result<T, UpstreamError> {
         let bytes = self.send(request).await?;
-        serde_json::from_slice(&bytes).map_err(|e| UpstreamError::Protocol {
+        serde_json::from_slice(&bytes).map_err(|e| UpstreamError::Unreadable {
             system: self.system,
             operation: self.operation,
             reason: e.to_string(),

@@ -3,7 +3,10 @@
 //! find out what happened rather than do it again or undo it.
 
 use crate::helpers::{Db, Sim, TestApp, error_code, error_codes, spawn_app_with};
-use crate::routes::{CREATE_ACCOUNT, CREATE_MEMBER, FIND_TICKET, INJECT, RECALL, REFUNDS};
+use crate::routes::{
+    ADJUST, CREATE_ACCOUNT, CREATE_MEMBER, FIND_TICKET, INJECT, INTENTS, LOCK, ORDERS, PAYMENTS,
+    RECALL, REFUNDS, Route, SALE,
+};
 use crate::shop::{StoreAction::Accept, placed, shop};
 use serde_json::{Value, json};
 
@@ -103,4 +106,42 @@ async fn a_registration_whose_answers_are_all_lost_is_answered_when_the_app_retr
     assert_eq!(payload["customer"]["confirmed"], false);
     shop.assert_one_key(CREATE_ACCOUNT, 4).await;
     confirm_and_check_one_account(&shop, "+16265550161", &payload["customer"]).await;
+}
+
+/// Every write on a paid order's way, answered with a body that cannot be read after the
+/// upstream acted (found by the chaos soak: a garbled answer to Okya's order creation left
+/// the checkout refused and Okya's order open and unpaid). Each is asked again under the
+/// same key, and the order goes on to the POS, charged once, its voucher redeemed once.
+#[tokio::test]
+async fn an_unreadable_answer_to_any_write_is_asked_again_under_the_same_key() {
+    let routes: [Route; 7] = [ORDERS, LOCK, ADJUST, INTENTS, PAYMENTS, INJECT, SALE];
+    for route in routes {
+        let shop = shop(|_| {}).await;
+        let voucher = shop.voucher("PERCENTAGE", "AVAILABLE").await;
+        let cart = shop.filled_cart("str_pasadena").await;
+        shop.lose_next(route, 1, "garble").await;
+        let payload = shop
+            .checkout(&cart, "pm_card_visa", Some(&voucher), "k")
+            .await;
+        let id = placed(&payload);
+        shop.store_action(&cart, Accept).await;
+        shop.wait_for_status(&id, "IN_PREPARATION").await;
+        let settled = shop.wait_until_settled(&id).await;
+        assert_eq!(settled.failure_code, None, "{}: {settled:?}", route.name);
+        let keys = shop.keys_sent(route, &id).await;
+        assert_eq!(keys.len(), 1, "{}: one key: {keys:?}", route.name);
+        assert!(
+            keys.values().sum::<usize>() >= 2,
+            "{}: asked again: {keys:?}",
+            route.name
+        );
+        assert_eq!(shop.intents_for(&id).await.len(), 1, "{}", route.name);
+        assert_eq!(
+            shop.voucher_status(&voucher).await,
+            "REDEEMED",
+            "{}",
+            route.name
+        );
+        shop.assert_money_invariants().await;
+    }
 }

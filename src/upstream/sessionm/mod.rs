@@ -808,8 +808,10 @@ fn rejected(operation: &'static str, status: u16, rejection: Rejection) -> Upstr
     }
 }
 
+/// An answer that cannot be read: for a write, an unknown outcome (see
+/// [`UpstreamError::Unreadable`]).
 fn protocol(operation: &'static str, err: impl fmt::Display) -> UpstreamError {
-    UpstreamError::Protocol {
+    UpstreamError::Unreadable {
         system: System::Sessionm,
         operation,
         reason: err.to_string(),
