@@ -5,7 +5,7 @@
 use crate::processes::{Cluster, Simulators};
 use cbtl_bff::{
     config::DatabaseSettings,
-    domain::{OrderStatus, StepKind},
+    domain::{OrderStatus, Step, StepKind},
     store::{
         self,
         entities::{customer, job, order, order_status_history},
@@ -100,7 +100,13 @@ async fn unsettled(cluster: &Cluster) -> Result<Vec<String>, Error> {
 }
 
 fn finished(o: &order::Model) -> bool {
-    o.attention.is_some() || (o.status.is_final() && o.step.kind() == StepKind::Finished)
+    o.attention.is_some() || refused(o) || (o.status.is_final() && o.step.kind() == StepKind::Finished)
+}
+
+/// A checkout refused before an order was made (the row only keeps the idempotency key's
+/// answer): it has no status history, and must keep no money and leave nothing open.
+fn refused(o: &order::Model) -> bool {
+    o.step == Step::Invalid
 }
 
 /// One invariant's line in the table.
@@ -440,6 +446,15 @@ pub async fn check(
         applied.checked += 1;
         let id = o.id.to_string();
         let statuses = history.get(&id).cloned().unwrap_or_default();
+        if refused(o) {
+            if !statuses.is_empty() {
+                applied.violations.push(format!(
+                    "refused checkout {id} has a history {statuses:?}"
+                ));
+                suspects.insert(id);
+            }
+            continue;
+        }
         let repeated = statuses.len()
             != statuses
                 .iter()
