@@ -9,6 +9,7 @@ use crate::{
     events::OrderEvents,
     graphql, http,
     jobs::JobSignal,
+    lifecycle::Held,
     quota::Quotas,
     store::{self, StoreError},
     upstream::{Endpoints, UpstreamError, Upstreams, sessionm},
@@ -48,12 +49,11 @@ pub struct Application {
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
     sockets: http::ws::Sockets,
+    /// The job workers and the sweeper: a shutdown waits for them to finish what they hold.
+    runners: Vec<JoinHandle<()>>,
+    /// Background tasks holding nothing (the event listener, housekeeping): stopped at once.
     workers: Vec<JoinHandle<()>>,
 }
-
-/// How long a shutdown waits for websockets to finish their closing handshake, within the
-/// 30 s orchestrators commonly allow between SIGTERM and SIGKILL.
-const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 impl Application {
     /// Where the service listens.
@@ -74,25 +74,82 @@ impl Application {
         &self.sandbox
     }
 
-    /// Serves until `signal` resolves, then shuts down gracefully: stops accepting, lets
-    /// in-flight requests finish, and closes every websocket with 1001 (Going Away) so its
-    /// client reconnects at once, to another instance if there is one.
+    /// Serves until `signal` resolves, then shuts down gracefully within
+    /// `shutdown_grace_secs`: stops accepting connections, lets in-flight requests finish,
+    /// closes every websocket with 1001 (Going Away) so its client reconnects at once (to
+    /// another instance if there is one), stops the sweeper and the job workers from
+    /// starting anything new and waits for the flow steps and jobs in flight, then
+    /// releases the leases this instance still holds (except those of work still running
+    /// when the grace ran out), so another instance resumes those orders and jobs at once.
+    ///
+    /// # Errors
+    /// The HTTP server's own failure; running out of grace is logged, not an error.
     pub async fn run_until(
         mut self,
         signal: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
         signal.await;
-        tracing::info!("shutting down");
+        let grace = self.state.settings.shutdown_grace();
+        let deadline = tokio::time::Instant::now() + grace;
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutting down: no new connections, steps or jobs"
+        );
+        let lifecycle = &self.state.lifecycle;
+        lifecycle.stop();
         if let Some(stop) = self.shutdown.take() {
             let _ = stop.send(());
         }
+        let runners = std::mem::take(&mut self.runners);
+        let background = async {
+            for runner in runners {
+                let _ = runner.await;
+            }
+            lifecycle.work().close();
+            lifecycle.work().wait().await;
+        };
         // Upgraded connections are no longer the server's: they are closed here, at the
-        // same time as the server drains its requests.
-        let (served, ()) =
-            tokio::join!(&mut self.server, self.sockets.close_all(SOCKET_CLOSE_GRACE));
+        // same time as the server drains its requests and the runners finish their work.
+        let (served, (), finished) = tokio::join!(
+            tokio::time::timeout_at(deadline, &mut self.server),
+            self.sockets.close_all(grace),
+            tokio::time::timeout_at(deadline, background),
+        );
+        if finished.is_err() {
+            tracing::warn!(
+                orders = ?lifecycle.running_ids(Held::Order),
+                jobs = ?lifecycle.running_ids(Held::Job),
+                "shutdown grace over with work still running; its leases run out instead"
+            );
+        }
+        release_leases(&self.state).await;
         match served {
-            Ok(result) => result,
-            Err(join) => Err(std::io::Error::other(join)),
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(std::io::Error::other(join)),
+            Err(_) => {
+                tracing::warn!("shutdown grace over with requests still in flight");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Releases every lease this instance holds on orders and jobs but those of work still
+/// running, so other instances take them over now rather than when they expire.
+async fn release_leases(state: &AppState) {
+    let lifecycle = &state.lifecycle;
+    let me = lifecycle.instance();
+    let orders =
+        store::orders::release_all_held_by(&state.db, me, &lifecycle.running_ids(Held::Order))
+            .await;
+    let jobs =
+        store::jobs::release_all_held_by(&state.db, me, &lifecycle.running_ids(Held::Job)).await;
+    match (orders, jobs) {
+        (Ok(orders), Ok(jobs)) => {
+            tracing::info!(orders, jobs, "leases released; other instances take over");
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "releasing this instance's leases failed; they run out instead");
         }
     }
 }
@@ -105,7 +162,7 @@ impl Drop for Application {
             let _ = stop.send(());
         }
         self.server.abort();
-        for worker in &self.workers {
+        for worker in self.runners.iter().chain(&self.workers) {
             worker.abort();
         }
     }
@@ -317,12 +374,13 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
         job_signal: JobSignal::default(),
         order_events,
         quotas,
+        lifecycle: crate::lifecycle::Lifecycle::default(),
         #[cfg(feature = "crash-points")]
         crash_points: crate::crash::CrashPoints::default(),
     });
-    let mut workers = worker::spawn_workers(state.clone());
-    workers.extend(event_listener);
-    workers.push(crate::flows::place_order::spawn_sweeper(state.clone()));
+    let mut runners = worker::spawn_workers(state.clone());
+    runners.push(crate::flows::place_order::spawn_sweeper(state.clone()));
+    let mut workers: Vec<JoinHandle<()>> = event_listener.into_iter().collect();
     workers.push(store::housekeeping::spawn(state.db.clone()));
     let schema = graphql::build(
         &state.settings.graphql,
@@ -358,6 +416,7 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
         shutdown: Some(shutdown),
         server,
         sockets,
+        runners,
         workers,
     })
 }

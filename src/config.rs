@@ -114,6 +114,18 @@ pub struct Settings {
     pub orders: OrderSettings,
     /// Behaviour of the in-process simulators that stand in for unset upstreams.
     pub sandbox: SandboxSettings,
+    /// On SIGTERM or Ctrl-C, the longest the service waits for requests, websocket
+    /// closings, flow steps and jobs in flight before it exits anyway, in seconds
+    /// (`CBTL_SHUTDOWN_GRACE_SECS`). Below the 30 s orchestrators commonly allow between
+    /// SIGTERM and SIGKILL.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Settings {
+    /// `shutdown_grace_secs` as a `Duration`.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
 }
 
 impl Default for Settings {
@@ -133,6 +145,7 @@ impl Default for Settings {
             jobs: JobsSettings::default(),
             orders: OrderSettings::default(),
             sandbox: SandboxSettings::default(),
+            shutdown_grace_secs: 20,
         }
     }
 }

@@ -18,6 +18,8 @@ pub struct AppInner {
     pub order_events: OrderEvents,
     /// What one customer may hold of what everyone shares.
     pub quotas: Quotas,
+    /// This instance's id (the owner of its leases) and its shutdown.
+    pub lifecycle: crate::lifecycle::Lifecycle,
     #[cfg(feature = "crash-points")]
     pub crash_points: crate::crash::CrashPoints,
 }

@@ -12,6 +12,7 @@ pub mod flows;
 pub mod graphql;
 pub mod http;
 pub mod jobs;
+pub mod lifecycle;
 pub mod quota;
 pub mod retry;
 pub mod store;

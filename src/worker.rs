@@ -1,7 +1,8 @@
 //! Runs durable jobs: claims due ones from the database, runs them, and records success
 //! or a retry with exponential backoff. Any instance may run any job; the lease keeps two
 //! from running the same one at once, and every job is idempotent, so a job interrupted
-//! by a crash is simply run again. The dispatch from a [`JobKind`] to its flow lives here,
+//! by a crash is simply run again. A shutdown stops the workers claiming; the job in
+//! hand finishes first. The dispatch from a [`JobKind`] to its flow lives here,
 //! above both.
 
 use crate::{
@@ -9,6 +10,7 @@ use crate::{
     context::AppState,
     flows,
     jobs::{JobError, JobKind},
+    lifecycle::Held,
     store::{self, jobs::Claimed},
 };
 use std::time::Duration;
@@ -31,10 +33,12 @@ pub fn spawn_workers(state: AppState) -> Vec<JoinHandle<()>> {
 async fn run_worker(state: AppState, worker: usize) {
     let poll = state.settings.jobs.poll_interval();
     let lease = crate::domain::millis(state.settings.jobs.lease());
-    loop {
+    // A shutdown lets the job in hand finish (within the grace), then stops claiming.
+    while !state.lifecycle.is_stopping() {
         let notified = state.job_signal.notified();
-        match store::jobs::claim(&state.db, now_ms(), lease).await {
+        match store::jobs::claim(&state.db, state.lifecycle.instance(), now_ms(), lease).await {
             Ok(Some(job)) => {
+                let _running = state.lifecycle.running(Held::Job, &job.id);
                 run_one(&state, job).await;
                 continue;
             }
@@ -44,6 +48,7 @@ async fn run_worker(state: AppState, worker: usize) {
         tokio::select! {
             () = notified => {}
             () = tokio::time::sleep(poll) => {}
+            () = state.lifecycle.stopping() => {}
         }
     }
 }

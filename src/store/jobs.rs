@@ -46,9 +46,10 @@ pub async fn enqueue(
     Ok(result.rows_affected() == 1)
 }
 
-/// Claims the oldest due job, reserving it for `lease_ms`.
+/// Claims the oldest due job for instance `owner`, reserving it for `lease_ms`.
 pub async fn claim(
     db: &impl ConnectionTrait,
+    owner: &str,
     now_ms: i64,
     lease_ms: i64,
 ) -> Result<Option<Claimed>, StoreError> {
@@ -58,7 +59,7 @@ pub async fn claim(
         ""
     };
     let sql = format!(
-        "UPDATE jobs SET locked_until_ms = ?, attempts = attempts + 1, updated_at_ms = ? \
+        "UPDATE jobs SET locked_until_ms = ?, locked_by = ?, attempts = attempts + 1, updated_at_ms = ? \
          WHERE id = (SELECT id FROM jobs WHERE state = 'pending' AND run_at_ms <= ? \
                      AND (locked_until_ms IS NULL OR locked_until_ms < ?) \
                      ORDER BY run_at_ms LIMIT 1{lock}) \
@@ -70,6 +71,7 @@ pub async fn claim(
             &sql,
             vec![
                 (now_ms + lease_ms).into(),
+                owner.into(),
                 now_ms.into(),
                 now_ms.into(),
                 now_ms.into(),
@@ -90,7 +92,7 @@ pub async fn claim(
 pub async fn complete(db: &impl ConnectionTrait, id: &str, now_ms: i64) -> Result<(), StoreError> {
     db.execute_raw(stmt(
         db,
-        "UPDATE jobs SET state = 'done', locked_until_ms = NULL, last_error = NULL, updated_at_ms = ? WHERE id = ?",
+        "UPDATE jobs SET state = 'done', locked_until_ms = NULL, locked_by = NULL, last_error = NULL, updated_at_ms = ? WHERE id = ?",
         vec![now_ms.into(), id.into()],
     ))
     .await?;
@@ -110,11 +112,21 @@ pub async fn fail(
     let error: String = error.chars().take(1_000).collect();
     db.execute_raw(stmt(
         db,
-        "UPDATE jobs SET state = ?, locked_until_ms = NULL, last_error = ?, run_at_ms = ?, updated_at_ms = ? WHERE id = ?",
+        "UPDATE jobs SET state = ?, locked_until_ms = NULL, locked_by = NULL, last_error = ?, run_at_ms = ?, updated_at_ms = ? WHERE id = ?",
         vec![state.into(), error.into(), run_at_ms.into(), now_ms.into(), id.into()],
     ))
     .await?;
     Ok(())
+}
+
+/// Ends every lease `owner` holds on jobs except those of `running`, so a job claimed by
+/// an instance shutting down runs elsewhere at once; returns how many were released.
+pub async fn release_all_held_by(
+    db: &impl ConnectionTrait,
+    owner: &str,
+    running: &[String],
+) -> Result<u64, StoreError> {
+    super::orders::release_held(db, "jobs", owner, running).await
 }
 
 /// Jobs by state, for readiness reporting and tests.

@@ -78,37 +78,87 @@ pub async fn save(db: &impl ConnectionTrait, row: Order) -> Result<(), StoreErro
     active.points_earned = sea_orm::ActiveValue::NotSet;
     active.loyalty_sent_at_ms = sea_orm::ActiveValue::NotSet;
     active.locked_until_ms = sea_orm::ActiveValue::NotSet;
+    active.locked_by = sea_orm::ActiveValue::NotSet;
     order::Entity::update(active).exec(db).await?;
     Ok(())
 }
 
-/// Reserves the order for one runner until `now + lease_ms`; false if another holds it.
+/// Reserves the order for one runner of instance `owner` until `now + lease_ms`; false
+/// if another holds it.
 pub async fn acquire(
     db: &impl ConnectionTrait,
     id: &OrderId,
+    owner: &str,
     now_ms: i64,
     lease_ms: i64,
 ) -> Result<bool, StoreError> {
     let result = db
         .execute_raw(stmt(
             db,
-            "UPDATE orders SET locked_until_ms = ? WHERE id = ? AND (locked_until_ms IS NULL OR locked_until_ms < ?)",
-            vec![(now_ms + lease_ms).into(), id.as_str().into(), now_ms.into()],
+            "UPDATE orders SET locked_until_ms = ?, locked_by = ? WHERE id = ? AND (locked_until_ms IS NULL OR locked_until_ms < ?)",
+            vec![
+                (now_ms + lease_ms).into(),
+                owner.into(),
+                id.as_str().into(),
+                now_ms.into(),
+            ],
         ))
         .await?;
     Ok(result.rows_affected() == 1)
 }
 
-pub async fn release(db: &impl ConnectionTrait, id: &OrderId) -> Result<(), StoreError> {
-    order::Entity::update_many()
-        .col_expr(
-            order::Column::LockedUntilMs,
-            Expr::value(Option::<i64>::None),
-        )
-        .filter(order::Column::Id.eq(id.as_str()))
-        .exec(db)
-        .await?;
+/// Ends `owner`'s lease on the order. A lease that lapsed and was taken by another runner
+/// is that runner's now, and is left alone.
+pub async fn release(
+    db: &impl ConnectionTrait,
+    id: &OrderId,
+    owner: &str,
+) -> Result<(), StoreError> {
+    db.execute_raw(stmt(
+        db,
+        "UPDATE orders SET locked_until_ms = NULL, locked_by = NULL WHERE id = ? AND locked_by = ?",
+        vec![id.as_str().into(), owner.into()],
+    ))
+    .await?;
     Ok(())
+}
+
+/// Ends every lease `owner` holds on orders except those of `running` (work still in
+/// progress keeps its lease until it runs out); returns how many were released. Called by
+/// an instance shutting down, so others resume its orders at once.
+pub async fn release_all_held_by(
+    db: &impl ConnectionTrait,
+    owner: &str,
+    running: &[String],
+) -> Result<u64, StoreError> {
+    release_held(db, "orders", owner, running).await
+}
+
+/// `UPDATE <table> SET locked_until_ms = NULL, locked_by = NULL WHERE locked_by = owner`,
+/// sparing the ids in `running`; `table` is one of ours (orders, jobs), never input.
+pub(super) async fn release_held(
+    db: &impl ConnectionTrait,
+    table: &'static str,
+    owner: &str,
+    running: &[String],
+) -> Result<u64, StoreError> {
+    let spared = if running.is_empty() {
+        String::new()
+    } else {
+        format!(" AND id NOT IN ({})", vec!["?"; running.len()].join(", "))
+    };
+    let mut values: Vec<sea_orm::Value> = vec![owner.into()];
+    values.extend(running.iter().map(|id| id.as_str().into()));
+    let result = db
+        .execute_raw(stmt(
+            db,
+            &format!(
+                "UPDATE {table} SET locked_until_ms = NULL, locked_by = NULL WHERE locked_by = ?{spared}"
+            ),
+            values,
+        ))
+        .await?;
+    Ok(result.rows_affected())
 }
 
 /// Orders whose flow should run now: an active step that is due, or a wait for the

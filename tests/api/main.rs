@@ -28,6 +28,8 @@ mod sandbox_binary;
 mod secrets;
 mod sessionm;
 mod shop;
+#[cfg(unix)]
+mod shutdown;
 mod step_faults;
 mod vouchers;
 mod websocket;

@@ -75,7 +75,7 @@ fn sandbox_binary() -> &'static Path {
 
 /// Starts the stand-alone simulators on free ports, delivering webhooks to `app_url`, and
 /// reads the environment they print.
-async fn start_sandbox(app_url: &str) -> (Child, BTreeMap<String, String>) {
+pub(crate) async fn start_sandbox(app_url: &str) -> (Child, BTreeMap<String, String>) {
     let mut command = Command::new(sandbox_binary());
     for (key, _) in std::env::vars() {
         if key.starts_with("SANDBOX_") {
@@ -138,13 +138,13 @@ fn start_service(
         .expect("cbtl-bff starts")
 }
 
-struct Service {
-    url: String,
-    http: reqwest::Client,
+pub(crate) struct Service {
+    pub(crate) url: String,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Service {
-    async fn gql(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
+    pub(crate) async fn gql(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
         let mut request = self
             .http
             .post(format!("{}/graphql", self.url))
@@ -164,7 +164,7 @@ impl Service {
     }
 
     /// Asks `query` until `done` holds of its data, for at most 30 s.
-    async fn until(
+    pub(crate) async fn until(
         &self,
         token: &str,
         query: &str,
@@ -183,7 +183,7 @@ impl Service {
     }
 }
 
-async fn ledger(url: &str, path: &str) -> Value {
+pub(crate) async fn ledger(url: &str, path: &str) -> Value {
     reqwest::get(format!("{url}/_sandbox/{path}"))
         .await
         .expect("the simulator answers")

@@ -25,7 +25,7 @@ use tokio_tungstenite::{
 /// Reads until the server closes, returning the close code and reason, then completes the
 /// closing handshake as a browser would (answering the Close) and sees the server end the
 /// connection.
-async fn close_code(socket: &mut Ws) -> (u16, String) {
+pub(crate) async fn close_code(socket: &mut Ws) -> (u16, String) {
     let frame = loop {
         let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
             .await

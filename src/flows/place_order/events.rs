@@ -101,7 +101,8 @@ pub async fn reconcile(state: &AppState) -> Result<usize, FlowError> {
 }
 
 /// Resumes unfinished flows: at start, then on a timer. Any instance may run any order;
-/// the lease in the row keeps two from running the same one.
+/// the lease in the row keeps two from running the same one. A shutdown stops it between
+/// two orders.
 pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let interval = state.settings.orders.sweep_interval();
@@ -111,7 +112,7 @@ pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
             .reconcile_interval()
             .max(Duration::from_secs(1));
         let mut last_reconcile = tokio::time::Instant::now();
-        loop {
+        while !state.lifecycle.is_stopping() {
             if last_reconcile.elapsed() >= reconcile_every {
                 last_reconcile = tokio::time::Instant::now();
                 if let Err(e) = reconcile(&state).await {
@@ -123,6 +124,9 @@ pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
             match store::orders::due(&state.db, now, customer_deadline, 50).await {
                 Ok(ids) => {
                     for id in ids {
+                        if state.lifecycle.is_stopping() {
+                            break;
+                        }
                         if let Err(e) = drive(&state, &id).await {
                             tracing::error!(order_id = %id, error = %e, "resuming an order failed");
                         }
@@ -130,7 +134,10 @@ pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
                 }
                 Err(e) => tracing::warn!(error = %e, "looking for unfinished orders failed"),
             }
-            tokio::time::sleep(interval).await;
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = state.lifecycle.stopping() => {}
+            }
         }
     })
 }

@@ -198,6 +198,7 @@ impl CheckoutRequest {
             key_generation: 0,
             voucher_discount_json: None,
             loyalty_sent_at_ms: None,
+            locked_by: None,
         }
     }
 }
@@ -346,6 +347,7 @@ pub async fn checkout(
         let mut row = request.new_order(hash.clone(), state.settings.orders.capture, now);
         // Held by this request from the start, so the sweeper leaves it alone.
         row.locked_until_ms = Some(now + lease_ms(state));
+        row.locked_by = Some(state.lifecycle.instance().to_owned());
         let id = row.id.clone();
         if !store::orders::insert_new(&state.db, row).await? {
             // A concurrent request with the same key won the insert: wait for its result.
@@ -363,8 +365,9 @@ async fn retry_payment(state: &AppState, id: &OrderId) -> Result<(), FlowError> 
     // Another runner may hold the order for a moment (a webhook's job, a concurrent retry
     // of this same checkout): wait for it rather than answer with the old refusal.
     let deadline = tokio::time::Instant::now() + state.settings.orders.checkout_wait();
-    while !store::orders::acquire(&state.db, id, now_ms(), lease_ms(state)).await? {
+    while !acquire(state, id).await? {
         if tokio::time::Instant::now() >= deadline
+            || state.lifecycle.is_stopping()
             || load(state, id).await?.step != Step::AwaitPaymentRetry
         {
             return Ok(());
@@ -373,7 +376,7 @@ async fn retry_payment(state: &AppState, id: &OrderId) -> Result<(), FlowError> 
     }
     let mut order = load(state, id).await?;
     if order.step != Step::AwaitPaymentRetry {
-        store::orders::release(&state.db, id).await?;
+        store::orders::release(&state.db, id, state.lifecycle.instance()).await?;
         return Ok(());
     }
     tracing::info!(order_id = %id, "the customer retries a payment Stripe could not take");
@@ -386,6 +389,22 @@ async fn retry_payment(state: &AppState, id: &OrderId) -> Result<(), FlowError> 
 
 fn lease_ms(state: &AppState) -> i64 {
     millis(state.settings.orders.lease())
+}
+
+/// Takes the order's lease for this instance; false if another runner holds it, or this
+/// instance is shutting down (it starts no new step; another instance will).
+async fn acquire(state: &AppState, id: &OrderId) -> Result<bool, FlowError> {
+    if state.lifecycle.is_stopping() {
+        return Ok(false);
+    }
+    Ok(store::orders::acquire(
+        &state.db,
+        id,
+        state.lifecycle.instance(),
+        now_ms(),
+        lease_ms(state),
+    )
+    .await?)
 }
 
 fn set_payment(order: &mut Order, status: PaymentStatus) {
@@ -413,7 +432,11 @@ async fn wait_until_resting(state: &AppState, id: &OrderId) -> Result<Order, Flo
     loop {
         let order = load(state, id).await?;
         let step = order.step;
-        if !step.is_active() || order.attention.is_some() || tokio::time::Instant::now() >= deadline
+        // A shutdown answers with the order as it stands: another instance goes on with it.
+        if !step.is_active()
+            || order.attention.is_some()
+            || tokio::time::Instant::now() >= deadline
+            || state.lifecycle.is_stopping()
         {
             return Ok(order);
         }
@@ -423,9 +446,9 @@ async fn wait_until_resting(state: &AppState, id: &OrderId) -> Result<Order, Flo
     }
 }
 
-/// Runs the flow if no one else holds it.
+/// Runs the flow if no one else holds it (and this instance is not shutting down).
 pub async fn drive(state: &AppState, id: &OrderId) -> Result<bool, FlowError> {
-    if !store::orders::acquire(&state.db, id, now_ms(), lease_ms(state)).await? {
+    if !acquire(state, id).await? {
         return Ok(false);
     }
     run_held(state, id).await?;
@@ -436,17 +459,22 @@ pub async fn drive(state: &AppState, id: &OrderId) -> Result<bool, FlowError> {
 ///
 /// The steps run in a task of their own: a caller that goes away (a checkout whose client
 /// disconnected) does not stop them halfway, and they start on a fresh stack instead of
-/// under the GraphQL resolver's.
+/// under the GraphQL resolver's. A shutdown waits for them (within its grace) and spares
+/// their lease while they run.
 async fn run_held(state: &AppState, id: &OrderId) -> Result<(), FlowError> {
+    let work = state.lifecycle.work().clone();
     let (state, id) = (state.clone(), id.to_owned());
-    let runner = tokio::spawn(
+    let runner = work.spawn(
         async move {
+            let _running = state
+                .lifecycle
+                .running(crate::lifecycle::Held::Order, id.as_str());
             let outcome = run_steps(&state, &id).await;
             if matches!(outcome, Err(FlowError::Crashed(_))) {
                 // A dead process releases nothing; the lease runs out instead.
                 return outcome;
             }
-            store::orders::release(&state.db, &id).await?;
+            store::orders::release(&state.db, &id, state.lifecycle.instance()).await?;
             outcome
         }
         .in_current_span(),
@@ -462,6 +490,12 @@ async fn run_held(state: &AppState, id: &OrderId) -> Result<(), FlowError> {
 
 async fn run_steps(state: &AppState, id: &OrderId) -> Result<(), FlowError> {
     for _ in 0..MAX_STEPS_PER_RUN {
+        if state.lifecycle.is_stopping() {
+            // The last step is recorded; another instance runs the next once the lease is
+            // released.
+            tracing::info!(order_id = %id, "shutting down: the flow stops between steps");
+            return Ok(());
+        }
         let order = load(state, id).await?;
         if order.attention.is_some() {
             // An operator's now; webhooks still record Okya's state for when it resumes.

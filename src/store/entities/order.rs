@@ -62,6 +62,9 @@ pub struct Model {
     /// When the sale was first sent to SessionM (its `modified_time`); owned by the
     /// SessionM job.
     pub loyalty_sent_at_ms: Option<i64>,
+    /// The instance holding the lease (`locked_until_ms`), so a shutdown releases its own
+    /// and a runner never releases another's; owned by `acquire`/`release`.
+    pub locked_by: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
