@@ -67,10 +67,17 @@ pub async fn find_by_payment_intent(
         .await?)
 }
 
-/// Saves the flow's columns of the row. Columns other writers own are left alone: Okya's
-/// state (webhooks record it, version-guarded), the points (the SessionM job) and the
-/// lease (`acquire`/`release`), so a runner's stale copy can never overwrite them.
-pub async fn save(db: &impl ConnectionTrait, row: Order) -> Result<(), StoreError> {
+/// Saves the flow's columns of the row, only while the lease the row was loaded under
+/// (`row.locked_by`, one token per acquisition) is still the order's: a runner whose lease
+/// lapsed and was taken by another (a step slower than the lease, a paused process) gets
+/// `false` and writes nothing, so its stale copy can never overwrite the newer runner's
+/// work (found by the chaos soak: an order completed at the store went back to awaiting
+/// acceptance). Columns other writers own are left alone: Okya's state (webhooks record
+/// it, version-guarded), the points (the SessionM job) and the lease
+/// (`acquire`/`renew`/`release`).
+pub async fn save(db: &impl ConnectionTrait, row: Order) -> Result<bool, StoreError> {
+    let id = row.id.clone();
+    let held_by = row.locked_by.clone();
     let mut active = row.into_active_model().reset_all();
     active.okya_version = sea_orm::ActiveValue::NotSet;
     active.okya_approval = sea_orm::ActiveValue::NotSet;
@@ -79,11 +86,41 @@ pub async fn save(db: &impl ConnectionTrait, row: Order) -> Result<(), StoreErro
     active.loyalty_sent_at_ms = sea_orm::ActiveValue::NotSet;
     active.locked_until_ms = sea_orm::ActiveValue::NotSet;
     active.locked_by = sea_orm::ActiveValue::NotSet;
-    order::Entity::update(active).exec(db).await?;
-    Ok(())
+    active.id = sea_orm::ActiveValue::NotSet;
+    let fence = match held_by {
+        Some(token) => order::Column::LockedBy.eq(token),
+        None => order::Column::LockedBy.is_null(),
+    };
+    let result = order::Entity::update_many()
+        .set(active)
+        .filter(order::Column::Id.eq(id.as_str()))
+        .filter(fence)
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
 }
 
-/// Reserves the order for one runner of instance `owner` until `now + lease_ms`; false
+/// Extends `token`'s lease to `now + lease_ms`; false when the lease is no longer
+/// `token`'s. A runner renews while a step runs, so a slow step keeps its order.
+pub async fn renew(
+    db: &impl ConnectionTrait,
+    id: &OrderId,
+    token: &str,
+    now_ms: i64,
+    lease_ms: i64,
+) -> Result<bool, StoreError> {
+    let result = db
+        .execute_raw(stmt(
+            db,
+            "UPDATE orders SET locked_until_ms = ? WHERE id = ? AND locked_by = ?",
+            vec![(now_ms + lease_ms).into(), id.as_str().into(), token.into()],
+        ))
+        .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Reserves the order for one runner until `now + lease_ms` under `token` (see
+/// [`lease_token`]: the instance, and what tells this acquisition from any other); false
 /// if another holds it.
 pub async fn acquire(
     db: &impl ConnectionTrait,
@@ -107,8 +144,14 @@ pub async fn acquire(
     Ok(result.rows_affected() == 1)
 }
 
-/// Ends `owner`'s lease on the order. A lease that lapsed and was taken by another runner
-/// is that runner's now, and is left alone.
+/// A new lease token of instance `owner`: `{owner}/{random}`, so a shutdown frees every
+/// lease of the instance ([`release_all_held_by`]) while each runner is fenced by its own.
+pub fn lease_token(owner: &str) -> String {
+    format!("{owner}/{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Ends the lease `owner` (a token) holds on the order. A lease that lapsed and was taken
+/// by another runner is that runner's now, and is left alone.
 pub async fn release(
     db: &impl ConnectionTrait,
     id: &OrderId,
@@ -147,13 +190,14 @@ pub(super) async fn release_held(
     } else {
         format!(" AND id NOT IN ({})", vec!["?"; running.len()].join(", "))
     };
-    let mut values: Vec<sea_orm::Value> = vec![owner.into()];
+    // Order leases carry a token per runner under the instance's id; job leases the id.
+    let mut values: Vec<sea_orm::Value> = vec![owner.into(), format!("{owner}/%").into()];
     values.extend(running.iter().map(|id| id.as_str().into()));
     let result = db
         .execute_raw(stmt(
             db,
             &format!(
-                "UPDATE {table} SET locked_until_ms = NULL, locked_by = NULL WHERE locked_by = ?{spared}"
+                "UPDATE {table} SET locked_until_ms = NULL, locked_by = NULL WHERE (locked_by = ? OR locked_by LIKE ?){spared}"
             ),
             values,
         ))

@@ -273,3 +273,36 @@ async fn an_order_without_its_store_goes_to_an_operator_and_sends_the_pos_nothin
     let ready = shop.readiness().await;
     assert_eq!(ready["orders"]["needing_attention"], 1, "{ready}");
 }
+
+/// A step slower than the lease (Stripe answering a PaymentIntent creation after 2 s, the
+/// lease 600 ms, the sweeper looking every 100 ms) keeps its order: the runner renews its
+/// lease, so no second runner takes the order and sends the charge again or writes over
+/// the first one's work (found by the chaos soak: an order completed at the store was set
+/// back to awaiting acceptance by a runner whose lease had lapsed).
+#[tokio::test]
+async fn a_step_slower_than_the_lease_keeps_its_order_and_is_not_run_twice() {
+    let shop = shop(|s| {
+        s.orders.lease_ms = 600;
+        s.orders.sweep_interval_ms = 100;
+    })
+    .await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    shop.slow_next(INTENTS, 2_000).await;
+    let id = placed(&shop.checkout(&cart, "pm_card_visa", None, "k").await);
+    shop.store_action(&cart, Accept).await;
+    shop.wait_for_status(&id, "IN_PREPARATION").await;
+    shop.wait_until_settled(&id).await;
+    let sent = shop.keys_sent(INTENTS, &id).await;
+    assert_eq!(
+        sent.values().sum::<usize>(),
+        1,
+        "one runner sent the charge, once: {sent:?}"
+    );
+    let history = shop.order_selecting("statusHistory { status }", &id).await;
+    assert_eq!(
+        history["statusHistory"],
+        json!([{"status": "AWAITING_ACCEPTANCE"}, {"status": "IN_PREPARATION"}]),
+        "{history}"
+    );
+    shop.assert_money_invariants().await;
+}

@@ -100,7 +100,9 @@ async fn unsettled(cluster: &Cluster) -> Result<Vec<String>, Error> {
 }
 
 fn finished(o: &order::Model) -> bool {
-    o.attention.is_some() || refused(o) || (o.status.is_final() && o.step.kind() == StepKind::Finished)
+    o.attention.is_some()
+        || refused(o)
+        || (o.status.is_final() && o.step.kind() == StepKind::Finished)
 }
 
 /// A checkout refused before an order was made (the row only keeps the idempotency key's
@@ -448,9 +450,9 @@ pub async fn check(
         let statuses = history.get(&id).cloned().unwrap_or_default();
         if refused(o) {
             if !statuses.is_empty() {
-                applied.violations.push(format!(
-                    "refused checkout {id} has a history {statuses:?}"
-                ));
+                applied
+                    .violations
+                    .push(format!("refused checkout {id} has a history {statuses:?}"));
                 suspects.insert(id);
             }
             continue;

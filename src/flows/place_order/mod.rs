@@ -100,6 +100,10 @@ pub enum FlowError {
     /// Tests only: the process "died" at a crash point.
     #[error("crashed at {0}")]
     Crashed(String),
+    /// The runner's lease lapsed and another runner holds the order now: this one wrote
+    /// nothing and stops (the other goes on from the last recorded step).
+    #[error("the lease on order {0} was lost to another runner")]
+    LeaseLost(OrderId),
 }
 
 /// With the `crash-points` feature (tests only), fails like a dead process just before
@@ -346,15 +350,16 @@ pub async fn checkout(
         let now = now_ms();
         let mut row = request.new_order(hash.clone(), state.settings.orders.capture, now);
         // Held by this request from the start, so the sweeper leaves it alone.
+        let token = store::orders::lease_token(state.lifecycle.instance());
         row.locked_until_ms = Some(now + lease_ms(state));
-        row.locked_by = Some(state.lifecycle.instance().to_owned());
+        row.locked_by = Some(token.clone());
         let id = row.id.clone();
         if !store::orders::insert_new(&state.db, row).await? {
             // A concurrent request with the same key won the insert: wait for its result.
             continue;
         }
         tracing::info!(order_id = %id, "checkout started");
-        run_held(state, &id).await?;
+        run_held(state, &id, token).await?;
         return Ok(Ok(wait_until_resting(state, &id).await?));
     }
 }
@@ -365,7 +370,10 @@ async fn retry_payment(state: &AppState, id: &OrderId) -> Result<(), FlowError> 
     // Another runner may hold the order for a moment (a webhook's job, a concurrent retry
     // of this same checkout): wait for it rather than answer with the old refusal.
     let deadline = tokio::time::Instant::now() + state.settings.orders.checkout_wait();
-    while !acquire(state, id).await? {
+    let token = loop {
+        if let Some(token) = acquire(state, id).await? {
+            break token;
+        }
         if tokio::time::Instant::now() >= deadline
             || state.lifecycle.is_stopping()
             || load(state, id).await?.step != Step::AwaitPaymentRetry
@@ -373,38 +381,37 @@ async fn retry_payment(state: &AppState, id: &OrderId) -> Result<(), FlowError> 
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    };
     let mut order = load(state, id).await?;
     if order.step != Step::AwaitPaymentRetry {
-        store::orders::release(&state.db, id, state.lifecycle.instance()).await?;
+        store::orders::release(&state.db, id, &token).await?;
         return Ok(());
     }
     tracing::info!(order_id = %id, "the customer retries a payment Stripe could not take");
     order.failure_code = None;
     order.failure_message = None;
     order.payment_status = None;
-    apply(state, go(order, Step::Charge)).await?;
-    run_held(state, id).await
+    match apply(state, go(order, Step::Charge)).await {
+        Err(FlowError::LeaseLost(_)) => return Ok(()),
+        other => other?,
+    }
+    run_held(state, id, token).await
 }
 
 fn lease_ms(state: &AppState) -> i64 {
     millis(state.settings.orders.lease())
 }
 
-/// Takes the order's lease for this instance; false if another runner holds it, or this
-/// instance is shutting down (it starts no new step; another instance will).
-async fn acquire(state: &AppState, id: &OrderId) -> Result<bool, FlowError> {
+/// Takes the order's lease under a new token of this instance; `None` if another runner
+/// holds it, or this instance is shutting down (it starts no new step; another instance
+/// will).
+async fn acquire(state: &AppState, id: &OrderId) -> Result<Option<String>, FlowError> {
     if state.lifecycle.is_stopping() {
-        return Ok(false);
+        return Ok(None);
     }
-    Ok(store::orders::acquire(
-        &state.db,
-        id,
-        state.lifecycle.instance(),
-        now_ms(),
-        lease_ms(state),
-    )
-    .await?)
+    let token = store::orders::lease_token(state.lifecycle.instance());
+    let acquired = store::orders::acquire(&state.db, id, &token, now_ms(), lease_ms(state)).await?;
+    Ok(acquired.then_some(token))
 }
 
 fn set_payment(order: &mut Order, status: PaymentStatus) {
@@ -448,10 +455,10 @@ async fn wait_until_resting(state: &AppState, id: &OrderId) -> Result<Order, Flo
 
 /// Runs the flow if no one else holds it (and this instance is not shutting down).
 pub async fn drive(state: &AppState, id: &OrderId) -> Result<bool, FlowError> {
-    if !acquire(state, id).await? {
+    let Some(token) = acquire(state, id).await? else {
         return Ok(false);
-    }
-    run_held(state, id).await?;
+    };
+    run_held(state, id, token).await?;
     Ok(true)
 }
 
@@ -461,7 +468,12 @@ pub async fn drive(state: &AppState, id: &OrderId) -> Result<bool, FlowError> {
 /// disconnected) does not stop them halfway, and they start on a fresh stack instead of
 /// under the GraphQL resolver's. A shutdown waits for them (within its grace) and spares
 /// their lease while they run.
-async fn run_held(state: &AppState, id: &OrderId) -> Result<(), FlowError> {
+///
+/// While they run, the lease is renewed every third of `orders.lease_ms`, so a step slower
+/// than the lease (an upstream's timeouts and retries) keeps its order; and every write is
+/// fenced by the lease's token, so should it lapse anyway (a paused process, a database
+/// that could not be reached to renew), this runner writes nothing more and stops.
+async fn run_held(state: &AppState, id: &OrderId, token: String) -> Result<(), FlowError> {
     let work = state.lifecycle.work().clone();
     let (state, id) = (state.clone(), id.to_owned());
     let runner = work.spawn(
@@ -469,12 +481,19 @@ async fn run_held(state: &AppState, id: &OrderId) -> Result<(), FlowError> {
             let _running = state
                 .lifecycle
                 .running(crate::lifecycle::Held::Order, id.as_str());
-            let outcome = run_steps(&state, &id).await;
-            if matches!(outcome, Err(FlowError::Crashed(_))) {
+            let renewal = spawn_renewal(&state, &id, &token);
+            let outcome = run_steps(&state, &id, &token).await;
+            renewal.abort();
+            match outcome {
                 // A dead process releases nothing; the lease runs out instead.
-                return outcome;
+                Err(FlowError::Crashed(_)) => return outcome,
+                Err(FlowError::LeaseLost(_)) => {
+                    tracing::warn!(order_id = %id, "lease lost to another runner; this one stops without writing");
+                    return Ok(());
+                }
+                _ => {}
             }
-            store::orders::release(&state.db, &id, state.lifecycle.instance()).await?;
+            store::orders::release(&state.db, &id, &token).await?;
             outcome
         }
         .in_current_span(),
@@ -488,7 +507,26 @@ async fn run_held(state: &AppState, id: &OrderId) -> Result<(), FlowError> {
     }
 }
 
-async fn run_steps(state: &AppState, id: &OrderId) -> Result<(), FlowError> {
+/// Renews `token`'s lease on the order every third of the lease until aborted, or until
+/// the lease is found to be someone else's.
+fn spawn_renewal(state: &AppState, id: &OrderId, token: &str) -> tokio::task::JoinHandle<()> {
+    let (state, id, token) = (state.clone(), id.clone(), token.to_owned());
+    tokio::spawn(async move {
+        let lease = lease_ms(&state);
+        let every = Duration::from_millis(u64::try_from(lease / 3).unwrap_or(1).max(1));
+        loop {
+            tokio::time::sleep(every).await;
+            match store::orders::renew(&state.db, &id, &token, now_ms(), lease).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                // The next tick tries again; the fence keeps a lapsed lease harmless.
+                Err(e) => tracing::warn!(order_id = %id, error = %e, "could not renew the lease"),
+            }
+        }
+    })
+}
+
+async fn run_steps(state: &AppState, id: &OrderId, token: &str) -> Result<(), FlowError> {
     for _ in 0..MAX_STEPS_PER_RUN {
         if state.lifecycle.is_stopping() {
             // The last step is recorded; another instance runs the next once the lease is
@@ -496,7 +534,7 @@ async fn run_steps(state: &AppState, id: &OrderId) -> Result<(), FlowError> {
             tracing::info!(order_id = %id, "shutting down: the flow stops between steps");
             return Ok(());
         }
-        let order = load(state, id).await?;
+        let order = load_held(state, id, token).await?;
         if order.attention.is_some() {
             // An operator's now; webhooks still record Okya's state for when it resumes.
             return Ok(());
@@ -512,7 +550,7 @@ async fn run_steps(state: &AppState, id: &OrderId) -> Result<(), FlowError> {
         let outcome = Box::pin(run_step(state, step, order).instrument(span)).await;
         let next = match outcome {
             Ok(next) => next,
-            Err(FlowError::Crashed(point)) => return Err(FlowError::Crashed(point)),
+            Err(e @ (FlowError::Crashed(_) | FlowError::LeaseLost(_))) => return Err(e),
             Err(FlowError::Corrupt(reason)) => {
                 Next::Attention(format!("impossible stored state: {reason}"))
             }
@@ -530,13 +568,14 @@ async fn run_steps(state: &AppState, id: &OrderId) -> Result<(), FlowError> {
             }
             Next::Again(mut order) => checkpoint(state, &mut order).await?,
             Next::Rest => return Ok(()),
-            Next::Retry(reason) => return schedule_retry(state, id, &reason).await,
-            Next::Attention(reason) => return mark_attention(state, id, &reason).await,
+            Next::Retry(reason) => return schedule_retry(state, id, token, &reason).await,
+            Next::Attention(reason) => return mark_attention(state, id, token, &reason).await,
         }
     }
     mark_attention(
         state,
         id,
+        token,
         &format!("the flow did not settle within {MAX_STEPS_PER_RUN} steps"),
     )
     .await
@@ -544,8 +583,13 @@ async fn run_steps(state: &AppState, id: &OrderId) -> Result<(), FlowError> {
 
 /// Records a failed attempt and when to try again, or gives the order to an operator
 /// once the step has been tried `orders.max_step_attempts` times.
-async fn schedule_retry(state: &AppState, id: &OrderId, reason: &str) -> Result<(), FlowError> {
-    let mut order = load(state, id).await?;
+async fn schedule_retry(
+    state: &AppState,
+    id: &OrderId,
+    token: &str,
+    reason: &str,
+) -> Result<(), FlowError> {
+    let mut order = load_held(state, id, token).await?;
     order.step_attempts += 1;
     let max = i32::try_from(state.settings.orders.max_step_attempts).unwrap_or(i32::MAX);
     if order.step_attempts >= max {
@@ -553,27 +597,50 @@ async fn schedule_retry(state: &AppState, id: &OrderId, reason: &str) -> Result<
             "step {} did not succeed in {} attempts; last: {reason}",
             order.step, order.step_attempts
         );
-        store::orders::save(&state.db, order).await?;
-        return mark_attention(state, id, &reason).await;
+        save(state, order).await?;
+        return mark_attention(state, id, token, &reason).await;
     }
     let delay = retry_delay_ms(order.step_attempts);
     order.next_attempt_at_ms = now_ms() + delay;
     order.updated_at_ms = now_ms();
     tracing::warn!(order_id = %id, step = %order.step, attempt = order.step_attempts, %reason, retry_in_ms = delay, "step will be retried");
-    store::orders::save(&state.db, order).await?;
-    Ok(())
+    save(state, order).await
 }
 
 /// Parks the order for an operator: the sweeper skips it, `/readyz` counts it, and the
 /// reason is logged at ERROR. Clearing `attention` (see the README) resumes it.
-async fn mark_attention(state: &AppState, id: &OrderId, reason: &str) -> Result<(), FlowError> {
-    let mut order = load(state, id).await?;
+async fn mark_attention(
+    state: &AppState,
+    id: &OrderId,
+    token: &str,
+    reason: &str,
+) -> Result<(), FlowError> {
+    let mut order = load_held(state, id, token).await?;
     tracing::error!(order_id = %id, step = %order.step, status = %order.status, %reason, "order needs an operator");
     order.attention = Some(reason.chars().take(1_000).collect());
     order.attention_at_ms = Some(now_ms());
     order.updated_at_ms = now_ms();
-    store::orders::save(&state.db, order).await?;
-    Ok(())
+    save(state, order).await
+}
+
+/// The order, as long as `token`'s lease is still its lease.
+async fn load_held(state: &AppState, id: &OrderId, token: &str) -> Result<Order, FlowError> {
+    let order = load(state, id).await?;
+    if order.locked_by.as_deref() == Some(token) {
+        Ok(order)
+    } else {
+        Err(FlowError::LeaseLost(id.clone()))
+    }
+}
+
+/// Saves a runner's row, fenced by the lease it was loaded under.
+async fn save(state: &AppState, order: Order) -> Result<(), FlowError> {
+    let id = order.id.clone();
+    if store::orders::save(&state.db, order).await? {
+        Ok(())
+    } else {
+        Err(FlowError::LeaseLost(id))
+    }
 }
 
 /// A step's own retries: 200 ms doubling to a minute, exact (the time is kept in the row,
@@ -639,7 +706,11 @@ async fn commit(
     if moved && let Some(to) = to {
         order.status = to;
     }
-    store::orders::save(&txn, order.clone()).await?;
+    if !store::orders::save(&txn, order.clone()).await? {
+        // Another runner holds the order now: none of this is written (the transaction
+        // is dropped, so rolled back).
+        return Err(FlowError::LeaseLost(order.id.clone()));
+    }
     if let Some(job) = job {
         let kind = job.as_str();
         store::jobs::enqueue(
