@@ -10,6 +10,7 @@ use crate::{
     graphql, http,
     jobs::JobSignal,
     quota::Quotas,
+    rate_limit::RateLimiter,
     store::{self, StoreError},
     upstream::{Endpoints, UpstreamError, Upstreams, sessionm},
     worker,
@@ -309,6 +310,7 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
     let token_keys = TokenKeys::new(&settings.auth);
     let (order_events, event_listener) = OrderEvents::start(db.clone());
     let quotas = Quotas::new(&settings);
+    let rate_limits = RateLimiter::new(db.clone(), &settings.rate_limits);
     let state = AppState::new(AppInner {
         db,
         upstreams,
@@ -317,6 +319,7 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
         job_signal: JobSignal::default(),
         order_events,
         quotas,
+        rate_limits,
         #[cfg(feature = "crash-points")]
         crash_points: crate::crash::CrashPoints::default(),
     });
@@ -344,7 +347,11 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
     });
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
+        // The peer address is what rate limits key a client by (see `rate_limit`).
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
             .with_graceful_shutdown(async move {
                 let _ = stopped.await;
             })

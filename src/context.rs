@@ -1,10 +1,10 @@
 //! What the flows, resolvers and handlers share, built once by `app` and handed down: the
-//! database, the upstream clients, the settings, the job signal, the order events and the
-//! quotas. It lives below everything that uses it, so no module needs `app`.
+//! database, the upstream clients, the settings, the job signal, the order events, the
+//! quotas and the rate limits. It lives below everything that uses it, so no module needs `app`.
 
 use crate::{
     auth::tokens::TokenKeys, config::Settings, events::OrderEvents, jobs::JobSignal, quota::Quotas,
-    upstream::Upstreams,
+    rate_limit::RateLimiter, upstream::Upstreams,
 };
 use sea_orm::DatabaseConnection;
 use std::{ops::Deref, sync::Arc};
@@ -18,6 +18,8 @@ pub struct AppInner {
     pub order_events: OrderEvents,
     /// What one customer may hold of what everyone shares.
     pub quotas: Quotas,
+    /// How often a phone, customer or client address may ask for what abuse repeats.
+    pub rate_limits: RateLimiter,
     #[cfg(feature = "crash-points")]
     pub crash_points: crate::crash::CrashPoints,
 }

@@ -13,6 +13,7 @@ pub mod graphql;
 pub mod http;
 pub mod jobs;
 pub mod quota;
+pub mod rate_limit;
 pub mod retry;
 pub mod store;
 pub mod telemetry;

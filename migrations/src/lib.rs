@@ -9,6 +9,7 @@ mod m20261125_000003_orders;
 mod m20261129_000004_order_recovery;
 mod m20261129_000005_account_registrations;
 mod m20261129_000006_loyalty_objects;
+mod m20261130_000007_rate_limits;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000004_order_recovery::Migration),
             Box::new(m20261129_000005_account_registrations::Migration),
             Box::new(m20261129_000006_loyalty_objects::Migration),
+            Box::new(m20261130_000007_rate_limits::Migration),
         ]
     }
 }

@@ -6,9 +6,10 @@ use super::{
 };
 use crate::{
     auth::sessions::{self, SessionError, TokenPair},
-    domain::CustomerId,
+    domain::{CustomerId, Phone},
     flows::create_account::{self, FlowError, Refusal, Registration},
     store::{self, entities::customer},
+    rate_limit::Limit,
     upstream::okya::auth::OtpPurpose,
 };
 use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
@@ -294,6 +295,7 @@ impl AccountMutation {
         ctx: &Context<'_>,
         input: AccountRegisterInput,
     ) -> Result<AccountRegisterPayload> {
+        limit_sends(ctx).await?;
         let state = context::state(ctx)?;
         let registration = Registration {
             email: &input.email,
@@ -387,7 +389,32 @@ impl AccountMutation {
     }
 }
 
+/// Codes sent from one address: registration, resend and sign-in alike (per phone, the
+/// flow's own `OTP_THROTTLED` applies).
+async fn limit_sends(ctx: &Context<'_>) -> Result<(), ApiError> {
+    let address = context::client(ctx).key();
+    context::rate_limit(ctx, &[(Limit::OtpSendPerAddress, address.as_deref())]).await
+}
+
+/// Codes tried from one address and against one phone, whichever code: the per-code
+/// count (`OTP_ATTEMPTS_EXCEEDED`) starts again with each new code, this does not.
+async fn limit_tries(ctx: &Context<'_>, phone: &str) -> Result<(), ApiError> {
+    let address = context::client(ctx).key();
+    // A phone that does not parse has no account to guess into; its tries count against
+    // the address only.
+    let phone = Phone::parse(phone);
+    context::rate_limit(
+        ctx,
+        &[
+            (Limit::OtpVerifyPerAddress, address.as_deref()),
+            (Limit::OtpVerifyPerPhone, phone.as_ref().map(Phone::as_str)),
+        ],
+    )
+    .await
+}
+
 async fn verify(ctx: &Context<'_>, phone: &str, code: &str) -> Result<AuthPayload> {
+    limit_tries(ctx, phone).await?;
     let state = context::state(ctx)?;
     match create_account::verify_code(state, phone, code).await {
         Ok((customer, tokens)) => Ok(AuthPayload::signed_in(Some(customer), tokens)),
@@ -396,6 +423,7 @@ async fn verify(ctx: &Context<'_>, phone: &str, code: &str) -> Result<AuthPayloa
 }
 
 async fn send(ctx: &Context<'_>, phone: &str, purpose: OtpPurpose) -> Result<OutcomePayload> {
+    limit_sends(ctx).await?;
     let state = context::state(ctx)?;
     match create_account::send_code(state, phone, purpose).await {
         Ok(()) => Ok(OutcomePayload {
