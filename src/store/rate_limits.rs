@@ -98,3 +98,90 @@ pub async fn purge(db: &impl ConnectionTrait, now_ms: i64) -> Result<u64, StoreE
         .await?
         .rows_affected())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatabaseSettings;
+
+    async fn db() -> (tempfile::TempDir, sea_orm::DatabaseConnection) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let db = crate::store::connect(&url, &DatabaseSettings::default())
+            .await
+            .unwrap();
+        crate::store::migrate(&db).await.unwrap();
+        (dir, db)
+    }
+
+    /// Burst 3, one per second.
+    const TAKE: Draw = Draw {
+        interval_ms: 1_000,
+        limit_ms: 3_000,
+        add_ms: 1_000,
+    };
+    const PEEK: Draw = Draw { add_ms: 0, ..TAKE };
+
+    #[tokio::test]
+    async fn a_bucket_lets_its_burst_through_then_one_per_interval() {
+        let (_dir, db) = db().await;
+        let t = 1_000_000;
+        for _ in 0..3 {
+            assert_eq!(draw(&db, "k", t, TAKE).await.unwrap(), Verdict::Allowed);
+        }
+        // TAT is t + 3 s: the next fits once it is t + 1 s.
+        assert_eq!(
+            draw(&db, "k", t, TAKE).await.unwrap(),
+            Verdict::Refused {
+                retry_after_ms: 1_000
+            }
+        );
+        assert_eq!(
+            draw(&db, "k", t + 400, TAKE).await.unwrap(),
+            Verdict::Refused {
+                retry_after_ms: 600
+            },
+            "a refusal takes nothing"
+        );
+        assert_eq!(draw(&db, "other", t, TAKE).await.unwrap(), Verdict::Allowed);
+        assert_eq!(
+            draw(&db, "k", t + 1_000, TAKE).await.unwrap(),
+            Verdict::Allowed
+        );
+        assert!(matches!(
+            draw(&db, "k", t + 1_000, TAKE).await.unwrap(),
+            Verdict::Refused { .. }
+        ));
+        // Idle for the whole burst: full again.
+        for _ in 0..3 {
+            assert_eq!(
+                draw(&db, "k", t + 10_000, TAKE).await.unwrap(),
+                Verdict::Allowed
+            );
+        }
+        assert_eq!(purge(&db, t + 20_000).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_peek_takes_nothing() {
+        let (_dir, db) = db().await;
+        let t = 5_000_000;
+        for _ in 0..10 {
+            assert_eq!(draw(&db, "k", t, PEEK).await.unwrap(), Verdict::Allowed);
+        }
+        // Recorded whatever the room (a decline happened): four, one more than the burst.
+        let record = Draw {
+            limit_ms: i64::MAX / 4,
+            ..TAKE
+        };
+        for _ in 0..4 {
+            assert_eq!(draw(&db, "k", t, record).await.unwrap(), Verdict::Allowed);
+        }
+        assert_eq!(
+            draw(&db, "k", t, PEEK).await.unwrap(),
+            Verdict::Refused {
+                retry_after_ms: 2_000
+            }
+        );
+    }
+}
