@@ -352,10 +352,10 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
+        .with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        })
+        .await
     });
     tracing::info!(%addr, "cbtl-bff listening; GraphiQL at http://{addr}/graphql");
     Ok(Application {

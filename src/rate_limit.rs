@@ -3,11 +3,15 @@
 //! card testing). Each limit is a GCRA bucket per key, `burst` requests at once and
 //! `per_hour` in the long run (`rate_limits.*` settings).
 //!
-//! Two lines of defence, both GCRA with the same rate:
+//! Two lines of defence, both GCRA:
 //! - in process, `governor`'s keyed limiter answers a flood from memory, without touching
-//!   the database;
-//! - what passes it draws on the same bucket in the database (`store::rate_limits`), which
-//!   every instance on that database shares, so N instances do not allow N times the rate.
+//!   the database. It allows twice the burst at twice the rate: it sees every request,
+//!   the refused ones too, so at the same rate it would drift ahead of the shared bucket
+//!   and refuse a client that waited the shared bucket's hint. Looser, it only ever cuts
+//!   off the part of a flood the shared bucket would refuse anyway;
+//! - what passes it draws on the bucket in the database (`store::rate_limits`), which every
+//!   instance on that database shares, so N instances do not allow N times the rate. That
+//!   bucket is the limit; its answer gives the hint.
 //!
 //! The client address is the socket's peer, or, when that peer is a trusted proxy
 //! (`rate_limits.trusted_proxies`), the first address in `X-Forwarded-For` read from the
@@ -153,6 +157,9 @@ fn whole_secs(wait: Duration) -> u64 {
     secs.max(1)
 }
 
+/// How much looser the in-process line is than the shared one, in burst and in rate.
+const LOCAL_SLACK: u32 = 2;
+
 /// Checks between two sweeps of idle keys out of the in-process limiters.
 const SWEEP_EVERY: u64 = 4_096;
 
@@ -171,8 +178,9 @@ impl RateLimiter {
         let local = Limit::iter()
             .map(|limit| {
                 let rate = limit.rate(settings);
-                let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
-                let quota = Quota::with_period(rate.interval())
+                let burst = NonZeroU32::new(rate.burst.saturating_mul(LOCAL_SLACK))
+                    .unwrap_or(NonZeroU32::MIN);
+                let quota = Quota::with_period(rate.interval() / LOCAL_SLACK)
                     .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
                     .allow_burst(burst);
                 (limit, DefaultKeyedRateLimiter::keyed(quota))
@@ -301,8 +309,12 @@ mod tests {
     }
 
     fn resolve(peer: &str, xff: &[&str], proxies: &[&str]) -> Option<String> {
-        ClientAddr::resolve(Some(peer.parse().unwrap()), &forwarded(xff), &trusted(proxies))
-            .key()
+        ClientAddr::resolve(
+            Some(peer.parse().unwrap()),
+            &forwarded(xff),
+            &trusted(proxies),
+        )
+        .key()
     }
 
     #[test]
@@ -317,11 +329,7 @@ mod tests {
     fn a_trusted_proxy_names_the_client_and_a_spoofed_entry_is_skipped() {
         // The client wrote 1.1.1.1 itself; our proxy appended the address it saw.
         assert_eq!(
-            resolve(
-                "10.0.0.2:4000",
-                &["1.1.1.1, 203.0.113.9"],
-                &["10.0.0.0/8"]
-            ),
+            resolve("10.0.0.2:4000", &["1.1.1.1, 203.0.113.9"], &["10.0.0.0/8"]),
             Some("203.0.113.9".into())
         );
         // Two of our proxies in a row, the headers split over two lines.

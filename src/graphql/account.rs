@@ -8,8 +8,8 @@ use crate::{
     auth::sessions::{self, SessionError, TokenPair},
     domain::{CustomerId, Phone},
     flows::create_account::{self, FlowError, Refusal, Registration},
-    store::{self, entities::customer},
     rate_limit::Limit,
+    store::{self, entities::customer},
     upstream::okya::auth::OtpPurpose,
 };
 use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
@@ -289,7 +289,8 @@ pub struct AccountMutation;
 
 #[Object]
 impl AccountMutation {
-    /// Creates an account and sends a confirmation code to the phone.
+    /// Creates an account and sends a confirmation code to the phone. Codes sent from one
+    /// address are rate-limited (`RATE_LIMITED` with `extensions.retryAfterSeconds`).
     async fn account_register(
         &self,
         ctx: &Context<'_>,
@@ -315,7 +316,8 @@ impl AccountMutation {
         }
     }
 
-    /// Confirms the account with the code it was sent, and signs the customer in.
+    /// Confirms the account with the code it was sent, and signs the customer in. Codes
+    /// tried per phone and per address are rate-limited (`RATE_LIMITED`).
     async fn account_confirm(
         &self,
         ctx: &Context<'_>,
@@ -324,7 +326,7 @@ impl AccountMutation {
         verify(ctx, &input.phone, &input.code).await
     }
 
-    /// Sends a new confirmation code.
+    /// Sends a new confirmation code (rate-limited per address, as `accountRegister`).
     async fn account_resend_otp(
         &self,
         ctx: &Context<'_>,
@@ -334,7 +336,7 @@ impl AccountMutation {
     }
 
     /// Sends a sign-in code to the phone (the answer is the same whether or not it has an
-    /// account).
+    /// account); rate-limited per address, as `accountRegister`.
     async fn sign_in_request_otp(
         &self,
         ctx: &Context<'_>,
@@ -343,7 +345,7 @@ impl AccountMutation {
         send(ctx, &input.phone, OtpPurpose::SignIn).await
     }
 
-    /// Signs in with the code sent by `signInRequestOtp`.
+    /// Signs in with the code sent by `signInRequestOtp`; rate-limited as `accountConfirm`.
     async fn sign_in(&self, ctx: &Context<'_>, input: SignInInput) -> Result<AuthPayload> {
         verify(ctx, &input.phone, &input.code).await
     }

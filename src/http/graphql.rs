@@ -12,7 +12,6 @@ use crate::{
     http::Gateway,
     rate_limit::ClientAddr,
 };
-use std::net::SocketAddr;
 use async_graphql::Value;
 use axum::{
     body::Body,
@@ -22,6 +21,7 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::json;
+use std::net::SocketAddr;
 
 /// Runs one GraphQL request with its per-request data: the caller, the address it is
 /// rate-limited by and fresh loaders.
@@ -40,7 +40,11 @@ pub async fn execute(
 
 /// The client a request comes from: the socket's peer, or what trusted proxies say in
 /// `X-Forwarded-For` (see [`ClientAddr::resolve`]).
-pub fn client_of(gateway: &Gateway, extensions: &http::Extensions, headers: &HeaderMap) -> ClientAddr {
+pub fn client_of(
+    gateway: &Gateway,
+    extensions: &http::Extensions,
+    headers: &HeaderMap,
+) -> ClientAddr {
     let peer = extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| *addr);
@@ -292,7 +296,10 @@ pub async fn post(State(gateway): State<Gateway>, request: Request) -> Response 
     };
     let viewer = viewer_of(&gateway, &parts.headers).await;
     let client = client_of(&gateway, &parts.extensions, &parts.headers);
-    render(kind, &execute(&gateway, graphql_request, viewer, client).await)
+    render(
+        kind,
+        &execute(&gateway, graphql_request, viewer, client).await,
+    )
 }
 
 /// GET serves three audiences: websocket clients upgrading, browsers wanting GraphiQL, and
@@ -346,7 +353,10 @@ pub async fn get(State(gateway): State<Gateway>, request: Request) -> Response {
     // GET must never change anything: caches and prefetchers replay it. Admission refuses
     // a mutation once the operation is known (after a persisted query is resolved).
     let graphql_request = graphql_request.data(SafeMethod);
-    render(kind, &execute(&gateway, graphql_request, viewer, client).await)
+    render(
+        kind,
+        &execute(&gateway, graphql_request, viewer, client).await,
+    )
 }
 
 /// Anything but GET and POST on `/graphql`.

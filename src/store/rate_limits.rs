@@ -28,7 +28,9 @@ pub struct Draw {
 pub enum Verdict {
     Allowed,
     /// Refused; one request would be let through after this many milliseconds.
-    Refused { retry_after_ms: i64 },
+    Refused {
+        retry_after_ms: i64,
+    },
 }
 
 const DRAW: &str = "INSERT INTO rate_limits (key, tat_ms, allowed) VALUES (?, ?, TRUE) \
