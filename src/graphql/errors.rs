@@ -218,7 +218,10 @@ impl ApiError {
             }
             ApiError::RateLimited {
                 retry_after_secs: Some(secs),
-            } => format!("Too many requests; try again in {secs} seconds."),
+            } => format!(
+                "Too many requests; try again in {secs} second{}.",
+                if *secs == 1 { "" } else { "s" }
+            ),
             ApiError::RateLimited {
                 retry_after_secs: None,
             } => "Too many requests; try again shortly.".to_owned(),
