@@ -11,6 +11,7 @@ use crate::{
     jobs::JobSignal,
     lifecycle::Held,
     quota::Quotas,
+    rate_limit::RateLimiter,
     store::{self, StoreError},
     upstream::{Endpoints, UpstreamError, Upstreams, sessionm},
     worker,
@@ -366,6 +367,7 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
     let token_keys = TokenKeys::new(&settings.auth);
     let (order_events, event_listener) = OrderEvents::start(db.clone());
     let quotas = Quotas::new(&settings);
+    let rate_limits = RateLimiter::new(db.clone(), &settings.rate_limits);
     let state = AppState::new(AppInner {
         db,
         upstreams,
@@ -375,6 +377,7 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
         order_events,
         quotas,
         lifecycle: crate::lifecycle::Lifecycle::default(),
+        rate_limits,
         #[cfg(feature = "crash-points")]
         crash_points: crate::crash::CrashPoints::default(),
     });
@@ -402,11 +405,15 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
     });
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
+        // The peer address is what rate limits key a client by (see `rate_limit`).
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        })
+        .await
     });
     tracing::info!(%addr, "cbtl-bff listening; GraphiQL at http://{addr}/graphql");
     Ok(Application {

@@ -114,6 +114,8 @@ pub struct Settings {
     pub orders: OrderSettings,
     /// Behaviour of the in-process simulators that stand in for unset upstreams.
     pub sandbox: SandboxSettings,
+    /// Rate limits per phone, customer and client address on codes, sign-in and checkout.
+    pub rate_limits: RateLimitSettings,
     /// On SIGTERM or Ctrl-C, the longest the service waits for requests, websocket
     /// closings, flow steps and jobs in flight before it exits anyway, in seconds
     /// (`CBTL_SHUTDOWN_GRACE_SECS`). Below the 30 s orchestrators commonly allow between
@@ -146,6 +148,7 @@ impl Default for Settings {
             orders: OrderSettings::default(),
             sandbox: SandboxSettings::default(),
             shutdown_grace_secs: 20,
+            rate_limits: RateLimitSettings::default(),
         }
     }
 }
@@ -619,6 +622,124 @@ impl Default for SandboxSettings {
     }
 }
 
+/// A trusted proxy: one address (`10.0.0.7`, `::1`) or a CIDR block (`10.0.0.0/8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ProxyNet(pub ipnet::IpNet);
+
+impl ProxyNet {
+    pub fn contains(&self, addr: &std::net::IpAddr) -> bool {
+        self.0.contains(addr)
+    }
+}
+
+impl TryFrom<String> for ProxyNet {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let text = text.trim();
+        text.parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map(ProxyNet)
+            .map_err(|_| format!("`{text}` is not an IP address or CIDR block"))
+    }
+}
+
+/// One rate: `burst` requests at once, then one more every `3600 / per_hour` seconds (a
+/// token bucket of `burst` tokens refilled at `per_hour` an hour, enforced as GCRA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Requests allowed at once after a quiet spell; at least 1.
+    pub burst: u32,
+    /// Requests allowed per hour in the long run; at least 1.
+    pub per_hour: u32,
+}
+
+impl Rate {
+    pub const fn new(burst: u32, per_hour: u32) -> Self {
+        Self { burst, per_hour }
+    }
+
+    /// The time one request uses up: `3600 s / per_hour` (at least 1 ms).
+    pub fn interval(&self) -> Duration {
+        let ms = 3_600_000 / u64::from(self.per_hour.max(1));
+        Duration::from_millis(ms.max(1))
+    }
+}
+
+/// Rate limits, each per key (a phone, a customer, a client address). Over a limit the
+/// mutation answers `RATE_LIMITED` with `extensions.retryAfterSeconds`. Each is enforced in
+/// process first (`governor`) and then in the shared database, so it holds across every
+/// instance on one database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` is believed
+    /// (`CBTL_RATE_LIMITS__TRUSTED_PROXIES`, e.g. `[10.0.0.0/8]`). Empty: the client is the
+    /// socket's peer and the header is ignored, so a client cannot choose its address.
+    pub trusted_proxies: Vec<ProxyNet>,
+    /// Codes sent (`accountRegister`, `accountResendOtp`, `signInRequestOtp`) per client
+    /// address (`CBTL_RATE_LIMITS__OTP_SEND_PER_ADDRESS__BURST`, `…__PER_HOUR`). Per phone,
+    /// `auth.otp_resend_interval_secs` and `auth.otp_sends_per_hour` apply.
+    pub otp_send_per_address: Rate,
+    /// Codes tried (`accountConfirm`, `signIn`) per phone
+    /// (`CBTL_RATE_LIMITS__OTP_VERIFY_PER_PHONE__…`), whichever code they try.
+    pub otp_verify_per_phone: Rate,
+    /// Codes tried per client address (`CBTL_RATE_LIMITS__OTP_VERIFY_PER_ADDRESS__…`).
+    pub otp_verify_per_address: Rate,
+    /// `checkout` calls per customer (`CBTL_RATE_LIMITS__CHECKOUT_PER_CUSTOMER__…`).
+    pub checkout_per_customer: Rate,
+    /// `checkout` calls per client address (`CBTL_RATE_LIMITS__CHECKOUT_PER_ADDRESS__…`).
+    pub checkout_per_address: Rate,
+    /// Declined or failed payments per customer before `checkout` is refused
+    /// (`CBTL_RATE_LIMITS__DECLINES_PER_CUSTOMER__…`): card testing.
+    pub declines_per_customer: Rate,
+    /// Declined or failed payments per client address
+    /// (`CBTL_RATE_LIMITS__DECLINES_PER_ADDRESS__…`).
+    pub declines_per_address: Rate,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            otp_send_per_address: Rate::new(10, 30),
+            otp_verify_per_phone: Rate::new(10, 30),
+            otp_verify_per_address: Rate::new(20, 60),
+            checkout_per_customer: Rate::new(10, 30),
+            checkout_per_address: Rate::new(30, 120),
+            declines_per_customer: Rate::new(5, 6),
+            declines_per_address: Rate::new(10, 20),
+        }
+    }
+}
+
+impl RateLimitSettings {
+    /// Every rate with its setting's name, for validation and documentation. Exhaustive by
+    /// destructuring, so a rate added later is listed here or does not compile.
+    pub fn rates(&self) -> [(&'static str, Rate); 7] {
+        let Self {
+            trusted_proxies: _,
+            otp_send_per_address,
+            otp_verify_per_phone,
+            otp_verify_per_address,
+            checkout_per_customer,
+            checkout_per_address,
+            declines_per_customer,
+            declines_per_address,
+        } = *self;
+        [
+            ("rate_limits.otp_send_per_address", otp_send_per_address),
+            ("rate_limits.otp_verify_per_phone", otp_verify_per_phone),
+            ("rate_limits.otp_verify_per_address", otp_verify_per_address),
+            ("rate_limits.checkout_per_customer", checkout_per_customer),
+            ("rate_limits.checkout_per_address", checkout_per_address),
+            ("rate_limits.declines_per_customer", declines_per_customer),
+            ("rate_limits.declines_per_address", declines_per_address),
+        ]
+    }
+}
+
 impl Settings {
     /// Loads defaults, then `file` if given, then the environment, and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -787,6 +908,14 @@ impl Settings {
                 "jobs.*",
                 "poll interval must be above 0 and the lease at least 1000 ms",
             ));
+        }
+        for (setting, rate) in self.rate_limits.rates() {
+            if rate.burst == 0 || rate.per_hour == 0 {
+                return Err(ConfigError::Invalid {
+                    setting,
+                    problem: "needs burst and per_hour of at least 1".to_owned(),
+                });
+            }
         }
         if self.stripe.base_url.is_some() {
             let key = self.stripe.secret_key.expose_secret();

@@ -1,10 +1,10 @@
 //! What the flows, resolvers and handlers share, built once by `app` and handed down: the
-//! database, the upstream clients, the settings, the job signal, the order events and the
-//! quotas. It lives below everything that uses it, so no module needs `app`.
+//! database, the upstream clients, the settings, the job signal, the order events, the
+//! quotas and the rate limits. It lives below everything that uses it, so no module needs `app`.
 
 use crate::{
     auth::tokens::TokenKeys, config::Settings, events::OrderEvents, jobs::JobSignal, quota::Quotas,
-    upstream::Upstreams,
+    rate_limit::RateLimiter, upstream::Upstreams,
 };
 use sea_orm::DatabaseConnection;
 use std::{ops::Deref, sync::Arc};
@@ -20,6 +20,8 @@ pub struct AppInner {
     pub quotas: Quotas,
     /// This instance's id (the owner of its leases) and its shutdown.
     pub lifecycle: crate::lifecycle::Lifecycle,
+    /// How often a phone, customer or client address may ask for what abuse repeats.
+    pub rate_limits: RateLimiter,
     #[cfg(feature = "crash-points")]
     pub crash_points: crate::crash::CrashPoints,
 }

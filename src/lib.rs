@@ -14,6 +14,7 @@ pub mod http;
 pub mod jobs;
 pub mod lifecycle;
 pub mod quota;
+pub mod rate_limit;
 pub mod retry;
 pub mod store;
 pub mod telemetry;

@@ -10,6 +10,7 @@ mod m20261129_000004_order_recovery;
 mod m20261129_000005_account_registrations;
 mod m20261129_000006_loyalty_objects;
 mod m20261130_000007_lease_owner;
+mod m20261130_000008_rate_limits;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000005_account_registrations::Migration),
             Box::new(m20261129_000006_loyalty_objects::Migration),
             Box::new(m20261130_000007_lease_owner::Migration),
+            Box::new(m20261130_000008_rate_limits::Migration),
         ]
     }
 }

@@ -6,8 +6,9 @@ use super::{
 };
 use crate::{
     auth::sessions::{self, SessionError, TokenPair},
-    domain::CustomerId,
+    domain::{CustomerId, Phone},
     flows::create_account::{self, FlowError, Refusal, Registration},
+    rate_limit::Limit,
     store::{self, entities::customer},
     upstream::okya::auth::OtpPurpose,
 };
@@ -288,12 +289,14 @@ pub struct AccountMutation;
 
 #[Object]
 impl AccountMutation {
-    /// Creates an account and sends a confirmation code to the phone.
+    /// Creates an account and sends a confirmation code to the phone. Codes sent from one
+    /// address are rate-limited (`RATE_LIMITED` with `extensions.retryAfterSeconds`).
     async fn account_register(
         &self,
         ctx: &Context<'_>,
         input: AccountRegisterInput,
     ) -> Result<AccountRegisterPayload> {
+        limit_sends(ctx).await?;
         let state = context::state(ctx)?;
         let registration = Registration {
             email: &input.email,
@@ -313,7 +316,8 @@ impl AccountMutation {
         }
     }
 
-    /// Confirms the account with the code it was sent, and signs the customer in.
+    /// Confirms the account with the code it was sent, and signs the customer in. Codes
+    /// tried per phone and per address are rate-limited (`RATE_LIMITED`).
     async fn account_confirm(
         &self,
         ctx: &Context<'_>,
@@ -322,7 +326,7 @@ impl AccountMutation {
         verify(ctx, &input.phone, &input.code).await
     }
 
-    /// Sends a new confirmation code.
+    /// Sends a new confirmation code (rate-limited per address, as `accountRegister`).
     async fn account_resend_otp(
         &self,
         ctx: &Context<'_>,
@@ -332,7 +336,7 @@ impl AccountMutation {
     }
 
     /// Sends a sign-in code to the phone (the answer is the same whether or not it has an
-    /// account).
+    /// account); rate-limited per address, as `accountRegister`.
     async fn sign_in_request_otp(
         &self,
         ctx: &Context<'_>,
@@ -341,7 +345,7 @@ impl AccountMutation {
         send(ctx, &input.phone, OtpPurpose::SignIn).await
     }
 
-    /// Signs in with the code sent by `signInRequestOtp`.
+    /// Signs in with the code sent by `signInRequestOtp`; rate-limited as `accountConfirm`.
     async fn sign_in(&self, ctx: &Context<'_>, input: SignInInput) -> Result<AuthPayload> {
         verify(ctx, &input.phone, &input.code).await
     }
@@ -387,7 +391,32 @@ impl AccountMutation {
     }
 }
 
+/// Codes sent from one address: registration, resend and sign-in alike (per phone, the
+/// flow's own `OTP_THROTTLED` applies).
+async fn limit_sends(ctx: &Context<'_>) -> Result<(), ApiError> {
+    let address = context::client(ctx).key();
+    context::rate_limit(ctx, &[(Limit::OtpSendPerAddress, address.as_deref())]).await
+}
+
+/// Codes tried from one address and against one phone, whichever code: the per-code
+/// count (`OTP_ATTEMPTS_EXCEEDED`) starts again with each new code, this does not.
+async fn limit_tries(ctx: &Context<'_>, phone: &str) -> Result<(), ApiError> {
+    let address = context::client(ctx).key();
+    // A phone that does not parse has no account to guess into; its tries count against
+    // the address only.
+    let phone = Phone::parse(phone);
+    context::rate_limit(
+        ctx,
+        &[
+            (Limit::OtpVerifyPerAddress, address.as_deref()),
+            (Limit::OtpVerifyPerPhone, phone.as_ref().map(Phone::as_str)),
+        ],
+    )
+    .await
+}
+
 async fn verify(ctx: &Context<'_>, phone: &str, code: &str) -> Result<AuthPayload> {
+    limit_tries(ctx, phone).await?;
     let state = context::state(ctx)?;
     match create_account::verify_code(state, phone, code).await {
         Ok((customer, tokens)) => Ok(AuthPayload::signed_in(Some(customer), tokens)),
@@ -396,6 +425,7 @@ async fn verify(ctx: &Context<'_>, phone: &str, code: &str) -> Result<AuthPayloa
 }
 
 async fn send(ctx: &Context<'_>, phone: &str, purpose: OtpPurpose) -> Result<OutcomePayload> {
+    limit_sends(ctx).await?;
     let state = context::state(ctx)?;
     match create_account::send_code(state, phone, purpose).await {
         Ok(()) => Ok(OutcomePayload {

@@ -1,7 +1,7 @@
 //! The two kinds of failure the app sees: `userErrors` it can act on, and GraphQL errors
 //! with `extensions.code` for the unexpected. Internal detail is logged, never returned.
 
-use crate::{store::StoreError, upstream::UpstreamError};
+use crate::{rate_limit::RateLimitError, store::StoreError, upstream::UpstreamError};
 use async_graphql::{Enum, ErrorExtensions, SimpleObject};
 
 /// What went wrong, in a form the app can branch on.
@@ -105,7 +105,10 @@ pub enum ErrorCode {
     BadUserInput,
     /// An upstream system is down or slow; retrying later may succeed.
     UpstreamUnavailable,
-    /// An upstream system asked us to slow down; retry later.
+    /// Too many requests: one of our rate limits (codes sent or tried per phone or address,
+    /// checkouts and declined payments per customer or address), with
+    /// `extensions.retryAfterSeconds` (an integer, at least 1) until one more is served; or
+    /// an upstream asked us to slow down (no hint then).
     RateLimited,
     /// Our fault; the detail is in the log, never in the answer.
     Internal,
@@ -185,7 +188,10 @@ pub enum ApiError {
     NotFound,
     BadUserInput(String),
     UpstreamUnavailable,
-    RateLimited,
+    /// Too many requests; `retry_after_secs` (at least 1) when we know how long to wait.
+    RateLimited {
+        retry_after_secs: Option<u64>,
+    },
     Internal,
 }
 
@@ -196,7 +202,7 @@ impl ApiError {
             ApiError::NotFound => ErrorCode::NotFound,
             ApiError::BadUserInput(_) => ErrorCode::BadUserInput,
             ApiError::UpstreamUnavailable => ErrorCode::UpstreamUnavailable,
-            ApiError::RateLimited => ErrorCode::RateLimited,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::Internal => ErrorCode::Internal,
         }
     }
@@ -210,7 +216,15 @@ impl ApiError {
             ApiError::UpstreamUnavailable => {
                 "A service we depend on is unavailable; try again shortly.".to_owned()
             }
-            ApiError::RateLimited => "Too many requests; try again shortly.".to_owned(),
+            ApiError::RateLimited {
+                retry_after_secs: Some(secs),
+            } => format!(
+                "Too many requests; try again in {secs} second{}.",
+                if *secs == 1 { "" } else { "s" }
+            ),
+            ApiError::RateLimited {
+                retry_after_secs: None,
+            } => "Too many requests; try again shortly.".to_owned(),
             ApiError::Internal => "Something went wrong on our side.".to_owned(),
         }
     }
@@ -219,7 +233,17 @@ impl ApiError {
 impl From<ApiError> for async_graphql::Error {
     fn from(value: ApiError) -> Self {
         let code = value.code();
-        async_graphql::Error::new(value.message()).extend_with(|_, e| e.set("code", code.as_str()))
+        let retry_after = match value {
+            ApiError::RateLimited { retry_after_secs } => retry_after_secs,
+            _ => None,
+        };
+        async_graphql::Error::new(value.message()).extend_with(|_, e| {
+            e.set("code", code.as_str());
+            if let Some(secs) = retry_after {
+                // The hint clients read, as HTTP's `Retry-After`: whole seconds.
+                e.set("retryAfterSeconds", secs);
+            }
+        })
     }
 }
 
@@ -240,7 +264,9 @@ impl From<&UpstreamError> for ApiError {
         match err {
             UpstreamError::RateLimited { .. } => {
                 tracing::warn!(error = %err, "upstream rate limited us");
-                ApiError::RateLimited
+                ApiError::RateLimited {
+                    retry_after_secs: None,
+                }
             }
             e if e.is_transient() => {
                 tracing::warn!(error = %err, "upstream unavailable");
@@ -250,6 +276,19 @@ impl From<&UpstreamError> for ApiError {
                 tracing::error!(error = %err, "upstream call failed unexpectedly");
                 ApiError::Internal
             }
+        }
+    }
+}
+
+impl From<RateLimitError> for ApiError {
+    fn from(err: RateLimitError) -> Self {
+        match err {
+            RateLimitError::Limited {
+                retry_after_secs, ..
+            } => ApiError::RateLimited {
+                retry_after_secs: Some(retry_after_secs),
+            },
+            RateLimitError::Store(e) => ApiError::from(e),
         }
     }
 }

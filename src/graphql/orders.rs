@@ -15,6 +15,7 @@ use crate::{
         StoreId, VoucherId,
     },
     flows::place_order::{self, CheckoutRefusal, CheckoutRequest},
+    rate_limit::Limit,
     store::{self, orders::Order},
     upstream::okya::CartLine,
 };
@@ -283,6 +284,35 @@ pub struct CheckoutPayload {
     pub user_errors: Vec<UserError>,
 }
 
+/// Whether the payment itself was refused (the card, its 3-D Secure, the issuer): what a
+/// card tester collects, counted towards `rate_limits.declines_*`. Our own and the
+/// upstreams' failures are not the customer's and do not count.
+fn is_payment_refusal(failure: Failure) -> bool {
+    match failure {
+        Failure::CardDeclined | Failure::AuthenticationFailed | Failure::PaymentFailed => true,
+        Failure::StoreClosed
+        | Failure::CartEmpty
+        | Failure::ProductUnavailable
+        | Failure::CartAlreadyOrdered
+        | Failure::CartNotFound
+        | Failure::OrderNotAccepted
+        | Failure::AuthenticationAbandoned
+        | Failure::PaymentUnavailable
+        | Failure::ServiceUnavailable
+        | Failure::NotRecorded
+        | Failure::Rejected
+        | Failure::AuthorizationLost
+        | Failure::CaptureFailed
+        | Failure::PosUnreachable
+        | Failure::PosRefused
+        | Failure::VoucherExpired
+        | Failure::VoucherAlreadyUsed
+        | Failure::VoucherInUse
+        | Failure::VoucherNotFound
+        | Failure::VoucherNotApplicable => false,
+    }
+}
+
 /// The customer-facing refusal an order ended with (or waits on), if any.
 fn order_errors(row: &Order) -> Vec<UserError> {
     let Some(code) = row.failure_code.as_deref() else {
@@ -521,10 +551,36 @@ pub struct OrderMutation;
 #[Object]
 impl OrderMutation {
     /// Submits the cart as an order and pays for it. The same `idempotencyKey` always
-    /// returns the same order and never charges twice.
+    /// returns the same order and never charges twice. Checkouts, and declined payments,
+    /// are limited per customer and per client address: over a limit, a `RATE_LIMITED`
+    /// error with `extensions.retryAfterSeconds`.
     async fn checkout(&self, ctx: &Context<'_>, input: CheckoutInput) -> Result<CheckoutPayload> {
         let state = context::state(ctx)?;
         let customer = context::customer(ctx)?;
+        let address = context::client(ctx).key();
+        context::rate_limit(
+            ctx,
+            &[
+                (Limit::CheckoutPerAddress, address.as_deref()),
+                (Limit::CheckoutPerCustomer, Some(customer.as_str())),
+            ],
+        )
+        .await?;
+        // Card testing: whoever has had too many payments refused may not try another card
+        // for a while, however slowly they send checkouts.
+        let card_testing = [
+            (Limit::DeclinesPerAddress, address.as_deref()),
+            (Limit::DeclinesPerCustomer, Some(customer.as_str())),
+        ];
+        for (limit, subject) in card_testing {
+            if let Some(subject) = subject {
+                state
+                    .rate_limits
+                    .check(limit, subject)
+                    .await
+                    .map_err(ApiError::from)?;
+            }
+        }
         let mut errors = Vec::new();
         let cart_id = CartId::parse(&input.cart_id);
         let key = IdempotencyKey::parse(&input.idempotency_key);
@@ -609,6 +665,22 @@ impl OrderMutation {
             }
         };
         let user_errors = order_errors(&order);
+        let refused_payment = order
+            .failure_code
+            .as_deref()
+            .and_then(Failure::parse)
+            .is_some_and(is_payment_refusal);
+        if refused_payment && order.status == DomainStatus::PaymentFailed {
+            for (limit, subject) in card_testing {
+                if let Some(subject) = subject
+                    && let Err(e) = state.rate_limits.record(limit, subject).await
+                {
+                    // The decline is the customer's answer; a count that could not be
+                    // written must not replace it.
+                    tracing::warn!(error = %e, limit = limit.name(), "cannot count a declined payment");
+                }
+            }
+        }
         if order.step == Step::Invalid {
             return Ok(CheckoutPayload {
                 order: None,

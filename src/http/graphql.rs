@@ -10,27 +10,45 @@ use crate::{
     auth::Viewer,
     graphql::{admission::SafeMethod, errors::ErrorCode, loaders::Loaders},
     http::Gateway,
+    rate_limit::ClientAddr,
 };
 use async_graphql::Value;
 use axum::{
     body::Body,
-    extract::{Request, State},
+    extract::{ConnectInfo, Request, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
 use serde_json::json;
+use std::net::SocketAddr;
 
-/// Runs one GraphQL request with its per-request data: the caller and fresh loaders.
+/// Runs one GraphQL request with its per-request data: the caller, the address it is
+/// rate-limited by and fresh loaders.
 pub async fn execute(
     gateway: &Gateway,
     request: async_graphql::Request,
     viewer: Viewer,
+    client: ClientAddr,
 ) -> async_graphql::Response {
     let request = request
         .data(Loaders::new(&gateway.app.upstreams))
-        .data(viewer);
+        .data(viewer)
+        .data(client);
     gateway.schema.execute(request).await
+}
+
+/// The client a request comes from: the socket's peer, or what trusted proxies say in
+/// `X-Forwarded-For` (see [`ClientAddr::resolve`]).
+pub fn client_of(
+    gateway: &Gateway,
+    extensions: &http::Extensions,
+    headers: &HeaderMap,
+) -> ClientAddr {
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+    ClientAddr::resolve(peer, headers, gateway.app.rate_limits.trusted_proxies())
 }
 
 /// The caller named by the request's `Authorization` header.
@@ -277,7 +295,11 @@ pub async fn post(State(gateway): State<Gateway>, request: Request) -> Response 
         }
     };
     let viewer = viewer_of(&gateway, &parts.headers).await;
-    render(kind, &execute(&gateway, graphql_request, viewer).await)
+    let client = client_of(&gateway, &parts.extensions, &parts.headers);
+    render(
+        kind,
+        &execute(&gateway, graphql_request, viewer, client).await,
+    )
 }
 
 /// GET serves three audiences: websocket clients upgrading, browsers wanting GraphiQL, and
@@ -327,10 +349,14 @@ pub async fn get(State(gateway): State<Gateway>, request: Request) -> Response {
         }
     };
     let viewer = viewer_of(&gateway, request.headers()).await;
+    let client = client_of(&gateway, request.extensions(), request.headers());
     // GET must never change anything: caches and prefetchers replay it. Admission refuses
     // a mutation once the operation is known (after a persisted query is resolved).
     let graphql_request = graphql_request.data(SafeMethod);
-    render(kind, &execute(&gateway, graphql_request, viewer).await)
+    render(
+        kind,
+        &execute(&gateway, graphql_request, viewer, client).await,
+    )
 }
 
 /// Anything but GET and POST on `/graphql`.

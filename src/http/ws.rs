@@ -24,6 +24,7 @@ use crate::{
     http::Gateway,
     http::graphql::{is_request_error, response_body},
     quota::Slot,
+    rate_limit::ClientAddr,
 };
 use axum::{
     extract::{
@@ -128,6 +129,8 @@ pub async fn upgrade(gateway: Gateway, request: Request) -> Response {
         )
             .into_response();
     };
+    // Read once at the upgrade: every operation on the socket comes from this client.
+    let client = super::graphql::client_of(&gateway, &parts.extensions, &parts.headers);
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
@@ -156,6 +159,7 @@ pub async fn upgrade(gateway: Gateway, request: Request) -> Response {
                 acked: false,
                 authorization: None,
                 customer: None,
+                client,
                 operations: HashMap::new(),
                 generation: 0,
                 results,
@@ -323,6 +327,9 @@ struct Connection {
     authorization: Option<String>,
     /// Who signed in at `connection_init`, whose operation quota this socket draws on.
     customer: Option<CustomerId>,
+    /// Where the socket comes from: its operations are rate-limited by this address as
+    /// HTTP requests are, so mutations over a websocket are limited alike.
+    client: ClientAddr,
     operations: HashMap<String, Running>,
     /// Numbers operations, so a result that was on its way when its id was completed and
     /// then reused is never taken for the new operation's.
@@ -551,7 +558,7 @@ impl Connection {
         let task = tokio::spawn(run_guarded(
             self.gateway.clone(),
             self.authorization.clone(),
-            request,
+            request.data(self.client),
             id.clone(),
             generation,
             self.results.clone(),

@@ -1,6 +1,7 @@
 //! Forgets what no longer matters, so tables do not grow without bound: finished jobs,
 //! old webhook events (their ids only guard against redelivery, which stops after a day),
-//! ended sessions and their refresh tokens, and old OTP sends.
+//! ended sessions and their refresh tokens, old OTP sends, and rate-limit buckets that are
+//! full again.
 
 use super::{StoreError, sql::stmt};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
@@ -16,6 +17,7 @@ pub struct Purged {
     pub sessions: u64,
     pub refresh_tokens: u64,
     pub otp_sends: u64,
+    pub rate_limits: u64,
 }
 
 /// Deletes what `now_ms` makes obsolete. Safe to run on every instance at once.
@@ -56,6 +58,7 @@ pub async fn purge(db: &impl ConnectionTrait, now_ms: i64) -> Result<Purged, Sto
             now_ms - DAY_MS,
         )
         .await?,
+        rate_limits: super::rate_limits::purge(db, now_ms).await?,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod housekeeping;
 pub mod jobs;
 pub mod orders;
 pub mod otp;
+pub mod rate_limits;
 pub mod registrations;
 pub mod sessions;
 mod sql;

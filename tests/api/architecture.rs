@@ -140,7 +140,7 @@ fn referenced_modules(code: &str) -> BTreeSet<String> {
 const LAYERS: &[&[&str]] = &[
     &["domain", "retry"],
     &["config", "crash", "events", "telemetry"],
-    &["store", "upstream", "auth", "quota"],
+    &["store", "upstream", "auth", "quota", "rate_limit"],
     &["context", "jobs"],
     &["flows"],
     &["graphql"],

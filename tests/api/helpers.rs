@@ -104,12 +104,31 @@ pub struct Customer {
     pub refresh_token: String,
 }
 
-/// Test settings: random port, no automatic store acceptance unless asked.
+/// Test settings: random port, no automatic store acceptance unless asked, and rate limits
+/// out of the way (every test's customers come from 127.0.0.1, many of them at once);
+/// `rate_limits.rs` sets its own.
 pub fn test_settings(database_url: String) -> Settings {
     Settings {
         listen_addr: "127.0.0.1:0".parse().expect("addr"),
         database_url,
+        rate_limits: unlimited(),
         ..Settings::default()
+    }
+}
+
+/// Rate limits no test reaches by accident.
+pub fn unlimited() -> cbtl_bff::config::RateLimitSettings {
+    use cbtl_bff::config::Rate;
+    let high = Rate::new(1_000_000, 1_000_000);
+    cbtl_bff::config::RateLimitSettings {
+        trusted_proxies: Vec::new(),
+        otp_send_per_address: high,
+        otp_verify_per_phone: high,
+        otp_verify_per_address: high,
+        checkout_per_customer: high,
+        checkout_per_address: high,
+        declines_per_customer: high,
+        declines_per_address: high,
     }
 }
 

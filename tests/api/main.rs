@@ -22,6 +22,7 @@ mod orders;
 mod persisted_queries;
 mod persistence;
 mod protocol;
+mod rate_limits;
 mod rewards;
 mod routes;
 mod sandbox_binary;
