@@ -103,7 +103,9 @@ pub enum ErrorCode {
     /// An argument or variable value the field cannot take (a number out of range, a
     /// malformed scalar, too many items).
     BadUserInput,
-    /// An upstream system is down or slow; retrying later may succeed.
+    /// An upstream system is down or slow; retrying later may succeed. When its circuit
+    /// breaker is open the call was not even tried, and `extensions` also carry `upstream`
+    /// (`okya`, `okya_auth`, `stripe`, `epoint`, `sessionm`) and `retryAfterSeconds`.
     UpstreamUnavailable,
     /// An upstream system asked us to slow down; retry later.
     RateLimited,
@@ -185,6 +187,11 @@ pub enum ApiError {
     NotFound,
     BadUserInput(String),
     UpstreamUnavailable,
+    /// An upstream's circuit breaker is open: the call failed fast, without being sent.
+    CircuitOpen {
+        upstream: crate::upstream::System,
+        retry_after: std::time::Duration,
+    },
     RateLimited,
     Internal,
 }
@@ -195,7 +202,9 @@ impl ApiError {
             ApiError::Unauthenticated => ErrorCode::Unauthenticated,
             ApiError::NotFound => ErrorCode::NotFound,
             ApiError::BadUserInput(_) => ErrorCode::BadUserInput,
-            ApiError::UpstreamUnavailable => ErrorCode::UpstreamUnavailable,
+            ApiError::UpstreamUnavailable | ApiError::CircuitOpen { .. } => {
+                ErrorCode::UpstreamUnavailable
+            }
             ApiError::RateLimited => ErrorCode::RateLimited,
             ApiError::Internal => ErrorCode::Internal,
         }
@@ -207,7 +216,7 @@ impl ApiError {
             ApiError::Unauthenticated => "Sign in to do this.".to_owned(),
             ApiError::NotFound => "Not found.".to_owned(),
             ApiError::BadUserInput(message) => message.clone(),
-            ApiError::UpstreamUnavailable => {
+            ApiError::UpstreamUnavailable | ApiError::CircuitOpen { .. } => {
                 "A service we depend on is unavailable; try again shortly.".to_owned()
             }
             ApiError::RateLimited => "Too many requests; try again shortly.".to_owned(),
@@ -219,7 +228,23 @@ impl ApiError {
 impl From<ApiError> for async_graphql::Error {
     fn from(value: ApiError) -> Self {
         let code = value.code();
-        async_graphql::Error::new(value.message()).extend_with(|_, e| e.set("code", code.as_str()))
+        let hint = match &value {
+            ApiError::CircuitOpen {
+                upstream,
+                retry_after,
+            } => Some((
+                upstream.as_str(),
+                crate::upstream::guard::seconds_up(*retry_after),
+            )),
+            _ => None,
+        };
+        async_graphql::Error::new(value.message()).extend_with(|_, e| {
+            e.set("code", code.as_str());
+            if let Some((upstream, retry_after)) = hint {
+                e.set("upstream", upstream);
+                e.set("retryAfterSeconds", retry_after);
+            }
+        })
     }
 }
 
@@ -242,6 +267,14 @@ impl From<&UpstreamError> for ApiError {
                 tracing::warn!(error = %err, "upstream rate limited us");
                 ApiError::RateLimited
             }
+            UpstreamError::CircuitOpen {
+                system,
+                retry_after,
+                ..
+            } => ApiError::CircuitOpen {
+                upstream: *system,
+                retry_after: *retry_after,
+            },
             e if e.is_transient() => {
                 tracing::warn!(error = %err, "upstream unavailable");
                 ApiError::UpstreamUnavailable
