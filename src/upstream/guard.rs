@@ -361,3 +361,261 @@ impl Guards {
         statuses
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::{Call, Rejection, parse_plain_error};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn breaker(min_calls: usize) -> BreakerSettings {
+        BreakerSettings {
+            failure_ratio: 0.5,
+            min_calls,
+            window_secs: 30,
+            open_secs: 1,
+        }
+    }
+
+    fn unlimited() -> RetryBudgetSettings {
+        RetryBudgetSettings {
+            ratio: 0.2,
+            min_per_sec: 1_000,
+            window_secs: 10,
+        }
+    }
+
+    const S: System = System::Stripe;
+    const OP: &str = "test";
+
+    fn server() -> UpstreamError {
+        UpstreamError::Server {
+            system: S,
+            operation: OP,
+            status: 503,
+            replayed: false,
+        }
+    }
+
+    fn refusal(status: u16, code: &str) -> UpstreamError {
+        UpstreamError::Rejected {
+            system: S,
+            operation: OP,
+            status,
+            rejection: Box::new(Rejection {
+                code: code.into(),
+                ..Rejection::default()
+            }),
+        }
+    }
+
+    /// An attempt that counts its runs and ends with `outcome`.
+    fn attempt(runs: &Arc<AtomicUsize>, outcome: Result<(), UpstreamError>) -> Attempt {
+        let runs = Arc::clone(runs);
+        Box::pin(async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            outcome.map(|()| b"{}".to_vec()).map_err(|e| (e, None))
+        })
+    }
+
+    #[test]
+    fn only_what_shows_an_upstream_struggling_counts_against_it() {
+        let timeout = UpstreamError::Timeout {
+            system: S,
+            operation: OP,
+        };
+        let unreachable = UpstreamError::Unavailable {
+            system: S,
+            operation: OP,
+            reason: "connection refused".into(),
+        };
+        let limited = UpstreamError::RateLimited {
+            system: S,
+            operation: OP,
+        };
+        for error in [&timeout, &unreachable, &limited, &server()] {
+            assert!(counts_against(error), "{error}");
+        }
+        let replayed = UpstreamError::Server {
+            system: S,
+            operation: OP,
+            status: 500,
+            replayed: true,
+        };
+        let in_progress = UpstreamError::InProgress {
+            system: S,
+            operation: OP,
+        };
+        let unreadable = UpstreamError::Protocol {
+            system: S,
+            operation: OP,
+            reason: "not JSON".into(),
+        };
+        let refused = UpstreamError::CircuitOpen {
+            system: S,
+            operation: OP,
+            retry_after: Duration::from_secs(3),
+        };
+        for error in [
+            &refusal(402, "card_declined"),
+            &refusal(409, "invalid_state"),
+            &refusal(404, "not_found"),
+            &refusal(400, "parameter_invalid"),
+            &replayed,
+            &in_progress,
+            &unreadable,
+            &UpstreamError::Setup("x".into()),
+            &refused,
+        ] {
+            assert!(!counts_against(error), "{error}");
+        }
+        // Refused by the breaker: transient (a step retries), and known not sent.
+        assert!(refused.is_transient() && refused.was_not_sent());
+        assert!(!server().was_not_sent() && !timeout.was_not_sent());
+    }
+
+    #[tokio::test]
+    async fn failures_open_the_breaker_which_refuses_without_sending_then_a_probe_closes_it() {
+        let guard = Guard::new(S, &breaker(4), &unlimited()).unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        // Two successes and two failures: half of the minimum four calls fail.
+        for outcome in [Ok(()), Ok(()), Err(server())] {
+            assert!(matches!(
+                guard.pass(attempt(&runs, outcome)).await,
+                Passage::Sent(_)
+            ));
+            assert_eq!(guard.state(), BreakerState::Closed);
+        }
+        assert!(matches!(
+            guard.pass(attempt(&runs, Err(server()))).await,
+            Passage::Sent(Err(_))
+        ));
+        assert_eq!(guard.state(), BreakerState::Open);
+        assert_eq!(runs.load(Ordering::SeqCst), 4);
+
+        let Passage::Refused { retry_after } = guard.pass(attempt(&runs, Ok(()))).await else {
+            panic!("an open breaker sends nothing");
+        };
+        assert!(retry_after <= Duration::from_secs(1), "{retry_after:?}");
+        assert_eq!(runs.load(Ordering::SeqCst), 4, "the refused attempt never ran");
+        let status = guard.status().await;
+        assert_eq!(status.state, BreakerState::Open);
+        assert_eq!(status.retry_after_secs, Some(1));
+
+        // After the cool-down one probe goes through; its success closes the breaker.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        assert!(matches!(
+            guard.pass(attempt(&runs, Ok(()))).await,
+            Passage::Sent(Ok(_))
+        ));
+        assert_eq!(runs.load(Ordering::SeqCst), 5);
+        assert_eq!(guard.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_failed_probe_opens_the_breaker_again() {
+        let guard = Guard::new(S, &breaker(1), &unlimited()).unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let _ = guard.pass(attempt(&runs, Err(server()))).await;
+        assert_eq!(guard.state(), BreakerState::Open);
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let _ = guard.pass(attempt(&runs, Err(server()))).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "the probe was sent");
+        assert_eq!(guard.state(), BreakerState::Open);
+        assert!(matches!(
+            guard.pass(attempt(&runs, Ok(()))).await,
+            Passage::Refused { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn refusals_prove_the_upstream_is_up_and_never_open_the_breaker() {
+        let guard = Guard::new(S, &breaker(2), &unlimited()).unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        for _ in 0..20 {
+            let _ = guard
+                .pass(attempt(&runs, Err(refusal(402, "card_declined"))))
+                .await;
+        }
+        assert_eq!(guard.state(), BreakerState::Closed);
+        assert_eq!(runs.load(Ordering::SeqCst), 20);
+    }
+
+    #[test]
+    fn the_budget_lets_retries_add_only_their_share_of_the_calls() {
+        let budget = RetryBudgetSettings {
+            ratio: 0.5,
+            min_per_sec: 0,
+            window_secs: 10,
+        };
+        let guard = Guard::new(S, &breaker(20), &budget).unwrap();
+        assert!(!guard.withdraw(), "no calls yet, no reserve: no retry");
+        for _ in 0..4 {
+            guard.deposit();
+        }
+        assert!(guard.withdraw() && guard.withdraw(), "half of four calls");
+        assert!(!guard.withdraw());
+    }
+
+    /// A request to a port nothing listens on: refused at connect.
+    fn nowhere() -> reqwest::RequestBuilder {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        reqwest::Client::new().post(format!("http://127.0.0.1:{port}/v1/refunds"))
+    }
+
+    #[tokio::test]
+    async fn a_call_refused_before_any_try_is_circuit_open_but_one_tried_first_keeps_its_unknown_outcome()
+     {
+        // The first attempt's failure opens the breaker; its retry is refused. The answer
+        // must stay the attempt's own error: that request may have acted.
+        let guard = Guard::new(S, &breaker(1), &unlimited()).unwrap();
+        let call = Call {
+            system: S,
+            operation: OP,
+            parse_error: parse_plain_error,
+            guard: &guard,
+        };
+        let tried = call.send(nowhere()).await.unwrap_err();
+        assert!(
+            matches!(tried, UpstreamError::Unavailable { .. }),
+            "{tried}"
+        );
+        assert_eq!(guard.state(), BreakerState::Open);
+        // A new call while it is open is never sent, and says so.
+        let refused = call.send(nowhere()).await.unwrap_err();
+        assert!(
+            matches!(refused, UpstreamError::CircuitOpen { system: S, .. }),
+            "{refused}"
+        );
+        assert!(refused.was_not_sent() && refused.is_transient());
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_leaves_one_try_per_call() {
+        let budget = RetryBudgetSettings {
+            ratio: 0.0,
+            min_per_sec: 0,
+            window_secs: 10,
+        };
+        let guard = Guard::new(S, &breaker(1_000), &budget).unwrap();
+        let call = Call {
+            system: S,
+            operation: OP,
+            parse_error: parse_plain_error,
+            guard: &guard,
+        };
+        let _ = call.send(nowhere()).await.unwrap_err();
+        let metrics = guard.status().await;
+        assert_eq!(metrics.calls, 1, "no retry without budget");
+        let generous = Guard::new(S, &breaker(1_000), &unlimited()).unwrap();
+        let call = Call {
+            guard: &generous,
+            ..call
+        };
+        let _ = call.send(nowhere()).await.unwrap_err();
+        assert_eq!(generous.status().await.calls, 3, "three tries with budget");
+    }
+}
