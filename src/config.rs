@@ -777,13 +777,22 @@ impl Settings {
         }
         // tower's `TpsBudget` asserts these ranges; checked here so a setting cannot panic.
         if !(0.0..=10.0).contains(&self.retry_budget.ratio) {
-            return Err(invalid("retry_budget.ratio", "must be between 0.0 and 10.0"));
+            return Err(invalid(
+                "retry_budget.ratio",
+                "must be between 0.0 and 10.0",
+            ));
         }
         if !(1..=60).contains(&self.retry_budget.window_secs) {
-            return Err(invalid("retry_budget.window_secs", "must be between 1 and 60"));
+            return Err(invalid(
+                "retry_budget.window_secs",
+                "must be between 1 and 60",
+            ));
         }
         if self.retry_budget.min_per_sec > 1_000_000 {
-            return Err(invalid("retry_budget.min_per_sec", "must be at most 1000000"));
+            return Err(invalid(
+                "retry_budget.min_per_sec",
+                "must be at most 1000000",
+            ));
         }
         if self.webhooks.okya_secrets.is_empty() || self.webhooks.stripe_secrets.is_empty() {
             return Err(invalid("webhooks.*_secrets", "needs at least one secret"));

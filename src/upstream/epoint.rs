@@ -326,7 +326,6 @@ impl EpointClient {
     }
 }
 
-
 /// Percent-encodes one URL path segment, so ids never change the path's shape.
 fn path_segment(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
@@ -363,8 +362,12 @@ mod tests {
         let sim = cbtl_sandbox::epoint::start(config, Faults::new(0, 0.0))
             .await
             .expect("simulator starts");
-        let client =
-            EpointClient::new(&sim.base_url, &EpointSettings::default(), &crate::upstream::Guards::for_tests()).expect("client builds");
+        let client = EpointClient::new(
+            &sim.base_url,
+            &EpointSettings::default(),
+            &crate::upstream::Guards::for_tests(),
+        )
+        .expect("client builds");
         (sim, client)
     }
 
@@ -630,7 +633,12 @@ mod tests {
             api_key: SecretString::from("wrong"),
             ..EpointSettings::default()
         };
-        let client = EpointClient::new(&sim.base_url, &settings, &crate::upstream::Guards::for_tests()).unwrap();
+        let client = EpointClient::new(
+            &sim.base_url,
+            &settings,
+            &crate::upstream::Guards::for_tests(),
+        )
+        .unwrap();
         let err = client.status("loc_1").await.unwrap_err();
         assert_eq!(refusal(&err), (401, codes::UNAUTHORIZED.into(), None));
     }

@@ -60,7 +60,10 @@ impl tower::Service<Job> for Runner {
     type Error = Failed;
     type Future = Attempt;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Failed>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Failed>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -161,7 +164,12 @@ impl std::fmt::Debug for Guard {
 }
 
 /// Logs a transition: WARN when a breaker opens, INFO when it closes or probes.
-fn log_transition(system: System, from: CircuitState, to: CircuitState, settings: &BreakerSettings) {
+fn log_transition(
+    system: System,
+    from: CircuitState,
+    to: CircuitState,
+    settings: &BreakerSettings,
+) {
     let (from, to) = (BreakerState::from(from), BreakerState::from(to));
     match to {
         BreakerState::Open => tracing::warn!(
@@ -497,7 +505,11 @@ mod tests {
             panic!("an open breaker sends nothing");
         };
         assert!(retry_after <= Duration::from_secs(1), "{retry_after:?}");
-        assert_eq!(runs.load(Ordering::SeqCst), 4, "the refused attempt never ran");
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            4,
+            "the refused attempt never ran"
+        );
         let status = guard.status().await;
         assert_eq!(status.state, BreakerState::Open);
         assert_eq!(status.retry_after_secs, Some(1));

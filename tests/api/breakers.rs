@@ -38,8 +38,7 @@ fn first_error(body: &Value) -> &Value {
 }
 
 #[tokio::test]
-async fn an_upstream_failing_every_call_trips_its_breaker_which_fails_fast_then_closes_by_itself()
-{
+async fn an_upstream_failing_every_call_trips_its_breaker_which_fails_fast_then_closes_by_itself() {
     let app = spawn_app_with(Db::Sqlite, |s| s.breaker = quick_breaker(6, 2)).await;
     assert_eq!(app.readiness().await["breakers"]["okya"]["state"], "closed");
     app.faults(Sim::Okya, json!({"error_rate": 1.0})).await;
@@ -47,8 +46,15 @@ async fn an_upstream_failing_every_call_trips_its_breaker_which_fails_fast_then_
     // Each failing query costs Okya three tries until six have failed; the breaker opens.
     for _ in 0..2 {
         let body = app.gql(STORES, json!({})).await;
-        assert_eq!(first_error(&body)["extensions"]["code"], "UPSTREAM_UNAVAILABLE", "{body}");
-        assert!(first_error(&body)["extensions"].get("upstream").is_none(), "{body}");
+        assert_eq!(
+            first_error(&body)["extensions"]["code"],
+            "UPSTREAM_UNAVAILABLE",
+            "{body}"
+        );
+        assert!(
+            first_error(&body)["extensions"].get("upstream").is_none(),
+            "{body}"
+        );
     }
     let reached = store_calls(&app).await;
     assert_eq!(reached, 6, "two queries, three tries each");
@@ -69,7 +75,11 @@ async fn an_upstream_failing_every_call_trips_its_breaker_which_fails_fast_then_
         assert!((1..=2).contains(&retry_after), "{body}");
         assert!(started.elapsed() < Duration::from_millis(500), "not fast");
     }
-    assert_eq!(store_calls(&app).await, reached, "calls reached Okya while open");
+    assert_eq!(
+        store_calls(&app).await,
+        reached,
+        "calls reached Okya while open"
+    );
 
     // Okya recovers; after the cool-down the next call is a probe, which closes it.
     app.faults(Sim::Okya, json!({"error_rate": 0.0})).await;
@@ -111,7 +121,11 @@ async fn calls_during_outage(budget: RetryBudgetSettings, queries: u64) -> u64 {
     app.faults(Sim::Okya, json!({"error_rate": 1.0})).await;
     for _ in 0..queries {
         let body = app.gql(STORES, json!({})).await;
-        assert_eq!(first_error(&body)["extensions"]["code"], "UPSTREAM_UNAVAILABLE", "{body}");
+        assert_eq!(
+            first_error(&body)["extensions"]["code"],
+            "UPSTREAM_UNAVAILABLE",
+            "{body}"
+        );
     }
     store_calls(&app).await
 }
@@ -163,7 +177,10 @@ async fn an_order_caught_by_an_open_stripe_breaker_is_charged_once_after_it_clos
     let extensions = &first_error(&body)["extensions"];
     assert_eq!(extensions["code"], "UPSTREAM_UNAVAILABLE", "{body}");
     assert_eq!(extensions["upstream"], "stripe", "{body}");
-    assert_eq!(shop.readiness().await["breakers"]["stripe"]["state"], "open");
+    assert_eq!(
+        shop.readiness().await["breakers"]["stripe"]["state"],
+        "open"
+    );
     let tried = shop.log(INTENTS).await.len();
     assert_eq!(tried, 3, "one charge, three tries, then the breaker");
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -176,7 +193,10 @@ async fn an_order_caught_by_an_open_stripe_breaker_is_charged_once_after_it_clos
     // Stripe recovers; the breaker's probe is the flow's next try, and the order goes on.
     shop.faults(Sim::Stripe, json!({"error_rate": 0.0})).await;
     shop.wait_for_status(&id, "AWAITING_ACCEPTANCE").await;
-    assert_eq!(shop.readiness().await["breakers"]["stripe"]["state"], "closed");
+    assert_eq!(
+        shop.readiness().await["breakers"]["stripe"]["state"],
+        "closed"
+    );
     shop.store_action(&cart, Accept).await;
     shop.wait_for_status(&id, "IN_PREPARATION").await;
     // The same checkout answers with the order.

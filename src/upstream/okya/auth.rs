@@ -141,7 +141,8 @@ impl OkyaClient {
                 &format!("/auth/v1/accounts/{account_id}/loyalty"),
             )
             .json(&serde_json::json!({"provider": "sessionm", "user_id": sessionm_user_id}));
-        let envelope: AccountEnvelope = self.auth_call("auth.accounts.loyalty")
+        let envelope: AccountEnvelope = self
+            .auth_call("auth.accounts.loyalty")
             .json(request)
             .await?;
         Ok(envelope.account)
@@ -150,7 +151,8 @@ impl OkyaClient {
     #[tracing::instrument(skip_all, fields(account_id = %account_id))]
     pub async fn account(&self, account_id: &str) -> Result<Option<Account>, UpstreamError> {
         let request = self.auth_request(Method::GET, &format!("/auth/v1/accounts/{account_id}"));
-        match self.auth_call("auth.accounts.get")
+        match self
+            .auth_call("auth.accounts.get")
             .json::<AccountEnvelope>(request)
             .await
         {

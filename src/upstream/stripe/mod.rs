@@ -391,7 +391,6 @@ pub fn is_unknown_payment_method(rejection: &Rejection) -> bool {
     rejection.code == "resource_missing" && rejection.field.as_deref() == Some("payment_method")
 }
 
-
 type Form = Vec<(String, String)>;
 
 fn pair(key: &str, value: impl Into<String>) -> (String, String) {
