@@ -39,7 +39,7 @@ fn first_error(body: &Value) -> &Value {
 
 #[tokio::test]
 async fn an_upstream_failing_every_call_trips_its_breaker_which_fails_fast_then_closes_by_itself() {
-    let app = spawn_app_with(Db::Sqlite, |s| s.breaker = quick_breaker(6, 2)).await;
+    let app = spawn_app_with(Db::Sqlite, |s| s.breaker = quick_breaker(6, 3)).await;
     assert_eq!(app.readiness().await["breakers"]["okya"]["state"], "closed");
     app.faults(Sim::Okya, json!({"error_rate": 1.0})).await;
 
@@ -60,7 +60,8 @@ async fn an_upstream_failing_every_call_trips_its_breaker_which_fails_fast_then_
     assert_eq!(reached, 6, "two queries, three tries each");
     let ready = app.readiness().await;
     assert_eq!(ready["breakers"]["okya"]["state"], "open", "{ready}");
-    assert_eq!(ready["breakers"]["okya"]["retry_after_secs"], 2, "{ready}");
+    let wait = ready["breakers"]["okya"]["retry_after_secs"].as_u64();
+    assert!(wait.is_some_and(|w| (1..=3).contains(&w)), "{ready}");
     assert_eq!(ready["breakers"]["stripe"]["state"], "closed", "{ready}");
 
     // While it is open, queries fail fast, say which upstream and when to come back, and
@@ -72,7 +73,7 @@ async fn an_upstream_failing_every_call_trips_its_breaker_which_fails_fast_then_
         assert_eq!(extensions["code"], "UPSTREAM_UNAVAILABLE", "{body}");
         assert_eq!(extensions["upstream"], "okya", "{body}");
         let retry_after = extensions["retryAfterSeconds"].as_u64().expect("a hint");
-        assert!((1..=2).contains(&retry_after), "{body}");
+        assert!((1..=3).contains(&retry_after), "{body}");
         assert!(started.elapsed() < Duration::from_millis(500), "not fast");
     }
     assert_eq!(
@@ -83,7 +84,7 @@ async fn an_upstream_failing_every_call_trips_its_breaker_which_fails_fast_then_
 
     // Okya recovers; after the cool-down the next call is a probe, which closes it.
     app.faults(Sim::Okya, json!({"error_rate": 0.0})).await;
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
     let body = app.gql(STORES, json!({})).await;
     assert!(body.get("errors").is_none(), "{body}");
     assert_eq!(store_calls(&app).await, reached + 1);
