@@ -114,6 +114,10 @@ pub struct Settings {
     pub orders: OrderSettings,
     /// Behaviour of the in-process simulators that stand in for unset upstreams.
     pub sandbox: SandboxSettings,
+    /// The circuit breaker each upstream's calls pass through.
+    pub breaker: BreakerSettings,
+    /// How many inline retries each upstream's calls may add to the load.
+    pub retry_budget: RetryBudgetSettings,
     /// Rate limits per phone, customer and client address on codes, sign-in and checkout.
     pub rate_limits: RateLimitSettings,
     /// On SIGTERM or Ctrl-C, the longest the service waits for requests, websocket
@@ -149,6 +153,8 @@ impl Default for Settings {
             sandbox: SandboxSettings::default(),
             shutdown_grace_secs: 20,
             rate_limits: RateLimitSettings::default(),
+            breaker: BreakerSettings::default(),
+            retry_budget: RetryBudgetSettings::default(),
         }
     }
 }
@@ -714,6 +720,35 @@ impl Default for RateLimitSettings {
     }
 }
 
+/// One circuit breaker per upstream system (Okya, Okya Auth, Stripe, Epoint, SessionM),
+/// per instance: see `upstream::guard`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// Share of the calls in the window that must fail (5xx, 429, timeout, no connection)
+    /// for the breaker to open, above 0.0 and at most 1.0 (`CBTL_BREAKER__FAILURE_RATIO`).
+    pub failure_ratio: f64,
+    /// Calls that must have been made in the window before the ratio is judged
+    /// (`CBTL_BREAKER__MIN_CALLS`), so a few failures on a quiet instance do not open it.
+    pub min_calls: usize,
+    /// The sliding window the ratio is taken over, in seconds (`CBTL_BREAKER__WINDOW_SECS`).
+    pub window_secs: u64,
+    /// How long an open breaker refuses calls before it lets one probe through, in seconds
+    /// (`CBTL_BREAKER__OPEN_SECS`); the probe's success closes it, its failure opens it again.
+    pub open_secs: u64,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            failure_ratio: 0.5,
+            min_calls: 20,
+            window_secs: 30,
+            open_secs: 15,
+        }
+    }
+}
+
 impl RateLimitSettings {
     /// Every rate with its setting's name, for validation and documentation. Exhaustive by
     /// destructuring, so a rate added later is listed here or does not compile.
@@ -739,6 +774,41 @@ impl RateLimitSettings {
         ]
     }
 }
+
+durations!(BreakerSettings {
+    window: window_secs secs,
+    open: open_secs secs,
+});
+
+/// A budget of inline retries per upstream (Finagle's retry budget, as tower's
+/// `TpsBudget`): every call deposits, every retry withdraws, so during an outage retries
+/// add at most `ratio` to the calls made, plus `min_per_sec`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryBudgetSettings {
+    /// Retries allowed per call made, 0.0 to 10.0 (`CBTL_RETRY_BUDGET__RATIO`): 0.2 lets
+    /// retries add a fifth to the load.
+    pub ratio: f32,
+    /// Retries allowed per second whatever the traffic (`CBTL_RETRY_BUDGET__MIN_PER_SEC`),
+    /// so a quiet instance can still retry.
+    pub min_per_sec: u32,
+    /// How long a deposit counts, in seconds, 1 to 60 (`CBTL_RETRY_BUDGET__WINDOW_SECS`).
+    pub window_secs: u64,
+}
+
+impl Default for RetryBudgetSettings {
+    fn default() -> Self {
+        Self {
+            ratio: 0.2,
+            min_per_sec: 10,
+            window_secs: 10,
+        }
+    }
+}
+
+durations!(RetryBudgetSettings {
+    window: window_secs secs,
+});
 
 impl Settings {
     /// Loads defaults, then `file` if given, then the environment, and validates the result.
@@ -826,6 +896,37 @@ impl Settings {
         }
         if !(0.0..=1.0).contains(&self.sandbox.error_rate) {
             return Err(invalid("sandbox.error_rate", "must be between 0.0 and 1.0"));
+        }
+        if !(self.breaker.failure_ratio > 0.0 && self.breaker.failure_ratio <= 1.0) {
+            return Err(invalid(
+                "breaker.failure_ratio",
+                "must be above 0.0 and at most 1.0",
+            ));
+        }
+        if self.breaker.min_calls == 0 || self.breaker.window_secs == 0 {
+            return Err(invalid(
+                "breaker.min_calls/window_secs",
+                "must be at least 1",
+            ));
+        }
+        // tower's `TpsBudget` asserts these ranges; checked here so a setting cannot panic.
+        if !(0.0..=10.0).contains(&self.retry_budget.ratio) {
+            return Err(invalid(
+                "retry_budget.ratio",
+                "must be between 0.0 and 10.0",
+            ));
+        }
+        if !(1..=60).contains(&self.retry_budget.window_secs) {
+            return Err(invalid(
+                "retry_budget.window_secs",
+                "must be between 1 and 60",
+            ));
+        }
+        if self.retry_budget.min_per_sec > 1_000_000 {
+            return Err(invalid(
+                "retry_budget.min_per_sec",
+                "must be at most 1000000",
+            ));
         }
         if self.webhooks.okya_secrets.is_empty() || self.webhooks.stripe_secrets.is_empty() {
             return Err(invalid("webhooks.*_secrets", "needs at least one secret"));

@@ -103,7 +103,9 @@ pub enum ErrorCode {
     /// An argument or variable value the field cannot take (a number out of range, a
     /// malformed scalar, too many items).
     BadUserInput,
-    /// An upstream system is down or slow; retrying later may succeed.
+    /// An upstream system is down or slow; retrying later may succeed. When its circuit
+    /// breaker is open the call was not even tried, and `extensions` also carry `upstream`
+    /// (`okya`, `okya_auth`, `stripe`, `epoint`, `sessionm`) and `retryAfterSeconds`.
     UpstreamUnavailable,
     /// Too many requests: one of our rate limits (codes sent or tried per phone or address,
     /// checkouts and declined payments per customer or address), with
@@ -192,6 +194,11 @@ pub enum ApiError {
     RateLimited {
         retry_after_secs: Option<u64>,
     },
+    /// An upstream's circuit breaker is open: the call failed fast, without being sent.
+    CircuitOpen {
+        upstream: crate::upstream::System,
+        retry_after: std::time::Duration,
+    },
     Internal,
 }
 
@@ -201,7 +208,9 @@ impl ApiError {
             ApiError::Unauthenticated => ErrorCode::Unauthenticated,
             ApiError::NotFound => ErrorCode::NotFound,
             ApiError::BadUserInput(_) => ErrorCode::BadUserInput,
-            ApiError::UpstreamUnavailable => ErrorCode::UpstreamUnavailable,
+            ApiError::UpstreamUnavailable | ApiError::CircuitOpen { .. } => {
+                ErrorCode::UpstreamUnavailable
+            }
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::Internal => ErrorCode::Internal,
         }
@@ -213,7 +222,7 @@ impl ApiError {
             ApiError::Unauthenticated => "Sign in to do this.".to_owned(),
             ApiError::NotFound => "Not found.".to_owned(),
             ApiError::BadUserInput(message) => message.clone(),
-            ApiError::UpstreamUnavailable => {
+            ApiError::UpstreamUnavailable | ApiError::CircuitOpen { .. } => {
                 "A service we depend on is unavailable; try again shortly.".to_owned()
             }
             ApiError::RateLimited {
@@ -233,12 +242,22 @@ impl ApiError {
 impl From<ApiError> for async_graphql::Error {
     fn from(value: ApiError) -> Self {
         let code = value.code();
-        let retry_after = match value {
-            ApiError::RateLimited { retry_after_secs } => retry_after_secs,
-            _ => None,
+        let (upstream, retry_after) = match &value {
+            ApiError::RateLimited { retry_after_secs } => (None, *retry_after_secs),
+            ApiError::CircuitOpen {
+                upstream,
+                retry_after,
+            } => (
+                Some(upstream.as_str()),
+                Some(crate::upstream::guard::seconds_up(*retry_after)),
+            ),
+            _ => (None, None),
         };
         async_graphql::Error::new(value.message()).extend_with(|_, e| {
             e.set("code", code.as_str());
+            if let Some(upstream) = upstream {
+                e.set("upstream", upstream);
+            }
             if let Some(secs) = retry_after {
                 // The hint clients read, as HTTP's `Retry-After`: whole seconds.
                 e.set("retryAfterSeconds", secs);
@@ -268,6 +287,14 @@ impl From<&UpstreamError> for ApiError {
                     retry_after_secs: None,
                 }
             }
+            UpstreamError::CircuitOpen {
+                system,
+                retry_after,
+                ..
+            } => ApiError::CircuitOpen {
+                upstream: *system,
+                retry_after: *retry_after,
+            },
             e if e.is_transient() => {
                 tracing::warn!(error = %err, "upstream unavailable");
                 ApiError::UpstreamUnavailable

@@ -688,8 +688,17 @@ impl OrderMutation {
             });
         }
         if order.step.is_active() {
-            // Still running (an upstream is slow); the same key will return the outcome.
-            return Err(ApiError::UpstreamUnavailable.into());
+            // Still running (an upstream is slow, or down behind its open breaker, and the
+            // step waits to try again); the same key will return the outcome. An open
+            // breaker is the likely cause, so the app is told which and for how long.
+            let error = match state.upstreams.guards.open_one().await {
+                Some((upstream, retry_after)) => ApiError::CircuitOpen {
+                    upstream,
+                    retry_after,
+                },
+                None => ApiError::UpstreamUnavailable,
+            };
+            return Err(error.into());
         }
         Ok(CheckoutPayload {
             order: Some(OrderObject::current(order)?),

@@ -5,8 +5,10 @@ use serde::de::DeserializeOwned;
 use std::{fmt, time::Duration};
 use tracing::{Instrument, field};
 
+use super::guard::{Failed, Guard, Passage};
+
 /// Which upstream a call went to; names spans, metrics and errors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::EnumIter)]
 pub enum System {
     Okya,
     OkyaAuth,
@@ -113,6 +115,15 @@ pub enum UpstreamError {
     },
     #[error("upstream client setup: {0}")]
     Setup(String),
+    /// Not sent: the system's circuit breaker is open after recent failures (see
+    /// `upstream::guard`). Nothing reached the upstream, so nothing happened there; it is
+    /// transient, and worth trying again after `retry_after`.
+    #[error("{system} {operation}: not sent, the circuit breaker is open (retry in {}s)", super::guard::seconds_up(*retry_after))]
+    CircuitOpen {
+        system: System,
+        operation: &'static str,
+        retry_after: Duration,
+    },
 }
 
 impl UpstreamError {
@@ -136,7 +147,8 @@ impl UpstreamError {
             | UpstreamError::RateLimited { .. }
             | UpstreamError::Server { .. }
             | UpstreamError::InProgress { .. }
-            | UpstreamError::Unreadable { .. } => true,
+            | UpstreamError::Unreadable { .. }
+            | UpstreamError::CircuitOpen { .. } => true,
             UpstreamError::Rejected { .. }
             | UpstreamError::Protocol { .. }
             | UpstreamError::Setup(_) => false,
@@ -148,6 +160,12 @@ impl UpstreamError {
     pub fn is_replayed_failure(&self) -> bool {
         matches!(self, UpstreamError::Server { replayed: true, .. })
     }
+
+    /// True when the request was never sent (an open circuit breaker): the upstream did
+    /// nothing, so unlike a timeout this is no unknown outcome.
+    pub fn was_not_sent(&self) -> bool {
+        matches!(self, UpstreamError::CircuitOpen { .. })
+    }
 }
 
 const MAX_ATTEMPTS: u32 = 3;
@@ -158,13 +176,17 @@ pub(crate) type ErrorParser = fn(&serde_json::Value) -> Rejection;
 /// One logical upstream call. Every call we make is safe to repeat: reads, and writes
 /// that carry an idempotency key (`Idempotency-Key`, SessionM's `request_id`), so a
 /// transient failure is retried with the same key.
-pub(crate) struct Call {
+///
+/// Every attempt passes the system's [`Guard`]: its circuit breaker may refuse it without
+/// sending it, and a retry must be paid for from its retry budget.
+pub(crate) struct Call<'a> {
     pub system: System,
     pub operation: &'static str,
     pub parse_error: ErrorParser,
+    pub guard: &'a Guard,
 }
 
-impl Call {
+impl Call<'_> {
     /// Sends the request (again, with the same idempotency key, after a transient failure
     /// when the call allows it) and decodes a 2xx JSON body.
     pub async fn json<T: DeserializeOwned>(
@@ -189,119 +211,146 @@ impl Call {
             attempts = field::Empty,
         );
         async move {
+            self.guard.deposit();
             let mut attempt = 0;
+            // The last failure of an attempt that was sent: once one was, a later refusal
+            // by the breaker must not hide that the outcome is unknown.
+            let mut sent_failure: Option<UpstreamError> = None;
             loop {
                 attempt += 1;
                 let Some(this_try) = request.try_clone() else {
                     return Err(UpstreamError::Setup("streaming bodies cannot be sent".into()));
                 };
-                let outcome = self.attempt(this_try).await;
+                let outcome = self
+                    .guard
+                    .pass(Box::pin(send_once(
+                        self.system,
+                        self.operation,
+                        self.parse_error,
+                        this_try,
+                    )))
+                    .await;
                 tracing::Span::current().record("attempts", attempt);
-                match outcome {
-                    Ok(body) => return Ok(body),
-                    Err((err, should_retry)) => {
-                        let retry = match should_retry {
-                            Some(flag) => flag,
-                            None => err.is_transient(),
-                        };
-                        if retry && attempt < MAX_ATTEMPTS {
-                            tracing::debug!(error = %err, attempt, "upstream call failed; retrying");
-                            tokio::time::sleep(backoff(attempt)).await;
-                            continue;
-                        }
-                        // A 404 is an answer ("no such thing"), which callers that look
-                        // things up expect; it is not worth a warning.
-                        if err.rejection().is_some_and(|(status, _)| status == 404) {
-                            tracing::debug!(error = %err, attempt, "upstream answered not found");
-                        } else {
-                            tracing::warn!(error = %err, attempt, "upstream call failed");
-                        }
+                let (err, should_retry) = match outcome {
+                    Passage::Sent(Ok(body)) => return Ok(body),
+                    Passage::Sent(Err(failed)) => failed,
+                    Passage::Refused { retry_after } => {
+                        let err = sent_failure.unwrap_or(UpstreamError::CircuitOpen {
+                            system: self.system,
+                            operation: self.operation,
+                            retry_after,
+                        });
+                        // The breaker's opening was logged at WARN once; each refusal is not.
+                        tracing::debug!(error = %err, attempt, "upstream call refused by its open circuit breaker");
                         return Err(err);
                     }
+                };
+                let retry = match should_retry {
+                    Some(flag) => flag,
+                    None => err.is_transient(),
+                };
+                if retry && attempt < MAX_ATTEMPTS {
+                    if self.guard.withdraw() {
+                        tracing::debug!(error = %err, attempt, "upstream call failed; retrying");
+                        tokio::time::sleep(backoff(attempt)).await;
+                        sent_failure = Some(err);
+                        continue;
+                    }
+                    tracing::debug!(error = %err, attempt, "upstream call failed; the retry budget is spent, so no retry");
                 }
+                // A 404 is an answer ("no such thing"), which callers that look
+                // things up expect; it is not worth a warning.
+                if err.rejection().is_some_and(|(status, _)| status == 404) {
+                    tracing::debug!(error = %err, attempt, "upstream answered not found");
+                } else {
+                    tracing::warn!(error = %err, attempt, "upstream call failed");
+                }
+                return Err(err);
             }
         }
         .instrument(span)
         .await
     }
+}
 
-    /// One attempt. On failure also returns the upstream's own retry advice
-    /// (`Stripe-Should-Retry`), which overrides ours when present.
-    async fn attempt(
-        &self,
-        request: RequestBuilder,
-    ) -> Result<Vec<u8>, (UpstreamError, Option<bool>)> {
-        let (system, operation) = (self.system, self.operation);
-        let response = request.send().await.map_err(|e| {
-            let err = if e.is_timeout() {
-                UpstreamError::Timeout { system, operation }
-            } else {
-                UpstreamError::Unavailable {
-                    system,
-                    operation,
-                    reason: without_url(e),
-                }
-            };
-            (err, None)
-        })?;
-        let status = response.status();
-        tracing::Span::current().record("http.status", status.as_u16());
-        let advice = response
-            .headers()
-            .get("stripe-should-retry")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v == "true");
-        let replayed = response
-            .headers()
-            .get("idempotent-replayed")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        let body = response.bytes().await.map_err(|e| {
-            let err = if e.is_timeout() {
-                UpstreamError::Timeout { system, operation }
-            } else {
-                UpstreamError::Unavailable {
-                    system,
-                    operation,
-                    reason: without_url(e),
-                }
-            };
-            (err, None)
-        })?;
-        if status.is_success() {
-            return Ok(body.to_vec());
+/// One attempt, owning what it needs so the breaker can run it. On failure also returns
+/// the upstream's own retry advice (`Stripe-Should-Retry`), which overrides ours when
+/// present.
+async fn send_once(
+    system: System,
+    operation: &'static str,
+    parse_error: ErrorParser,
+    request: RequestBuilder,
+) -> Result<Vec<u8>, Failed> {
+    let response = request.send().await.map_err(|e| {
+        let err = if e.is_timeout() {
+            UpstreamError::Timeout { system, operation }
+        } else {
+            UpstreamError::Unavailable {
+                system,
+                operation,
+                reason: without_url(e),
+            }
+        };
+        (err, None)
+    })?;
+    let status = response.status();
+    tracing::Span::current().record("http.status", status.as_u16());
+    let advice = response
+        .headers()
+        .get("stripe-should-retry")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v == "true");
+    let replayed = response
+        .headers()
+        .get("idempotent-replayed")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let body = response.bytes().await.map_err(|e| {
+        let err = if e.is_timeout() {
+            UpstreamError::Timeout { system, operation }
+        } else {
+            UpstreamError::Unavailable {
+                system,
+                operation,
+                reason: without_url(e),
+            }
+        };
+        (err, None)
+    })?;
+    if status.is_success() {
+        return Ok(body.to_vec());
+    }
+    let err = if status == StatusCode::TOO_MANY_REQUESTS {
+        UpstreamError::RateLimited { system, operation }
+    } else if status.is_server_error() {
+        UpstreamError::Server {
+            system,
+            operation,
+            status: status.as_u16(),
+            replayed,
         }
-        let err = if status == StatusCode::TOO_MANY_REQUESTS {
-            UpstreamError::RateLimited { system, operation }
-        } else if status.is_server_error() {
-            UpstreamError::Server {
+    } else {
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let rejection = parse_error(&parsed);
+        if rejection.in_progress {
+            UpstreamError::InProgress { system, operation }
+        } else {
+            UpstreamError::Rejected {
                 system,
                 operation,
                 status: status.as_u16(),
-                replayed,
+                rejection: Box::new(rejection),
             }
-        } else {
-            let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let rejection = (self.parse_error)(&parsed);
-            if rejection.in_progress {
-                UpstreamError::InProgress { system, operation }
-            } else {
-                UpstreamError::Rejected {
-                    system,
-                    operation,
-                    status: status.as_u16(),
-                    rejection: Box::new(rejection),
-                }
-            }
-        };
-        // A replayed failure repeats whatever we do with this key: no point retrying it.
-        let advice = if err.is_replayed_failure() {
-            Some(false)
-        } else {
-            advice
-        };
-        Err((err, advice))
-    }
+        }
+    };
+    // A replayed failure repeats whatever we do with this key: no point retrying it.
+    let advice = if err.is_replayed_failure() {
+        Some(false)
+    } else {
+        advice
+    };
+    Err((err, advice))
 }
 
 /// reqwest's error text names the URL, which can carry ids or keys in a query string.

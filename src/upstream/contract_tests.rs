@@ -146,8 +146,13 @@ fn rejection(error: &UpstreamError) -> (u16, String, Option<String>) {
 async fn the_okya_client_reads_every_documented_answer_and_sends_the_documented_bodies() {
     let okya_doc = |name: &str| fixture("okya", name);
     let okya = StandIn::start().await;
-    let client =
-        okya::OkyaClient::new(&okya.url, &okya.url, &OkyaSettings::default()).expect("a client");
+    let client = okya::OkyaClient::new(
+        &okya.url,
+        &okya.url,
+        &OkyaSettings::default(),
+        &crate::upstream::Guards::for_tests(),
+    )
+    .expect("a client");
     let id = |raw: &str| raw.to_owned();
     let store = StoreId::parse("str_pasadena").expect("a store id");
     let cart = CartId::parse("crt_0000014429").expect("a cart id");
@@ -326,8 +331,13 @@ async fn the_okya_client_reads_every_documented_answer_and_sends_the_documented_
 async fn the_okya_auth_client_reads_every_documented_answer_and_sends_the_documented_bodies() {
     let okya_doc = |name: &str| fixture("okya", name);
     let okya = StandIn::start().await;
-    let client =
-        okya::OkyaClient::new(&okya.url, &okya.url, &OkyaSettings::default()).expect("a client");
+    let client = okya::OkyaClient::new(
+        &okya.url,
+        &okya.url,
+        &OkyaSettings::default(),
+        &crate::upstream::Guards::for_tests(),
+    )
+    .expect("a client");
 
     okya.answer(
         "POST /auth/v1/accounts",
@@ -407,7 +417,12 @@ async fn the_okya_auth_client_reads_every_documented_answer_and_sends_the_docume
 async fn the_epoint_client_sends_the_documented_order_and_reads_every_documented_answer() {
     let epoint_doc = |name: &str| fixture("epoint", name);
     let pos = StandIn::start().await;
-    let client = epoint::EpointClient::new(&pos.url, &EpointSettings::default()).expect("a client");
+    let client = epoint::EpointClient::new(
+        &pos.url,
+        &EpointSettings::default(),
+        &crate::upstream::Guards::for_tests(),
+    )
+    .expect("a client");
     let usd = |minor| Money::new(minor, Currency::usd());
     let at = |raw: &str| raw.parse().expect("a time");
     // The document's order, as the flow would build it.
@@ -510,8 +525,12 @@ async fn the_stripe_client_sends_documented_parameters_and_reads_stripes_documen
             .collect()
     };
     let stripe = StandIn::start().await;
-    let client =
-        stripe::StripeClient::new(&stripe.url, &StripeSettings::default()).expect("a client");
+    let client = stripe::StripeClient::new(
+        &stripe.url,
+        &StripeSettings::default(),
+        &crate::upstream::Guards::for_tests(),
+    )
+    .expect("a client");
     let mut expanded = stripe_doc("payment_intent.json");
     expanded["latest_charge"] = stripe_doc("charge.json");
 

@@ -2,7 +2,7 @@
 //! ticket. Epoint publishes no API, so the contract is ours: `docs/upstreams/epoint.md`.
 //! Everything that would change if the real gateway differs lives in this module.
 
-use super::{Call, System, UpstreamError, join, parse_plain_error};
+use super::{Call, Guard, Guards, System, UpstreamError, join, parse_plain_error};
 use crate::config::EpointSettings;
 use crate::domain::{Money, MoneyError};
 use chrono::{DateTime, Utc};
@@ -228,6 +228,8 @@ pub struct EpointClient {
     http: reqwest::Client,
     base_url: String,
     api_key: SecretString,
+    /// Epoint's breaker and retry budget.
+    guard: Guard,
 }
 
 impl fmt::Debug for EpointClient {
@@ -239,13 +241,28 @@ impl fmt::Debug for EpointClient {
 }
 
 impl EpointClient {
-    pub fn new(base_url: &str, settings: &EpointSettings) -> Result<Self, UpstreamError> {
+    /// Every Epoint call is a read or carries an idempotency key, so every one is retried.
+    fn call(&self, operation: &'static str) -> Call<'_> {
+        Call {
+            system: System::Epoint,
+            operation,
+            parse_error: parse_plain_error,
+            guard: &self.guard,
+        }
+    }
+
+    pub fn new(
+        base_url: &str,
+        settings: &EpointSettings,
+        guards: &Guards,
+    ) -> Result<Self, UpstreamError> {
         reqwest::Url::parse(base_url)
             .map_err(|e| UpstreamError::Setup(format!("epoint base URL: {e}")))?;
         Ok(Self {
             http: super::http_client(settings.timeouts())?,
             base_url: base_url.trim_end_matches('/').to_owned(),
             api_key: settings.api_key.clone(),
+            guard: guards.get(System::Epoint).clone(),
         })
     }
 
@@ -267,7 +284,7 @@ impl EpointClient {
             .request(reqwest::Method::POST, &path)
             .header("Idempotency-Key", idempotency_key)
             .json(&body);
-        call("epoint.inject_order").json(request).await
+        self.call("epoint.inject_order").json(request).await
     }
 
     /// The ticket of an order injected earlier, or `None` if it never landed.
@@ -282,7 +299,7 @@ impl EpointClient {
             path_segment(external_id)
         );
         let request = self.request(reqwest::Method::GET, &path);
-        match call("epoint.find_order").json(request).await {
+        match self.call("epoint.find_order").json(request).await {
             Ok(receipt) => Ok(Some(receipt)),
             Err(err)
                 if err
@@ -299,22 +316,13 @@ impl EpointClient {
     pub async fn status(&self, location_id: &str) -> Result<LocationStatus, UpstreamError> {
         let path = format!("v1/locations/{}/status", path_segment(location_id));
         let request = self.request(reqwest::Method::GET, &path);
-        call("epoint.status").json(request).await
+        self.call("epoint.status").json(request).await
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> RequestBuilder {
         self.http
             .request(method, join(&self.base_url, path))
             .header("X-Api-Key", self.api_key.expose_secret())
-    }
-}
-
-/// Every Epoint call is a read or carries an idempotency key, so every one is retried.
-fn call(operation: &'static str) -> Call {
-    Call {
-        system: System::Epoint,
-        operation,
-        parse_error: parse_plain_error,
     }
 }
 
@@ -354,8 +362,12 @@ mod tests {
         let sim = cbtl_sandbox::epoint::start(config, Faults::new(0, 0.0))
             .await
             .expect("simulator starts");
-        let client =
-            EpointClient::new(&sim.base_url, &EpointSettings::default()).expect("client builds");
+        let client = EpointClient::new(
+            &sim.base_url,
+            &EpointSettings::default(),
+            &crate::upstream::Guards::for_tests(),
+        )
+        .expect("client builds");
         (sim, client)
     }
 
@@ -621,7 +633,12 @@ mod tests {
             api_key: SecretString::from("wrong"),
             ..EpointSettings::default()
         };
-        let client = EpointClient::new(&sim.base_url, &settings).unwrap();
+        let client = EpointClient::new(
+            &sim.base_url,
+            &settings,
+            &crate::upstream::Guards::for_tests(),
+        )
+        .unwrap();
         let err = client.status("loc_1").await.unwrap_err();
         assert_eq!(refusal(&err), (401, codes::UNAUTHORIZED.into(), None));
     }

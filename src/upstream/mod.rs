@@ -6,6 +6,7 @@ mod call;
 #[cfg(test)]
 mod contract_tests;
 pub mod epoint;
+pub mod guard;
 pub mod okya;
 pub mod sessionm;
 pub mod signature;
@@ -13,6 +14,7 @@ pub mod stripe;
 
 pub(crate) use call::{Call, join, parse_plain_error};
 pub use call::{Rejection, System, UpstreamError};
+pub use guard::{Guard, Guards};
 
 use crate::config::Timeouts;
 
@@ -36,6 +38,8 @@ pub struct Upstreams {
     pub stripe: stripe::StripeClient,
     pub epoint: epoint::EpointClient,
     pub sessionm: sessionm::SessionmClient,
+    /// Each system's circuit breaker and retry budget, shared with its client.
+    pub guards: Guards,
 }
 
 /// Where each upstream is: the configured URL or its simulator's, decided by `app`.
@@ -57,11 +61,22 @@ impl Upstreams {
         endpoints: Endpoints,
         settings: &crate::config::Settings,
     ) -> Result<Self, UpstreamError> {
+        let guards = Guards::new(&settings.breaker, &settings.retry_budget)?;
         Ok(Self {
-            okya: okya::OkyaClient::new(&endpoints.okya, &endpoints.okya_auth, &settings.okya)?,
-            stripe: stripe::StripeClient::new(&endpoints.stripe, &settings.stripe)?,
-            epoint: epoint::EpointClient::new(&endpoints.epoint, &settings.epoint)?,
-            sessionm: sessionm::SessionmClient::new(endpoints.sessionm, &settings.sessionm)?,
+            okya: okya::OkyaClient::new(
+                &endpoints.okya,
+                &endpoints.okya_auth,
+                &settings.okya,
+                &guards,
+            )?,
+            stripe: stripe::StripeClient::new(&endpoints.stripe, &settings.stripe, &guards)?,
+            epoint: epoint::EpointClient::new(&endpoints.epoint, &settings.epoint, &guards)?,
+            sessionm: sessionm::SessionmClient::new(
+                endpoints.sessionm,
+                &settings.sessionm,
+                &guards,
+            )?,
+            guards,
         })
     }
 }

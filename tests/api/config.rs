@@ -32,6 +32,14 @@ fn the_checked_in_schema_matches_the_code() {
 fn bad_settings_stop_the_start_naming_the_setting() {
     let cases: &[(&str, &str, &str)] = &[
         ("CBTL_SANDBOX__ERROR_RATE", "2.5", "sandbox.error_rate"),
+        // tower's TpsBudget would panic on these: refused at the start instead.
+        (
+            "CBTL_RETRY_BUDGET__WINDOW_SECS",
+            "0",
+            "retry_budget.window_secs",
+        ),
+        ("CBTL_RETRY_BUDGET__RATIO", "11", "retry_budget.ratio"),
+        ("CBTL_BREAKER__FAILURE_RATIO", "0", "breaker.failure_ratio"),
         ("CBTL_OKYA__TIMEOUT_MS", "soon", "TIMEOUT_MS"),
         ("CBTL_STRIPE__BASE_URL", "not a url", "stripe.base_url"),
         ("DATABASE_URL", "mysql://localhost/x", "DATABASE_URL"),

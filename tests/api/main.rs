@@ -4,6 +4,7 @@
 mod access;
 mod account;
 mod architecture;
+mod breakers;
 mod browser;
 mod cart;
 mod catalog;

@@ -152,6 +152,7 @@ async fn run(args: Args) -> Result<usize, Box<dyn std::error::Error + Send + Syn
         )
         .await?;
     sims.calm().await?;
+    let settle_started = Instant::now();
     cluster.ensure_all_up().await?;
     println!(
         "soak: faults stopped after {:.0} s; waiting for the customers and the flows",
@@ -165,9 +166,11 @@ async fn run(args: Args) -> Result<usize, Box<dyn std::error::Error + Send + Syn
         }
     }
     println!("soak: {stats}");
+    // The bound runs from the moment the faults stopped.
     let bound = Duration::from_secs(args.settle_secs);
-    let settle_started = Instant::now();
-    let finished = invariants::wait_until_settled(&cluster, bound).await?;
+    let finished =
+        invariants::wait_until_settled(&cluster, bound.saturating_sub(settle_started.elapsed()))
+            .await?;
     let settle_took = settle_started.elapsed();
     cluster.signal_settled();
     let _ = store.await;

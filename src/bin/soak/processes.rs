@@ -250,9 +250,28 @@ impl Cluster {
             ("CBTL_SESSIONM__TIMEOUT_MS", "3000".to_owned()),
             ("RUST_LOG", "info".to_owned()),
         ];
+        // Every customer comes from 127.0.0.1 (the balancer): the per-address limits
+        // would refuse the crowd, which is not what this measures.
+        let unlimited = cbtl_bff::config::RateLimitSettings::default()
+            .rates()
+            .into_iter()
+            .flat_map(|(name, _)| {
+                let rate = name.trim_start_matches("rate_limits.").to_uppercase();
+                [
+                    (
+                        format!("CBTL_RATE_LIMITS__{rate}__BURST"),
+                        "1000000".to_owned(),
+                    ),
+                    (
+                        format!("CBTL_RATE_LIMITS__{rate}__PER_HOUR"),
+                        "1000000".to_owned(),
+                    ),
+                ]
+            });
         let child = command
             .envs(&self.env)
             .envs(settings)
+            .envs(unlimited)
             .arg("serve")
             .stdout(Stdio::null())
             .stderr(log)

@@ -83,6 +83,13 @@ pub(super) async fn charge(state: &AppState, mut order: Order) -> Result<Next, F
         Ok(intent) => return adopt_intent(order, &intent),
         Err(e) => e,
     };
+    // Stripe's circuit breaker is open: nothing was sent, so nothing can have been charged
+    // by this try, and a search by metadata now would be refused the same way. Try again
+    // later through the step's backoff; an earlier try's unknown outcome is still looked
+    // up once Stripe is reachable.
+    if error.was_not_sent() {
+        return Ok(Next::Retry(format!("charge not sent: {error}")));
+    }
     // The answer was lost, is still coming (409 in use), or can never come under this
     // key (a replayed 500): the intent may exist. After a few tries under the same key,
     // look it up by the order's metadata before anything else is decided.

@@ -78,11 +78,12 @@ impl OkyaClient {
             .bearer_auth(self.api_key.expose_secret())
     }
 
-    fn auth_call(operation: &'static str) -> Call {
+    fn auth_call(&self, operation: &'static str) -> Call<'_> {
         Call {
             system: System::OkyaAuth,
             operation,
             parse_error: parse_plain_error,
+            guard: &self.auth_guard,
         }
     }
 
@@ -98,7 +99,7 @@ impl OkyaClient {
             .auth_request(Method::POST, "/auth/v1/accounts")
             .header("Idempotency-Key", idempotency_key)
             .json(account);
-        Self::auth_call("auth.accounts.create").json(request).await
+        self.auth_call("auth.accounts.create").json(request).await
     }
 
     /// Sends a code to the phone. Okya answers alike whether or not an account has it.
@@ -113,7 +114,7 @@ impl OkyaClient {
             .auth_request(Method::POST, "/auth/v1/otp")
             .header("Idempotency-Key", idempotency_key)
             .json(&serde_json::json!({"phone": phone, "purpose": purpose}));
-        let envelope: OtpEnvelope = Self::auth_call("auth.otp.send").json(request).await?;
+        let envelope: OtpEnvelope = self.auth_call("auth.otp.send").json(request).await?;
         Ok(envelope.otp)
     }
 
@@ -123,7 +124,7 @@ impl OkyaClient {
         let request = self
             .auth_request(Method::POST, "/auth/v1/otp/verify")
             .json(&serde_json::json!({"phone": phone, "code": code}));
-        let envelope: AccountEnvelope = Self::auth_call("auth.otp.verify").json(request).await?;
+        let envelope: AccountEnvelope = self.auth_call("auth.otp.verify").json(request).await?;
         Ok(envelope.account)
     }
 
@@ -140,7 +141,8 @@ impl OkyaClient {
                 &format!("/auth/v1/accounts/{account_id}/loyalty"),
             )
             .json(&serde_json::json!({"provider": "sessionm", "user_id": sessionm_user_id}));
-        let envelope: AccountEnvelope = Self::auth_call("auth.accounts.loyalty")
+        let envelope: AccountEnvelope = self
+            .auth_call("auth.accounts.loyalty")
             .json(request)
             .await?;
         Ok(envelope.account)
@@ -149,7 +151,8 @@ impl OkyaClient {
     #[tracing::instrument(skip_all, fields(account_id = %account_id))]
     pub async fn account(&self, account_id: &str) -> Result<Option<Account>, UpstreamError> {
         let request = self.auth_request(Method::GET, &format!("/auth/v1/accounts/{account_id}"));
-        match Self::auth_call("auth.accounts.get")
+        match self
+            .auth_call("auth.accounts.get")
             .json::<AccountEnvelope>(request)
             .await
         {

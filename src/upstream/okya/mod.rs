@@ -5,7 +5,7 @@
 pub mod auth;
 pub mod orders;
 
-use super::{Call, System, UpstreamError, join, parse_plain_error};
+use super::{Call, Guard, Guards, System, UpstreamError, join, parse_plain_error};
 use crate::config::OkyaSettings;
 use crate::domain::{CartId, CartLineId, Currency, ModifierOptionId, Money, ProductId, StoreId};
 use reqwest::{Method, RequestBuilder};
@@ -194,6 +194,10 @@ pub struct OkyaClient {
     base_url: String,
     auth_base_url: String,
     api_key: SecretString,
+    /// Okya commerce's breaker and retry budget.
+    guard: Guard,
+    /// Okya Auth's: a separate system, which can be down while commerce is up.
+    auth_guard: Guard,
 }
 
 impl std::fmt::Debug for OkyaClient {
@@ -210,12 +214,15 @@ impl OkyaClient {
         base_url: &str,
         auth_base_url: &str,
         settings: &OkyaSettings,
+        guards: &Guards,
     ) -> Result<Self, UpstreamError> {
         Ok(Self {
             http: super::http_client(settings.timeouts())?,
             base_url: base_url.to_owned(),
             auth_base_url: auth_base_url.to_owned(),
             api_key: settings.api_key.clone(),
+            guard: guards.get(System::Okya).clone(),
+            auth_guard: guards.get(System::OkyaAuth).clone(),
         })
     }
 
@@ -225,11 +232,12 @@ impl OkyaClient {
             .bearer_auth(self.api_key.expose_secret())
     }
 
-    fn call(operation: &'static str) -> Call {
+    fn call(&self, operation: &'static str) -> Call<'_> {
         Call {
             system: System::Okya,
             operation,
             parse_error: parse_plain_error,
+            guard: &self.guard,
         }
     }
 
@@ -240,7 +248,7 @@ impl OkyaClient {
         if let Some(ids) = ids {
             request = request.query(&[("ids", comma_join(ids.iter().map(StoreId::as_str)))]);
         }
-        let envelope: StoresEnvelope = Self::call("stores.list").json(request).await?;
+        let envelope: StoresEnvelope = self.call("stores.list").json(request).await?;
         Ok(envelope.stores)
     }
 
@@ -253,7 +261,7 @@ impl OkyaClient {
         let request = self
             .request(Method::GET, "/v1/products")
             .query(&[("ids", comma_join(ids.iter().map(ProductId::as_str)))]);
-        let envelope: ProductsEnvelope = Self::call("products.list").json(request).await?;
+        let envelope: ProductsEnvelope = self.call("products.list").json(request).await?;
         Ok(envelope.products)
     }
 
@@ -273,14 +281,14 @@ impl OkyaClient {
             .request(Method::POST, "/v1/carts")
             .header("Idempotency-Key", idempotency_key)
             .json(&body);
-        Self::call("carts.create").json(request).await
+        self.call("carts.create").json(request).await
     }
 
     /// The cart, or `None` when Okya does not know it.
     #[tracing::instrument(skip_all, fields(cart_id = %cart_id))]
     pub async fn cart(&self, cart_id: &CartId) -> Result<Option<Cart>, UpstreamError> {
         let request = self.request(Method::GET, &format!("/v1/carts/{cart_id}"));
-        match Self::call("carts.get").json(request).await {
+        match self.call("carts.get").json(request).await {
             Ok(cart) => Ok(Some(cart)),
             Err(e) if is_code(&e, codes::CART_NOT_FOUND) => Ok(None),
             Err(e) => Err(e),
@@ -308,7 +316,7 @@ impl OkyaClient {
             .request(Method::POST, &format!("/v1/carts/{cart_id}/lines"))
             .header("Idempotency-Key", idempotency_key)
             .json(&body);
-        Self::call("carts.lines.add").json(request).await
+        self.call("carts.lines.add").json(request).await
     }
 
     #[tracing::instrument(skip_all, fields(cart_id = %cart_id, lines = lines.len()))]
@@ -331,7 +339,7 @@ impl OkyaClient {
             .request(Method::PATCH, &format!("/v1/carts/{cart_id}/lines"))
             .header("Idempotency-Key", idempotency_key)
             .json(&body);
-        Self::call("carts.lines.update").json(request).await
+        self.call("carts.lines.update").json(request).await
     }
 
     #[tracing::instrument(skip_all, fields(cart_id = %cart_id, lines = line_ids.len()))]
@@ -348,7 +356,7 @@ impl OkyaClient {
             .request(Method::POST, &format!("/v1/carts/{cart_id}/lines/remove"))
             .header("Idempotency-Key", idempotency_key)
             .json(&body);
-        Self::call("carts.lines.remove").json(request).await
+        self.call("carts.lines.remove").json(request).await
     }
 }
 

@@ -284,6 +284,8 @@ pub struct SessionmClient {
     pos_api_key: String,
     pos_api_secret: SecretString,
     client_id: String,
+    /// SessionM's breaker and retry budget (Core and POS hosts alike: one tenant).
+    guard: super::Guard,
 }
 
 impl fmt::Debug for SessionmClient {
@@ -301,6 +303,7 @@ impl SessionmClient {
     pub fn new(
         endpoints: SessionmEndpoints,
         settings: &SessionmSettings,
+        guards: &super::Guards,
     ) -> Result<Self, UpstreamError> {
         for (name, url) in [("core", &endpoints.core_url), ("pos", &endpoints.pos_url)] {
             reqwest::Url::parse(url)
@@ -318,6 +321,7 @@ impl SessionmClient {
             pos_api_key: settings.pos_api_key.clone(),
             pos_api_secret: settings.pos_api_secret.clone(),
             client_id: settings.client_id.clone(),
+            guard: guards.get(System::Sessionm).clone(),
         })
     }
 
@@ -481,6 +485,7 @@ impl SessionmClient {
             system: System::Sessionm,
             operation,
             parse_error: parse_sessionm_error,
+            guard: &self.guard,
         };
         let body: Value = call.json(request).await?;
         match wire::outcome(&body) {
@@ -717,6 +722,7 @@ impl SessionmClient {
             system: System::Sessionm,
             operation,
             parse_error: parse_sessionm_error,
+            guard: &self.guard,
         };
         let mut waits = 0;
         loop {

@@ -38,6 +38,7 @@ async fn setup() -> (SessionmSandbox, SessionmClient) {
             ecommerce_store_id: sim.ecommerce_store_id.clone(),
         },
         &SessionmSettings::default(),
+        &crate::upstream::Guards::for_tests(),
     )
     .expect("client");
     (sim, client)
@@ -461,6 +462,7 @@ async fn wrong_credentials_are_refused_on_both_hosts() {
             ecommerce_store_id: sim.ecommerce_store_id.clone(),
         },
         &settings,
+        &crate::upstream::Guards::for_tests(),
     )
     .expect("client");
     let core = client.get_user("u1").await.expect_err("core refused");

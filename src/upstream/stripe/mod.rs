@@ -6,7 +6,7 @@
 //! retried: a retry after a timeout replays Stripe's first answer instead of
 //! charging twice.
 
-use super::{Call, Rejection, System, UpstreamError};
+use super::{Call, Guard, Guards, Rejection, System, UpstreamError};
 use crate::{config::StripeSettings, domain::Money};
 use reqwest::{RequestBuilder, Url, header::HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
@@ -23,6 +23,8 @@ pub struct StripeClient {
     http: reqwest::Client,
     base: Url,
     secret_key: SecretString,
+    /// Stripe's breaker and retry budget.
+    guard: Guard,
 }
 
 impl fmt::Debug for StripeClient {
@@ -389,14 +391,6 @@ pub fn is_unknown_payment_method(rejection: &Rejection) -> bool {
     rejection.code == "resource_missing" && rejection.field.as_deref() == Some("payment_method")
 }
 
-fn call(operation: &'static str) -> Call {
-    Call {
-        system: System::Stripe,
-        operation,
-        parse_error: parse_stripe_error,
-    }
-}
-
 type Form = Vec<(String, String)>;
 
 fn pair(key: &str, value: impl Into<String>) -> (String, String) {
@@ -404,7 +398,20 @@ fn pair(key: &str, value: impl Into<String>) -> (String, String) {
 }
 
 impl StripeClient {
-    pub fn new(base_url: &str, settings: &StripeSettings) -> Result<Self, UpstreamError> {
+    fn call(&self, operation: &'static str) -> Call<'_> {
+        Call {
+            system: System::Stripe,
+            operation,
+            parse_error: parse_stripe_error,
+            guard: &self.guard,
+        }
+    }
+
+    pub fn new(
+        base_url: &str,
+        settings: &StripeSettings,
+        guards: &Guards,
+    ) -> Result<Self, UpstreamError> {
         let base = Url::parse(base_url)
             .map_err(|e| UpstreamError::Setup(format!("stripe base url: {e}")))?;
         if base.cannot_be_a_base() {
@@ -416,6 +423,7 @@ impl StripeClient {
             http: super::http_client(settings.timeouts())?,
             base,
             secret_key: settings.secret_key.clone(),
+            guard: guards.get(System::Stripe).clone(),
         })
     }
 
@@ -447,14 +455,14 @@ impl StripeClient {
             form.push((format!("metadata[{key}]"), value.clone()));
         }
         let request = self.post(&["v1", "payment_intents"], idempotency_key, &form)?;
-        call("payment_intents.create").json(request).await
+        self.call("payment_intents.create").json(request).await
     }
 
     pub async fn retrieve_payment_intent(&self, id: &str) -> Result<PaymentIntent, UpstreamError> {
         let request = self
             .authorised(self.http.get(self.url(&["v1", "payment_intents", id])))
             .query(&[("expand[]", "latest_charge")]);
-        call("payment_intents.retrieve").json(request).await
+        self.call("payment_intents.retrieve").json(request).await
     }
 
     /// The PaymentIntents whose `metadata[key]` is `value`, newest first, with their latest
@@ -483,7 +491,7 @@ impl StripeClient {
                 ("expand[]", "data.latest_charge"),
             ]);
         let page: SearchResult<PaymentIntent> =
-            call("payment_intents.search").json(request).await?;
+            self.call("payment_intents.search").json(request).await?;
         Ok(page.data)
     }
 
@@ -503,7 +511,7 @@ impl StripeClient {
             idempotency_key,
             &form,
         )?;
-        call("payment_intents.capture").json(request).await
+        self.call("payment_intents.capture").json(request).await
     }
 
     /// Cancels an intent that has not been charged; releases a hold.
@@ -524,7 +532,7 @@ impl StripeClient {
             idempotency_key,
             &form,
         )?;
-        call("payment_intents.cancel").json(request).await
+        self.call("payment_intents.cancel").json(request).await
     }
 
     /// Refunds a succeeded intent, in full when `amount` is `None`.
@@ -539,7 +547,7 @@ impl StripeClient {
             form.push(pair("amount", amount.to_string()));
         }
         let request = self.post(&["v1", "refunds"], idempotency_key, &form)?;
-        call("refunds.create").json(request).await
+        self.call("refunds.create").json(request).await
     }
 
     /// Path segments are percent-encoded, so an id can never reach another route.

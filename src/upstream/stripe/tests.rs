@@ -25,7 +25,12 @@ async fn simulator(webhook_url: Option<String>) -> (Simulator, StripeClient) {
     .await
     .unwrap();
     let settings = StripeSettings::default();
-    let client = StripeClient::new(&sim.base_url, &settings).unwrap();
+    let client = StripeClient::new(
+        &sim.base_url,
+        &settings,
+        &crate::upstream::Guards::for_tests(),
+    )
+    .unwrap();
     (sim, client)
 }
 
@@ -437,7 +442,12 @@ async fn a_wrong_key_is_refused() {
         secret_key: SecretString::from("pk_test_nope"),
         ..StripeSettings::default()
     };
-    let client = StripeClient::new(&sim.base_url, &settings).unwrap();
+    let client = StripeClient::new(
+        &sim.base_url,
+        &settings,
+        &crate::upstream::Guards::for_tests(),
+    )
+    .unwrap();
     let err = client.retrieve_payment_intent("pi_x").await.unwrap_err();
     assert_eq!(rejection(&err).0, 401);
     assert!(!err.to_string().contains("pk_test_nope"));

@@ -198,14 +198,14 @@ impl OkyaClient {
             .request(Method::POST, "/v1/orders")
             .header("Idempotency-Key", idempotency_key)
             .json(&body);
-        Self::call("orders.create").json(request).await
+        self.call("orders.create").json(request).await
     }
 
     /// The order, or `None` when Okya does not know it.
     #[tracing::instrument(skip_all, fields(order_id = %order_id))]
     pub async fn order(&self, order_id: &str) -> Result<Option<Order>, UpstreamError> {
         let request = self.request(Method::GET, &format!("/v1/orders/{order_id}"));
-        match Self::call("orders.get").json(request).await {
+        match self.call("orders.get").json(request).await {
             Ok(order) => Ok(Some(order)),
             Err(e) if is_code(&e, codes::ORDER_NOT_FOUND) => Ok(None),
             Err(e) => Err(e),
@@ -221,7 +221,7 @@ impl OkyaClient {
             let request = self
                 .request(Method::GET, "/v1/orders")
                 .query(&[("ids", comma_join(chunk.iter().map(String::as_str)))]);
-            let envelope: OrdersEnvelope = Self::call("orders.list").json(request).await?;
+            let envelope: OrdersEnvelope = self.call("orders.list").json(request).await?;
             orders.extend(envelope.orders);
         }
         Ok(orders)
@@ -239,7 +239,7 @@ impl OkyaClient {
             .request(Method::POST, &format!("/v1/orders/{order_id}/adjustments"))
             .header("Idempotency-Key", idempotency_key)
             .json(adjustment);
-        Self::call("orders.adjustments.add").json(request).await
+        self.call("orders.adjustments.add").json(request).await
     }
 
     /// Records the payment we took, which puts the order in front of the store; the same
@@ -258,7 +258,7 @@ impl OkyaClient {
             .request(Method::POST, &format!("/v1/orders/{order_id}/payments"))
             .header("Idempotency-Key", idempotency_key)
             .json(payment);
-        Self::call("orders.payments.record").json(request).await
+        self.call("orders.payments.record").json(request).await
     }
 
     /// Cancels an order the store has not accepted yet; `invalid_state` once it has.
@@ -300,7 +300,7 @@ impl OkyaClient {
             .request(Method::POST, &format!("/v1/orders/{order_id}/{action}"))
             .header("Idempotency-Key", idempotency_key)
             .json(&body);
-        Self::call(operation).json(request).await
+        self.call(operation).json(request).await
     }
 }
 

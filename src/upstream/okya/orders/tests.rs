@@ -24,7 +24,13 @@ struct Env {
 
 async fn env_with(config: sim::OkyaSimConfig) -> Env {
     let sim = sim::start(config, Faults::new(0, 0.0)).await.unwrap();
-    let okya = OkyaClient::new(&sim.base_url, &sim.base_url, &OkyaSettings::default()).unwrap();
+    let okya = OkyaClient::new(
+        &sim.base_url,
+        &sim.base_url,
+        &OkyaSettings::default(),
+        &crate::upstream::Guards::for_tests(),
+    )
+    .unwrap();
     Env {
         sim,
         okya,
