@@ -375,6 +375,7 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
         order_events,
         quotas,
         lifecycle: crate::lifecycle::Lifecycle::default(),
+        reconciliation: crate::flows::reconcile::Counts::default(),
         #[cfg(feature = "crash-points")]
         crash_points: crate::crash::CrashPoints::default(),
     });

@@ -20,6 +20,8 @@ pub struct AppInner {
     pub quotas: Quotas,
     /// This instance's id (the owner of its leases) and its shutdown.
     pub lifecycle: crate::lifecycle::Lifecycle,
+    /// What reconciliation found and handled since start, by kind (`/readyz`).
+    pub reconciliation: crate::flows::reconcile::Counts,
     #[cfg(feature = "crash-points")]
     pub crash_points: crate::crash::CrashPoints,
 }

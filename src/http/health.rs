@@ -11,7 +11,8 @@ pub async fn healthz() -> Json<Value> {
 
 /// The process can do its work: the database answers. Also reports the job queue, so an
 /// operator sees work piling up (pending) or needing a look (dead), and the orders whose
-/// flow stopped for an operator (`orders.needing_attention`).
+/// flow stopped for an operator (`orders.needing_attention`), and what reconciliation
+/// found and handled since start, by kind (`reconciliation`).
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if store::ping(&state.db).await {
         let pending = store::jobs::count(&state.db, store::jobs::PENDING)
@@ -26,6 +27,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
                 "database": "ok",
                 "jobs": {"pending": pending, "dead": dead},
                 "orders": {"needing_attention": attention},
+                "reconciliation": state.reconciliation.to_json(),
             })),
         )
     } else {

@@ -22,6 +22,7 @@ mod orders;
 mod persisted_queries;
 mod persistence;
 mod protocol;
+mod reconciliation;
 mod rewards;
 mod routes;
 mod sandbox_binary;

@@ -74,7 +74,7 @@ use payment::*;
 use reward::*;
 use submit::*;
 
-pub use events::{apply_okya_event, apply_stripe_event, reconcile, spawn_sweeper};
+pub use events::{apply_okya_event, apply_stripe_event, spawn_sweeper};
 pub use reward::{read_loyalty_points, send_to_sessionm};
 
 use sha2::{Digest, Sha256};
@@ -540,6 +540,25 @@ async fn run_steps(state: &AppState, id: &OrderId) -> Result<(), FlowError> {
         &format!("the flow did not settle within {MAX_STEPS_PER_RUN} steps"),
     )
     .await
+}
+
+/// Hands a resting order to an operator with `reason` (reconciliation's call), under its
+/// lease so no runner's copy overwrites the mark; false if the order is busy, already
+/// with an operator, or no longer resting.
+pub async fn flag_resting(state: &AppState, id: &OrderId, reason: &str) -> Result<bool, FlowError> {
+    if !acquire(state, id).await? {
+        return Ok(false);
+    }
+    let order = load(state, id).await;
+    let flagged = match order {
+        Ok(order) if order.attention.is_none() && !order.step.is_active() => {
+            mark_attention(state, id, reason).await.map(|()| true)
+        }
+        Ok(_) => Ok(false),
+        Err(e) => Err(e),
+    };
+    store::orders::release(&state.db, id, state.lifecycle.instance()).await?;
+    flagged
 }
 
 /// Records a failed attempt and when to try again, or gives the order to an operator
