@@ -134,7 +134,10 @@ pub async fn run(state: &AppState) -> usize {
             log(&finding);
             match repair(state, &finding).await {
                 Ok(true) => {
-                    state.reconciliation.counter(&finding).fetch_add(1, Ordering::Relaxed);
+                    state
+                        .reconciliation
+                        .counter(&finding)
+                        .fetch_add(1, Ordering::Relaxed);
                     handled += 1;
                 }
                 Ok(false) => {}
@@ -152,13 +155,26 @@ fn log(finding: &Finding) {
         Finding::OkyaChangeMissed { order_id, version } => {
             tracing::warn!(%order_id, version, "reconciliation: Okya changed the order and no webhook told us");
         }
-        Finding::ChargeWithoutOrder { intent_id, order_id, held } => {
+        Finding::ChargeWithoutOrder {
+            intent_id,
+            order_id,
+            held,
+        } => {
             tracing::warn!(%intent_id, order_id = ?order_id.as_ref().map(OrderId::as_str), ?held, "reconciliation: money at Stripe for no live order; returning it");
         }
-        Finding::PaidAfterGivingUp { intent_id, order_id, status, held } => {
+        Finding::PaidAfterGivingUp {
+            intent_id,
+            order_id,
+            status,
+            held,
+        } => {
             tracing::warn!(%intent_id, %order_id, status = status.as_str(), ?held, "reconciliation: paid after the order was given up; returning the money");
         }
-        Finding::AuthorisationLapsing { intent_id, order_id, age_secs } => {
+        Finding::AuthorisationLapsing {
+            intent_id,
+            order_id,
+            age_secs,
+        } => {
             tracing::warn!(%intent_id, %order_id, age_secs, "reconciliation: card authorisation close to lapsing and the store has not accepted; an operator must decide");
         }
     }
@@ -260,8 +276,8 @@ async fn find_okya(state: &AppState) -> Result<Vec<Finding>, FlowError> {
 async fn find_stripe(state: &AppState) -> Result<Vec<Finding>, FlowError> {
     let now = now_ms();
     let since = now / 1000 - STRIPE_LOOKBACK_SECS;
-    let alert_after = i64::try_from(state.settings.orders.authorisation_alert_after_secs)
-        .unwrap_or(i64::MAX);
+    let alert_after =
+        i64::try_from(state.settings.orders.authorisation_alert_after_secs).unwrap_or(i64::MAX);
     let mut findings = Vec::new();
     let mut after: Option<String> = None;
     for _ in 0..STRIPE_MAX_PAGES {
@@ -362,4 +378,3 @@ fn judge(
         | OrderStatus::Completed => None,
     }
 }
-

@@ -72,7 +72,10 @@ async fn money_no_live_order_accounts_for_is_returned_once_and_counted() {
     // authentication timeout cancelled it, while Stripe took the money after all. Made by
     // hand: the order is CANCELLED and its flow finished, its intent still captured.
     let cart = app
-        .cart_with("str_pasadena", json!([{"productId": "prd_water", "quantity": 1}]))
+        .cart_with(
+            "str_pasadena",
+            json!([{"productId": "prd_water", "quantity": 1}]),
+        )
         .await;
     let order = placed(&app.checkout(&cart, "pm_card_visa", None, "k1").await);
     app.wait_for_status(&order, "AWAITING_ACCEPTANCE").await;
@@ -164,7 +167,10 @@ async fn an_authorisation_close_to_lapsing_goes_to_an_operator_once() {
     .await;
     app.sign_up_and_use("+16265550171", "ada@example.com").await;
     let cart = app
-        .cart_with("str_pasadena", json!([{"productId": "prd_water", "quantity": 1}]))
+        .cart_with(
+            "str_pasadena",
+            json!([{"productId": "prd_water", "quantity": 1}]),
+        )
         .await;
     let order = placed(&app.checkout(&cart, "pm_card_visa", None, "k1").await);
     app.wait_for_status(&order, "AWAITING_ACCEPTANCE").await;

@@ -101,10 +101,7 @@ pub async fn start_on(
         state: Mutex::new(Ledger::default()),
     });
     let router = Router::new()
-        .route(
-            "/v1/payment_intents",
-            post(create_intent).get(list_intents),
-        )
+        .route("/v1/payment_intents", post(create_intent).get(list_intents))
         .route("/v1/payment_intents/search", get(search_intents))
         .route("/v1/payment_intents/{id}", get(retrieve_intent))
         .route("/v1/payment_intents/{id}/capture", post(capture_intent))

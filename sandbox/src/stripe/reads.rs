@@ -70,10 +70,10 @@ pub(super) async fn list_intents(
             ])?;
             let limit = params.int("limit")?.unwrap_or(10);
             if !(1..=100).contains(&limit) {
-                return Err(ApiError::invalid(
-                    "Invalid integer: limit must be between 1 and 100",
-                )
-                .param("limit"));
+                return Err(
+                    ApiError::invalid("Invalid integer: limit must be between 1 and 100")
+                        .param("limit"),
+                );
             }
             let bound = |name: &str| params.int(name);
             let (exact, gt, gte, lt, lte) = (

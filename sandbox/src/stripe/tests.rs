@@ -305,7 +305,12 @@ async fn payment_intents_are_listed_newest_first_in_pages() {
         let http = http.clone();
         let url = format!("{}/v1/payment_intents?{query}", sim.base_url);
         async move {
-            let answer = http.get(url).bearer_auth("sk_test_sim").send().await.unwrap();
+            let answer = http
+                .get(url)
+                .bearer_auth("sk_test_sim")
+                .send()
+                .await
+                .unwrap();
             let status = answer.status().as_u16();
             (status, answer.json::<Value>().await.unwrap())
         }
