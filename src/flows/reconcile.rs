@@ -42,7 +42,7 @@ const STRIPE_LOOKBACK_SECS: i64 = 8 * 24 * 3600;
 const STRIPE_PAGE: u8 = 100;
 const STRIPE_MAX_PAGES: usize = 20;
 
-/// Where a pass looks.
+/// Where a pass looks; each is read by its own finder, the findings handled alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, strum::EnumIter)]
 pub enum Source {
     Okya,
@@ -61,21 +61,23 @@ pub enum Held {
 /// Something an upstream holds that our orders do not account for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Finding {
-    OkyaChangeMissed {
-        order_id: OrderId,
-        version: i64,
-    },
+    /// Okya's copy of an open order is at `version`, newer than ours (now recorded).
+    OkyaChangeMissed { order_id: OrderId, version: i64 },
+    /// The intent holds money and `order_id` (from its metadata) names no order, or an
+    /// order whose payment is another intent.
     ChargeWithoutOrder {
         intent_id: String,
         order_id: Option<OrderId>,
         held: Held,
     },
+    /// The intent holds money, and its order is final (`status`) with its flow finished.
     PaidAfterGivingUp {
         intent_id: String,
         order_id: OrderId,
         status: OrderStatus,
         held: Held,
     },
+    /// An authorisation `age_secs` old whose order still waits for the store.
     AuthorisationLapsing {
         intent_id: String,
         order_id: OrderId,
