@@ -375,7 +375,7 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
         order_events,
         quotas,
         lifecycle: crate::lifecycle::Lifecycle::default(),
-        reconciliation: crate::flows::reconcile::Counts::default(),
+        reconciliation: crate::domain::reconciliation::Counts::default(),
         #[cfg(feature = "crash-points")]
         crash_points: crate::crash::CrashPoints::default(),
     });

@@ -21,7 +21,7 @@ pub struct AppInner {
     /// This instance's id (the owner of its leases) and its shutdown.
     pub lifecycle: crate::lifecycle::Lifecycle,
     /// What reconciliation found and handled since start, by kind (`/readyz`).
-    pub reconciliation: crate::flows::reconcile::Counts,
+    pub reconciliation: crate::domain::reconciliation::Counts,
     #[cfg(feature = "crash-points")]
     pub crash_points: crate::crash::CrashPoints,
 }

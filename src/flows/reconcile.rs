@@ -33,7 +33,6 @@ use crate::{
     store::{self, orders::Order},
     upstream::stripe::{PaymentIntent, PaymentIntentStatus},
 };
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How far back Stripe's intents are compared: past the 7 days an authorisation lasts.
 const STRIPE_LOOKBACK_SECS: i64 = 8 * 24 * 3600;
@@ -49,72 +48,7 @@ pub enum Source {
     Stripe,
 }
 
-/// Money an intent holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Held {
-    /// Captured and not yet refunded, in minor units.
-    Captured { refundable: i64, refunded: i64 },
-    /// Authorised, not captured: cancelling the intent releases it.
-    Authorised,
-}
-
-/// Something an upstream holds that our orders do not account for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Finding {
-    /// Okya's copy of an open order is at `version`, newer than ours (now recorded).
-    OkyaChangeMissed { order_id: OrderId, version: i64 },
-    /// The intent holds money and `order_id` (from its metadata) names no order, or an
-    /// order whose payment is another intent.
-    ChargeWithoutOrder {
-        intent_id: String,
-        order_id: Option<OrderId>,
-        held: Held,
-    },
-    /// The intent holds money, and its order is final (`status`) with its flow finished.
-    PaidAfterGivingUp {
-        intent_id: String,
-        order_id: OrderId,
-        status: OrderStatus,
-        held: Held,
-    },
-    /// An authorisation `age_secs` old whose order still waits for the store.
-    AuthorisationLapsing {
-        intent_id: String,
-        order_id: OrderId,
-        age_secs: i64,
-    },
-}
-
-/// Findings repaired or handed over since start, by kind, for `/readyz`.
-#[derive(Debug, Default)]
-pub struct Counts {
-    okya_change_missed: AtomicU64,
-    charge_without_order: AtomicU64,
-    paid_after_giving_up: AtomicU64,
-    authorisation_lapsing: AtomicU64,
-}
-
-impl Counts {
-    fn counter(&self, finding: &Finding) -> &AtomicU64 {
-        match finding {
-            Finding::OkyaChangeMissed { .. } => &self.okya_change_missed,
-            Finding::ChargeWithoutOrder { .. } => &self.charge_without_order,
-            Finding::PaidAfterGivingUp { .. } => &self.paid_after_giving_up,
-            Finding::AuthorisationLapsing { .. } => &self.authorisation_lapsing,
-        }
-    }
-
-    /// The counts as `/readyz` shows them.
-    pub fn to_json(&self) -> serde_json::Value {
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            "okya_change_missed": n(&self.okya_change_missed),
-            "charge_without_order": n(&self.charge_without_order),
-            "paid_after_giving_up": n(&self.paid_after_giving_up),
-            "authorisation_lapsing": n(&self.authorisation_lapsing),
-        })
-    }
-}
+pub use crate::domain::reconciliation::{Counts, Finding, Held};
 
 /// One pass over every source; returns how many findings were handled. A source that
 /// cannot be read now is logged and left for the next pass; the others still run.
@@ -136,10 +70,7 @@ pub async fn run(state: &AppState) -> usize {
             log(&finding);
             match repair(state, &finding).await {
                 Ok(true) => {
-                    state
-                        .reconciliation
-                        .counter(&finding)
-                        .fetch_add(1, Ordering::Relaxed);
+                    state.reconciliation.count(&finding);
                     handled += 1;
                 }
                 Ok(false) => {}
