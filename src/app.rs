@@ -378,6 +378,7 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
         quotas,
         lifecycle: crate::lifecycle::Lifecycle::default(),
         rate_limits,
+        reconciliation: crate::domain::reconciliation::Counts::default(),
         #[cfg(feature = "crash-points")]
         crash_points: crate::crash::CrashPoints::default(),
     });

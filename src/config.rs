@@ -516,6 +516,11 @@ pub struct OrderSettings {
     /// How often open orders are compared with Okya's copy, in case webhooks were lost,
     /// in seconds (`CBTL_ORDERS__RECONCILE_INTERVAL_SECS`).
     pub reconcile_interval_secs: u64,
+    /// With `capture = on_acceptance`, how old a card authorisation may grow while its
+    /// order waits for the store before reconciliation hands the order to an operator,
+    /// in seconds; authorisations lapse after about 7 days
+    /// (`CBTL_ORDERS__AUTHORISATION_ALERT_AFTER_SECS`).
+    pub authorisation_alert_after_secs: u64,
     /// Tries of one flow step (transient failures, unknown outcomes, refusals still being
     /// resolved) before the order is marked for an operator instead of being tried again
     /// (`CBTL_ORDERS__MAX_STEP_ATTEMPTS`). Retries back off from 200 ms to 60 s, so the
@@ -537,6 +542,7 @@ impl Default for OrderSettings {
             sweep_interval_ms: 1_000,
             checkout_wait_ms: 15_000,
             reconcile_interval_secs: 60,
+            authorisation_alert_after_secs: 6 * 24 * 3600,
             max_step_attempts: 20,
             charge_lookup_after: 3,
         }

@@ -22,6 +22,8 @@ pub struct AppInner {
     pub lifecycle: crate::lifecycle::Lifecycle,
     /// How often a phone, customer or client address may ask for what abuse repeats.
     pub rate_limits: RateLimiter,
+    /// What reconciliation found and handled since start, by kind (`/readyz`).
+    pub reconciliation: crate::domain::reconciliation::Counts,
     #[cfg(feature = "crash-points")]
     pub crash_points: crate::crash::CrashPoints,
 }

@@ -6,6 +6,7 @@ mod failure;
 mod ids;
 mod money;
 mod order;
+pub mod reconciliation;
 
 pub use clock::{millis, now_ms};
 pub use contact::{Email, PersonName, Phone};

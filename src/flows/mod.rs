@@ -4,3 +4,4 @@
 pub mod create_account;
 pub mod order_lines;
 pub mod place_order;
+pub mod reconcile;

@@ -13,7 +13,8 @@ pub async fn healthz() -> Json<Value> {
 /// operator sees work piling up (pending) or needing a look (dead), the orders whose
 /// flow stopped for an operator (`orders.needing_attention`), and each upstream's circuit
 /// breaker (`breakers.stripe.state`: `closed`, `open` or `half_open`, with the window's
-/// `calls` and `failures`, and `retry_after_secs` while open).
+/// `calls` and `failures`, and `retry_after_secs` while open), and what reconciliation found and handled since start, by
+/// kind (`reconciliation`).
 ///
 /// An open breaker does not make the instance unready: the upstream is down for every
 /// instance alike, and taking them all out of the load balancer would only turn the
@@ -35,6 +36,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
                 "jobs": {"pending": pending, "dead": dead},
                 "orders": {"needing_attention": attention},
                 "breakers": breakers,
+                "reconciliation": state.reconciliation.to_json(),
             })),
         )
     } else {

@@ -24,6 +24,7 @@ mod persisted_queries;
 mod persistence;
 mod protocol;
 mod rate_limits;
+mod reconciliation;
 mod rewards;
 mod routes;
 mod sandbox_binary;

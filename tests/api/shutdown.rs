@@ -375,9 +375,10 @@ async fn a_shutdown_releases_its_own_idle_leases_only() {
             .is_none()
     );
 
-    let released = store::jobs::release_all_held_by(&db, "me", &[mine_running.id.clone()])
-        .await
-        .expect("released");
+    let released =
+        store::jobs::release_all_held_by(&db, "me", std::slice::from_ref(&mine_running.id))
+            .await
+            .expect("released");
     assert_eq!(released, 1);
     let next = store::jobs::claim(&db, "other", now, lease).await.unwrap();
     assert_eq!(next.map(|j| j.id), Some(mine_idle.id));

@@ -28,7 +28,10 @@ use axum::{
     routing::{get, post},
 };
 use model::{Ledger, Sim};
-use reads::{authenticate, ledger, retrieve_intent, retrieve_refund, search_intents, unrecognised};
+use reads::{
+    authenticate, ledger, list_intents, retrieve_intent, retrieve_refund, search_intents,
+    unrecognised,
+};
 use std::{
     fmt,
     net::SocketAddr,
@@ -99,7 +102,7 @@ pub async fn start_on(
         faults: faults.clone(),
     });
     let router = Router::new()
-        .route("/v1/payment_intents", post(create_intent))
+        .route("/v1/payment_intents", post(create_intent).get(list_intents))
         .route("/v1/payment_intents/search", get(search_intents))
         .route("/v1/payment_intents/{id}", get(retrieve_intent))
         .route("/v1/payment_intents/{id}/capture", post(capture_intent))

@@ -41,6 +41,99 @@ pub(super) async fn retrieve_intent(
     }
 }
 
+/// `GET /v1/payment_intents`: Stripe's list endpoint
+/// (<https://docs.stripe.com/api/payment_intents/list>): newest first, filtered by
+/// `created[gt|gte|lt|lte]` (Unix seconds) or `created=<exact>`, `limit` 1–100 (10 by
+/// default), and paged with `starting_after` (older than that intent) or `ending_before`
+/// (newer than it); `has_more` says whether more match beyond the page. `expand[]=
+/// data.latest_charge` expands each intent's charge. The `customer` filter is not
+/// simulated (this service's intents carry none).
+pub(super) async fn list_intents(
+    State(sim): State<Arc<Sim>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let request_id = new_id("req");
+    let found = api_key(&sim.config, &headers)
+        .and_then(|_| query_params(query.as_deref()))
+        .and_then(|params| {
+            params.allow(&[
+                "created",
+                "created[gt]",
+                "created[gte]",
+                "created[lt]",
+                "created[lte]",
+                "limit",
+                "starting_after",
+                "ending_before",
+                "expand[",
+            ])?;
+            let limit = params.int("limit")?.unwrap_or(10);
+            if !(1..=100).contains(&limit) {
+                return Err(
+                    ApiError::invalid("Invalid integer: limit must be between 1 and 100")
+                        .param("limit"),
+                );
+            }
+            let bound = |name: &str| params.int(name);
+            let (exact, gt, gte, lt, lte) = (
+                bound("created")?,
+                bound("created[gt]")?,
+                bound("created[gte]")?,
+                bound("created[lt]")?,
+                bound("created[lte]")?,
+            );
+            let expand = params.list("expand").contains(&"data.latest_charge");
+            let ledger = sim.lock();
+            let cursor = |param: &str| -> Result<Option<u64>, ApiError> {
+                params
+                    .get(param)
+                    .map(|id| {
+                        ledger
+                            .intents
+                            .get(id)
+                            .map(|i| i.seq)
+                            .ok_or_else(|| ApiError::missing("payment_intent", id, param))
+                    })
+                    .transpose()
+            };
+            let (after, before) = (cursor("starting_after")?, cursor("ending_before")?);
+            let mut intents: Vec<&Intent> = ledger
+                .intents
+                .values()
+                .filter(|i| {
+                    exact.is_none_or(|c| i.created == c)
+                        && gt.is_none_or(|c| i.created > c)
+                        && gte.is_none_or(|c| i.created >= c)
+                        && lt.is_none_or(|c| i.created < c)
+                        && lte.is_none_or(|c| i.created <= c)
+                        && after.is_none_or(|seq| i.seq < seq)
+                        && before.is_none_or(|seq| i.seq > seq)
+                })
+                .collect();
+            // Newest first; an `ending_before` page is the one just newer than the cursor.
+            intents.sort_by_key(|i| std::cmp::Reverse(i.seq));
+            let limit = usize::try_from(limit).unwrap_or(10);
+            let has_more = intents.len() > limit;
+            let page: Vec<&Intent> = if before.is_some() {
+                let skip = intents.len().saturating_sub(limit);
+                intents.into_iter().skip(skip).collect()
+            } else {
+                intents.into_iter().take(limit).collect()
+            };
+            Ok(json!({
+                "object": "list",
+                "url": "/v1/payment_intents",
+                "has_more": has_more,
+                "data": page.into_iter().map(|i| i.json(expand)).collect::<Vec<Value>>(),
+            }))
+        });
+    match found {
+        Ok(body) => reply(StatusCode::OK, &body, &request_id, &[]),
+        Err(e) => e.into_response(&request_id),
+    }
+}
+
 /// `GET /v1/payment_intents/search?query=…`: Stripe's Search API for the clauses this
 /// service uses, `metadata['key']:'value'` and `status:'value'` joined by `AND`
 /// (<https://docs.stripe.com/search#search-query-language>). Unlike Stripe's, results are

@@ -283,3 +283,64 @@ async fn events_are_listed_even_without_a_webhook_url() {
     );
     assert_eq!(ledger["events"][0]["delivered"], false);
 }
+
+/// `GET /v1/payment_intents` as Stripe documents it: newest first, `limit`, paging with
+/// `starting_after`/`ending_before` and `has_more`, `created[…]` bounds.
+#[tokio::test]
+async fn payment_intents_are_listed_newest_first_in_pages() {
+    let sim = sim().await;
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let intent: Value = create(&http, &sim, &format!("list-{n}"), VISA)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(intent["id"].as_str().unwrap().to_owned());
+    }
+    let list = |query: String| {
+        let http = http.clone();
+        let url = format!("{}/v1/payment_intents?{query}", sim.base_url);
+        async move {
+            let answer = http
+                .get(url)
+                .bearer_auth("sk_test_sim")
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status().as_u16();
+            (status, answer.json::<Value>().await.unwrap())
+        }
+    };
+    let page_ids = |page: &Value| -> Vec<String> {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, first) = list("limit=2&expand[]=data.latest_charge".to_owned()).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["object"], "list");
+    assert_eq!(first["has_more"], true);
+    assert_eq!(page_ids(&first), [ids[4].clone(), ids[3].clone()]);
+    assert_eq!(first["data"][0]["latest_charge"]["object"], "charge");
+    let (_, second) = list(format!("limit=2&starting_after={}", ids[3])).await;
+    assert_eq!(page_ids(&second), [ids[2].clone(), ids[1].clone()]);
+    let (_, last) = list(format!("limit=2&starting_after={}", ids[1])).await;
+    assert_eq!(page_ids(&last), [ids[0].clone()]);
+    assert_eq!(last["has_more"], false);
+    let (_, before) = list(format!("limit=2&ending_before={}", ids[1])).await;
+    assert_eq!(page_ids(&before), [ids[3].clone(), ids[2].clone()]);
+    let created = first["data"][0]["created"].as_i64().unwrap();
+    let (_, future) = list(format!("created[gte]={}", created + 3600)).await;
+    assert_eq!(page_ids(&future), Vec::<String>::new());
+    let (_, recent) = list(format!("created[gte]={}", created - 3600)).await;
+    assert_eq!(page_ids(&recent).len(), 5);
+    let (status, refused) = list("limit=101".to_owned()).await;
+    assert_eq!((status, &refused["error"]["param"]), (400, &json!("limit")));
+}

@@ -1,5 +1,5 @@
-//! What drives the flow from outside: Okya's and Stripe's webhooks (as jobs), the
-//! reconciliation with Okya, and the sweeper that resumes unfinished flows.
+//! What drives the flow from outside: Okya's and Stripe's webhooks (as jobs), and the
+//! sweeper that resumes unfinished flows and runs the reconciliation (`flows::reconcile`).
 
 use super::*;
 
@@ -70,36 +70,6 @@ pub async fn apply_stripe_event(
     drive_for_job(state, &order.id).await
 }
 
-/// Compares open orders with Okya's copy and applies what webhooks never brought (Okya
-/// gives up redelivering after a day; an outage of ours could outlast that).
-pub async fn reconcile(state: &AppState) -> Result<usize, FlowError> {
-    let open = store::orders::open_with_okya(&state.db, 200).await?;
-    let ids: Vec<String> = open
-        .iter()
-        .filter_map(|o| o.okya_order_id.clone())
-        .collect();
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let mut applied = 0;
-    for okya in state.upstreams.okya.orders(&ids).await? {
-        let Some(order) = open
-            .iter()
-            .find(|o| o.okya_order_id.as_deref() == Some(okya.id.as_str()))
-        else {
-            continue;
-        };
-        if okya.version <= order.okya_version {
-            continue;
-        }
-        tracing::info!(order_id = %order.id, version = okya.version, "reconciliation found a change no webhook brought");
-        store::orders::record_okya_state(&state.db, &order.id, okya.state()).await?;
-        drive(state, &order.id).await?;
-        applied += 1;
-    }
-    Ok(applied)
-}
-
 /// Resumes unfinished flows: at start, then on a timer. Any instance may run any order;
 /// the lease in the row keeps two from running the same one. A shutdown stops it between
 /// two orders.
@@ -115,9 +85,7 @@ pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
         while !state.lifecycle.is_stopping() {
             if last_reconcile.elapsed() >= reconcile_every {
                 last_reconcile = tokio::time::Instant::now();
-                if let Err(e) = reconcile(&state).await {
-                    tracing::warn!(error = %e, "reconciling with Okya failed");
-                }
+                crate::flows::reconcile::run(&state).await;
             }
             let now = now_ms();
             let customer_deadline = now - authentication_timeout_ms(&state);

@@ -74,7 +74,7 @@ use payment::*;
 use reward::*;
 use submit::*;
 
-pub use events::{apply_okya_event, apply_stripe_event, reconcile, spawn_sweeper};
+pub use events::{apply_okya_event, apply_stripe_event, spawn_sweeper};
 pub use reward::{read_loyalty_points, send_to_sessionm};
 
 use sha2::{Digest, Sha256};
@@ -579,6 +579,29 @@ async fn run_steps(state: &AppState, id: &OrderId, token: &str) -> Result<(), Fl
         &format!("the flow did not settle within {MAX_STEPS_PER_RUN} steps"),
     )
     .await
+}
+
+/// Hands a resting order to an operator with `reason` (reconciliation's call), under its
+/// lease so no runner's copy overwrites the mark; false if the order is busy, already
+/// with an operator, or no longer resting.
+pub async fn flag_resting(state: &AppState, id: &OrderId, reason: &str) -> Result<bool, FlowError> {
+    let Some(token) = acquire(state, id).await? else {
+        return Ok(false);
+    };
+    let order = load(state, id).await;
+    let flagged = match order {
+        Ok(order) if order.attention.is_none() && !order.step.is_active() => {
+            match mark_attention(state, id, &token, reason).await {
+                Ok(()) => Ok(true),
+                Err(FlowError::LeaseLost(_)) => return Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+        Ok(_) => Ok(false),
+        Err(e) => Err(e),
+    };
+    store::orders::release(&state.db, id, &token).await?;
+    flagged
 }
 
 /// Records a failed attempt and when to try again, or gives the order to an operator

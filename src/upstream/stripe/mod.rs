@@ -285,6 +285,15 @@ pub struct Refund {
     pub failure_reason: Option<String>,
 }
 
+/// One page of a Stripe list object (`"object": "list"`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct ListPage<T> {
+    pub data: Vec<T>,
+    /// Whether more match after this page (ask again with `starting_after` = the last id).
+    #[serde(default)]
+    pub has_more: bool,
+}
+
 /// Stripe's `search_result` list object.
 #[derive(Clone, Debug, Deserialize)]
 struct SearchResult<T> {
@@ -493,6 +502,33 @@ impl StripeClient {
         let page: SearchResult<PaymentIntent> =
             self.call("payment_intents.search").json(request).await?;
         Ok(page.data)
+    }
+
+    /// One page of the PaymentIntents created at or after `created_gte` (Unix seconds),
+    /// newest first, `limit` (1–100) of them, older than `starting_after` when given, with
+    /// their latest charge expanded; the page says whether more follow (`has_more`).
+    /// Stripe's list endpoint (<https://docs.stripe.com/api/payment_intents/list>), unlike
+    /// Search, shows an intent as soon as it exists: reconciliation pages through it.
+    pub async fn list_payment_intents(
+        &self,
+        created_gte: i64,
+        starting_after: Option<&str>,
+        limit: u8,
+    ) -> Result<ListPage<PaymentIntent>, UpstreamError> {
+        let created = created_gte.to_string();
+        let limit = limit.clamp(1, 100).to_string();
+        let mut query = vec![
+            ("created[gte]", created.as_str()),
+            ("limit", limit.as_str()),
+            ("expand[]", "data.latest_charge"),
+        ];
+        if let Some(after) = starting_after {
+            query.push(("starting_after", after));
+        }
+        let request = self
+            .authorised(self.http.get(self.url(&["v1", "payment_intents"])))
+            .query(&query);
+        self.call("payment_intents.list").json(request).await
     }
 
     /// Captures a held amount; `None` captures all of it, less releases the rest.
