@@ -273,7 +273,8 @@ impl Cluster {
             .envs(settings)
             .envs(unlimited)
             .arg("serve")
-            .stdout(Stdio::null())
+            // The service logs to stdout.
+            .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)
             .spawn()?;
