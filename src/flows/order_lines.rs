@@ -44,9 +44,15 @@ pub struct ModifierSnapshot {
 }
 
 impl LineSnapshot {
-    /// The unit price without modifiers: what the POS prints as the item's price.
-    pub fn base_price_minor(&self) -> i64 {
-        self.unit_price_minor - self.modifiers.iter().map(|m| m.price_minor).sum::<i64>()
+    /// The unit price without modifiers: what the POS prints as the item's price. Checked:
+    /// the amounts are Okya's, and an absurd one is an error, never a wrapped price.
+    pub fn base_price_minor(&self) -> Result<i64, MoneyError> {
+        self.modifiers
+            .iter()
+            .try_fold(self.unit_price_minor, |price, m| {
+                price.checked_sub(m.price_minor)
+            })
+            .ok_or(MoneyError::Overflow)
     }
 }
 
@@ -92,24 +98,29 @@ pub fn snapshot(lines: &[CartLine], products: &[Product]) -> Vec<LineSnapshot> {
 }
 
 /// The POS ticket's lines.
-pub fn pos_lines(lines: &[LineSnapshot], currency: &Currency) -> Vec<InjectLine> {
+pub fn pos_lines(
+    lines: &[LineSnapshot],
+    currency: &Currency,
+) -> Result<Vec<InjectLine>, MoneyError> {
     lines
         .iter()
-        .map(|line| InjectLine {
-            product_id: line.product_id.clone(),
-            name: line.name.clone(),
-            quantity: line.quantity,
-            unit_price: Money::new(line.base_price_minor(), currency.clone()),
-            modifiers: line
-                .modifiers
-                .iter()
-                .map(|m| InjectModifier {
-                    id: m.id.clone(),
-                    name: m.name.clone(),
-                    price: Money::new(m.price_minor, currency.clone()),
-                })
-                .collect(),
-            note: None,
+        .map(|line| {
+            Ok(InjectLine {
+                product_id: line.product_id.clone(),
+                name: line.name.clone(),
+                quantity: line.quantity,
+                unit_price: Money::new(line.base_price_minor()?, currency.clone()),
+                modifiers: line
+                    .modifiers
+                    .iter()
+                    .map(|m| InjectModifier {
+                        id: m.id.clone(),
+                        name: m.name.clone(),
+                        price: Money::new(m.price_minor, currency.clone()),
+                    })
+                    .collect(),
+                note: None,
+            })
         })
         .collect()
 }
@@ -189,10 +200,10 @@ mod tests {
         let lines = snapshot(&[line()], &[latte("Latte")]);
         assert_eq!(lines[0].name, "Latte");
         assert_eq!(lines[0].modifiers[0].name, "Oat milk");
-        assert_eq!(lines[0].base_price_minor(), 450);
+        assert_eq!(lines[0].base_price_minor(), Ok(450));
         let usd = Currency::parse("USD").expect("USD");
         assert_eq!(subtotal(&lines, &usd).expect("sum").minor, 1040);
-        let pos = pos_lines(&lines, &usd);
+        let pos = pos_lines(&lines, &usd).expect("prices");
         assert_eq!(pos[0].unit_price.minor, 450);
         assert_eq!(pos[0].modifiers[0].price.minor, 70);
         assert_eq!(loyalty_lines(&lines, &usd)[0].unit_price.minor, 520);
@@ -215,6 +226,20 @@ mod tests {
         let lines = snapshot(&[line()], &[]);
         assert_eq!(lines[0].name, "prd_latte");
         assert_eq!(lines[0].unit_price_minor, 520);
-        assert_eq!(lines[0].base_price_minor(), 520);
+        assert_eq!(lines[0].base_price_minor(), Ok(520));
+        // Okya's amounts are outside data: an absurd modifier price is an error, never an
+        // overflow panic or a wrapped price on the ticket (found by the property tests).
+        let mut absurd = lines[0].clone();
+        absurd.unit_price_minor = i64::MIN;
+        absurd.modifiers = vec![ModifierSnapshot {
+            id: "opt_gold".into(),
+            name: "Gold leaf".into(),
+            price_minor: 1,
+        }];
+        assert_eq!(absurd.base_price_minor(), Err(MoneyError::Overflow));
+        assert_eq!(
+            pos_lines(&[absurd], &Currency::usd()).map(|_| ()),
+            Err(MoneyError::Overflow)
+        );
     }
 }

@@ -74,7 +74,9 @@ use payment::*;
 use reward::*;
 use submit::*;
 
-pub use events::{apply_okya_event, apply_stripe_event, reconcile, spawn_sweeper};
+pub use events::{
+    apply_okya_event, apply_stripe_event, reconcile, spawn_sweeper, stripe_intent_id,
+};
 pub use reward::{read_loyalty_points, send_to_sessionm};
 
 use sha2::{Digest, Sha256};
