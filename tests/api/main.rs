@@ -18,6 +18,7 @@ mod introspection;
 mod limits;
 mod lost_answers;
 mod money_path;
+mod order_model;
 mod orders;
 mod persisted_queries;
 mod persistence;
