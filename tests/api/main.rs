@@ -11,6 +11,7 @@ mod config;
 #[cfg(feature = "crash-points")]
 mod crash;
 mod errors;
+mod generated_inputs;
 mod graphiql;
 mod helpers;
 mod instances;
