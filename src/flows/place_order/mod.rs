@@ -62,6 +62,8 @@ use crate::{
 mod acceptance;
 mod compensations;
 mod events;
+#[cfg(test)]
+mod model;
 mod payment;
 mod reward;
 mod submit;
