@@ -8,7 +8,6 @@ use super::{
     CartId, Currency, CustomerId, Email, IdempotencyKey, ModifierOptionId, Money, MoneyError,
     OrderId, PaymentMethodId, PersonName, Phone, ProductId, StoreId, VoucherId,
 };
-use crate::flows::order_lines::{self, LineSnapshot, ModifierSnapshot};
 use proptest::prelude::*;
 
 /// Any string, weighted towards the edges: empty, long, the id alphabet, separators,
@@ -249,58 +248,5 @@ proptest! {
                 prop_assert!(i64::try_from(rounded).is_err());
             }
         }
-    }
-
-    /// The order's subtotal (Σ unit × quantity) and the POS's base prices (unit less its
-    /// modifiers) are exact or an error, whatever amounts Okya's lines carry.
-    #[test]
-    fn line_sums_are_exact_or_an_error(
-        lines in prop::collection::vec(
-            (extreme_i64(), any::<u32>(), prop::collection::vec(extreme_i64(), 0..3)),
-            0..6,
-        ),
-    ) {
-        let usd = Currency::usd();
-        let snapshots: Vec<LineSnapshot> = lines
-            .iter()
-            .enumerate()
-            .map(|(i, (unit, quantity, modifiers))| LineSnapshot {
-                line_id: format!("ln_{i}"),
-                product_id: "prd_latte".into(),
-                name: "Latte".into(),
-                quantity: *quantity,
-                unit_price_minor: *unit,
-                modifiers: modifiers
-                    .iter()
-                    .map(|m| ModifierSnapshot { id: "opt".into(), name: "Oat".into(), price_minor: *m })
-                    .collect(),
-            })
-            .collect();
-        let exact: i128 = lines.iter().map(|(unit, quantity, _)| i128::from(*unit) * i128::from(*quantity)).sum();
-        let partial_sums_fit = lines.iter().scan(0_i128, |sum, (unit, quantity, _)| {
-            let line = i128::from(*unit) * i128::from(*quantity);
-            *sum += line;
-            Some(i64::try_from(line).is_ok() && i64::try_from(*sum).is_ok())
-        }).all(|fits| fits);
-        match order_lines::subtotal(&snapshots, &usd) {
-            Ok(total) => prop_assert_eq!(i128::from(total.minor), exact),
-            Err(e) => {
-                prop_assert_eq!(e, MoneyError::Overflow);
-                prop_assert!(!partial_sums_fit);
-            }
-        }
-        for line in &snapshots {
-            let base = line.modifiers.iter().fold(i128::from(line.unit_price_minor), |p, m| p - i128::from(m.price_minor));
-            let steps_fit = line.modifiers.iter().scan(i128::from(line.unit_price_minor), |p, m| {
-                *p -= i128::from(m.price_minor);
-                Some(i64::try_from(*p).is_ok())
-            }).all(|fits| fits);
-            match line.base_price_minor() {
-                Ok(price) => prop_assert_eq!(i128::from(price), base),
-                Err(_) => prop_assert!(!steps_fit),
-            }
-        }
-        // And the POS ticket is built or refused as a whole, without a panic.
-        let _ = order_lines::pos_lines(&snapshots, &usd);
     }
 }

@@ -242,4 +242,71 @@ mod tests {
             Err(MoneyError::Overflow)
         );
     }
+
+    use proptest::prelude::*;
+
+    fn extreme_i64() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            any::<i64>(),
+            -1_000_000_i64..1_000_000,
+            Just(i64::MIN),
+            Just(i64::MAX),
+            Just(0),
+        ]
+    }
+
+    proptest! {
+    /// The order's subtotal (Σ unit × quantity) and the POS's base prices (unit less its
+    /// modifiers) are exact or an error, whatever amounts Okya's lines carry.
+    #[test]
+    fn line_sums_are_exact_or_an_error(
+        lines in prop::collection::vec(
+            (extreme_i64(), any::<u32>(), prop::collection::vec(extreme_i64(), 0..3)),
+            0..6,
+        ),
+    ) {
+        let usd = Currency::usd();
+        let snapshots: Vec<LineSnapshot> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, (unit, quantity, modifiers))| LineSnapshot {
+                line_id: format!("ln_{i}"),
+                product_id: "prd_latte".into(),
+                name: "Latte".into(),
+                quantity: *quantity,
+                unit_price_minor: *unit,
+                modifiers: modifiers
+                    .iter()
+                    .map(|m| ModifierSnapshot { id: "opt".into(), name: "Oat".into(), price_minor: *m })
+                    .collect(),
+            })
+            .collect();
+        let exact: i128 = lines.iter().map(|(unit, quantity, _)| i128::from(*unit) * i128::from(*quantity)).sum();
+        let partial_sums_fit = lines.iter().scan(0_i128, |sum, (unit, quantity, _)| {
+            let line = i128::from(*unit) * i128::from(*quantity);
+            *sum += line;
+            Some(i64::try_from(line).is_ok() && i64::try_from(*sum).is_ok())
+        }).all(|fits| fits);
+        match subtotal(&snapshots, &usd) {
+            Ok(total) => prop_assert_eq!(i128::from(total.minor), exact),
+            Err(e) => {
+                prop_assert_eq!(e, MoneyError::Overflow);
+                prop_assert!(!partial_sums_fit);
+            }
+        }
+        for line in &snapshots {
+            let base = line.modifiers.iter().fold(i128::from(line.unit_price_minor), |p, m| p - i128::from(m.price_minor));
+            let steps_fit = line.modifiers.iter().scan(i128::from(line.unit_price_minor), |p, m| {
+                *p -= i128::from(m.price_minor);
+                Some(i64::try_from(*p).is_ok())
+            }).all(|fits| fits);
+            match line.base_price_minor() {
+                Ok(price) => prop_assert_eq!(i128::from(price), base),
+                Err(_) => prop_assert!(!steps_fit),
+            }
+        }
+        // And the POS ticket is built or refused as a whole, without a panic.
+        let _ = pos_lines(&snapshots, &usd);
+    }
+    }
 }
