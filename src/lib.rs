@@ -9,6 +9,9 @@ pub mod crash;
 pub mod domain;
 pub mod events;
 pub mod flows;
+/// The fuzz targets' bodies (`fuzz/`), run by the tests on stable too; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod graphql;
 pub mod http;
 pub mod jobs;

@@ -3,6 +3,8 @@
 mod clock;
 mod contact;
 mod failure;
+#[cfg(test)]
+mod generated_inputs;
 mod ids;
 mod money;
 mod order;

@@ -165,18 +165,22 @@ impl Money {
         {
             return Err(bad());
         }
-        let whole: i64 = whole.parse().map_err(|_| bad())?;
-        let frac_val: i64 = if frac.is_empty() {
-            0
-        } else {
-            format!("{frac:0<exp$}").parse().map_err(|_| bad())?
+        // Digits only by now, so the one failure left is size: accumulated in i128 with
+        // the sign applied before narrowing, so every i64 (its minimum included) reads
+        // back, and anything larger is `Overflow`, never a wrapped amount.
+        let digits_value = |text: &str| {
+            text.bytes().try_fold(0_i128, |acc, b| {
+                acc.checked_mul(10)?.checked_add(i128::from(b - b'0'))
+            })
         };
-        let scale = 10_i64.pow(exp as u32);
-        let minor = whole
-            .checked_mul(scale)
-            .and_then(|w| w.checked_add(frac_val))
+        let frac_padded = format!("{frac:0<exp$}");
+        let minor = digits_value(whole)
+            .zip(digits_value(&frac_padded))
+            .and_then(|(w, f)| w.checked_mul(10_i128.pow(exp as u32))?.checked_add(f))
+            .map(|m| if negative { -m } else { m })
+            .and_then(|m| i64::try_from(m).ok())
             .ok_or(MoneyError::Overflow)?;
-        Ok(Money::new(if negative { -minor } else { minor }, currency))
+        Ok(Money::new(minor, currency))
     }
 }
 
@@ -226,6 +230,20 @@ mod tests {
         }
         assert_eq!(
             Money::parse_decimal("99999999999999999", Currency::usd()),
+            Err(MoneyError::Overflow)
+        );
+        // The extremes read back (found by the property tests: i64::MIN was `Overflow`),
+        // and digits too many for any integer are `Overflow`, not `BadDecimal`.
+        assert_eq!(
+            Money::parse_decimal("-92233720368547758.08", Currency::usd()),
+            Ok(usd(i64::MIN))
+        );
+        assert_eq!(
+            Money::parse_decimal("92233720368547758.07", Currency::usd()),
+            Ok(usd(i64::MAX))
+        );
+        assert_eq!(
+            Money::parse_decimal(&"9".repeat(60), Currency::usd()),
             Err(MoneyError::Overflow)
         );
     }

@@ -44,9 +44,15 @@ pub struct ModifierSnapshot {
 }
 
 impl LineSnapshot {
-    /// The unit price without modifiers: what the POS prints as the item's price.
-    pub fn base_price_minor(&self) -> i64 {
-        self.unit_price_minor - self.modifiers.iter().map(|m| m.price_minor).sum::<i64>()
+    /// The unit price without modifiers: what the POS prints as the item's price. Checked:
+    /// the amounts are Okya's, and an absurd one is an error, never a wrapped price.
+    pub fn base_price_minor(&self) -> Result<i64, MoneyError> {
+        self.modifiers
+            .iter()
+            .try_fold(self.unit_price_minor, |price, m| {
+                price.checked_sub(m.price_minor)
+            })
+            .ok_or(MoneyError::Overflow)
     }
 }
 
@@ -92,24 +98,29 @@ pub fn snapshot(lines: &[CartLine], products: &[Product]) -> Vec<LineSnapshot> {
 }
 
 /// The POS ticket's lines.
-pub fn pos_lines(lines: &[LineSnapshot], currency: &Currency) -> Vec<InjectLine> {
+pub fn pos_lines(
+    lines: &[LineSnapshot],
+    currency: &Currency,
+) -> Result<Vec<InjectLine>, MoneyError> {
     lines
         .iter()
-        .map(|line| InjectLine {
-            product_id: line.product_id.clone(),
-            name: line.name.clone(),
-            quantity: line.quantity,
-            unit_price: Money::new(line.base_price_minor(), currency.clone()),
-            modifiers: line
-                .modifiers
-                .iter()
-                .map(|m| InjectModifier {
-                    id: m.id.clone(),
-                    name: m.name.clone(),
-                    price: Money::new(m.price_minor, currency.clone()),
-                })
-                .collect(),
-            note: None,
+        .map(|line| {
+            Ok(InjectLine {
+                product_id: line.product_id.clone(),
+                name: line.name.clone(),
+                quantity: line.quantity,
+                unit_price: Money::new(line.base_price_minor()?, currency.clone()),
+                modifiers: line
+                    .modifiers
+                    .iter()
+                    .map(|m| InjectModifier {
+                        id: m.id.clone(),
+                        name: m.name.clone(),
+                        price: Money::new(m.price_minor, currency.clone()),
+                    })
+                    .collect(),
+                note: None,
+            })
         })
         .collect()
 }
@@ -189,10 +200,10 @@ mod tests {
         let lines = snapshot(&[line()], &[latte("Latte")]);
         assert_eq!(lines[0].name, "Latte");
         assert_eq!(lines[0].modifiers[0].name, "Oat milk");
-        assert_eq!(lines[0].base_price_minor(), 450);
+        assert_eq!(lines[0].base_price_minor(), Ok(450));
         let usd = Currency::parse("USD").expect("USD");
         assert_eq!(subtotal(&lines, &usd).expect("sum").minor, 1040);
-        let pos = pos_lines(&lines, &usd);
+        let pos = pos_lines(&lines, &usd).expect("prices");
         assert_eq!(pos[0].unit_price.minor, 450);
         assert_eq!(pos[0].modifiers[0].price.minor, 70);
         assert_eq!(loyalty_lines(&lines, &usd)[0].unit_price.minor, 520);
@@ -215,6 +226,87 @@ mod tests {
         let lines = snapshot(&[line()], &[]);
         assert_eq!(lines[0].name, "prd_latte");
         assert_eq!(lines[0].unit_price_minor, 520);
-        assert_eq!(lines[0].base_price_minor(), 520);
+        assert_eq!(lines[0].base_price_minor(), Ok(520));
+        // Okya's amounts are outside data: an absurd modifier price is an error, never an
+        // overflow panic or a wrapped price on the ticket (found by the property tests).
+        let mut absurd = lines[0].clone();
+        absurd.unit_price_minor = i64::MIN;
+        absurd.modifiers = vec![ModifierSnapshot {
+            id: "opt_gold".into(),
+            name: "Gold leaf".into(),
+            price_minor: 1,
+        }];
+        assert_eq!(absurd.base_price_minor(), Err(MoneyError::Overflow));
+        assert_eq!(
+            pos_lines(&[absurd], &Currency::usd()).map(|_| ()),
+            Err(MoneyError::Overflow)
+        );
+    }
+
+    use proptest::prelude::*;
+
+    fn extreme_i64() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            any::<i64>(),
+            -1_000_000_i64..1_000_000,
+            Just(i64::MIN),
+            Just(i64::MAX),
+            Just(0),
+        ]
+    }
+
+    proptest! {
+    /// The order's subtotal (Σ unit × quantity) and the POS's base prices (unit less its
+    /// modifiers) are exact or an error, whatever amounts Okya's lines carry.
+    #[test]
+    fn line_sums_are_exact_or_an_error(
+        lines in prop::collection::vec(
+            (extreme_i64(), any::<u32>(), prop::collection::vec(extreme_i64(), 0..3)),
+            0..6,
+        ),
+    ) {
+        let usd = Currency::usd();
+        let snapshots: Vec<LineSnapshot> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, (unit, quantity, modifiers))| LineSnapshot {
+                line_id: format!("ln_{i}"),
+                product_id: "prd_latte".into(),
+                name: "Latte".into(),
+                quantity: *quantity,
+                unit_price_minor: *unit,
+                modifiers: modifiers
+                    .iter()
+                    .map(|m| ModifierSnapshot { id: "opt".into(), name: "Oat".into(), price_minor: *m })
+                    .collect(),
+            })
+            .collect();
+        let exact: i128 = lines.iter().map(|(unit, quantity, _)| i128::from(*unit) * i128::from(*quantity)).sum();
+        let partial_sums_fit = lines.iter().scan(0_i128, |sum, (unit, quantity, _)| {
+            let line = i128::from(*unit) * i128::from(*quantity);
+            *sum += line;
+            Some(i64::try_from(line).is_ok() && i64::try_from(*sum).is_ok())
+        }).all(|fits| fits);
+        match subtotal(&snapshots, &usd) {
+            Ok(total) => prop_assert_eq!(i128::from(total.minor), exact),
+            Err(e) => {
+                prop_assert_eq!(e, MoneyError::Overflow);
+                prop_assert!(!partial_sums_fit);
+            }
+        }
+        for line in &snapshots {
+            let base = line.modifiers.iter().fold(i128::from(line.unit_price_minor), |p, m| p - i128::from(m.price_minor));
+            let steps_fit = line.modifiers.iter().scan(i128::from(line.unit_price_minor), |p, m| {
+                *p -= i128::from(m.price_minor);
+                Some(i64::try_from(*p).is_ok())
+            }).all(|fits| fits);
+            match line.base_price_minor() {
+                Ok(price) => prop_assert_eq!(i128::from(price), base),
+                Err(_) => prop_assert!(!steps_fit),
+            }
+        }
+        // And the POS ticket is built or refused as a whole, without a panic.
+        let _ = pos_lines(&snapshots, &usd);
+    }
     }
 }

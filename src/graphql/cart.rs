@@ -451,3 +451,37 @@ fn refusal(err: UpstreamError, prefix: &[&str]) -> Result<CartPayload> {
         message,
     }]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any `Int` a client sends (GraphQL's is 32-bit; async-graphql refuses the rest)
+        /// is a quantity from 1 to 99 or an `INVALID_QUANTITY` at the field it came in.
+        #[test]
+        fn quantities_are_one_to_ninety_nine_or_a_user_error(
+            quantity in prop_oneof![any::<i32>(), -2_i32..120, Just(i32::MIN), Just(i32::MAX)],
+        ) {
+            match check_quantity(quantity, &["lines", "0", "quantity"]) {
+                None => prop_assert!((1..=MAX_QUANTITY).contains(&quantity)),
+                Some(error) => {
+                    prop_assert!(!(1..=MAX_QUANTITY).contains(&quantity));
+                    prop_assert_eq!(error.code, UserErrorCode::InvalidQuantity);
+                    prop_assert_eq!(
+                        error.field,
+                        Some(vec!["lines".to_owned(), "0".to_owned(), "quantity".to_owned()])
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn line_counts_are_one_to_fifty_or_a_user_error(count in prop_oneof![0_usize..60, any::<usize>()]) {
+            let errors = check_line_count(count);
+            prop_assert_eq!(errors.is_empty(), (1..=MAX_LINES_PER_CALL).contains(&count));
+            prop_assert!(errors.iter().all(|e| e.code == UserErrorCode::InvalidInput));
+        }
+    }
+}

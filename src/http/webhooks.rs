@@ -64,29 +64,56 @@ fn verify(
     .err()
 }
 
-/// Stores the event and its processing job once; a repeat is acknowledged and ignored.
-async fn accept(state: &AppState, source: &str, job_kind: &str, body: &[u8]) -> Response {
-    let Ok(event) = serde_json::from_slice::<Value>(body) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "the body is not JSON",
-        );
-    };
+/// The parts of a webhook body every source shares: `{"id": "…", "type": "…", …}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// The sender's event id: non-empty, at most 200 bytes.
+    pub id: String,
+    /// The event type: at most 64 bytes.
+    pub event_type: String,
+    /// The whole body, as the job that processes it reads it.
+    pub event: Value,
+}
+
+/// Why a body is refused before anything is stored (answered 400 `invalid_body`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("the body is not JSON")]
+    NotJson,
+    #[error("the event has no id or type")]
+    Missing,
+    #[error("the event id or type is malformed")]
+    Malformed,
+}
+
+/// Reads the envelope of a verified body (raw bytes, any content): never panics, and
+/// refuses what the store or the job could not hold.
+pub fn parse_envelope(body: &[u8]) -> Result<Envelope, EnvelopeError> {
+    let event = serde_json::from_slice::<Value>(body).map_err(|_| EnvelopeError::NotJson)?;
     let (Some(id), Some(event_type)) = (event["id"].as_str(), event["type"].as_str()) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "the event has no id or type",
-        );
+        return Err(EnvelopeError::Missing);
     };
     if id.is_empty() || id.len() > 200 || event_type.len() > 64 {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "the event id or type is malformed",
-        );
+        return Err(EnvelopeError::Malformed);
     }
+    Ok(Envelope {
+        id: id.to_owned(),
+        event_type: event_type.to_owned(),
+        event,
+    })
+}
+
+/// Stores the event and its processing job once; a repeat is acknowledged and ignored.
+async fn accept(state: &AppState, source: &str, job_kind: &str, body: &[u8]) -> Response {
+    let Envelope {
+        id,
+        event_type,
+        event,
+    } = match parse_envelope(body) {
+        Ok(envelope) => envelope,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "invalid_body", &e.to_string()),
+    };
+    let (id, event_type) = (id.as_str(), event_type.as_str());
     let stored_id = format!("{source}:{id}");
     let now = now_ms();
     let outcome = async {

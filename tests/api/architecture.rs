@@ -145,7 +145,7 @@ const LAYERS: &[&[&str]] = &[
     &["flows"],
     &["graphql"],
     &["http"],
-    &["worker", "app"],
+    &["worker", "app", "fuzzing"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

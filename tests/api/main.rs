@@ -12,6 +12,7 @@ mod config;
 #[cfg(feature = "crash-points")]
 mod crash;
 mod errors;
+mod generated_inputs;
 mod graphiql;
 mod helpers;
 mod instances;
@@ -19,6 +20,7 @@ mod introspection;
 mod limits;
 mod lost_answers;
 mod money_path;
+mod order_model;
 mod orders;
 mod persisted_queries;
 mod persistence;

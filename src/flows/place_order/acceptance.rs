@@ -242,7 +242,12 @@ pub(super) async fn injection(
             .unwrap_or_else(|| "Customer".into()),
         placed_at: instant(order, "creation time", order.created_at_ms)?,
         pickup_at: None,
-        lines: order_lines::pos_lines(&lines, &currency),
+        lines: order_lines::pos_lines(&lines, &currency).map_err(|e| {
+            FlowError::Corrupt(format!(
+                "order {} has a line priced impossibly: {e}",
+                order.id
+            ))
+        })?,
         subtotal: money(order, "subtotal", order.subtotal_minor)?,
         discount: money(order, "discount", order.discount_minor)?,
         tax: money(order, "tax", order.tax_minor)?,

@@ -53,11 +53,7 @@ pub async fn apply_stripe_event(
     state: &AppState,
     payload: serde_json::Value,
 ) -> Result<(), JobError> {
-    let Some(intent_id) = payload["data"]["object"]["id"]
-        .as_str()
-        .filter(|id| id.starts_with("pi_"))
-        .or_else(|| payload["data"]["object"]["payment_intent"].as_str())
-    else {
+    let Some(intent_id) = stripe_intent_id(&payload) else {
         return Ok(());
     };
     let transient = |e: &dyn std::fmt::Display| JobError::Transient(e.to_string());
@@ -68,6 +64,16 @@ pub async fn apply_stripe_event(
         return Ok(());
     };
     drive_for_job(state, &order.id).await
+}
+
+/// The PaymentIntent a Stripe event is about: the event's object when it is an intent
+/// (`pi_…`), else the object's `payment_intent` (a charge, a refund). `None` for events
+/// about anything else, which are acknowledged and ignored.
+pub fn stripe_intent_id(payload: &serde_json::Value) -> Option<&str> {
+    payload["data"]["object"]["id"]
+        .as_str()
+        .filter(|id| id.starts_with("pi_"))
+        .or_else(|| payload["data"]["object"]["payment_intent"].as_str())
 }
 
 /// Resumes unfinished flows: at start, then on a timer. Any instance may run any order;

@@ -62,6 +62,8 @@ use crate::{
 mod acceptance;
 mod compensations;
 mod events;
+#[cfg(test)]
+mod model;
 mod payment;
 mod reward;
 mod submit;
@@ -74,7 +76,7 @@ use payment::*;
 use reward::*;
 use submit::*;
 
-pub use events::{apply_okya_event, apply_stripe_event, spawn_sweeper};
+pub use events::{apply_okya_event, apply_stripe_event, spawn_sweeper, stripe_intent_id};
 pub use reward::{read_loyalty_points, send_to_sessionm};
 
 use sha2::{Digest, Sha256};
