@@ -35,6 +35,7 @@ mod sessionm;
 mod shop;
 #[cfg(unix)]
 mod shutdown;
+mod soak;
 mod step_faults;
 mod vouchers;
 mod websocket;

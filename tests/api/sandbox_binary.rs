@@ -33,7 +33,7 @@ fn newest(path: &Path) -> SystemTime {
 }
 
 /// `target/<profile>/cbtl-sandbox`, built first if it is missing or stale.
-fn sandbox_binary() -> &'static Path {
+pub fn sandbox_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         let exe = std::env::current_exe().expect("this test's path");
