@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 const REGISTER: &str = "mutation($i: AccountRegisterInput!) { accountRegister(input: $i) { customer { id } userErrors { code message } } }";
 const CONFIRM: &str = "mutation($i: AccountConfirmInput!) { accountConfirm(input: $i) { customer { id } accessToken userErrors { code message } } }";
 const RESEND: &str = "mutation($i: AccountResendOtpInput!) { accountResendOtp(input: $i) { userErrors { code message } } }";
+const SIGN_IN_CODE: &str = "mutation($i: SignInRequestOtpInput!) { signInRequestOtp(input: $i) { userErrors { code message } } }";
+const SIGN_IN: &str =
+    "mutation($i: SignInInput!) { signIn(input: $i) { accessToken userErrors { code message } } }";
 const CART_CREATE: &str = "mutation($i: CartCreateInput!) { cartCreate(input: $i) { cart { id } userErrors { code message } } }";
 const LINES_ADD: &str = "mutation($c: ID!, $l: [CartLineInput!]!) { cartLinesAdd(cartId: $c, lines: $l) { cart { id total { amount } } userErrors { code message } } }";
 const VOUCHERS: &str = "{ vouchers { id status } }";
@@ -30,6 +33,7 @@ const OTP_CODE: &str = cbtl_sandbox::credentials::OTP_CODE;
 #[derive(Default, Debug)]
 pub struct Stats {
     pub signed_up: u64,
+    pub signed_in: u64,
     pub sign_up_failed: u64,
     pub wrong_codes_refused: u64,
     pub checkouts: u64,
@@ -47,6 +51,7 @@ pub struct Stats {
 impl Stats {
     pub fn add(&mut self, other: &Stats) {
         self.signed_up += other.signed_up;
+        self.signed_in += other.signed_in;
         self.sign_up_failed += other.sign_up_failed;
         self.wrong_codes_refused += other.wrong_codes_refused;
         self.checkouts += other.checkouts;
@@ -70,9 +75,10 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} signed up ({} could not), {} wrong codes refused, {} checkouts ({} sent twice or three times at once, {} voucher races), {} 3-D Secure completed, {} abandoned, {} requests retried, {} given up; first answers: {:?}",
+            "{} signed up ({} could not), {} signed in again, {} wrong codes refused, {} checkouts ({} sent twice or three times at once, {} voucher races), {} 3-D Secure completed, {} abandoned, {} requests retried, {} given up; first answers: {:?}",
             self.signed_up,
             self.sign_up_failed,
+            self.signed_in,
             self.wrong_codes_refused,
             self.checkouts,
             self.duplicate_checkouts,
@@ -104,12 +110,24 @@ pub async fn run_customer(
     let mut stats = Stats::default();
     // Spread the sign-ups over the first seconds, as real traffic would.
     tokio::time::sleep(Duration::from_millis(fastrand::u64(0..5_000))).await;
-    let Some(token) = sign_up(n, &client, &mut stats).await else {
+    let Some(mut token) = sign_up(n, &client, &mut stats).await else {
         stats.sign_up_failed += 1;
         return stats;
     };
     stats.signed_up += 1;
+    // Some sign in again on another device after their first order (once the code they
+    // were sent at sign-up allows another), and order from there.
+    let signs_in_again = fastrand::u8(0..4) == 0;
+    let mut orders = 0;
     while Instant::now() < stop_ordering {
+        if signs_in_again
+            && orders == 1
+            && let Some(again) = sign_in(n, &client, &mut stats).await
+        {
+            stats.signed_in += 1;
+            token = again;
+        }
+        orders += 1;
         let mut customer = Customer {
             client: &client,
             sims: &sims,
@@ -178,6 +196,43 @@ async fn sign_up(n: usize, client: &Client, stats: &mut Stats) -> Option<String>
                     .retried(None, RESEND, resend, 10, &mut stats.retries)
                     .await;
                 tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(_) => stats.gave_up += 1,
+        }
+    }
+    None
+}
+
+/// Sign-in with a code sent to the phone, retried as the app would.
+async fn sign_in(n: usize, client: &Client, stats: &mut Stats) -> Option<String> {
+    let phone = format!("+1626555{:04}", n % 10_000);
+    for _ in 0..8 {
+        let request = json!({"i": {"phone": phone}});
+        match client
+            .retried(None, SIGN_IN_CODE, request, 10, &mut stats.retries)
+            .await
+        {
+            Ok(data) if user_error(&data["signInRequestOtp"]).is_some() => {
+                // Too soon after the last code: the app waits and asks again.
+                tokio::time::sleep(Duration::from_secs(8)).await;
+                continue;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                stats.gave_up += 1;
+                continue;
+            }
+        }
+        let code = json!({"i": {"phone": phone, "code": OTP_CODE}});
+        match client
+            .retried(None, SIGN_IN, code, 10, &mut stats.retries)
+            .await
+        {
+            Ok(data) => {
+                if let Some(token) = data["signIn"]["accessToken"].as_str() {
+                    return Some(token.to_owned());
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
             }
             Err(_) => stats.gave_up += 1,
         }
