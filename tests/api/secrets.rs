@@ -110,6 +110,24 @@ async fn the_logs_of_every_flow_hold_no_secret() {
         .expect("a 3-D Secure order's client secret")
         .to_owned();
 
+    // The failure branches: a POS that refuses (recall and refund), a store that rejects
+    // an order with a voucher (refund and the voucher released).
+    let refused = app
+        .filled_cart(cbtl_sandbox::okya::catalog::POS_OFFLINE_STORE)
+        .await;
+    let recalled = placed(&app.checkout(&refused, "pm_card_visa", None, "pos").await);
+    app.store_action(&refused, StoreAction::Accept).await;
+    app.wait_for_status(&recalled, "CANCELLED").await;
+    let voucher = app.voucher("PERCENTAGE", "AVAILABLE").await;
+    let rejected_cart = app.filled_cart("str_pasadena").await;
+    let rejected = placed(
+        &app.checkout(&rejected_cart, "pm_card_visa", Some(&voucher), "voucher")
+            .await,
+    );
+    app.store_action(&rejected_cart, StoreAction::Reject).await;
+    app.wait_for_status(&rejected, "REJECTED").await;
+    app.wait_until_settled(&rejected).await;
+
     let logs = String::from_utf8_lossy(
         &captured
             .0
