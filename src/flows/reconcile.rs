@@ -219,13 +219,16 @@ async fn find_stripe(state: &AppState) -> Result<Vec<Finding>, FlowError> {
             .stripe
             .list_payment_intents(since, after.as_deref(), STRIPE_PAGE)
             .await?;
+        // One query for the page's orders, not one per intent.
+        let ids: Vec<OrderId> = page.data.iter().filter_map(order_id_of).collect();
+        let orders = store::orders::find_many(&state.db, &ids).await?;
         for intent in &page.data {
-            let order = match intent.metadata.get("order_id").map(|id| OrderId::parse(id)) {
-                // Not one of ours (no order id): none of our business.
-                None | Some(None) => continue,
-                Some(Some(id)) => store::orders::find(&state.db, &id).await?,
+            // Not one of ours (no order id): none of our business.
+            let Some(id) = order_id_of(intent) else {
+                continue;
             };
-            if let Some(finding) = judge(intent, order.as_ref(), now, alert_after) {
+            let order = orders.iter().find(|o| o.id == id);
+            if let Some(finding) = judge(intent, order, now, alert_after) {
                 findings.push(finding);
             }
         }
@@ -235,6 +238,14 @@ async fn find_stripe(state: &AppState) -> Result<Vec<Finding>, FlowError> {
         }
     }
     Ok(findings)
+}
+
+/// The order an intent was made for (our `metadata.order_id`), if it names one.
+fn order_id_of(intent: &PaymentIntent) -> Option<OrderId> {
+    intent
+        .metadata
+        .get("order_id")
+        .and_then(|id| OrderId::parse(id))
 }
 
 /// The money an intent holds, if any.
@@ -249,7 +260,12 @@ fn held(intent: &PaymentIntent) -> Option<Held> {
                 refunded: charge.amount_refunded,
             })
         }
-        _ => None,
+        PaymentIntentStatus::RequiresPaymentMethod
+        | PaymentIntentStatus::RequiresConfirmation
+        | PaymentIntentStatus::RequiresAction
+        | PaymentIntentStatus::Processing
+        | PaymentIntentStatus::Canceled
+        | PaymentIntentStatus::Unknown => None,
     }
 }
 

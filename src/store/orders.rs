@@ -35,6 +35,20 @@ pub async fn find(db: &impl ConnectionTrait, id: &OrderId) -> Result<Option<Orde
     Ok(order::Entity::find_by_id(id.to_owned()).one(db).await?)
 }
 
+/// The orders among `ids` that exist, in no particular order (one query).
+pub async fn find_many(
+    db: &impl ConnectionTrait,
+    ids: &[OrderId],
+) -> Result<Vec<Order>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(order::Entity::find()
+        .filter(order::Column::Id.is_in(ids.iter().map(|id| id.as_str().to_owned())))
+        .all(db)
+        .await?)
+}
+
 pub async fn find_by_key(
     db: &impl ConnectionTrait,
     customer_id: &CustomerId,
