@@ -365,7 +365,8 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
         check_sessionm_stores(&upstreams).await?;
     }
     let token_keys = TokenKeys::new(&settings.auth);
-    let (order_events, event_listener) = OrderEvents::start(db.clone());
+    let (order_events, event_tasks) =
+        OrderEvents::start(db.clone(), settings.graphql.subscription_recheck());
     let quotas = Quotas::new(&settings);
     let rate_limits = RateLimiter::new(db.clone(), &settings.rate_limits);
     let state = AppState::new(AppInner {
@@ -384,7 +385,7 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
     });
     let mut runners = worker::spawn_workers(state.clone());
     runners.push(crate::flows::place_order::spawn_sweeper(state.clone()));
-    let mut workers: Vec<JoinHandle<()>> = event_listener.into_iter().collect();
+    let mut workers: Vec<JoinHandle<()>> = event_tasks;
     workers.push(store::housekeeping::spawn(state.db.clone()));
     let schema = graphql::build(
         &state.settings.graphql,

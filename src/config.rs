@@ -221,6 +221,10 @@ pub struct GraphqlSettings {
     /// How often an open websocket is pinged (and a legacy `graphql-ws` one sent `ka`), in
     /// ms (`CBTL_GRAPHQL__WS_KEEPALIVE_MS`); a peer silent for two of these is dropped.
     pub ws_keepalive_ms: u64,
+    /// How often, in seconds, the orders followed by subscriptions are checked for a
+    /// status change whose notification was lost (`CBTL_GRAPHQL__SUBSCRIPTION_RECHECK_SECS`):
+    /// one query per 500 followed orders, however many subscribers follow them.
+    pub subscription_recheck_secs: u64,
     /// Operations one websocket may run at once (`CBTL_GRAPHQL__WS_MAX_OPERATIONS`); one
     /// more is answered with an `error` message for its id.
     pub ws_max_operations: u32,
@@ -254,6 +258,7 @@ impl Default for GraphqlSettings {
             max_body_bytes: 64 * 1024,
             ws_init_timeout_secs: 10,
             ws_keepalive_ms: 15_000,
+            subscription_recheck_secs: 30,
             ws_max_operations: 20,
             ws_max_operations_per_customer: 40,
             max_aliases: 30,
@@ -305,6 +310,7 @@ durations!(GraphqlSettings {
     operation_timeout: operation_timeout_secs secs,
     ws_init_timeout: ws_init_timeout_secs secs,
     ws_keepalive: ws_keepalive_ms ms,
+    subscription_recheck: subscription_recheck_secs secs,
 });
 durations!(AuthSettings {
     access_token_ttl: access_token_ttl_secs secs,
@@ -882,6 +888,12 @@ impl Settings {
         {
             return Err(invalid(
                 "graphql.max_aliases/max_root_fields/max_operations/operation_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.graphql.subscription_recheck_secs == 0 {
+            return Err(invalid(
+                "graphql.subscription_recheck_secs",
                 "must be at least 1",
             ));
         }

@@ -14,9 +14,10 @@ use crate::{
         OrderStatus as DomainStatus, PaymentMethodId, PaymentStatus as DomainPayment, Step,
         StoreId, VoucherId,
     },
+    events::{Snapshot, Watch},
     flows::place_order::{self, CheckoutRefusal, CheckoutRequest},
     rate_limit::Limit,
-    store::{self, orders::Order},
+    store::{self, entities::order_status_history, orders::Order},
     upstream::okya::CartLine,
 };
 use async_graphql::{
@@ -25,7 +26,7 @@ use async_graphql::{
 };
 use base64::Engine;
 use futures_util::Stream;
-use std::time::Duration;
+use std::{collections::VecDeque, sync::Arc};
 
 /// Where an order stands, as the app shows it.
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
@@ -68,11 +69,15 @@ pub enum PaymentStatusEnum {
 /// An order, as it stood at `status` (the newest state, or a step of its history when
 /// delivered by the subscription).
 pub struct OrderObject {
-    row: Order,
+    /// Shared by every subscriber of the order that is sent this snapshot.
+    row: Arc<Order>,
     status: DomainStatus,
     changed_at_ms: i64,
     /// How many history entries this snapshot includes; `None` for all.
     history_upto: Option<usize>,
+    /// The history, when it was read with the order (by the subscription's one read per
+    /// change); `None` reads it when asked for.
+    history: Option<Arc<[order_status_history::Model]>>,
 }
 
 impl OrderObject {
@@ -81,8 +86,9 @@ impl OrderObject {
         Ok(Self {
             changed_at_ms: row.updated_at_ms,
             status,
-            row,
+            row: Arc::new(row),
             history_upto: None,
+            history: None,
         })
     }
 
@@ -220,12 +226,18 @@ impl OrderObject {
 
     /// Every status the order took, oldest first.
     async fn status_history(&self, ctx: &Context<'_>) -> Result<Vec<OrderStatusChange>> {
-        let state = context::state(ctx)?;
-        let history = store::orders::history(&state.db, &self.row.id)
-            .await
-            .map_err(ApiError::from)?;
+        let history = match &self.history {
+            Some(history) => history.clone(),
+            None => {
+                let state = context::state(ctx)?;
+                store::orders::history(&state.db, &self.row.id)
+                    .await
+                    .map_err(ApiError::from)?
+                    .into()
+            }
+        };
         Ok(history
-            .into_iter()
+            .iter()
             .take(self.history_upto.unwrap_or(usize::MAX))
             .map(|h| OrderStatusChange {
                 status: h.status.into(),
@@ -454,9 +466,15 @@ pub async fn owned_order(
     let order = store::orders::find(&state.db, &id)
         .await
         .map_err(ApiError::from)?;
-    Ok(order.filter(|o| {
-        &o.customer_id == customer_id && o.okya_order_id.is_some() && o.step != Step::Invalid
-    }))
+    Ok(order.filter(|o| is_visible_to(o, customer_id)))
+}
+
+/// Whether `customer_id` may see `order`: theirs, and placed at Okya (an order refused
+/// before that is not one to them).
+fn is_visible_to(order: &Order, customer_id: &CustomerId) -> bool {
+    &order.customer_id == customer_id
+        && order.okya_order_id.is_some()
+        && order.step != Step::Invalid
 }
 
 #[derive(Default)]
@@ -713,36 +731,53 @@ pub struct OrderSubscription;
 #[Subscription]
 impl OrderSubscription {
     /// The order now, then once per status change, in order; ends after a final status.
+    ///
+    /// Every subscriber of an order shares one read per change (see [`crate::events`]);
+    /// a subscriber that is slow to take its events skips to the newest snapshot and is
+    /// sent every status it missed, from that snapshot's history.
     async fn order_status_changed(
         &self,
         ctx: &Context<'_>,
         order_id: ID,
     ) -> Result<impl Stream<Item = Result<OrderObject>> + use<>> {
-        let state = context::state(ctx)?.clone();
-        let customer = context::customer(ctx)?.clone();
-        // Listen before reading, so no change can fall between the two.
-        let events = state.order_events.subscribe();
-        // One customer's subscriptions share a few connections, so however many they open,
-        // everyone else still finds the pool free.
-        let slot = state.quotas.db_connections.acquire(customer.as_str()).await;
-        let Some(order) = owned_order(&state, &customer, &order_id).await? else {
+        let state = context::state(ctx)?;
+        let customer = context::customer(ctx)?;
+        let Some(id) = OrderId::parse(&order_id) else {
             return Err(ApiError::NotFound.into());
         };
-        let seen = store::orders::history(&state.db, &order.id)
-            .await
-            .map_err(ApiError::from)?
-            .len();
-        drop(slot);
-        let first = OrderObject::current(order.clone())?;
-        let done = first.status.is_final();
+        // Follow before reading, so no change can fall between the two.
+        let mut watch = state.order_events.watch(&id);
+        let snapshot = match watch.latest() {
+            // Others here follow it already: their feed is as fresh as a read.
+            Some(snapshot) => snapshot,
+            None => {
+                // One customer's subscriptions share a few connections, so however many
+                // they open, everyone else still finds the pool free.
+                let _slot = state.quotas.db_connections.acquire(customer.as_str()).await;
+                let Some((order, history)) = store::orders::snapshot(&state.db, &id)
+                    .await
+                    .map_err(ApiError::from)?
+                else {
+                    return Err(ApiError::NotFound.into());
+                };
+                watch.offer(Snapshot::new(order, history))
+            }
+        };
+        if !is_visible_to(&snapshot.order, customer) {
+            return Err(ApiError::NotFound.into());
+        }
+        let first = OrderObject {
+            row: snapshot.order.clone(),
+            status: snapshot.order.status,
+            changed_at_ms: snapshot.order.updated_at_ms,
+            history_upto: None,
+            history: Some(snapshot.history.clone()),
+        };
         let follow = StatusFollower {
-            state,
-            customer,
-            order_id: order.id,
-            events,
-            seen,
-            pending: std::collections::VecDeque::new(),
-            done,
+            done: first.status.is_final(),
+            watch,
+            seen: snapshot.history.len(),
+            pending: VecDeque::new(),
         };
         Ok(futures_util::stream::once(async move { Ok(first) })
             .chain(futures_util::stream::unfold(follow, StatusFollower::next)))
@@ -751,20 +786,14 @@ impl OrderSubscription {
 
 use futures_util::StreamExt;
 
-/// Follows one order's history for a subscriber.
+/// Follows one order's feed for a subscriber.
 struct StatusFollower {
-    state: AppState,
-    /// Whose database quota the re-reads draw on.
-    customer: CustomerId,
-    order_id: OrderId,
-    events: tokio::sync::broadcast::Receiver<crate::events::OrderChanged>,
+    watch: Watch,
+    /// History entries already sent.
     seen: usize,
-    pending: std::collections::VecDeque<OrderObject>,
+    pending: VecDeque<OrderObject>,
     done: bool,
 }
-
-/// A missed hint is caught by this periodic re-read.
-const RECHECK: Duration = Duration::from_secs(5);
 
 impl StatusFollower {
     async fn next(mut self) -> Option<(Result<OrderObject>, Self)> {
@@ -778,49 +807,18 @@ impl StatusFollower {
             if self.done {
                 return None;
             }
-            let hinted = tokio::select! {
-                received = self.events.recv() => match received {
-                    Ok(event) => event.order_id == self.order_id.as_str(),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                },
-                () = tokio::time::sleep(RECHECK) => true,
-            };
-            if hinted && let Err(e) = self.catch_up().await {
-                return Some((Err(e), Self { done: true, ..self }));
+            let snapshot = self.watch.changed().await?;
+            // One snapshot per status not yet sent, each with the history up to it.
+            for (index, entry) in snapshot.history.iter().enumerate().skip(self.seen) {
+                self.pending.push_back(OrderObject {
+                    row: snapshot.order.clone(),
+                    status: entry.status,
+                    changed_at_ms: entry.at_ms,
+                    history_upto: Some(index + 1),
+                    history: Some(snapshot.history.clone()),
+                });
             }
+            self.seen = self.seen.max(snapshot.history.len());
         }
-    }
-
-    /// Queues one order snapshot per history entry not yet sent.
-    async fn catch_up(&mut self) -> Result<()> {
-        let _slot = self
-            .state
-            .quotas
-            .db_connections
-            .acquire(self.customer.as_str())
-            .await;
-        let history = store::orders::history(&self.state.db, &self.order_id)
-            .await
-            .map_err(ApiError::from)?;
-        if history.len() <= self.seen {
-            return Ok(());
-        }
-        let Some(row) = store::orders::find(&self.state.db, &self.order_id)
-            .await
-            .map_err(ApiError::from)?
-        else {
-            return Ok(());
-        };
-        for (index, entry) in history.iter().enumerate().skip(self.seen) {
-            self.pending.push_back(OrderObject {
-                row: row.clone(),
-                status: entry.status,
-                changed_at_ms: entry.at_ms,
-                history_upto: Some(index + 1),
-            });
-        }
-        self.seen = history.len();
-        Ok(())
     }
 }

@@ -343,6 +343,41 @@ pub async fn history(
         .await?)
 }
 
+/// The order and its whole history, oldest first, in one query (a join): what a status
+/// change needs to reach the order's subscribers.
+pub async fn snapshot(
+    db: &impl ConnectionTrait,
+    id: &OrderId,
+) -> Result<Option<(Order, Vec<history::Model>)>, StoreError> {
+    let found = order::Entity::find_by_id(id.to_owned())
+        .find_with_related(history::Entity)
+        .all(db)
+        .await?;
+    Ok(found.into_iter().next().map(|(order, mut history)| {
+        history.sort_by_key(|h| h.seq);
+        (order, history)
+    }))
+}
+
+/// The newest history `seq` of each order among `ids` that has one, in one query.
+pub async fn history_heads(
+    db: &impl ConnectionTrait,
+    ids: &[OrderId],
+) -> Result<Vec<(String, i32)>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(history::Entity::find()
+        .select_only()
+        .column(history::Column::OrderId)
+        .column_as(history::Column::Seq.max(), "seq")
+        .filter(history::Column::OrderId.is_in(ids.iter().map(|id| id.as_str().to_owned())))
+        .group_by(history::Column::OrderId)
+        .into_tuple()
+        .all(db)
+        .await?)
+}
+
 /// A customer's visible orders, newest first, strictly before the `(created, id)` cursor.
 pub async fn page_for_customer(
     db: &impl ConnectionTrait,

@@ -160,7 +160,12 @@ impl CheckoutRequest {
 impl CheckoutRequest {
     /// The order row this checkout starts: at `submit`, awaiting payment, nothing known
     /// from any upstream yet, held by no one.
-    fn new_order(&self, request_hash: String, capture_mode: CaptureMode, now: i64) -> Order {
+    pub(crate) fn new_order(
+        &self,
+        request_hash: String,
+        capture_mode: CaptureMode,
+        now: i64,
+    ) -> Order {
         Order {
             id: OrderId::new(),
             customer_id: self.customer_id.clone(),

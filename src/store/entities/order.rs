@@ -68,6 +68,17 @@ pub struct Model {
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-pub enum Relation {}
+pub enum Relation {
+    /// The statuses the order took; read with the order in one query by
+    /// `store::orders::snapshot`.
+    #[sea_orm(has_many = "super::order_status_history::Entity")]
+    History,
+}
+
+impl Related<super::order_status_history::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::History.def()
+    }
+}
 
 impl ActiveModelBehavior for ActiveModel {}
