@@ -397,6 +397,7 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
         app: state.clone(),
         schema,
         sockets: sockets.clone(),
+        shared: Default::default(),
     });
     // Without TCP_NODELAY, Nagle's algorithm holds back a small write until the previous
     // one is acknowledged: with delayed ACKs, ~40 ms between two websocket messages.

@@ -4,6 +4,7 @@ pub mod graphiql;
 pub mod graphql;
 pub mod health;
 pub mod media;
+pub mod shared;
 pub mod webhooks;
 pub mod ws;
 
@@ -16,6 +17,8 @@ pub struct Gateway {
     pub app: AppState,
     pub schema: AppSchema,
     pub sockets: ws::Sockets,
+    /// Identical subscriptions share one execution.
+    pub shared: shared::SharedSubscriptions,
 }
 
 impl FromRef<Gateway> for AppState {

@@ -22,7 +22,7 @@ use crate::{
     domain::CustomerId,
     graphql::{errors::ApiError, loaders::Loaders},
     http::Gateway,
-    http::graphql::{is_request_error, response_body},
+    http::shared::{Ended, Key, Rendered},
     quota::Slot,
     rate_limit::ClientAddr,
 };
@@ -37,7 +37,7 @@ use axum::{
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 use tokio::{
     sync::mpsc,
     task::AbortHandle,
@@ -249,7 +249,8 @@ enum Event {
     Result {
         id: String,
         generation: u64,
-        response: Box<async_graphql::Response>,
+        /// Rendered once, and shared by every identical subscription (see `shared`).
+        response: Arc<Rendered>,
     },
     Done {
         id: String,
@@ -362,7 +363,10 @@ impl Connection {
                         Some(Err(error)) => break End::after_read_error(error),
                         Some(Ok(Message::Close(_))) => break End::Answer,
                         Some(Ok(Message::Text(text))) => {
-                            if let Err(end) = self.on_text(text.as_str(), &mut socket).await {
+                            // Boxed, as the other rare branches: an idle socket's task then
+                            // holds only what waiting needs, not room for a sign-in's
+                            // database query (see `READ_BUFFER_BYTES` for why it matters).
+                            if let Err(end) = Box::pin(self.on_text(text.as_str(), &mut socket)).await {
                                 break end;
                             }
                         }
@@ -373,7 +377,7 @@ impl Connection {
                     }
                 }
                 Some(event) = events.recv() => {
-                    if let Err(end) = self.on_event(event, &mut socket).await {
+                    if let Err(end) = Box::pin(self.on_event(event, &mut socket)).await {
                         break end;
                     }
                 }
@@ -403,7 +407,7 @@ impl Connection {
         };
         // Stop every operation before the handshake, so none holds anything meanwhile.
         self.operations.clear();
-        finish(socket, end).await;
+        Box::pin(finish(socket, end)).await;
     }
 
     async fn send(socket: &mut WebSocket, message: Value) -> Result<(), End> {
@@ -595,21 +599,36 @@ impl Connection {
             self.operations.remove(&id);
             return Self::send(socket, json!({"type": "complete", "id": id})).await;
         };
-        let message = match self.protocol {
+        // Written around the rendered body: a status change goes to every subscriber of
+        // the order, so this runs thousands of times per change.
+        let message = match (self.protocol, &response.request_errors) {
             // A request error ends the operation with `error` and no `complete`.
-            Protocol::TransportWs if is_request_error(&response) => {
+            (Protocol::TransportWs, Some(errors)) => {
                 self.operations.remove(&id);
-                json!({"type": "error", "id": id, "payload": response.errors})
+                message("error", &id, errors)
             }
-            Protocol::TransportWs => {
-                json!({"type": "next", "id": id, "payload": response_body(&response)})
-            }
-            Protocol::Legacy => {
-                json!({"type": "data", "id": id, "payload": response_body(&response)})
-            }
+            (Protocol::TransportWs, None) => message("next", &id, &response.body),
+            (Protocol::Legacy, _) => message("data", &id, &response.body),
         };
-        Self::send(socket, message).await
+        socket
+            .send(Message::Text(message.into()))
+            .await
+            .map_err(|_| End::Gone)
     }
+}
+
+/// `{"type":kind,"id":id,"payload":payload}`, `payload` being JSON already.
+fn message(kind: &'static str, id: &str, payload: &str) -> String {
+    let id = serde_json::to_string(id).unwrap_or_else(|_| "\"\"".into());
+    let mut out = String::with_capacity(payload.len() + id.len() + 32);
+    out.push_str("{\"type\":\"");
+    out.push_str(kind);
+    out.push_str("\",\"id\":");
+    out.push_str(&id);
+    out.push_str(",\"payload\":");
+    out.push_str(payload);
+    out.push('}');
+    out
 }
 
 /// Runs [`run_operation`]; should it panic, the client gets an `INTERNAL` error for the
@@ -644,7 +663,7 @@ async fn run_guarded(
         let result = Event::Result {
             id: id.clone(),
             generation,
-            response: Box::new(response),
+            response: Arc::new(Rendered::new(&response)),
         };
         if results.send(result).await.is_ok() {
             let _ = results.send(Event::Done { id, generation }).await;
@@ -662,18 +681,55 @@ async fn run_operation(
     results: mpsc::Sender<Event>,
 ) {
     let app = &gateway.app;
-    let viewer =
-        Viewer::from_authorization(authorization.as_deref(), &app.token_keys, &app.db).await;
-    let request = request.data(Loaders::new(&app.upstreams)).data(viewer);
-    let mut stream = gateway.schema.execute_stream(request);
-    while let Some(response) = stream.next().await {
-        let result = Event::Result {
+    // Boxed: the task lives as long as the subscription, and would otherwise keep room for
+    // this one query's future all that time.
+    let viewer = Box::pin(Viewer::from_authorization(
+        authorization.as_deref(),
+        &app.token_keys,
+        &app.db,
+    ))
+    .await;
+    let send = |response: Arc<Rendered>| {
+        results.send(Event::Result {
             id: id.clone(),
             generation,
-            response: Box::new(response),
-        };
-        if results.send(result).await.is_err() {
-            return;
+            response,
+        })
+    };
+    if let Some(key) = Key::of(&viewer, &request) {
+        let schema = gateway.schema.clone();
+        let upstreams = app.upstreams.clone();
+        let mut follower = gateway.shared.follow(key, move || {
+            schema.execute_stream(request.data(Loaders::new(&upstreams)).data(viewer))
+        });
+        loop {
+            match follower.next().await {
+                Ok(rendered) => {
+                    if send(rendered).await.is_err() {
+                        return;
+                    }
+                }
+                Err(Ended::Complete) => break,
+                Err(Ended::Lagged) => {
+                    // Practically unreachable (see `shared::BACKLOG`): the app subscribes
+                    // again and is sent the newest result.
+                    let internal = async_graphql::Error::from(ApiError::Internal);
+                    let mut error =
+                        async_graphql::ServerError::new("fell behind; subscribe again", None);
+                    error.extensions = internal.extensions;
+                    let response = async_graphql::Response::from_errors(vec![error]);
+                    let _ = send(Arc::new(Rendered::new(&response))).await;
+                    return;
+                }
+            }
+        }
+    } else {
+        let request = request.data(Loaders::new(&app.upstreams)).data(viewer);
+        let mut stream = gateway.schema.execute_stream(request);
+        while let Some(response) = stream.next().await {
+            if send(Arc::new(Rendered::new(&response))).await.is_err() {
+                return;
+            }
         }
     }
     let _ = results.send(Event::Done { id, generation }).await;

@@ -3,7 +3,7 @@
 //! simulators' call logs: each effect asked for under one idempotency key) as well as
 //! what the ledgers hold, and ends with the money invariants.
 
-use crate::helpers::{Db, Sim, TestApp, World, error_codes, next_json};
+use crate::helpers::{Db, Sim, TestApp, World, error_codes, next_json, next_status};
 use crate::routes::{
     CANCEL, CAPTURE, INJECT, INTENTS, ORDERS, PAYMENTS, RECALL, REFUNDS, RELEASE, SALE, UNLOCK,
 };
@@ -394,6 +394,55 @@ async fn forged_stale_repeated_and_reordered_webhooks_change_nothing_they_should
 async fn subscribe(app: &TestApp, token: &str, order_id: &str) -> crate::helpers::Ws {
     app.subscribe_to_order(token, order_id, "id status statusHistory { status }")
         .await
+}
+
+/// Subscribers of one order share its feed; a change to another order wakes none of them.
+#[tokio::test]
+async fn many_subscribers_of_one_order_each_see_every_change_and_only_theirs() {
+    let shop = shop(|_| {}).await;
+    let token = shop.token().expect("signed in");
+    let followed_cart = shop.filled_cart("str_pasadena").await;
+    let followed = placed(&checkout(&shop, &followed_cart, "pm_card_visa", "k1").await);
+    let other_cart = shop.filled_cart("str_pasadena").await;
+    let other = placed(&checkout(&shop, &other_cart, "pm_card_visa", "k2").await);
+
+    let mut many = Vec::new();
+    for _ in 0..20 {
+        let mut ws = subscribe(&shop, &token, &followed).await;
+        assert_eq!(next_status(&mut ws).await, "AWAITING_ACCEPTANCE");
+        many.push(ws);
+    }
+    let mut lone = subscribe(&shop, &token, &other).await;
+    assert_eq!(next_status(&mut lone).await, "AWAITING_ACCEPTANCE");
+
+    shop.store_action(&followed_cart, Accept).await;
+    for ws in &mut many {
+        assert_eq!(next_status(ws).await, "IN_PREPARATION");
+    }
+    // The other order's subscriber was not sent the followed order's change: the next
+    // thing it hears is its own order's.
+    shop.store_action(&other_cart, Accept).await;
+    let own = next_json(&mut lone).await;
+    assert_eq!(
+        own["payload"]["data"]["orderStatusChanged"]["id"], other,
+        "{own}"
+    );
+    assert_eq!(
+        own["payload"]["data"]["orderStatusChanged"]["status"],
+        "IN_PREPARATION"
+    );
+    // A subscriber that comes late is sent the order as it is now, history included.
+    let mut late = subscribe(&shop, &token, &followed).await;
+    let now = next_json(&mut late).await;
+    assert_eq!(
+        now["payload"]["data"]["orderStatusChanged"]["statusHistory"],
+        json!([{"status": "AWAITING_ACCEPTANCE"}, {"status": "IN_PREPARATION"}]),
+        "{now}"
+    );
+    shop.store_action(&followed_cart, Ready).await;
+    for ws in many.iter_mut().chain(std::iter::once(&mut late)) {
+        assert_eq!(next_status(ws).await, "READY_FOR_PICKUP");
+    }
 }
 
 #[tokio::test]
