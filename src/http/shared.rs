@@ -261,3 +261,155 @@ impl Drop for Follower {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::CustomerId;
+    use async_graphql::{Request, Response, Value};
+    use futures_util::StreamExt;
+    use std::time::Duration;
+
+    fn customer(id: &str) -> Viewer {
+        Viewer::Customer {
+            id: CustomerId::from_upstream(id.into()),
+            session_id: "ses_1".into(),
+        }
+    }
+
+    const FOLLOW: &str = "subscription($o: ID!) { orderStatusChanged(orderId: $o) { status } }";
+
+    fn follow_request(order: &str) -> Request {
+        Request::new(FOLLOW).variables(async_graphql::Variables::from_json(
+            serde_json::json!({"o": order}),
+        ))
+    }
+
+    #[test]
+    fn only_a_customer_s_plain_subscriptions_are_shared() {
+        let ada = customer("cus_ada");
+        assert!(Key::of(&ada, &follow_request("ord_1")).is_some());
+        assert_eq!(
+            Key::of(&ada, &follow_request("ord_1")),
+            Key::of(&ada, &follow_request("ord_1"))
+        );
+        assert_ne!(
+            Key::of(&ada, &follow_request("ord_1")),
+            Key::of(&ada, &follow_request("ord_2")),
+            "other variables"
+        );
+        assert_ne!(
+            Key::of(&ada, &follow_request("ord_1")),
+            Key::of(&customer("cus_bob"), &follow_request("ord_1")),
+            "another customer"
+        );
+        assert_eq!(Key::of(&Viewer::Anonymous, &follow_request("ord_1")), None);
+        assert_eq!(Key::of(&Viewer::Rejected, &follow_request("ord_1")), None);
+        assert_eq!(
+            Key::of(&ada, &Request::new("{ me { id } }")),
+            None,
+            "a query"
+        );
+        assert_eq!(
+            Key::of(&ada, &Request::new("mutation { signOut { ok } }")),
+            None,
+            "a mutation"
+        );
+        let two = "query A { me { id } } subscription B { orderStatusChanged(orderId: \"o\") { status } }";
+        assert!(Key::of(&ada, &Request::new(two).operation_name("B")).is_some());
+        assert_eq!(Key::of(&ada, &Request::new(two).operation_name("A")), None);
+        assert_eq!(
+            Key::of(&ada, &Request::new(two)),
+            None,
+            "no operation chosen"
+        );
+        assert_eq!(
+            Key::of(&ada, &Request::new("subscription {")),
+            None,
+            "unparsable"
+        );
+        assert_eq!(
+            Key::of(&ada, &Request::new("")),
+            None,
+            "a persisted query's hash alone"
+        );
+    }
+
+    fn response(n: i32) -> Response {
+        Response::new(Value::from_json(serde_json::json!({"n": n})).expect("a value"))
+    }
+
+    async fn next(follower: &mut Follower) -> Result<String, Ended> {
+        tokio::time::timeout(Duration::from_secs(5), follower.next())
+            .await
+            .expect("in time")
+            .map(|r| r.body.clone())
+    }
+
+    #[tokio::test]
+    async fn followers_share_one_execution_and_a_late_one_starts_from_the_newest_result() {
+        let shared = SharedSubscriptions::default();
+        let key = Key::of(&customer("cus_ada"), &follow_request("ord_1")).expect("a key");
+        let (results, stream) = tokio::sync::mpsc::unbounded_channel::<Response>();
+        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(stream);
+        let mut started = 0;
+        let mut first = shared.follow(key.clone(), || {
+            started += 1;
+            stream
+        });
+        results.send(response(1)).expect("sent");
+        assert_eq!(next(&mut first).await, Ok(r#"{"data":{"n":1}}"#.to_owned()));
+
+        let mut late = shared.follow(key.clone(), || {
+            started += 1;
+            futures_util::stream::empty().boxed()
+        });
+        assert_eq!(started, 1, "one execution");
+        assert_eq!(shared.len(), 1);
+        assert_eq!(next(&mut late).await, Ok(r#"{"data":{"n":1}}"#.to_owned()));
+
+        results.send(response(2)).expect("sent");
+        assert_eq!(next(&mut first).await, Ok(r#"{"data":{"n":2}}"#.to_owned()));
+        assert_eq!(next(&mut late).await, Ok(r#"{"data":{"n":2}}"#.to_owned()));
+
+        // The execution ends: both are told, and the next subscriber starts afresh.
+        drop(results);
+        assert_eq!(next(&mut first).await, Err(Ended::Complete));
+        assert_eq!(next(&mut late).await, Err(Ended::Complete));
+        assert!(shared.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_execution_stops_when_its_last_follower_leaves() {
+        let shared = SharedSubscriptions::default();
+        let key = Key::of(&customer("cus_ada"), &follow_request("ord_1")).expect("a key");
+        let (results, stream) = tokio::sync::mpsc::unbounded_channel::<Response>();
+        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(stream);
+        let first = shared.follow(key.clone(), || stream);
+        let second = shared.follow(key.clone(), futures_util::stream::empty);
+        drop(first);
+        assert_eq!(shared.len(), 1, "one follower left");
+        drop(second);
+        assert!(shared.is_empty());
+        // The stream was dropped with its task.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !results.is_closed() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the execution stopped");
+    }
+
+    #[test]
+    fn a_request_error_is_rendered_for_both_protocols() {
+        let mut error = async_graphql::ServerError::new("no", None);
+        error.path = Vec::new();
+        let rendered = Rendered::new(&Response::from_errors(vec![error]));
+        assert_eq!(rendered.body, r#"{"errors":[{"message":"no"}]}"#);
+        assert_eq!(
+            rendered.request_errors.as_deref(),
+            Some(r#"[{"message":"no"}]"#)
+        );
+    }
+}
