@@ -8,6 +8,9 @@ use std::process::Command;
 pub struct Machine {
     pub cpu: String,
     pub cores: usize,
+    /// `/proc/loadavg`'s 1, 5 and 15 minute load when the run began: how busy the
+    /// machine was besides the benchmark.
+    pub load: String,
     pub kernel: String,
     pub rustc: String,
     /// `git describe`-like: the commit, `-dirty` with uncommitted changes.
@@ -20,7 +23,18 @@ impl Machine {
     pub fn detect() -> Self {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu = cpu_model(&cpuinfo).unwrap_or_else(|| "unknown CPU".to_owned());
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        // The machine's, not this process's (which may already be pinned to one core).
+        let cores = match cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count()
+        {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let load = std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|_| "unknown".to_owned());
         let kernel = output("uname", &["-r"]);
         let rustc = output(
             &std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned()),
@@ -35,6 +49,7 @@ impl Machine {
         Self {
             cpu,
             cores,
+            load,
             kernel,
             rustc,
             commit,
@@ -44,8 +59,8 @@ impl Machine {
     /// One line for the report.
     pub fn line(&self) -> String {
         format!(
-            "{}, {} cores, Linux {}, {}, commit {}",
-            self.cpu, self.cores, self.kernel, self.rustc, self.commit
+            "{}, {} cores, Linux {}, {}, commit {}; load average at start {}",
+            self.cpu, self.cores, self.kernel, self.rustc, self.commit, self.load
         )
     }
 }

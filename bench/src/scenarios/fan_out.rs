@@ -325,12 +325,13 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), Error> {
     let per_request = (measured_queries - idle_queries) / f64::from(page_requests);
     let mut by_system = Vec::new();
     for (system, routes) in &page_calls {
-        let total: f64 = routes
+        // Counted from +0.0: an empty float sum is -0.0.
+        let total = routes
             .as_object()
             .into_iter()
             .flatten()
             .filter_map(|(_, n)| n.as_f64())
-            .sum();
+            .fold(0.0, |a, b| a + b);
         by_system.push(format!("{system} {}", total / f64::from(page_requests)));
     }
     println!(
