@@ -13,6 +13,7 @@ use crate::{
     quota::Quotas,
     rate_limit::RateLimiter,
     store::{self, StoreError},
+    telemetry,
     upstream::{Endpoints, UpstreamError, Upstreams, sessionm},
     worker,
 };
@@ -355,7 +356,8 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
         addr: settings.listen_addr,
         source,
     })?;
-    let db = store::connect(&settings.database_url, &settings.database).await?;
+    let mut db = store::connect(&settings.database_url, &settings.database).await?;
+    telemetry::metrics::count_queries(&mut db);
     store::migrate(&db).await?;
     let sandbox = cbtl_sandbox::start(sandbox_config(&settings, &format!("http://{addr}")))
         .await
@@ -454,6 +456,7 @@ fn router(gateway: Gateway) -> Router {
         )
         .route("/healthz", get(http::health::healthz))
         .route("/readyz", get(http::health::readyz))
+        .route("/metrics", get(http::metrics::render))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,

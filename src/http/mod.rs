@@ -1,9 +1,11 @@
-//! The HTTP surface: `/graphql` (POST, GET, websocket), GraphiQL's files, health probes.
+//! The HTTP surface: `/graphql` (POST, GET, websocket), GraphiQL's files, health probes,
+//! metrics.
 
 pub mod graphiql;
 pub mod graphql;
 pub mod health;
 pub mod media;
+pub mod metrics;
 pub mod shared;
 pub mod webhooks;
 pub mod ws;

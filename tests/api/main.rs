@@ -19,6 +19,7 @@ mod instances;
 mod introspection;
 mod limits;
 mod lost_answers;
+mod metrics;
 mod money_path;
 mod order_model;
 mod orders;

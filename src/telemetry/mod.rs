@@ -31,3 +31,5 @@ pub fn init_for_tests() {
         .with(fmt::layer().with_test_writer())
         .try_init();
 }
+
+pub mod metrics;
