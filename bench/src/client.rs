@@ -11,7 +11,7 @@ const LOYALTY: &str = "{ me { loyalty { pointsBalance } } }";
 const CART_CREATE: &str = "mutation($i: CartCreateInput!) { cartCreate(input: $i) { cart { id } userErrors { code message } } }";
 const LINES_ADD: &str = "mutation($c: ID!, $l: [CartLineInput!]!) { cartLinesAdd(cartId: $c, lines: $l) { cart { id } userErrors { code message } } }";
 /// The checkout mutation the checkout scenario times.
-pub const CHECKOUT: &str = "mutation($i: CheckoutInput!) { checkout(input: $i) { order { id status payment { status clientSecret } } userErrors { code message } } }";
+pub const CHECKOUT: &str = "mutation($i: CheckoutInput!) { checkout(input: $i) { order { id number status payment { status clientSecret } } userErrors { code message } } }";
 
 /// A GraphQL client of one service.
 #[derive(Clone)]

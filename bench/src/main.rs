@@ -70,6 +70,10 @@ pub struct Args {
     /// Customers looping in the checkout scenario.
     #[arg(long, default_value_t = 20)]
     pub customers: u32,
+    /// Live-status: idle `orderStatusChanged` subscriptions, one websocket each (2,000
+    /// with `--quick`).
+    #[arg(long)]
+    pub subscriptions: Option<usize>,
     /// PostgreSQL server for the checkout scenario (a fresh database is created and dropped).
     #[arg(
         long,
@@ -112,6 +116,13 @@ fn main() -> Result<(), Error> {
     let args = Args::parse();
     let binaries = procs::Binaries::locate()?;
     let pinning = procs::Pinning::choose(!args.no_pin);
+    // The live-status scenario holds 20,000 sockets on each side; children inherit this.
+    // Raising the hard limit needs privileges; without them the soft limit goes as high
+    // as the hard one allows and the scenario says how many sockets it could open.
+    let wanted = 65_536;
+    if rlimit::setrlimit(rlimit::Resource::NOFILE, wanted, wanted).is_err() {
+        let _ = rlimit::increase_nofile_limit(wanted);
+    }
     // Before the runtime exists, so its threads inherit the mask.
     pinning.pin_self()?;
     let runtime = tokio::runtime::Builder::new_current_thread()

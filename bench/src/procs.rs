@@ -206,6 +206,18 @@ impl Stack {
         name: &str,
         database: &Database,
     ) -> Result<Self, Error> {
+        Self::start_with(binaries, pinning, work_dir, name, database, &[]).await
+    }
+
+    /// As [`Stack::start`], with `extra` settings (`CBTL_…` variables and why) for the service.
+    pub async fn start_with(
+        binaries: &Binaries,
+        pinning: Pinning,
+        work_dir: &Path,
+        name: &str,
+        database: &Database,
+        extra: &[(&str, &str, &str)],
+    ) -> Result<Self, Error> {
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let mut sandbox = Pinning::command(pinning.load, &binaries.sandbox);
@@ -289,6 +301,10 @@ impl Stack {
             "rate_limits.{{{}}} = 1000000/1000000 (one address signs up 20+ customers and checks out hundreds of times; queries are not rate-limited)",
             RAISED_LIMITS.map(str::to_lowercase).join(",")
         ));
+        for (key, value, why) in extra {
+            service.env(key, value);
+            non_defaults.push(format!("{key}={value} ({why})"));
+        }
         non_defaults.push(format!(
             "database_url = {}",
             match database {
