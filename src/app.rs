@@ -355,7 +355,8 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
         addr: settings.listen_addr,
         source,
     })?;
-    let db = store::connect(&settings.database_url, &settings.database).await?;
+    let mut db = store::connect(&settings.database_url, &settings.database).await?;
+    let db_statements = store::count_statements(&mut db);
     store::migrate(&db).await?;
     let sandbox = cbtl_sandbox::start(sandbox_config(&settings, &format!("http://{addr}")))
         .await
@@ -370,6 +371,7 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
     let rate_limits = RateLimiter::new(db.clone(), &settings.rate_limits);
     let state = AppState::new(AppInner {
         db,
+        db_statements,
         upstreams,
         settings,
         token_keys,

@@ -5,6 +5,7 @@ use super::{
     catalog::StoreObject,
     context,
     errors::{ApiError, UserError, UserErrorCode},
+    loaders::History,
     scalars::MoneyObject,
 };
 use crate::{
@@ -73,6 +74,10 @@ pub struct OrderObject {
     changed_at_ms: i64,
     /// How many history entries this snapshot includes; `None` for all.
     history_upto: Option<usize>,
+    /// The order's history, when the one who built this object read it already (the
+    /// subscription); `statusHistory` then reads nothing. `None`: it is loaded on demand,
+    /// for a whole page of orders in one query.
+    history: Option<History>,
 }
 
 impl OrderObject {
@@ -83,6 +88,7 @@ impl OrderObject {
             status,
             row,
             history_upto: None,
+            history: None,
         })
     }
 
@@ -220,12 +226,23 @@ impl OrderObject {
 
     /// Every status the order took, oldest first.
     async fn status_history(&self, ctx: &Context<'_>) -> Result<Vec<OrderStatusChange>> {
-        let state = context::state(ctx)?;
-        let history = store::orders::history(&state.db, &self.row.id)
-            .await
-            .map_err(ApiError::from)?;
+        let history: History = match (&self.history, &context::loaders(ctx)?.histories) {
+            (Some(held), _) => held.clone(),
+            (None, Some(loader)) => loader
+                .load_one(self.row.id.clone())
+                .await
+                .map_err(ApiError::from)?
+                .unwrap_or_else(|| History::from(Vec::new())),
+            (None, None) => {
+                let state = context::state(ctx)?;
+                store::orders::history(&state.db, &self.row.id)
+                    .await
+                    .map_err(ApiError::from)?
+                    .into()
+            }
+        };
         Ok(history
-            .into_iter()
+            .iter()
             .take(self.history_upto.unwrap_or(usize::MAX))
             .map(|h| OrderStatusChange {
                 status: h.status.into(),
@@ -818,6 +835,7 @@ impl StatusFollower {
                 status: entry.status,
                 changed_at_ms: entry.at_ms,
                 history_upto: Some(index + 1),
+                history: None,
             });
         }
         self.seen = history.len();
