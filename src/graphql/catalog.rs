@@ -79,9 +79,9 @@ pub(super) async fn load_products(
     ctx: &Context<'_>,
     ids: &[ProductId],
 ) -> Result<Vec<Option<ProductObject>>> {
-    let loaders = context::loaders(ctx)?;
-    let found = loaders
-        .products
+    let state = context::state(ctx)?;
+    let found = context::loaders(ctx)?
+        .products(state)
         .load_many(ids.iter().cloned())
         .await
         .map_err(ApiError::from)?;
@@ -206,9 +206,9 @@ impl CatalogQuery {
         let Some(id) = StoreId::parse(&id) else {
             return Ok(None);
         };
-        let loaders = context::loaders(ctx)?;
-        Ok(loaders
-            .stores
+        let state = context::state(ctx)?;
+        Ok(context::loaders(ctx)?
+            .stores(state)
             .load_one(id)
             .await
             .map_err(ApiError::from)?

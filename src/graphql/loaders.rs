@@ -5,6 +5,7 @@
 //! (a product on no menu, a store opened since the copy was read) are asked of Okya.
 
 use crate::{
+    context::AppState,
     domain::{OrderId, ProductId, StoreId},
     store::{self, StoreError, entities::order_status_history},
     upstream::{
@@ -16,7 +17,10 @@ use crate::{
     },
 };
 use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+};
 
 /// DataLoader errors must be `Clone`; upstream errors are shared behind an `Arc`.
 pub type LoadError = Arc<UpstreamError>;
@@ -95,56 +99,73 @@ impl Loader<OrderId> for HistoryLoader {
 
 /// The loaders of one GraphQL request. Each caches what it loaded for the rest of the
 /// request: fields resolved at different moments (after a database read, say) still share
-/// one upstream call per resource.
+/// one upstream call per resource. Each is made when a resolver first asks for it, from the
+/// request's `AppState`: a request that needs none (`{ __typename }`) pays for none.
+#[derive(Default)]
 pub struct Loaders {
-    pub products: DataLoader<ProductLoader, HashMapCache>,
-    pub stores: DataLoader<StoreLoader, HashMapCache>,
-    pub wallets: super::vouchers::Wallets,
-    /// Status histories; `None` where the request was built without the database
-    /// ([`Loaders::with_db`]), and each order then reads its own.
-    pub histories: Option<DataLoader<HistoryLoader, HashMapCache>>,
+    products: OnceLock<DataLoader<ProductLoader, HashMapCache>>,
+    stores: OnceLock<DataLoader<StoreLoader, HashMapCache>>,
+    wallets: OnceLock<super::vouchers::Wallets>,
+    histories: OnceLock<DataLoader<HistoryLoader, HashMapCache>>,
 }
 
 impl Loaders {
-    pub fn new(upstreams: &crate::upstream::Upstreams) -> Self {
-        let (okya, catalog) = (&upstreams.okya, &upstreams.catalog);
-        Self {
-            wallets: super::vouchers::Wallets::new(&upstreams.sessionm),
-            // Okya answers at most 200 ids per call.
-            products: DataLoader::with_cache(
-                ProductLoader {
-                    okya: okya.clone(),
-                    catalog: catalog.clone(),
-                },
-                tokio::spawn,
-                HashMapCache::default(),
-            )
-            .max_batch_size(200),
-            stores: DataLoader::with_cache(
-                StoreLoader {
-                    okya: okya.clone(),
-                    catalog: catalog.clone(),
-                },
-                tokio::spawn,
-                HashMapCache::default(),
-            )
-            .max_batch_size(200),
-            histories: None,
-        }
+    /// The same as [`Loaders::default`]: the loaders take their clients from the request's
+    /// `AppState` when first used.
+    pub fn new(_upstreams: &crate::upstream::Upstreams) -> Self {
+        Self::default()
     }
 
-    /// Adds the status-history loader, reading from `db`.
-    pub fn with_db(mut self, db: &sea_orm::DatabaseConnection) -> Self {
-        self.histories = Some(
+    /// Products by id: the catalogue, then one Okya call for the ids it lacks.
+    pub fn products(&self, state: &AppState) -> &DataLoader<ProductLoader, HashMapCache> {
+        self.products.get_or_init(|| {
             DataLoader::with_cache(
-                HistoryLoader { db: db.clone() },
+                ProductLoader {
+                    okya: state.upstreams.okya.clone(),
+                    catalog: state.upstreams.catalog.clone(),
+                },
+                tokio::spawn,
+                HashMapCache::default(),
+            )
+            // Okya answers at most 200 ids per call.
+            .max_batch_size(200)
+        })
+    }
+
+    /// Stores by id: the catalogue, then one Okya call for the ids it lacks.
+    pub fn stores(&self, state: &AppState) -> &DataLoader<StoreLoader, HashMapCache> {
+        self.stores.get_or_init(|| {
+            DataLoader::with_cache(
+                StoreLoader {
+                    okya: state.upstreams.okya.clone(),
+                    catalog: state.upstreams.catalog.clone(),
+                },
+                tokio::spawn,
+                HashMapCache::default(),
+            )
+            .max_batch_size(200)
+        })
+    }
+
+    /// SessionM wallets by user id.
+    pub fn wallets(&self, state: &AppState) -> &super::vouchers::Wallets {
+        self.wallets
+            .get_or_init(|| super::vouchers::Wallets::new(&state.upstreams.sessionm))
+    }
+
+    /// Order status histories: one query for every order of the request that asks.
+    pub fn histories(&self, state: &AppState) -> &DataLoader<HistoryLoader, HashMapCache> {
+        self.histories.get_or_init(|| {
+            DataLoader::with_cache(
+                HistoryLoader {
+                    db: state.db.clone(),
+                },
                 tokio::spawn,
                 HashMapCache::default(),
             )
             // A page is at most 100 orders; one `IN` list of that size is fine on both
             // databases.
-            .max_batch_size(100),
-        );
-        self
+            .max_batch_size(100)
+        })
     }
 }

@@ -172,9 +172,9 @@ impl OrderObject {
     }
 
     async fn store(&self, ctx: &Context<'_>) -> Result<Option<StoreObject>> {
-        let loaders = context::loaders(ctx)?;
-        let store = loaders
-            .stores
+        let state = context::state(ctx)?;
+        let store = context::loaders(ctx)?
+            .stores(state)
             .load_one(StoreId::from_upstream(self.row.store_id.clone()))
             .await
             .map_err(ApiError::from)?;
@@ -226,20 +226,14 @@ impl OrderObject {
 
     /// Every status the order took, oldest first.
     async fn status_history(&self, ctx: &Context<'_>) -> Result<Vec<OrderStatusChange>> {
-        let history: History = match (&self.history, &context::loaders(ctx)?.histories) {
-            (Some(held), _) => held.clone(),
-            (None, Some(loader)) => loader
+        let history: History = match &self.history {
+            Some(held) => held.clone(),
+            None => context::loaders(ctx)?
+                .histories(context::state(ctx)?)
                 .load_one(self.row.id.clone())
                 .await
                 .map_err(ApiError::from)?
                 .unwrap_or_else(|| History::from(Vec::new())),
-            (None, None) => {
-                let state = context::state(ctx)?;
-                store::orders::history(&state.db, &self.row.id)
-                    .await
-                    .map_err(ApiError::from)?
-                    .into()
-            }
         };
         Ok(history
             .iter()

@@ -31,10 +31,7 @@ pub async fn execute(
     viewer: Viewer,
     client: ClientAddr,
 ) -> async_graphql::Response {
-    let request = request
-        .data(Loaders::new(&gateway.app.upstreams).with_db(&gateway.app.db))
-        .data(viewer)
-        .data(client);
+    let request = request.data(Loaders::default()).data(viewer).data(client);
     gateway.schema.execute(request).await
 }
 
