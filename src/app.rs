@@ -357,7 +357,7 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
         source,
     })?;
     let mut db = store::connect(&settings.database_url, &settings.database).await?;
-    telemetry::metrics::count_queries(&mut db);
+    let db_statements = telemetry::metrics::count_queries(&mut db);
     store::migrate(&db).await?;
     let sandbox = cbtl_sandbox::start(sandbox_config(&settings, &format!("http://{addr}")))
         .await
@@ -373,6 +373,7 @@ async fn start(settings: Settings, listener: TcpListener) -> Result<Application,
     let rate_limits = RateLimiter::new(db.clone(), &settings.rate_limits);
     let state = AppState::new(AppInner {
         db,
+        db_statements,
         upstreams,
         settings,
         token_keys,

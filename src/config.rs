@@ -112,6 +112,8 @@ pub struct Settings {
     pub jobs: JobsSettings,
     /// Payments and the Place Order flow.
     pub orders: OrderSettings,
+    /// The in-process copy of Okya's catalogue (stores and their menus).
+    pub catalog: CatalogSettings,
     /// Behaviour of the in-process simulators that stand in for unset upstreams.
     pub sandbox: SandboxSettings,
     /// The circuit breaker each upstream's calls pass through.
@@ -150,6 +152,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             jobs: JobsSettings::default(),
             orders: OrderSettings::default(),
+            catalog: CatalogSettings::default(),
             sandbox: SandboxSettings::default(),
             shutdown_grace_secs: 20,
             rate_limits: RateLimitSettings::default(),
@@ -555,6 +558,42 @@ impl Default for OrderSettings {
     }
 }
 
+/// How long the in-process catalogue (every store and every product on a store's menu,
+/// read from Okya) is served. Okya's `menu.updated` webhook drops it at once; these bound
+/// how stale it can be otherwise (another instance's webhook, a lost webhook, an outage).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogSettings {
+    /// Age in seconds up to which the copy is served as it is (`CBTL_CATALOG__FRESH_SECS`).
+    /// Older, it is still served while one background read replaces it.
+    pub fresh_secs: u64,
+    /// Age in seconds after which the copy is never served (`CBTL_CATALOG__MAX_STALE_SECS`):
+    /// while Okya is down, catalogue queries answer the last copy up to this age, then
+    /// `UPSTREAM_UNAVAILABLE`. At least `fresh_secs`.
+    pub max_stale_secs: u64,
+}
+
+impl CatalogSettings {
+    /// `fresh_secs` as a `Duration`.
+    pub fn fresh(&self) -> Duration {
+        Duration::from_secs(self.fresh_secs)
+    }
+
+    /// `max_stale_secs` as a `Duration`.
+    pub fn max_stale(&self) -> Duration {
+        Duration::from_secs(self.max_stale_secs)
+    }
+}
+
+impl Default for CatalogSettings {
+    fn default() -> Self {
+        Self {
+            fresh_secs: 30,
+            max_stale_secs: 600,
+        }
+    }
+}
+
 /// The development-only signing key; refused when any upstream is real (its URL set).
 pub const DEV_JWT_SECRET: &str = "dev-only-insecure-jwt-secret-do-not-use-in-production";
 
@@ -895,6 +934,12 @@ impl Settings {
             return Err(invalid(
                 "graphql.subscription_recheck_secs",
                 "must be at least 1",
+            ));
+        }
+        if self.catalog.fresh_secs == 0 || self.catalog.max_stale_secs < self.catalog.fresh_secs {
+            return Err(invalid(
+                "catalog.fresh_secs/max_stale_secs",
+                "fresh_secs must be above 0 and max_stale_secs at least fresh_secs",
             ));
         }
         if self.graphql.max_depth == 0 || self.graphql.max_complexity == 0 {

@@ -11,6 +11,8 @@ use std::{ops::Deref, sync::Arc};
 
 pub struct AppInner {
     pub db: DatabaseConnection,
+    /// Statements `db` ran since start.
+    pub db_statements: crate::store::StatementCount,
     pub upstreams: Upstreams,
     pub settings: Settings,
     pub token_keys: TokenKeys,

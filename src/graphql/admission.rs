@@ -27,13 +27,12 @@
 use super::errors::ErrorCode;
 use async_graphql::{
     Request, ServerError, ServerResult,
-    extensions::{Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest},
     parser::types::{
         DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
         SelectionSet,
     },
 };
-use std::{any::TypeId, sync::Arc};
+use std::any::TypeId;
 
 /// Deepest nesting inside an introspection field, the field itself counted: the standard
 /// queries need 15 (`__schema types fields args type` and nine `ofType`, then `name`).
@@ -60,7 +59,7 @@ const INTROSPECTION_LISTS: [&str; 8] = [
 /// queries only (GraphQL over HTTP, "GET": mutations MUST be refused with 405).
 pub struct SafeMethod;
 
-/// The extension, built with the configured `graphql.max_depth`.
+/// The checks, with the configured limits; run by [`super::gate`].
 #[derive(Clone, Copy, Debug)]
 pub struct Admission {
     pub max_depth: usize,
@@ -72,20 +71,10 @@ pub struct Admission {
     pub introspection: bool,
 }
 
-impl ExtensionFactory for Admission {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(*self)
-    }
-}
-
-#[async_graphql::async_trait::async_trait]
-impl Extension for Admission {
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        mut request: Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<Request> {
+impl Admission {
+    /// The checks, before async-graphql reads the document (the `prepare_request` step,
+    /// in [`super::gate`], after a persisted query is resolved to its text).
+    pub(super) fn admit(&self, request: &mut Request) -> ServerResult<()> {
         let safe_method = request.data.contains_key(&TypeId::of::<SafeMethod>());
         let operation_name = request.operation_name.clone();
         // Parsed once here; async-graphql uses this document and does not parse again.
@@ -122,7 +111,7 @@ impl Extension for Admission {
         if safe_method && runs_a_mutation(document, operation_name.as_deref()) {
             return Err(ErrorCode::MethodNotAllowed.error("mutations must be sent with POST"));
         }
-        next.run(ctx, request).await
+        Ok(())
     }
 }
 

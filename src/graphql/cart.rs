@@ -27,9 +27,9 @@ impl CartObject {
     }
 
     async fn store(&self, ctx: &Context<'_>) -> Result<Option<StoreObject>> {
-        let loaders = context::loaders(ctx)?;
-        let store = loaders
-            .stores
+        let state = context::state(ctx)?;
+        let store = context::loaders(ctx)?
+            .stores(state)
             .load_one(StoreId::from_upstream(self.0.store_id.clone()))
             .await
             .map_err(ApiError::from)?;

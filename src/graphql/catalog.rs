@@ -1,4 +1,5 @@
-//! Stores and products, read from Okya's catalogue through the DataLoaders.
+//! Stores and products, from the in-process copy of Okya's catalogue
+//! (`upstream::okya::catalog`), and through the DataLoaders for what it does not hold.
 
 use super::{context, errors::ApiError, scalars::MoneyObject};
 use crate::{
@@ -6,6 +7,7 @@ use crate::{
     upstream::okya::{self, WireMoney},
 };
 use async_graphql::{Context, ID, Object, Result};
+use std::sync::Arc;
 
 pub(super) fn money(wire: &WireMoney) -> Result<MoneyObject> {
     wire.to_money()
@@ -13,7 +15,7 @@ pub(super) fn money(wire: &WireMoney) -> Result<MoneyObject> {
         .map_err(|e| ApiError::from(e).into())
 }
 
-pub struct StoreObject(pub okya::Store);
+pub struct StoreObject(pub Arc<okya::Store>);
 
 /// A coffee shop that takes orders through the app.
 #[Object(name = "Store")]
@@ -41,6 +43,23 @@ impl StoreObject {
 
     /// The store's menu, in display order.
     async fn products(&self, ctx: &Context<'_>) -> Result<Vec<ProductObject>> {
+        // The catalogue holds every product on a store's menu it read; the loader (one
+        // call for the whole request) is only for a menu newer than that copy.
+        let copy = context::state(ctx)?
+            .upstreams
+            .catalog
+            .get()
+            .await
+            .map_err(ApiError::from)?;
+        let held: Option<Vec<ProductObject>> = self
+            .0
+            .product_ids
+            .iter()
+            .map(|id| copy.product(id).cloned().map(ProductObject))
+            .collect();
+        if let Some(held) = held {
+            return Ok(held);
+        }
         let ids: Vec<ProductId> = self
             .0
             .product_ids
@@ -60,9 +79,9 @@ pub(super) async fn load_products(
     ctx: &Context<'_>,
     ids: &[ProductId],
 ) -> Result<Vec<Option<ProductObject>>> {
-    let loaders = context::loaders(ctx)?;
-    let found = loaders
-        .products
+    let state = context::state(ctx)?;
+    let found = context::loaders(ctx)?
+        .products(state)
         .load_many(ids.iter().cloned())
         .await
         .map_err(ApiError::from)?;
@@ -72,7 +91,7 @@ pub(super) async fn load_products(
         .collect())
 }
 
-pub struct ProductObject(pub okya::Product);
+pub struct ProductObject(pub Arc<okya::Product>);
 
 /// Something on the menu.
 #[Object(name = "Product")]
@@ -173,14 +192,13 @@ pub struct CatalogQuery;
 impl CatalogQuery {
     /// Every store, open or closed.
     async fn stores(&self, ctx: &Context<'_>) -> Result<Vec<StoreObject>> {
-        let state = context::state(ctx)?;
-        let stores = state
+        let copy = context::state(ctx)?
             .upstreams
-            .okya
-            .stores(None)
+            .catalog
+            .get()
             .await
             .map_err(ApiError::from)?;
-        Ok(stores.into_iter().map(StoreObject).collect())
+        Ok(copy.stores.iter().cloned().map(StoreObject).collect())
     }
 
     /// One store, or null when there is no such store.
@@ -188,9 +206,9 @@ impl CatalogQuery {
         let Some(id) = StoreId::parse(&id) else {
             return Ok(None);
         };
-        let loaders = context::loaders(ctx)?;
-        Ok(loaders
-            .stores
+        let state = context::state(ctx)?;
+        Ok(context::loaders(ctx)?
+            .stores(state)
             .load_one(id)
             .await
             .map_err(ApiError::from)?

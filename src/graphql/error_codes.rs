@@ -4,28 +4,14 @@
 //! [`super::errors::ApiError`]; this extension codes what async-graphql itself raises, and
 //! turns anything left uncoded into `INTERNAL` with its detail logged, not returned.
 //!
-//! It runs inside the schema, so HTTP and both websocket protocols get the same codes.
+//! It runs inside the schema (in [`super::gate`], the schema's one extension), so HTTP and both websocket protocols get the same codes.
 
 use super::errors::ErrorCode;
-use async_graphql::{
-    Response, ServerError, ServerResult, ValidationResult, Variables,
-    extensions::{
-        Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextRequest, NextSubscribe,
-        NextValidation,
-    },
-    parser::types::ExecutableDocument,
-};
-use futures_util::{StreamExt, stream::BoxStream};
-use std::sync::Arc;
+use async_graphql::{Response, ServerError};
 
-/// The extension; register it first so that it sees what every other one returns.
+/// The coding steps, run by [`super::gate`] first and last, so that they see what every
+/// other step returns.
 pub struct ErrorCodes;
-
-impl ExtensionFactory for ErrorCodes {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(ErrorCodes)
-    }
-}
 
 /// Messages async-graphql gives a value that does not coerce to its input type: the
 /// validation rule "Values of Correct Type" (`Invalid value for argument …`, literals and
@@ -70,51 +56,32 @@ fn code_response(mut response: Response) -> Response {
     response
 }
 
-#[async_graphql::async_trait::async_trait]
-impl Extension for ErrorCodes {
-    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
-        code_response(next.run(ctx).await)
-    }
-
-    fn subscribe<'s>(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        stream: BoxStream<'s, Response>,
-        next: NextSubscribe<'_>,
-    ) -> BoxStream<'s, Response> {
-        next.run(ctx, stream).map(code_response).boxed()
+impl ErrorCodes {
+    /// The last pass over a response (the `request` hook, and each response of a
+    /// subscription): whatever is still uncoded gets a code.
+    pub(super) fn response(response: Response) -> Response {
+        code_response(response)
     }
 
     /// The document was parsed by [`super::admission::Admission`], which codes syntax
-    /// errors; what fails here are the parser's own limits (recursion, directives).
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        next.run(ctx, query, variables).await.map_err(|mut error| {
-            code_if_missing(&mut error, ErrorCode::GraphqlValidationFailed);
-            error
-        })
+    /// errors; what fails in the `parse_query` step are the parser's own limits (recursion,
+    /// directives).
+    pub(super) fn parse_error(mut error: ServerError) -> ServerError {
+        code_if_missing(&mut error, ErrorCode::GraphqlValidationFailed);
+        error
     }
 
-    async fn validation(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        next: NextValidation<'_>,
-    ) -> Result<ValidationResult, Vec<ServerError>> {
-        next.run(ctx).await.map_err(|mut errors| {
-            for error in &mut errors {
-                let code = if is_coercion_error(error) {
-                    ErrorCode::BadUserInput
-                } else {
-                    ErrorCode::GraphqlValidationFailed
-                };
-                code_if_missing(error, code);
-            }
-            errors
-        })
+    /// Validation errors: a value that does not coerce is the caller's input, the rest the
+    /// document's.
+    pub(super) fn validation_errors(mut errors: Vec<ServerError>) -> Vec<ServerError> {
+        for error in &mut errors {
+            let code = if is_coercion_error(error) {
+                ErrorCode::BadUserInput
+            } else {
+                ErrorCode::GraphqlValidationFailed
+            };
+            code_if_missing(error, code);
+        }
+        errors
     }
 }

@@ -327,6 +327,14 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// A DataLoader's database error, shared by every field that waited on it.
+impl From<std::sync::Arc<StoreError>> for ApiError {
+    fn from(err: std::sync::Arc<StoreError>) -> Self {
+        tracing::error!(error = %err, "database call failed");
+        ApiError::Internal
+    }
+}
+
 /// Turns an upstream's field path (`lines[0].modifier_option_ids`) into the GraphQL input
 /// path the app sent (`["lines", "0", "modifierOptionIds"]`).
 pub fn input_path(prefix: &[&str], upstream_field: Option<&str>) -> Vec<String> {

@@ -7,6 +7,7 @@ mod catalog;
 pub mod context;
 pub mod error_codes;
 pub mod errors;
+mod gate;
 pub mod loaders;
 mod orders;
 pub mod persisted;
@@ -43,20 +44,22 @@ pub fn build(limits: &GraphqlSettings, introspection: bool, state: Option<AppSta
         Mutation::default(),
         orders::OrderSubscription,
     )
-    // Extensions run in this order: codes wrap everything; a persisted query is resolved
-    // to its text before admission parses it and measures its depth (in place of
-    // async-graphql's `limit_depth`, which counts introspection like any other field).
-    .extension(error_codes::ErrorCodes)
-    .extension(persisted::PersistedQueries::default())
-    .extension(admission::Admission {
-        max_depth: limits.max_depth,
-        max_aliases: limits.max_aliases,
-        max_root_fields: limits.max_root_fields,
-        max_operations: limits.max_operations,
-        introspection,
-    })
-    .extension(timeout::OperationTimeout {
-        limit: limits.operation_timeout(),
+    // One extension (see `gate`) runs the steps in this order: codes wrap everything; a
+    // persisted query is resolved to its text before admission parses it and measures its
+    // depth (in place of async-graphql's `limit_depth`, which counts introspection like
+    // any other field); execution is bounded in time.
+    .extension(gate::Gate {
+        persisted: persisted::PersistedQueries::default(),
+        admission: admission::Admission {
+            max_depth: limits.max_depth,
+            max_aliases: limits.max_aliases,
+            max_root_fields: limits.max_root_fields,
+            max_operations: limits.max_operations,
+            introspection,
+        },
+        timeout: timeout::OperationTimeout {
+            limit: limits.operation_timeout(),
+        },
     })
     .limit_complexity(limits.max_complexity)
     .limit_recursive_depth(admission::MAX_NESTING)

@@ -5,6 +5,7 @@ use super::{
     catalog::StoreObject,
     context,
     errors::{ApiError, UserError, UserErrorCode},
+    loaders::History,
     scalars::MoneyObject,
 };
 use crate::{
@@ -17,7 +18,7 @@ use crate::{
     events::{Snapshot, Watch},
     flows::place_order::{self, CheckoutRefusal, CheckoutRequest},
     rate_limit::Limit,
-    store::{self, entities::order_status_history, orders::Order},
+    store::{self, orders::Order},
     upstream::okya::CartLine,
 };
 use async_graphql::{
@@ -75,9 +76,10 @@ pub struct OrderObject {
     changed_at_ms: i64,
     /// How many history entries this snapshot includes; `None` for all.
     history_upto: Option<usize>,
-    /// The history, when it was read with the order (by the subscription's one read per
-    /// change); `None` reads it when asked for.
-    history: Option<Arc<[order_status_history::Model]>>,
+    /// The order's history, when the one who built this object read it already (the
+    /// subscription); `statusHistory` then reads nothing. `None`: it is loaded on demand,
+    /// for a whole page of orders in one query.
+    history: Option<History>,
 }
 
 impl OrderObject {
@@ -172,9 +174,9 @@ impl OrderObject {
     }
 
     async fn store(&self, ctx: &Context<'_>) -> Result<Option<StoreObject>> {
-        let loaders = context::loaders(ctx)?;
-        let store = loaders
-            .stores
+        let state = context::state(ctx)?;
+        let store = context::loaders(ctx)?
+            .stores(state)
             .load_one(StoreId::from_upstream(self.row.store_id.clone()))
             .await
             .map_err(ApiError::from)?;
@@ -226,15 +228,14 @@ impl OrderObject {
 
     /// Every status the order took, oldest first.
     async fn status_history(&self, ctx: &Context<'_>) -> Result<Vec<OrderStatusChange>> {
-        let history = match &self.history {
-            Some(history) => history.clone(),
-            None => {
-                let state = context::state(ctx)?;
-                store::orders::history(&state.db, &self.row.id)
-                    .await
-                    .map_err(ApiError::from)?
-                    .into()
-            }
+        let history: History = match &self.history {
+            Some(held) => held.clone(),
+            None => context::loaders(ctx)?
+                .histories(context::state(ctx)?)
+                .load_one(self.row.id.clone())
+                .await
+                .map_err(ApiError::from)?
+                .unwrap_or_else(|| History::from(Vec::new())),
         };
         Ok(history
             .iter()

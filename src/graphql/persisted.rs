@@ -13,15 +13,10 @@
 //! full queries from then on. The cache is per instance and bounded both in entries and in
 //! bytes (least recently used first out); with several instances a client simply registers
 //! its query again where it is missing. It works alike over POST, GET and websockets,
-//! since it runs inside the schema.
+//! since it runs inside the schema (in [`super::gate`]).
 
 use super::errors::ErrorCode;
-use async_graphql::{
-    Request, ServerError, ServerResult, ValidationResult,
-    extensions::{
-        Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextValidation,
-    },
-};
+use async_graphql::{Request, ServerError, ServerResult};
 use sha2::{Digest, Sha256};
 use std::{
     num::NonZeroUsize,
@@ -100,20 +95,8 @@ impl Default for PersistedQueries {
     }
 }
 
-impl ExtensionFactory for PersistedQueries {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(PersistedQueryRequest {
-            store: self.clone(),
-            pending: Mutex::new(None),
-        })
-    }
-}
-
-/// The extension's state for one request: a registration waiting for validation.
-struct PersistedQueryRequest {
-    store: PersistedQueries,
-    pending: Mutex<Option<(String, Arc<str>)>>,
-}
+/// A registration waiting for validation: the hash and the query text to keep under it.
+pub(super) type Pending = (String, Arc<str>);
 
 /// What `extensions.persistedQuery` says, once checked.
 struct PersistedQuery {
@@ -153,49 +136,31 @@ pub fn hash_of(query: &str) -> String {
     hex::encode(Sha256::digest(query.as_bytes()))
 }
 
-#[async_graphql::async_trait::async_trait]
-impl Extension for PersistedQueryRequest {
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        mut request: Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<Request> {
+impl PersistedQueries {
+    /// Before the document is read (the `prepare_request` step, in [`super::gate`]): a
+    /// request naming a known hash gets its query text; one sending its query with a
+    /// matching hash answers the registration to make once the document is valid.
+    pub(super) fn resolve(&self, request: &mut Request) -> ServerResult<Option<Pending>> {
         let Some(extension) = request.extensions.remove("persistedQuery") else {
-            return next.run(ctx, request).await;
+            return Ok(None);
         };
         let persisted = read_extension(extension)?;
         if request.query.is_empty() {
-            let Some(query) = self.store.get(&persisted.hash) else {
+            let Some(query) = self.get(&persisted.hash) else {
                 return Err(ErrorCode::PersistedQueryNotFound.error("PersistedQueryNotFound"));
             };
             request.query = query.to_string();
+            Ok(None)
         } else if hash_of(&request.query) == persisted.hash {
-            *self.pending.lock().unwrap_or_else(PoisonError::into_inner) =
-                Some((persisted.hash, Arc::from(request.query.as_str())));
+            Ok(Some((persisted.hash, Arc::from(request.query.as_str()))))
         } else {
-            return Err(ErrorCode::BadRequest.error("provided sha does not match query"));
+            Err(ErrorCode::BadRequest.error("provided sha does not match query"))
         }
-        next.run(ctx, request).await
     }
 
-    async fn validation(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        next: NextValidation<'_>,
-    ) -> Result<ValidationResult, Vec<ServerError>> {
-        let result = next.run(ctx).await;
-        if result.is_ok() {
-            let pending = self
-                .pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            if let Some((hash, query)) = pending {
-                self.store.insert(hash, query);
-            }
-        }
-        result
+    /// After the document passed validation: keeps its text under its hash.
+    pub(super) fn register(&self, (hash, query): Pending) {
+        self.insert(hash, query);
     }
 }
 

@@ -5,32 +5,22 @@
 //! bounded: they are meant to stay open.
 
 use super::errors::ErrorCode;
-use async_graphql::{
-    Response,
-    extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute},
-};
-use std::{sync::Arc, time::Duration};
+use async_graphql::Response;
+use std::time::Duration;
 
 #[derive(Clone, Copy, Debug)]
 pub struct OperationTimeout {
     pub limit: Duration,
 }
 
-impl ExtensionFactory for OperationTimeout {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(*self)
-    }
-}
-
-#[async_graphql::async_trait::async_trait]
-impl Extension for OperationTimeout {
-    async fn execute(
+impl OperationTimeout {
+    /// Runs `execution` (the `execute` step, in [`super::gate`]) within the limit.
+    pub(super) async fn bound(
         &self,
-        ctx: &ExtensionContext<'_>,
         operation_name: Option<&str>,
-        next: NextExecute<'_>,
+        execution: impl std::future::Future<Output = Response>,
     ) -> Response {
-        match tokio::time::timeout(self.limit, next.run(ctx, operation_name)).await {
+        match tokio::time::timeout(self.limit, execution).await {
             Ok(response) => response,
             Err(_) => {
                 tracing::warn!(

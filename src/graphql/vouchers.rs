@@ -147,8 +147,10 @@ pub async fn wallet(ctx: &Context<'_>, customer_id: &CustomerId) -> Result<Optio
     let Some(user_id) = customer.sessionm_user_id else {
         return Ok(None);
     };
-    let loaders = context::loaders(ctx)?;
-    Ok(Some(loaders.wallets.get(&user_id).await?))
+    let state = context::state(ctx)?;
+    Ok(Some(
+        context::loaders(ctx)?.wallets(state).get(&user_id).await?,
+    ))
 }
 
 pub fn vouchers_of(lookup: Option<Lookup>) -> Vec<VoucherObject> {

@@ -31,10 +31,7 @@ pub async fn execute(
     viewer: Viewer,
     client: ClientAddr,
 ) -> async_graphql::Response {
-    let request = request
-        .data(Loaders::new(&gateway.app.upstreams))
-        .data(viewer)
-        .data(client);
+    let request = request.data(Loaders::default()).data(viewer).data(client);
     gateway.schema.execute(request).await
 }
 
@@ -76,6 +73,26 @@ pub fn response_body(response: &async_graphql::Response) -> serde_json::Value {
             |_| json!({ "errors": [ErrorCode::Internal.json("unserialisable response")] }),
         )
     }
+}
+
+/// [`response_body`] as text, written straight from the response: no intermediate
+/// `serde_json::Value` tree (one map per object of the answer), and the fields in the
+/// order the query asked for them.
+fn response_text(response: &async_graphql::Response) -> String {
+    #[derive(serde::Serialize)]
+    struct RequestError<'a> {
+        errors: &'a [async_graphql::ServerError],
+    }
+    let text = if is_request_error(response) {
+        serde_json::to_string(&RequestError {
+            errors: &response.errors,
+        })
+    } else {
+        serde_json::to_string(response)
+    };
+    text.unwrap_or_else(|_| {
+        json!({ "errors": [ErrorCode::Internal.json("unserialisable response")] }).to_string()
+    })
 }
 
 /// An error before GraphQL execution, in the GraphQL response shape.
@@ -133,7 +150,7 @@ fn render(kind: ResponseType, response: &async_graphql::Response) -> Response {
     } else {
         StatusCode::OK
     };
-    let mut http = (status, response_body(response).to_string()).into_response();
+    let mut http = (status, response_text(response)).into_response();
     http.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(kind.content_type()),

@@ -1,4 +1,4 @@
-//! Webhooks from Okya (order updates) and Stripe (payment outcomes). Each delivery is
+//! Webhooks from Okya (order updates, menu changes) and Stripe (payment outcomes). Each delivery is
 //! verified over its raw body, stored with its event id in the same transaction as the
 //! job that processes it, and answered at once; repeats are recognised by id, and the
 //! processing itself tolerates reordering (Okya's `version`, Stripe re-reads).
@@ -8,7 +8,10 @@ use crate::{
     context::AppState,
     flows::place_order::{OKYA_EVENT, STRIPE_EVENT},
     store,
-    upstream::signature::{self, SignatureError},
+    upstream::{
+        okya::catalog::MENU_UPDATED,
+        signature::{self, SignatureError},
+    },
 };
 use axum::{
     Json,
@@ -166,6 +169,15 @@ pub async fn okya(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         hooks.tolerance(),
     ) {
         return refused;
+    }
+    // A menu change needs no job: dropping the catalogue copy is idempotent and the order
+    // of deliveries does not matter, so it is done at once and nothing is stored.
+    if let Ok(envelope) = parse_envelope(&body)
+        && envelope.event_type == MENU_UPDATED
+    {
+        state.upstreams.catalog.invalidate();
+        tracing::info!(source = "okya", event_id = %envelope.id, event_type = MENU_UPDATED, "webhook applied");
+        return StatusCode::NO_CONTENT.into_response();
     }
     accept(&state, "okya", OKYA_EVENT, &body).await
 }

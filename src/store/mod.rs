@@ -6,6 +6,7 @@ pub mod customers;
 pub mod entities;
 pub mod housekeeping;
 pub mod jobs;
+pub mod order_history;
 pub mod orders;
 pub mod otp;
 pub mod rate_limits;
@@ -62,6 +63,35 @@ pub async fn connect(
                 .foreign_keys(true)
         });
     Ok(Database::connect(options).await?)
+}
+
+/// How many SQL statements the service ran through its pool since start, in or out of a
+/// transaction: one atomic add per statement, for tests (queries per request) and
+/// diagnostics.
+#[derive(Clone, Debug, Default)]
+pub struct StatementCount(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl StatementCount {
+    /// Statements run so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Counts every statement `db` (and every clone made of it from now on) runs, here and in
+/// `also` (called once per statement, e.g. the Prometheus counter). sea-orm keeps one
+/// metric callback per pool, so every count goes through this one.
+pub fn count_statements(
+    db: &mut DatabaseConnection,
+    also: impl Fn() + Send + Sync + 'static,
+) -> StatementCount {
+    let count = StatementCount::default();
+    let counter = count.0.clone();
+    db.set_metric_callback(move |_| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        also();
+    });
+    count
 }
 
 fn sqlite_path(url: &str) -> Option<&str> {

@@ -28,9 +28,9 @@ pub fn handle() -> &'static PrometheusHandle {
 
 /// Counts every statement `db` runs (and the transactions begun from it) in
 /// [`DB_QUERIES`], failed ones included.
-pub fn count_queries(db: &mut DatabaseConnection) {
+pub fn count_queries(db: &mut DatabaseConnection) -> crate::store::StatementCount {
     // Installed before the first query so none goes uncounted.
     handle();
     let counter = metrics::counter!(DB_QUERIES);
-    db.set_metric_callback(move |_info| counter.increment(1));
+    crate::store::count_statements(db, move || counter.increment(1))
 }

@@ -38,6 +38,8 @@ pub struct Upstreams {
     pub stripe: stripe::StripeClient,
     pub epoint: epoint::EpointClient,
     pub sessionm: sessionm::SessionmClient,
+    /// Okya's catalogue held in process (bounded staleness), shared by every request.
+    pub catalog: okya::catalog::CatalogCache,
     /// Each system's circuit breaker and retry budget, shared with its client.
     pub guards: Guards,
 }
@@ -62,13 +64,15 @@ impl Upstreams {
         settings: &crate::config::Settings,
     ) -> Result<Self, UpstreamError> {
         let guards = Guards::new(&settings.breaker, &settings.retry_budget)?;
+        let okya = okya::OkyaClient::new(
+            &endpoints.okya,
+            &endpoints.okya_auth,
+            &settings.okya,
+            &guards,
+        )?;
         Ok(Self {
-            okya: okya::OkyaClient::new(
-                &endpoints.okya,
-                &endpoints.okya_auth,
-                &settings.okya,
-                &guards,
-            )?,
+            catalog: okya::catalog::CatalogCache::new(okya.clone(), &settings.catalog),
+            okya,
             stripe: stripe::StripeClient::new(&endpoints.stripe, &settings.stripe, &guards)?,
             epoint: epoint::EpointClient::new(&endpoints.epoint, &settings.epoint, &guards)?,
             sessionm: sessionm::SessionmClient::new(

@@ -293,7 +293,10 @@ async fn lost_okya_answers_are_retried_under_one_key_and_persistent_failures_are
     app.assert_one_key(CART_LINES, 3).await;
 
     app.faults(Sim::Okya, json!({"error_rate": 1.0})).await;
-    let body = app.gql("{ stores { id } }", json!({})).await;
+    // A cart is always read from Okya (the catalogue, held in process, would be served).
+    let body = app
+        .gql("query($c: ID!) { cart(id: $c) { id } }", json!({"c": cart}))
+        .await;
     assert_eq!(error_code(&body), "UPSTREAM_UNAVAILABLE");
     assert!(
         !body["errors"][0]["message"]

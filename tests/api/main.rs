@@ -4,10 +4,12 @@
 mod access;
 mod account;
 mod architecture;
+mod batching;
 mod breakers;
 mod browser;
 mod cart;
 mod catalog;
+mod catalog_cache;
 mod config;
 #[cfg(feature = "crash-points")]
 mod crash;

@@ -1,5 +1,6 @@
-//! The Okya simulator: catalogue, carts, orders, the store's order manager with its
-//! `order.updated` webhooks, and Okya Auth. It speaks the contract in
+//! The Okya simulator: catalogue (with `menu.updated` webhooks when the menu editor or a
+//! store changes it), carts, orders, the store's order manager with its `order.updated`
+//! webhooks, and Okya Auth. It speaks the contract in
 //! `docs/upstreams/okya.md`.
 
 mod auth;
@@ -336,7 +337,7 @@ struct ProductEdit {
 }
 
 /// `PATCH /_sandbox/products/{id}`: the menu editor renames a product or marks it sold
-/// out, as a store does while orders are in flight.
+/// out, as a store does while orders are in flight; Okya announces it with `menu.updated`.
 async fn edit_product(
     State(state): State<Arc<OkyaState>>,
     axum::extract::Path(product_id): axum::extract::Path<String>,
@@ -356,7 +357,9 @@ async fn edit_product(
     if let Some(available) = edit.available {
         product.available = available;
     }
-    Ok(Json(product.clone()))
+    let product = product.clone();
+    orders::publish_menu(&mut inner, &state.courier, Vec::new(), vec![product_id]);
+    Ok(Json(product))
 }
 
 /// Runs a write once per `Idempotency-Key`: a replay with the same request answers what

@@ -11,8 +11,9 @@
 
 use super::wire::{
     Adjustment, Approval, Cancellation, CancellationKind, Card, CreateOrder, Fulfilment,
-    NewAdjustment, NewPayment, ORDER_UPDATED, Order, OrderEvent, OrderEventData, OrderState,
-    PaymentRecord, PaymentRecordStatus, Reason, WireMoney, codes,
+    MENU_UPDATED, MenuEvent, MenuEventData, NewAdjustment, NewPayment, ORDER_UPDATED, Order,
+    OrderEvent, OrderEventData, OrderState, PaymentRecord, PaymentRecordStatus, Reason, WireMoney,
+    codes,
 };
 use super::{Inner, OkyaError, OkyaState, idempotent};
 use crate::{faults::WebhookFate, signature, unix_now};
@@ -102,6 +103,7 @@ struct EventRecord {
 
 /// One event on its way to the app.
 struct Outgoing {
+    event_type: &'static str,
     event_id: String,
     order_id: String,
     version: i64,
@@ -172,7 +174,7 @@ impl Courier {
                 .header("Content-Type", "application/json")
                 .header("User-Agent", "Okya-Webhooks/1.0")
                 .header("X-Okya-Event-Id", &event.event_id)
-                .header("X-Okya-Event-Type", ORDER_UPDATED)
+                .header("X-Okya-Event-Type", event.event_type)
                 .header("X-Okya-Signature", signed)
                 .body(event.body.clone())
                 .send()
@@ -184,7 +186,7 @@ impl Courier {
             let delivered = status.is_some_and(|s| (200..300).contains(&s));
             self.log(Delivery {
                 event_id: event.event_id.clone(),
-                r#type: ORDER_UPDATED,
+                r#type: event.event_type,
                 order_id: event.order_id.clone(),
                 version: event.version,
                 attempt,
@@ -256,6 +258,7 @@ fn publish(inner: &mut Inner, courier: &Arc<Courier>, order: &Order) {
         return;
     };
     let outgoing = Outgoing {
+        event_type: ORDER_UPDATED,
         event_id: event.id.clone(),
         order_id: order.id.clone(),
         version: order.version,
@@ -273,6 +276,45 @@ fn publish(inner: &mut Inner, courier: &Arc<Courier>, order: &Order) {
     if queue.send(outgoing).is_err() {
         tracing::warn!(order_id = %order.id, "okya webhook queue closed");
     }
+}
+
+/// Records a `menu.updated` event naming what changed and sends it. Menu events are not
+/// about an order: their `order_id` in the ledgers is empty and their `version` 0, and each
+/// goes out on its own (no queue: the app only drops its copy of the catalogue).
+pub(super) fn publish_menu(
+    inner: &mut Inner,
+    courier: &Arc<Courier>,
+    store_ids: Vec<String>,
+    product_ids: Vec<String>,
+) {
+    let event = MenuEvent {
+        id: inner.next_id("evt"),
+        r#type: MENU_UPDATED.to_owned(),
+        created_at: Utc::now(),
+        data: MenuEventData {
+            store_ids,
+            product_ids,
+        },
+    };
+    inner.orders.events.push(EventRecord {
+        id: event.id.clone(),
+        r#type: MENU_UPDATED,
+        order_id: String::new(),
+        version: 0,
+        created_at: event.created_at,
+    });
+    let Some(url) = courier.url.clone() else {
+        return;
+    };
+    let outgoing = Outgoing {
+        event_type: MENU_UPDATED,
+        event_id: event.id.clone(),
+        order_id: String::new(),
+        version: 0,
+        body: serde_json::to_string(&event).unwrap_or_default(),
+    };
+    let courier = courier.clone();
+    tokio::spawn(async move { courier.deliver(&url, &outgoing).await });
 }
 
 /// Stores a changed order as a new version and announces it.
@@ -1061,7 +1103,9 @@ pub(super) async fn set_store(
     match inner.stores.iter_mut().find(|s| s.id == store_id) {
         Some(store) => {
             store.is_open = update.is_open;
-            Json(store.clone()).into_response()
+            let store = store.clone();
+            publish_menu(&mut inner, &state.courier, vec![store_id], Vec::new());
+            Json(store).into_response()
         }
         None => OkyaError::new(
             StatusCode::NOT_FOUND,

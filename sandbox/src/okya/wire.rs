@@ -414,6 +414,33 @@ pub struct OrderEventData {
 /// The only webhook event type.
 pub const ORDER_UPDATED: &str = "order.updated";
 
+/// The type of the webhook announcing a change to stores or menus (Toast's "menus
+/// updated", Square's `catalog.version.updated`): `data` names what changed, and the
+/// receiver reads the catalogue again.
+pub const MENU_UPDATED: &str = "menu.updated";
+
+/// A `menu.updated` event, as sent to the app.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MenuEvent {
+    /// `evt_…`, unique per event.
+    pub id: String,
+    /// Always [`MENU_UPDATED`].
+    pub r#type: String,
+    /// When the change was made.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// What changed.
+    pub data: MenuEventData,
+}
+
+/// The `data` of a [`MenuEvent`]: the stores and products whose catalogue entry changed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MenuEventData {
+    /// Stores changed (opened, closed, menu edited).
+    pub store_ids: Vec<String>,
+    /// Products changed (renamed, sold out, back in stock).
+    pub product_ids: Vec<String>,
+}
+
 // ---------------------------------------------------------------------------------------
 // Okya Auth
 // ---------------------------------------------------------------------------------------

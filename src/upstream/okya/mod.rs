@@ -3,6 +3,7 @@
 //! the real contract differs lives in this one module.
 
 pub mod auth;
+pub mod catalog;
 pub mod orders;
 
 use super::{Call, Guard, Guards, System, UpstreamError, join, parse_plain_error};
