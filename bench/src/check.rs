@@ -114,7 +114,7 @@ mod tests {
         let err = expected
             .check(200, br#"{"data":{"__typename":"Mutation"}}"#)
             .unwrap_err();
-        assert!(err.contains("at byte 22"), "{err}");
+        assert!(err.contains("at byte 23"), "{err}");
         let err = expected.check(503, TYPENAME.as_bytes()).unwrap_err();
         assert!(err.starts_with("status 503"), "{err}");
         assert!(Expected::graphql_data().check(200, b"not json").is_err());

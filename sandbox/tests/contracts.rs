@@ -38,7 +38,7 @@ fn examples(name: &str) -> Vec<Value> {
 }
 
 /// The fixture of each example of `docs/upstreams/okya.md`, in the document's order.
-const OKYA_EXAMPLES: [&str; 23] = [
+const OKYA_EXAMPLES: [&str; 24] = [
     "error.response.json",
     "stores.response.json",
     "products.response.json",
@@ -56,6 +56,7 @@ const OKYA_EXAMPLES: [&str; 23] = [
     "cancel.request.json",
     "recall.request.json",
     "order_updated.webhook.json",
+    "menu_updated.webhook.json",
     "register.request.json",
     "register.response.json",
     "send_otp.request.json",

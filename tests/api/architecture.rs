@@ -144,9 +144,9 @@ fn referenced_modules(code: &str) -> BTreeSet<String> {
 /// The modules each layer may not use: everything above it.
 const LAYERS: &[&[&str]] = &[
     &["domain", "retry", "lifecycle"],
-    &["config", "crash", "events", "telemetry"],
+    &["config", "crash"],
     &["store", "upstream", "auth", "quota", "rate_limit"],
-    &["context", "jobs"],
+    &["context", "jobs", "telemetry", "events"],
     &["flows"],
     &["graphql"],
     &["http"],

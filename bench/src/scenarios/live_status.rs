@@ -118,12 +118,18 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), Error> {
             json!({"delivered": latencies.len(), "p50_ms": p50, "p99_ms": p99, "last_ms": last}),
         );
         ctx.rows.push(Row {
-            what: format!("store's `{action}` → `{status}` at all {count} subscribers of one order"),
+            what: format!(
+                "store's `{action}` → `{status}` at all {count} subscribers of one order"
+            ),
             service: format!(
                 "p50 {p50:.1} ms, p99 {p99:.1} ms, last {last:.1} ms ({}/{count} delivered)",
                 latencies.len()
             ),
-            judged: Some(if latencies.len() == count { p99 } else { f64::INFINITY }),
+            judged: Some(if latencies.len() == count {
+                p99
+            } else {
+                f64::INFINITY
+            }),
             judged_text: Some(format!("p99 {p99:.1} ms")),
             target: Some((Goal::AtMost(100.0), " ms".to_owned())),
             ..Row::default()
@@ -155,7 +161,11 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), Error> {
             "last {last:.0} ms (p50 {p50:.1}, p99 {p99:.1}; {}/{count} delivered)",
             latencies.len()
         ),
-        judged: Some(if latencies.len() == count { last } else { f64::INFINITY }),
+        judged: Some(if latencies.len() == count {
+            last
+        } else {
+            f64::INFINITY
+        }),
         judged_text: Some(format!("{last:.0} ms")),
         target: Some((Goal::AtMost(1000.0), " ms".to_owned())),
         ..Row::default()
@@ -189,7 +199,10 @@ async fn place(
             return Err(format!("the order was not placed: {order}").into());
         }
         let id = order["id"].as_str().ok_or("no order id")?.to_owned();
-        let number = order["number"].as_str().ok_or("no order number")?.to_owned();
+        let number = order["number"]
+            .as_str()
+            .ok_or("no order number")?
+            .to_owned();
         placed.push((id, number));
     }
     // Okya's ids, by order number and store.
@@ -231,7 +244,13 @@ async fn open(
             opened?;
         }
         let order = orders[i % orders.len()].id.clone();
-        pending.push(subscriber(url.to_owned(), token.to_owned(), order, i, arrivals.clone()));
+        pending.push(subscriber(
+            url.to_owned(),
+            token.to_owned(),
+            order,
+            i,
+            arrivals.clone(),
+        ));
     }
     while let Some(opened) = pending.next().await {
         opened?;
@@ -254,7 +273,8 @@ async fn subscriber(
         HeaderValue::from_static("graphql-transport-ws"),
     );
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
-    let init = json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}});
+    let init =
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}});
     ws.send(Message::text(init.to_string())).await?;
     let mut subscribed = false;
     loop {
@@ -402,5 +422,9 @@ fn summary(sorted: &[f64]) -> (f64, f64, f64) {
         let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
         sorted[rank - 1]
     };
-    (at(0.5), at(0.99), sorted.last().copied().unwrap_or(f64::NAN))
+    (
+        at(0.5),
+        at(0.99),
+        sorted.last().copied().unwrap_or(f64::NAN),
+    )
 }
