@@ -78,7 +78,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), Error> {
         "request_payload": {"user_id": user_id},
     });
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{pos_key}:{pos_secret}"));
-    let lookup_ok: Arc<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync> = Arc::new(|body| {
+    let lookup_ok: check::BodyTest = Arc::new(|body| {
         let v: Value = serde_json::from_slice(body)
             .map_err(|e| format!("not JSON ({e}): {}", check::excerpt(body)))?;
         if v["status"]

@@ -382,9 +382,8 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), Error> {
         ..Row::default()
     });
     ctx.rows.push(Row::info(
-        format!(
-            "page `me {{ orders(first: 50) … }}` (50 orders): upstream calls per request, by system"
-        ),
+        "page `me { orders(first: 50) … }` (50 orders): upstream calls per request, by system"
+            .to_owned(),
         by_system.join(", "),
     ));
     ctx.rows.push(Row {
