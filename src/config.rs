@@ -328,6 +328,14 @@ durations!(WebhookSettings {
 macro_rules! timeouts_accessor {
     ($t:ty) => {
         impl $t {
+            /// The concurrency bound of this system's calls (see `upstream::guard`).
+            pub fn slots(&self) -> crate::upstream::guard::Slots {
+                crate::upstream::guard::Slots {
+                    max: self.max_concurrent_calls,
+                    wait: Duration::from_millis(self.timeout_ms),
+                }
+            }
+
             pub fn timeouts(&self) -> Timeouts {
                 Timeouts {
                     connect: Duration::from_millis(self.connect_timeout_ms),
@@ -351,6 +359,10 @@ pub struct OkyaSettings {
     pub connect_timeout_ms: u64,
     /// Whole-request timeout in ms (`CBTL_OKYA__TIMEOUT_MS`).
     pub timeout_ms: u64,
+    /// Calls in flight to this system from one instance, at most
+    /// (`CBTL_OKYA__MAX_CONCURRENT_CALLS`); a call waits for a free slot up to
+    /// `timeout_ms`, then fails without being sent.
+    pub max_concurrent_calls: usize,
 }
 
 impl Default for OkyaSettings {
@@ -361,6 +373,7 @@ impl Default for OkyaSettings {
             api_key: SecretString::from(sandbox_credentials::OKYA_API_KEY),
             connect_timeout_ms: 1_000,
             timeout_ms: 5_000,
+            max_concurrent_calls: 64,
         }
     }
 }
@@ -378,6 +391,10 @@ pub struct StripeSettings {
     pub connect_timeout_ms: u64,
     /// Whole-request timeout in ms (`CBTL_STRIPE__TIMEOUT_MS`).
     pub timeout_ms: u64,
+    /// Calls in flight to this system from one instance, at most
+    /// (`CBTL_STRIPE__MAX_CONCURRENT_CALLS`); a call waits for a free slot up to
+    /// `timeout_ms`, then fails without being sent.
+    pub max_concurrent_calls: usize,
 }
 
 impl Default for StripeSettings {
@@ -387,6 +404,7 @@ impl Default for StripeSettings {
             secret_key: SecretString::from(sandbox_credentials::STRIPE_SECRET_KEY),
             connect_timeout_ms: 1_000,
             timeout_ms: 10_000,
+            max_concurrent_calls: 64,
         }
     }
 }
@@ -403,6 +421,10 @@ pub struct EpointSettings {
     pub connect_timeout_ms: u64,
     /// Whole-request timeout in ms (`CBTL_EPOINT__TIMEOUT_MS`).
     pub timeout_ms: u64,
+    /// Calls in flight to this system from one instance, at most
+    /// (`CBTL_EPOINT__MAX_CONCURRENT_CALLS`); a call waits for a free slot up to
+    /// `timeout_ms`, then fails without being sent.
+    pub max_concurrent_calls: usize,
 }
 
 impl Default for EpointSettings {
@@ -412,6 +434,7 @@ impl Default for EpointSettings {
             api_key: SecretString::from(sandbox_credentials::EPOINT_API_KEY),
             connect_timeout_ms: 1_000,
             timeout_ms: 5_000,
+            max_concurrent_calls: 64,
         }
     }
 }
@@ -447,6 +470,10 @@ pub struct SessionmSettings {
     pub connect_timeout_ms: u64,
     /// Whole-request timeout in ms (`CBTL_SESSIONM__TIMEOUT_MS`).
     pub timeout_ms: u64,
+    /// Calls in flight to this system from one instance, at most
+    /// (`CBTL_SESSIONM__MAX_CONCURRENT_CALLS`); a call waits for a free slot up to
+    /// `timeout_ms`, then fails without being sent.
+    pub max_concurrent_calls: usize,
 }
 
 impl SessionmSettings {
@@ -471,6 +498,7 @@ impl Default for SessionmSettings {
             ecommerce_store_id: None,
             connect_timeout_ms: 1_000,
             timeout_ms: 5_000,
+            max_concurrent_calls: 64,
         }
     }
 }
@@ -1024,6 +1052,27 @@ impl Settings {
             self.sessionm.pos_url.as_deref(),
             &self.sessionm.timeouts(),
         )?;
+        for (setting, calls) in [
+            ("okya.max_concurrent_calls", self.okya.max_concurrent_calls),
+            (
+                "stripe.max_concurrent_calls",
+                self.stripe.max_concurrent_calls,
+            ),
+            (
+                "epoint.max_concurrent_calls",
+                self.epoint.max_concurrent_calls,
+            ),
+            (
+                "sessionm.max_concurrent_calls",
+                self.sessionm.max_concurrent_calls,
+            ),
+        ] {
+            // A tokio semaphore holds at most `Semaphore::MAX_PERMITS`; far more than any
+            // upstream would let one client have in flight.
+            if !(1..=100_000).contains(&calls) {
+                return Err(invalid(setting, "must be between 1 and 100000"));
+            }
+        }
         if self.auth.jwt_secret.expose_secret().len() < 32 {
             return Err(invalid("auth.jwt_secret", "must be at least 32 bytes"));
         }
@@ -1118,18 +1167,21 @@ impl Settings {
             api_key: okya_key,
             connect_timeout_ms: _,
             timeout_ms: _,
+            max_concurrent_calls: _,
         } = &self.okya;
         let StripeSettings {
             base_url: stripe_url,
             secret_key: stripe_key,
             connect_timeout_ms: _,
             timeout_ms: _,
+            max_concurrent_calls: _,
         } = &self.stripe;
         let EpointSettings {
             base_url: epoint_url,
             api_key: epoint_key,
             connect_timeout_ms: _,
             timeout_ms: _,
+            max_concurrent_calls: _,
         } = &self.epoint;
         let SessionmSettings {
             core_url: sessionm_core_url,
@@ -1145,6 +1197,7 @@ impl Settings {
             ecommerce_store_id: _,
             connect_timeout_ms: _,
             timeout_ms: _,
+            max_concurrent_calls: _,
         } = &self.sessionm;
         let WebhookSettings {
             okya_secrets,

@@ -7,7 +7,9 @@
 //!   arrival order, with the idempotency key it carried and what the fault layer did:
 //!   `[{"seq": 1, "route": "POST /v1/refunds", "key": "ord_…:refund", "fault": "lost",
 //!   "status": 503}]`. Faulted requests are included, so a test sees every retry's key.
-//! - `DELETE /_sandbox/calls` → counters and log back to empty
+//! - `GET /_sandbox/calls/in_flight` → `{"now": 0, "peak": 3}`: requests being handled
+//!   now, and the most at once since the last reset (a client's concurrency bound shows here)
+//! - `DELETE /_sandbox/calls` → counters, log and peak back to empty
 //! - `PUT /_sandbox/faults` → `{"latency_ms": 0, "error_rate": 0.1,
 //!   "fail_next": {"POST /v1/carts": 2},
 //!   "refuse_next": {"POST /v1/refunds": {"status": 409, "code": "invalid_state", "times": 1}},
@@ -60,6 +62,9 @@ const MAX_LOGGED_BODY: usize = 1 << 20;
 #[derive(Default)]
 pub struct Faults {
     latency_ms: AtomicU64,
+    /// Requests being handled now (outside `/_sandbox`), and the most at once.
+    in_flight: AtomicU64,
+    peak_in_flight: AtomicU64,
     /// Error rate in parts per million, so it fits an atomic.
     error_ppm: AtomicU64,
     state: Mutex<FaultState>,
@@ -359,11 +364,22 @@ impl Faults {
             .collect()
     }
 
-    /// Empties the counters and the call log, as `DELETE /_sandbox/calls` does.
+    /// Empties the counters and the call log, as `DELETE /_sandbox/calls` does; the peak
+    /// of requests in flight starts again from those in flight now.
     pub fn reset_calls(&self) {
         let mut state = self.lock();
         state.calls.clear();
         state.log.clear();
+        self.peak_in_flight
+            .store(self.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    /// Requests being handled now, and the most at once since the last reset.
+    pub fn in_flight(&self) -> InFlight {
+        InFlight {
+            now: self.in_flight.load(Ordering::SeqCst),
+            peak: self.peak_in_flight.load(Ordering::SeqCst),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FaultState> {
@@ -491,6 +507,7 @@ fn dropped() -> Response {
 }
 
 async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: Next) -> Response {
+    let _handling = Handling::start(&faults);
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -598,6 +615,32 @@ async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: Next)
     }
 }
 
+/// `GET /_sandbox/calls/in_flight`'s answer.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InFlight {
+    /// Requests being handled now.
+    pub now: u64,
+    /// The most handled at once since the last `DELETE /_sandbox/calls`.
+    pub peak: u64,
+}
+
+/// Counts a request in flight for as long as it lives.
+struct Handling<'a>(&'a Faults);
+
+impl<'a> Handling<'a> {
+    fn start(faults: &'a Faults) -> Self {
+        let now = faults.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        faults.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(faults)
+    }
+}
+
+impl Drop for Handling<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 #[derive(Deserialize)]
 struct LogQuery {
     route: Option<String>,
@@ -614,6 +657,10 @@ pub fn instrument(routes: Router, faults: Arc<Faults>) -> Router {
                     StatusCode::NO_CONTENT
                 },
             ),
+        )
+        .route(
+            "/_sandbox/calls/in_flight",
+            get(|State(f): State<Arc<Faults>>| async move { Json(f.in_flight()) }),
         )
         .route(
             "/_sandbox/calls/log",

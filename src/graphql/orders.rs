@@ -80,6 +80,9 @@ pub struct OrderObject {
     /// subscription); `statusHistory` then reads nothing. `None`: it is loaded on demand,
     /// for a whole page of orders in one query.
     history: Option<History>,
+    /// The PaymentIntent's client secret, when `order(id)` read it from Stripe alongside
+    /// Okya's status; `None`: `clientSecret` reads it itself.
+    client_secret: Option<Result<Option<String>, Arc<crate::upstream::UpstreamError>>>,
 }
 
 impl OrderObject {
@@ -91,6 +94,7 @@ impl OrderObject {
             row: Arc::new(row),
             history_upto: None,
             history: None,
+            client_secret: None,
         })
     }
 
@@ -147,6 +151,9 @@ impl PaymentObject<'_> {
         let row = &self.0.row;
         if row.payment_status != Some(DomainPayment::RequiresAction) {
             return Ok(None);
+        }
+        if let Some(read) = &self.0.client_secret {
+            return read.clone().map_err(|e| ApiError::from(e).into());
         }
         let Some(intent_id) = &row.payment_intent_id else {
             return Ok(None);
@@ -490,8 +497,31 @@ impl OrderQuery {
         let Some(mut order) = owned_order(state, customer, &id).await? else {
             return Ok(None);
         };
-        if let Some(okya_id) = &order.okya_order_id {
-            match state.upstreams.okya.order(okya_id).await {
+        // Okya's status and, when asked for, Stripe's client secret are read together: the
+        // query waits for the slower of the two, not for both in turn.
+        let secret_of = (order.payment_status == Some(DomainPayment::RequiresAction)
+            && ctx
+                .look_ahead()
+                .field("payment")
+                .field("clientSecret")
+                .exists())
+        .then(|| order.payment_intent_id.clone())
+        .flatten();
+        let okya_read = async {
+            match &order.okya_order_id {
+                Some(okya_id) => Some(state.upstreams.okya.order(okya_id).await),
+                None => None,
+            }
+        };
+        let stripe_read = async {
+            match &secret_of {
+                Some(intent) => Some(state.upstreams.stripe.retrieve_payment_intent(intent).await),
+                None => None,
+            }
+        };
+        let (okya_read, intent) = tokio::join!(okya_read, stripe_read);
+        if let Some(read) = okya_read {
+            match read {
                 Ok(Some(okya)) if okya.version > order.okya_version => {
                     // A webhook we have not had yet: apply it, then let the flow catch up.
                     store::orders::record_okya_state(&state.db, &order.id, okya.state())
@@ -512,7 +542,14 @@ impl OrderQuery {
                 }
             }
         }
-        Ok(Some(OrderObject::current(order)?))
+        let mut object = OrderObject::current(order)?;
+        // The secret read stands only for the PaymentIntent the order still has.
+        if let (Some(asked), Some(read)) = (secret_of, intent)
+            && object.row.payment_intent_id.as_ref() == Some(&asked)
+        {
+            object.client_secret = Some(read.map(|i| i.client_secret).map_err(Arc::new));
+        }
+        Ok(Some(object))
     }
 }
 
@@ -541,12 +578,32 @@ pub async fn customer_orders(
             .map_err(ApiError::from)?;
     let has_next = rows.len() as u64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(20));
+    // The page's histories in one query, when the selection asks for them. Read here
+    // rather than through the DataLoader: the loader batches what arrives within its delay,
+    // and on a busy machine a page's fields can straddle two batches.
+    let look = ctx.look_ahead();
+    let wants_history = look
+        .field("edges")
+        .field("node")
+        .field("statusHistory")
+        .exists()
+        || look.field("nodes").field("statusHistory").exists();
+    let mut histories = if wants_history {
+        let ids: Vec<OrderId> = rows.iter().map(|r| r.id.clone()).collect();
+        store::order_history::for_orders(&state.db, &ids)
+            .await
+            .map_err(ApiError::from)?
+    } else {
+        Default::default()
+    };
     let mut connection = Connection::new(before.is_some(), has_next);
     for row in rows {
         let cursor = encode_cursor(row.created_at_ms, &row.id);
-        connection
-            .edges
-            .push(Edge::new(cursor, OrderObject::current(row)?));
+        let history =
+            wants_history.then(|| History::from(histories.remove(&row.id).unwrap_or_default()));
+        let mut node = OrderObject::current(row)?;
+        node.history = history;
+        connection.edges.push(Edge::new(cursor, node));
     }
     Ok(connection)
 }
@@ -773,6 +830,7 @@ impl OrderSubscription {
             changed_at_ms: snapshot.order.updated_at_ms,
             history_upto: None,
             history: Some(snapshot.history.clone()),
+            client_secret: None,
         };
         let follow = StatusFollower {
             done: first.status.is_final(),
@@ -817,6 +875,7 @@ impl StatusFollower {
                     changed_at_ms: entry.at_ms,
                     history_upto: Some(index + 1),
                     history: Some(snapshot.history.clone()),
+                    client_secret: None,
                 });
             }
             self.seen = self.seen.max(snapshot.history.len());

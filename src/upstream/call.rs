@@ -124,6 +124,15 @@ pub enum UpstreamError {
         operation: &'static str,
         retry_after: Duration,
     },
+    /// Not sent: `limit` calls to the system were already in flight from this instance and
+    /// none ended within the wait (see `upstream::guard`). Nothing reached the upstream; it
+    /// is transient.
+    #[error("{system} {operation}: not sent, {limit} calls already in flight")]
+    Saturated {
+        system: System,
+        operation: &'static str,
+        limit: usize,
+    },
 }
 
 impl UpstreamError {
@@ -148,7 +157,8 @@ impl UpstreamError {
             | UpstreamError::Server { .. }
             | UpstreamError::InProgress { .. }
             | UpstreamError::Unreadable { .. }
-            | UpstreamError::CircuitOpen { .. } => true,
+            | UpstreamError::CircuitOpen { .. }
+            | UpstreamError::Saturated { .. } => true,
             UpstreamError::Rejected { .. }
             | UpstreamError::Protocol { .. }
             | UpstreamError::Setup(_) => false,
@@ -161,10 +171,13 @@ impl UpstreamError {
         matches!(self, UpstreamError::Server { replayed: true, .. })
     }
 
-    /// True when the request was never sent (an open circuit breaker): the upstream did
-    /// nothing, so unlike a timeout this is no unknown outcome.
+    /// True when the request was never sent (an open circuit breaker, no free slot): the
+    /// upstream did nothing, so unlike a timeout this is no unknown outcome.
     pub fn was_not_sent(&self) -> bool {
-        matches!(self, UpstreamError::CircuitOpen { .. })
+        matches!(
+            self,
+            UpstreamError::CircuitOpen { .. } | UpstreamError::Saturated { .. }
+        )
     }
 }
 
@@ -242,6 +255,15 @@ impl Call<'_> {
                         });
                         // The breaker's opening was logged at WARN once; each refusal is not.
                         tracing::debug!(error = %err, attempt, "upstream call refused by its open circuit breaker");
+                        return Err(err);
+                    }
+                    Passage::Saturated { limit } => {
+                        let err = sent_failure.unwrap_or(UpstreamError::Saturated {
+                            system: self.system,
+                            operation: self.operation,
+                            limit,
+                        });
+                        tracing::warn!(error = %err, attempt, "upstream call not sent: no free slot");
                         return Err(err);
                     }
                 };

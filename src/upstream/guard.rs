@@ -20,6 +20,16 @@
 //! lost. An attempt refused after an earlier attempt of the same call was sent keeps that
 //! earlier error, whose outcome is unknown.
 //!
+//! **The concurrency bound** (a bulkhead, resilience4j's name for it): at most
+//! `<system>.max_concurrent_calls` attempts are in flight to one system from this instance.
+//! An attempt waits for a free slot at most `<system>.timeout_ms`; when none frees, it is
+//! not sent and fails with [`UpstreamError::Saturated`](super::UpstreamError::Saturated),
+//! transient like an open breaker. A slow upstream then holds a bounded number of
+//! connections, sockets and tasks, however many requests arrive. A tokio `Semaphore` with
+//! a timed acquire: `tower-resilience-bulkhead` is the same semaphore, but as a tower layer
+//! it needs its error convertible into the breaker's (a foreign type), and the slot must be
+//! taken outside the breaker so that waiting never counts as the upstream's failure.
+//!
 //! **The retry budget** (tower's `TpsBudget`, the Finagle design): each call deposits,
 //! each inline retry withdraws, so retries add at most `retry_budget.ratio` of the recent
 //! calls (plus `retry_budget.min_per_sec`). In an outage a call is tried once instead of
@@ -88,7 +98,9 @@ pub fn counts_against(error: &UpstreamError) -> bool {
         // An answer came: the upstream is up, only what it sent could not be read.
         | UpstreamError::Unreadable { .. }
         | UpstreamError::Setup(_)
-        | UpstreamError::CircuitOpen { .. } => false,
+        // Not sent: nothing of the upstream's health is known from it.
+        | UpstreamError::CircuitOpen { .. }
+        | UpstreamError::Saturated { .. } => false,
     }
 }
 
@@ -145,6 +157,27 @@ pub(crate) enum Passage {
     Sent(Result<Vec<u8>, Failed>),
     /// It was not sent: the breaker is open (or half-open with its probe in flight).
     Refused { retry_after: Duration },
+    /// It was not sent: every slot stayed taken for as long as it could wait.
+    Saturated { limit: usize },
+}
+
+/// How many attempts may be in flight to one system, and how long one waits for a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slots {
+    /// At least 1.
+    pub max: usize,
+    pub wait: Duration,
+}
+
+impl Slots {
+    /// Generous bounds, for clients built in unit tests.
+    #[cfg(test)]
+    pub fn for_tests() -> Self {
+        Self {
+            max: 64,
+            wait: Duration::from_secs(5),
+        }
+    }
 }
 
 /// The breaker and the retry budget of one upstream system; cheap to clone (shared state).
@@ -154,6 +187,8 @@ pub struct Guard {
     breaker: CircuitBreaker<Runner, Classifier>,
     budget: Arc<TpsBudget>,
     open_for: Duration,
+    slots: Arc<tokio::sync::Semaphore>,
+    limits: Slots,
 }
 
 impl std::fmt::Debug for Guard {
@@ -202,7 +237,13 @@ impl Guard {
         system: System,
         breaker: &BreakerSettings,
         budget: &RetryBudgetSettings,
+        slots: Slots,
     ) -> Result<Self, UpstreamError> {
+        if slots.max == 0 {
+            return Err(UpstreamError::Setup(format!(
+                "{system}: max_concurrent_calls must be at least 1"
+            )));
+        }
         let logged = breaker.clone();
         let layer = CircuitBreakerLayer::builder()
             .name(system.as_str())
@@ -226,14 +267,26 @@ impl Guard {
                 budget.ratio,
             )),
             open_for: breaker.open(),
+            slots: Arc::new(tokio::sync::Semaphore::new(slots.max)),
+            limits: slots,
         })
     }
 
-    /// Sends `attempt` unless the breaker is open, recording its outcome. Boxed here, where
-    /// its types are concrete, so the resolvers' futures need not prove it `Send` again.
+    /// Sends `attempt` once a slot is free, unless the breaker is open, recording its
+    /// outcome. Boxed here, where its types are concrete, so the resolvers' futures need
+    /// not prove it `Send` again.
     pub(crate) fn pass(&self, attempt: Attempt) -> BoxFuture<'static, Passage> {
         let guard = self.clone();
         Box::pin(async move {
+            // The slot is held until the attempt ends, answer or not; the semaphore is
+            // never closed, so the only failure is the wait running out.
+            let Ok(Ok(_slot)) =
+                tokio::time::timeout(guard.limits.wait, guard.slots.clone().acquire_owned()).await
+            else {
+                return Passage::Saturated {
+                    limit: guard.limits.max,
+                };
+            };
             match guard.breaker.clone().oneshot(Job(attempt)).await {
                 Ok(body) => Passage::Sent(Ok(body)),
                 Err(CircuitBreakerError::Inner(failed)) => Passage::Sent(Err(failed)),
@@ -264,6 +317,11 @@ impl Guard {
     /// Takes one retry from the budget; false when it is spent.
     pub(crate) fn withdraw(&self) -> bool {
         self.budget.withdraw()
+    }
+
+    /// Attempts in flight to this system now (slots taken).
+    pub fn in_flight(&self) -> usize {
+        self.limits.max - self.slots.available_permits()
     }
 
     /// The breaker's state now.
@@ -315,8 +373,9 @@ impl Guards {
     pub fn new(
         breaker: &BreakerSettings,
         budget: &RetryBudgetSettings,
+        slots: impl Fn(System) -> Slots,
     ) -> Result<Self, UpstreamError> {
-        let guard = |system| Guard::new(system, breaker, budget);
+        let guard = |system| Guard::new(system, breaker, budget, slots(system));
         Ok(Self {
             okya: guard(System::Okya)?,
             okya_auth: guard(System::OkyaAuth)?,
@@ -329,8 +388,12 @@ impl Guards {
     /// Guards with the default settings, for clients built in unit tests.
     #[cfg(test)]
     pub fn for_tests() -> Self {
-        Self::new(&BreakerSettings::default(), &RetryBudgetSettings::default())
-            .expect("the default breaker settings make breakers")
+        Self::new(
+            &BreakerSettings::default(),
+            &RetryBudgetSettings::default(),
+            |_| Slots::for_tests(),
+        )
+        .expect("the default breaker settings make breakers")
     }
 
     /// The guard of `system`.
@@ -486,7 +549,7 @@ mod tests {
 
     #[tokio::test]
     async fn failures_open_the_breaker_which_refuses_without_sending_then_a_probe_closes_it() {
-        let guard = Guard::new(S, &breaker(4), &unlimited()).unwrap();
+        let guard = Guard::new(S, &breaker(4), &unlimited(), Slots::for_tests()).unwrap();
         let runs = Arc::new(AtomicUsize::new(0));
         // Two successes and two failures: half of the minimum four calls fail.
         for outcome in [Ok(()), Ok(()), Err(server())] {
@@ -528,7 +591,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_probe_opens_the_breaker_again() {
-        let guard = Guard::new(S, &breaker(1), &unlimited()).unwrap();
+        let guard = Guard::new(S, &breaker(1), &unlimited(), Slots::for_tests()).unwrap();
         let runs = Arc::new(AtomicUsize::new(0));
         let _ = guard.pass(attempt(&runs, Err(server()))).await;
         assert_eq!(guard.state(), BreakerState::Open);
@@ -544,7 +607,7 @@ mod tests {
 
     #[tokio::test]
     async fn refusals_prove_the_upstream_is_up_and_never_open_the_breaker() {
-        let guard = Guard::new(S, &breaker(2), &unlimited()).unwrap();
+        let guard = Guard::new(S, &breaker(2), &unlimited(), Slots::for_tests()).unwrap();
         let runs = Arc::new(AtomicUsize::new(0));
         for _ in 0..20 {
             let _ = guard
@@ -562,7 +625,7 @@ mod tests {
             min_per_sec: 0,
             window_secs: 10,
         };
-        let guard = Guard::new(S, &breaker(20), &budget).unwrap();
+        let guard = Guard::new(S, &breaker(20), &budget, Slots::for_tests()).unwrap();
         assert!(!guard.withdraw(), "no calls yet, no reserve: no retry");
         for _ in 0..4 {
             guard.deposit();
@@ -585,7 +648,7 @@ mod tests {
      {
         // The first attempt's failure opens the breaker; its retry is refused. The answer
         // must stay the attempt's own error: that request may have acted.
-        let guard = Guard::new(S, &breaker(1), &unlimited()).unwrap();
+        let guard = Guard::new(S, &breaker(1), &unlimited(), Slots::for_tests()).unwrap();
         let call = Call {
             system: S,
             operation: OP,
@@ -614,7 +677,7 @@ mod tests {
             min_per_sec: 0,
             window_secs: 10,
         };
-        let guard = Guard::new(S, &breaker(1_000), &budget).unwrap();
+        let guard = Guard::new(S, &breaker(1_000), &budget, Slots::for_tests()).unwrap();
         let call = Call {
             system: S,
             operation: OP,
@@ -624,12 +687,77 @@ mod tests {
         let _ = call.send(nowhere()).await.unwrap_err();
         let metrics = guard.status().await;
         assert_eq!(metrics.calls, 1, "no retry without budget");
-        let generous = Guard::new(S, &breaker(1_000), &unlimited()).unwrap();
+        let generous = Guard::new(S, &breaker(1_000), &unlimited(), Slots::for_tests()).unwrap();
         let call = Call {
             guard: &generous,
             ..call
         };
         let _ = call.send(nowhere()).await.unwrap_err();
         assert_eq!(generous.status().await.calls, 3, "three tries with budget");
+    }
+
+    #[tokio::test]
+    async fn no_more_than_the_bound_is_in_flight_and_a_call_without_a_slot_is_not_sent() {
+        let slots = Slots {
+            max: 2,
+            wait: Duration::from_millis(200),
+        };
+        let guard = Guard::new(S, &breaker(1_000), &unlimited(), slots).unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let held = |guard: &Guard| {
+            let (runs, release) = (Arc::clone(&runs), Arc::clone(&release));
+            let guard = guard.clone();
+            tokio::spawn(async move {
+                guard
+                    .pass(Box::pin(async move {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        release.notified().await;
+                        Ok(b"{}".to_vec())
+                    }))
+                    .await
+            })
+        };
+        let first = held(&guard);
+        let second = held(&guard);
+        while runs.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(guard.in_flight(), 2);
+
+        // A third waits, and when no slot frees within the wait it is not sent.
+        let started = std::time::Instant::now();
+        let third = guard.pass(attempt(&runs, Ok(()))).await;
+        assert!(matches!(third, Passage::Saturated { limit: 2 }));
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "the third never ran");
+        let not_sent = UpstreamError::Saturated {
+            system: S,
+            operation: OP,
+            limit: 2,
+        };
+        assert!(not_sent.was_not_sent() && not_sent.is_transient());
+        assert!(
+            !counts_against(&not_sent),
+            "waiting is not the upstream's failure"
+        );
+
+        // A fourth waits for a slot that frees: it is sent.
+        let fourth = {
+            let guard = guard.clone();
+            let runs = Arc::clone(&runs);
+            tokio::spawn(async move { guard.pass(attempt(&runs, Ok(()))).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "the fourth waits");
+        release.notify_one();
+        assert!(matches!(fourth.await.unwrap(), Passage::Sent(Ok(_))));
+        release.notify_waiters();
+        release.notify_one();
+        for held in [first, second] {
+            assert!(matches!(held.await.unwrap(), Passage::Sent(Ok(_))));
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        assert_eq!(guard.in_flight(), 0, "every slot is given back");
     }
 }

@@ -63,7 +63,16 @@ impl Upstreams {
         endpoints: Endpoints,
         settings: &crate::config::Settings,
     ) -> Result<Self, UpstreamError> {
-        let guards = Guards::new(&settings.breaker, &settings.retry_budget)?;
+        let guards = Guards::new(
+            &settings.breaker,
+            &settings.retry_budget,
+            |system| match system {
+                System::Okya | System::OkyaAuth => settings.okya.slots(),
+                System::Stripe => settings.stripe.slots(),
+                System::Epoint => settings.epoint.slots(),
+                System::Sessionm => settings.sessionm.slots(),
+            },
+        )?;
         let okya = okya::OkyaClient::new(
             &endpoints.okya,
             &endpoints.okya_auth,

@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 const PAGE: &str = "query($n: Int!) { me { orders(first: $n) { edges { node { store { name } lines { product { name } } statusHistory { status } } } } } }";
 
 /// Statements and upstream calls of one page of `n` orders, on a cold catalogue. The
-/// fewest statements of a few tries: the service's background work (the sweeper, the job
-/// runner) shares the counter.
+/// fewest statements and calls of a few tries: the service's background work (the sweeper,
+/// the job runner, reconciliation) shares the counters.
 async fn cost(app: &TestApp, n: usize) -> (u64, BTreeMap<String, u64>) {
     let mut fewest = u64::MAX;
-    let mut calls = BTreeMap::new();
+    let mut calls: Option<BTreeMap<String, u64>> = None;
     for _ in 0..5 {
         app.app.state().upstreams.catalog.invalidate();
         for sim in [Sim::Okya, Sim::Stripe, Sim::Sessionm, Sim::Epoint] {
@@ -46,14 +46,23 @@ async fn cost(app: &TestApp, n: usize) -> (u64, BTreeMap<String, u64>) {
                 all.insert(format!("{name} {route}"), count);
             }
         }
-        calls = all;
+        let total = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
+        if calls.as_ref().is_none_or(|c| total(&all) < total(c)) {
+            calls = Some(all);
+        }
     }
-    (fewest, calls)
+    (fewest, calls.unwrap_or_default())
 }
 
 #[tokio::test]
 async fn a_page_of_50_orders_costs_what_a_page_of_5_does() {
-    let shop = shop(|_| {}).await;
+    // The default background pace (a poll a second) rather than the shop's 50 ms, so that
+    // a page's statements are rarely counted with a poll's.
+    let shop = shop(|s| {
+        s.orders.sweep_interval_ms = 1_000;
+        s.jobs.poll_interval_ms = 1_000;
+    })
+    .await;
     let mut ids = Vec::new();
     for i in 0..50 {
         let cart = shop.filled_cart("str_pasadena").await;

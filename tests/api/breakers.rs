@@ -212,3 +212,58 @@ async fn an_order_caught_by_an_open_stripe_breaker_is_charged_once_after_it_clos
     assert_eq!(intents[0]["amount_received"], 1874, "{intents:?}");
     shop.assert_money_invariants().await;
 }
+
+const ORDER_STATUS: &str = "query($id: ID!) { order(id: $id) { status } }";
+
+/// Sends `n` `order(id)` queries at once; every one must answer with a status.
+async fn order_burst(shop: &TestApp, id: &str, n: usize) {
+    let burst = (0..n).map(|_| shop.data(ORDER_STATUS, json!({"id": id})));
+    for data in futures_util::future::join_all(burst).await {
+        assert!(data["order"]["status"].is_string(), "{data}");
+    }
+}
+
+/// The sum of the simulator's calls on every route.
+async fn all_calls(shop: &TestApp, sim: Sim) -> u64 {
+    shop.calls(sim).await.values().sum()
+}
+
+#[tokio::test]
+async fn calls_in_flight_to_one_upstream_are_bounded_and_the_rest_wait_their_turn() {
+    let shop = shop(|s| s.okya.max_concurrent_calls = 3).await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let id = placed(&shop.checkout(&cart, "pm_card_visa", None, "k").await);
+    shop.wait_until_settled(&id).await;
+    shop.faults(Sim::Okya, json!({"latency_ms": 150})).await;
+    shop.reset_calls(Sim::Okya).await;
+
+    // Twenty queries at once each read the order at Okya: three at a time, all answered.
+    order_burst(&shop, &id, 20).await;
+    assert_eq!(all_calls(&shop, Sim::Okya).await, 20, "every read was sent");
+    let peak = shop.peak_in_flight(Sim::Okya).await;
+    assert!((1..=3).contains(&peak), "{peak} Okya calls at once");
+}
+
+#[tokio::test]
+async fn a_call_that_finds_no_free_slot_in_time_is_not_sent_and_the_order_is_read_from_our_copy() {
+    // One slot, and a call waits for it at most 400 ms, while Okya takes 300 ms a call:
+    // of five at once, the first two are sent and the rest give up without being sent.
+    let shop = shop(|s| {
+        s.okya.max_concurrent_calls = 1;
+        s.okya.timeout_ms = 400;
+    })
+    .await;
+    let cart = shop.filled_cart("str_pasadena").await;
+    let id = placed(&shop.checkout(&cart, "pm_card_visa", None, "k").await);
+    shop.wait_until_settled(&id).await;
+    shop.faults(Sim::Okya, json!({"latency_ms": 300})).await;
+    shop.reset_calls(Sim::Okya).await;
+
+    order_burst(&shop, &id, 5).await;
+    let sent = all_calls(&shop, Sim::Okya).await;
+    assert!((1..5).contains(&sent), "{sent} of 5 reads sent");
+    assert_eq!(shop.peak_in_flight(Sim::Okya).await, 1);
+    // Being full is not Okya failing: its breaker stays closed.
+    let ready = shop.readiness().await;
+    assert_eq!(ready["breakers"]["okya"]["state"], "closed", "{ready}");
+}

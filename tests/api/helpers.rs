@@ -461,6 +461,13 @@ impl TestApp {
             .unwrap_or(0)
     }
 
+    /// The most requests the simulator handled at once since its calls were last reset.
+    pub async fn peak_in_flight(&self, sim: Sim) -> u64 {
+        self.sandbox_get(sim, "calls/in_flight").await["peak"]
+            .as_u64()
+            .expect("in_flight JSON")
+    }
+
     pub async fn reset_calls(&self, sim: Sim) {
         self.http
             .delete(format!("{}/_sandbox/calls", self.sim_url(sim)))
