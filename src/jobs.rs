@@ -63,17 +63,20 @@ impl JobError {
     }
 }
 
-/// Wakes idle workers when a job is enqueued, so new work starts at once rather than at
-/// the next poll.
+/// Wakes one idle worker when a job is enqueued, so new work starts at once rather than
+/// at the next poll. One, not all: every worker woken claims, and all but one find
+/// nothing, a wasted write each. A worker claims until it finds nothing, so jobs enqueued
+/// together are all run; a wake while no worker waits is kept for the next to wait.
 #[derive(Clone, Default)]
 pub struct JobSignal(Arc<Notify>);
 
 impl JobSignal {
     pub fn wake(&self) {
-        self.0.notify_waiters();
+        self.0.notify_one();
     }
 
-    /// Completes at the next [`Self::wake`] after it was made.
+    /// Completes at the next [`Self::wake`] that no other waiter took, or at once when a
+    /// wake came while no worker waited.
     pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.0.notified()
     }
