@@ -221,8 +221,12 @@ pub struct GraphqlSettings {
     pub max_body_bytes: usize,
     /// Seconds a websocket may stay open without `connection_init` (`CBTL_GRAPHQL__WS_INIT_TIMEOUT_SECS`).
     pub ws_init_timeout_secs: u64,
-    /// How often an open websocket is pinged (and a legacy `graphql-ws` one sent `ka`), in
-    /// ms (`CBTL_GRAPHQL__WS_KEEPALIVE_MS`); a peer silent for two of these is dropped.
+    /// How often an open websocket is pinged, in ms (`CBTL_GRAPHQL__WS_KEEPALIVE_MS`); a
+    /// peer silent for two of these is dropped. 30 s: under the 60 s idle timeouts of
+    /// common proxies and load balancers (nginx's `proxy_read_timeout`, AWS ALB), and each
+    /// ping costs the process a wake and two system calls per socket, which at 20,000
+    /// sockets is most of an idle instance's CPU. A legacy `graphql-ws` socket gets `ka` at
+    /// least every 15 s, since its client gives up after 30 s without one.
     pub ws_keepalive_ms: u64,
     /// How often, in seconds, the orders followed by subscriptions are checked for a
     /// status change whose notification was lost (`CBTL_GRAPHQL__SUBSCRIPTION_RECHECK_SECS`):
@@ -260,7 +264,7 @@ impl Default for GraphqlSettings {
             max_complexity: 1_000,
             max_body_bytes: 64 * 1024,
             ws_init_timeout_secs: 10,
-            ws_keepalive_ms: 15_000,
+            ws_keepalive_ms: 30_000,
             subscription_recheck_secs: 30,
             ws_max_operations: 20,
             ws_max_operations_per_customer: 40,

@@ -51,8 +51,14 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 /// meet a reset once we close.
 const FRAME_ALLOWANCE: usize = 4;
 /// Initial read buffer; tungstenite grows it for larger messages and the default 128 KiB
-/// per idle connection is what makes stock websockets expensive.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// per idle connection is what makes stock websockets expensive. An app's messages
+/// (`connection_init` with its token, `subscribe`, `ping`) fit in 1 KiB; a larger one
+/// is read in 1 KiB reads into a buffer reserved for its whole frame. Every read also
+/// zeroes this much first (tungstenite), so smaller is cheaper per ping as well.
+const READ_BUFFER_BYTES: usize = 1024;
+/// subscriptions-transport-ws closes a socket that has had one `ka` and then none for its
+/// 30 s timeout: a legacy socket gets `ka` at least this often, whatever the keep-alive.
+const LEGACY_KA_MAX: Duration = Duration::from_secs(15);
 /// Keep-alive intervals a peer may stay silent (not even a pong) before it is taken for
 /// gone and dropped, with everything its operations held.
 const SILENT_INTERVALS: u32 = 2;
@@ -347,7 +353,10 @@ impl Connection {
         closing: CancellationToken,
     ) {
         let init_deadline = Instant::now() + init_timeout;
-        let keepalive = self.gateway.app.settings.graphql.ws_keepalive();
+        let mut keepalive = self.gateway.app.settings.graphql.ws_keepalive();
+        if self.protocol == Protocol::Legacy {
+            keepalive = keepalive.min(LEGACY_KA_MAX);
+        }
         let mut heartbeat = interval_at(Instant::now() + keepalive, keepalive);
         let mut last_heard = Instant::now();
         let end = loop {

@@ -27,6 +27,9 @@ const SUBSCRIBE: &str = "subscription($id: ID!) { orderStatusChanged(orderId: $i
 /// One status message: which subscriber, the status, when it arrived.
 type Arrival = (usize, String, Instant);
 
+/// The service's default `graphql.ws_keepalive_ms`.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
 pub async fn run(ctx: &mut Ctx) -> Result<(), Error> {
     let count = ctx
         .args
@@ -88,7 +91,10 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), Error> {
         ..Row::default()
     });
 
-    let idle = Duration::from_secs(if ctx.args.quick { 5 } else { 10 });
+    // One whole keep-alive period (the service's default `graphql.ws_keepalive_ms`), so
+    // that every socket's ping and pong fall in the window once: a shorter window could
+    // fall between the bursts of pings and read as nearly free.
+    let idle = KEEPALIVE;
     let cpu = idle_cpu(pid, idle).await?;
     println!("live-status: idle CPU {cpu:.2}% of a core over {idle:?}");
     ctx.rows.push(Row {
