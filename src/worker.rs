@@ -16,13 +16,11 @@ use crate::{
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
-/// Workers per process; jobs are short upstream calls, so a few suffice.
-const WORKERS: usize = 4;
 /// After this many attempts a job is buried and an operator must look at it.
 const MAX_ATTEMPTS: i32 = 100;
 
 pub fn spawn_workers(state: AppState) -> Vec<JoinHandle<()>> {
-    (0..WORKERS)
+    (0..state.settings.jobs.workers)
         .map(|worker| {
             let state = state.clone();
             tokio::spawn(async move { run_worker(state, worker).await })
