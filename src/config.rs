@@ -332,14 +332,6 @@ durations!(WebhookSettings {
 macro_rules! timeouts_accessor {
     ($t:ty) => {
         impl $t {
-            /// The concurrency bound of this system's calls (see `upstream::guard`).
-            pub fn slots(&self) -> crate::upstream::guard::Slots {
-                crate::upstream::guard::Slots {
-                    max: self.max_concurrent_calls,
-                    wait: Duration::from_millis(self.timeout_ms),
-                }
-            }
-
             pub fn timeouts(&self) -> Timeouts {
                 Timeouts {
                     connect: Duration::from_millis(self.connect_timeout_ms),

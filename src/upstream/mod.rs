@@ -63,16 +63,30 @@ impl Upstreams {
         endpoints: Endpoints,
         settings: &crate::config::Settings,
     ) -> Result<Self, UpstreamError> {
-        let guards = Guards::new(
-            &settings.breaker,
-            &settings.retry_budget,
-            |system| match system {
-                System::Okya | System::OkyaAuth => settings.okya.slots(),
-                System::Stripe => settings.stripe.slots(),
-                System::Epoint => settings.epoint.slots(),
-                System::Sessionm => settings.sessionm.slots(),
-            },
-        )?;
+        let guards = Guards::new(&settings.breaker, &settings.retry_budget, |system| {
+            // A call waits for a slot at most its upstream's whole-call timeout.
+            let (max, timeouts) = match system {
+                System::Okya | System::OkyaAuth => {
+                    (settings.okya.max_concurrent_calls, settings.okya.timeouts())
+                }
+                System::Stripe => (
+                    settings.stripe.max_concurrent_calls,
+                    settings.stripe.timeouts(),
+                ),
+                System::Epoint => (
+                    settings.epoint.max_concurrent_calls,
+                    settings.epoint.timeouts(),
+                ),
+                System::Sessionm => (
+                    settings.sessionm.max_concurrent_calls,
+                    settings.sessionm.timeouts(),
+                ),
+            };
+            guard::Slots {
+                max,
+                wait: timeouts.total,
+            }
+        })?;
         let okya = okya::OkyaClient::new(
             &endpoints.okya,
             &endpoints.okya_auth,

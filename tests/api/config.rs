@@ -45,6 +45,13 @@ fn bad_settings_stop_the_start_naming_the_setting() {
         ("DATABASE_URL", "mysql://localhost/x", "DATABASE_URL"),
         ("CBTL_LISTEN_ADDR", "nowhere", "LISTEN_ADDR"),
         ("CBTL_NO_SUCH_SETTING", "1", "no_such_setting"),
+        // A semaphore of no slots would make every call wait out its timeout.
+        (
+            "CBTL_SESSIONM__MAX_CONCURRENT_CALLS",
+            "0",
+            "sessionm.max_concurrent_calls",
+        ),
+        ("CBTL_JOBS__WORKERS", "0", "jobs.workers"),
     ];
     for (key, value, named) in cases {
         let output = binary()
