@@ -4,7 +4,8 @@
 //! and both websocket protocols alike, in this order:
 //!
 //! - a persisted query's hash is resolved to its text, then admission parses the document
-//!   and checks its depth, aliases, root fields, operations, introspection and method;
+//!   (or takes the one parsed before from the same text, `documents`) and checks its
+//!   depth, aliases, root fields, operations, introspection and method;
 //! - async-graphql parses (the document admission parsed), validates and executes; a query
 //!   or mutation is bounded by `graphql.operation_timeout_secs`, a subscription is not;
 //! - every error of the response (each response of a subscription) is coded, last.
@@ -24,6 +25,7 @@
 use super::{
     Mutation, Query,
     admission::Admission,
+    documents::ParsedDocuments,
     error_codes::ErrorCodes,
     orders::OrderSubscription,
     persisted::{Pending, PersistedQueries},
@@ -44,13 +46,13 @@ pub type InnerSchema = Schema<Query, Mutation, OrderSubscription>;
 #[derive(Clone)]
 pub struct Gate {
     pub persisted: PersistedQueries,
+    pub documents: ParsedDocuments,
     pub admission: Admission,
     pub timeout: OperationTimeout,
 }
 
-/// What passed the steps before async-graphql: the request to run and how.
+/// How a request that passed the steps before async-graphql runs.
 struct Admitted {
-    request: Request,
     /// Whether it registers a persisted query (then it runs on the registering schema).
     registers: bool,
     /// The operation it runs, when admission could select one.
@@ -59,16 +61,19 @@ struct Admitted {
 
 impl Gate {
     /// A persisted query's hash resolved to its text (or its registration noted), then
-    /// admission.
-    fn admit(&self, mut request: Request) -> ServerResult<Admitted> {
-        let pending = self.persisted.resolve(&mut request)?;
-        let operation = self.admission.admit(&mut request)?;
+    /// admission, on the document parsed before from the same text if one is held.
+    fn admit(&self, request: &mut Request) -> ServerResult<Admitted> {
+        let pending = self.persisted.resolve(request)?;
+        let held = self.documents.lookup(request);
+        let operation = self.admission.admit(request)?;
+        if !held {
+            self.documents.keep(request);
+        }
         let registers = pending.is_some();
         if let Some(pending) = pending {
-            request = request.data(Registration(pending));
+            request.data.insert(Registration(pending));
         }
         Ok(Admitted {
-            request,
             registers,
             operation,
         })
@@ -105,13 +110,14 @@ impl AppSchema {
 
     /// Runs a query or mutation (a subscription is refused by async-graphql on this path).
     pub async fn execute(&self, request: impl Into<Request>) -> Response {
-        let response = match self.gate.admit(request.into()) {
+        let mut request = request.into();
+        let response = match self.gate.admit(&mut request) {
             Err(error) => Response::from_errors(vec![error]),
             Ok(admitted) => {
-                let name = admitted.request.operation_name.clone();
+                let name = request.operation_name.clone();
                 // Boxed: async-graphql's execution is a large future, which would otherwise
                 // be copied into every future that holds this one.
-                let execution = Box::pin(self.inner(&admitted).execute(admitted.request));
+                let execution = Box::pin(self.inner(&admitted).execute(request));
                 self.gate.timeout.bound(name.as_deref(), execution).await
             }
         };
@@ -121,7 +127,8 @@ impl AppSchema {
     /// Runs any operation as a stream of responses (the websocket protocols): one for a
     /// query or mutation, bounded in time, and one per event for a subscription.
     pub fn execute_stream(&self, request: impl Into<Request>) -> BoxStream<'static, Response> {
-        let admitted = match self.gate.admit(request.into()) {
+        let mut request = request.into();
+        let admitted = match self.gate.admit(&mut request) {
             Err(error) => {
                 let response = ErrorCodes::response(Response::from_errors(vec![error]));
                 return futures_util::stream::once(async move { response }).boxed();
@@ -129,8 +136,8 @@ impl AppSchema {
             Ok(admitted) => admitted,
         };
         let is_subscription = admitted.operation == Some(OperationType::Subscription);
-        let name = admitted.request.operation_name.clone();
-        let stream = self.inner(&admitted).execute_stream(admitted.request);
+        let name = request.operation_name.clone();
+        let stream = self.inner(&admitted).execute_stream(request);
         if is_subscription {
             return stream.map(ErrorCodes::response).boxed();
         }

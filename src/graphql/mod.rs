@@ -5,6 +5,7 @@ pub mod admission;
 mod cart;
 mod catalog;
 pub mod context;
+pub mod documents;
 pub mod error_codes;
 pub mod errors;
 mod gate;
@@ -45,6 +46,7 @@ pub fn build(limits: &GraphqlSettings, introspection: bool, state: Option<AppSta
     // execution is bounded in time; codes go on every error, last.
     let gate = gate::Gate {
         persisted: persisted::PersistedQueries::default(),
+        documents: documents::ParsedDocuments::default(),
         admission: admission::Admission {
             max_depth: limits.max_depth,
             max_aliases: limits.max_aliases,
