@@ -6,8 +6,9 @@
 //! - a persisted query's hash is resolved to its text, then admission parses the document
 //!   (or takes the one parsed before from the same text, `documents`) and checks its
 //!   depth, aliases, root fields, operations, introspection and method;
-//! - async-graphql parses (the document admission parsed), validates and executes; a query
-//!   or mutation is bounded by `graphql.operation_timeout_secs`, a subscription is not;
+//! - async-graphql takes that document, checks the parser's limits, validates and executes;
+//!   a query or mutation is bounded by `graphql.operation_timeout_secs` from here on (the
+//!   bound was on execution alone as an extension hook), a subscription is not;
 //! - every error of the response (each response of a subscription) is coded, last.
 //!
 //! These steps are not a schema extension: async-graphql runs every field of every
