@@ -72,9 +72,10 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// The checks, before async-graphql reads the document (the `prepare_request` step,
-    /// in [`super::gate`], after a persisted query is resolved to its text).
-    pub(super) fn admit(&self, request: &mut Request) -> ServerResult<()> {
+    /// The checks, before async-graphql reads the document (in [`super::gate`], after a
+    /// persisted query is resolved to its text). Answers the type of the operation the
+    /// request runs, when one can be selected (else execution reports why).
+    pub(super) fn admit(&self, request: &mut Request) -> ServerResult<Option<OperationType>> {
         let safe_method = request.data.contains_key(&TypeId::of::<SafeMethod>());
         let operation_name = request.operation_name.clone();
         // Parsed once here; async-graphql uses this document and does not parse again.
@@ -100,7 +101,8 @@ impl Admission {
                 self.max_aliases
             )));
         }
-        if let Some(operation) = selected(document, operation_name.as_deref())
+        let operation = selected(document, operation_name.as_deref());
+        if let Some(operation) = operation
             && root_fields(document, &operation.selection_set.node, 0) > self.max_root_fields
         {
             return Err(ErrorCode::GraphqlValidationFailed.error(format!(
@@ -111,7 +113,7 @@ impl Admission {
         if safe_method && runs_a_mutation(document, operation_name.as_deref()) {
             return Err(ErrorCode::MethodNotAllowed.error("mutations must be sent with POST"));
         }
-        Ok(())
+        Ok(operation.map(|op| op.ty))
     }
 }
 

@@ -51,6 +51,9 @@ impl StoreObject {
             .get()
             .await
             .map_err(ApiError::from)?;
+        if let Some(menu) = copy.menu(&self.0) {
+            return Ok(menu.iter().cloned().map(ProductObject).collect());
+        }
         let held: Option<Vec<ProductObject>> = self
             .0
             .product_ids

@@ -1,16 +1,16 @@
 //! Gives every error the schema returns an `extensions.code` from [`ErrorCode`], whatever
 //! phase it comes from: the parser's limits, validation, operation selection, argument
 //! coercion during execution, or a resolver. Resolvers set their codes through
-//! [`super::errors::ApiError`]; this extension codes what async-graphql itself raises, and
+//! [`super::errors::ApiError`]; this step codes what async-graphql itself raises, and
 //! turns anything left uncoded into `INTERNAL` with its detail logged, not returned.
 //!
-//! It runs inside the schema (in [`super::gate`], the schema's one extension), so HTTP and both websocket protocols get the same codes.
+//! It runs around the schema (in [`super::gate`]), so HTTP and both websocket protocols get the same codes.
 
 use super::errors::ErrorCode;
 use async_graphql::{Response, ServerError};
 
-/// The coding steps, run by [`super::gate`] first and last, so that they see what every
-/// other step returns.
+/// The coding step, run by [`super::gate`] last, so that it sees what every other step
+/// returns.
 pub struct ErrorCodes;
 
 /// Messages async-graphql gives a value that does not coerce to its input type: the
@@ -27,12 +27,6 @@ fn is_coercion_error(error: &ServerError) -> bool {
     COERCION_MESSAGES
         .iter()
         .any(|prefix| error.message.starts_with(prefix))
-}
-
-fn code_if_missing(error: &mut ServerError, code: ErrorCode) {
-    if ErrorCode::of(error).is_none() {
-        code.set_on(error);
-    }
 }
 
 /// The last pass over a response: whatever is still uncoded gets a code.
@@ -57,31 +51,11 @@ fn code_response(mut response: Response) -> Response {
 }
 
 impl ErrorCodes {
-    /// The last pass over a response (the `request` hook, and each response of a
-    /// subscription): whatever is still uncoded gets a code.
+    /// The last pass over a response (each response of a subscription): whatever is still
+    /// uncoded gets a code. What the parser's limits and validation refuse carries no path,
+    /// so it is coded `GRAPHQL_VALIDATION_FAILED` here, or `BAD_USER_INPUT` for a value
+    /// that does not coerce to its input type.
     pub(super) fn response(response: Response) -> Response {
         code_response(response)
-    }
-
-    /// The document was parsed by [`super::admission::Admission`], which codes syntax
-    /// errors; what fails in the `parse_query` step are the parser's own limits (recursion,
-    /// directives).
-    pub(super) fn parse_error(mut error: ServerError) -> ServerError {
-        code_if_missing(&mut error, ErrorCode::GraphqlValidationFailed);
-        error
-    }
-
-    /// Validation errors: a value that does not coerce is the caller's input, the rest the
-    /// document's.
-    pub(super) fn validation_errors(mut errors: Vec<ServerError>) -> Vec<ServerError> {
-        for error in &mut errors {
-            let code = if is_coercion_error(error) {
-                ErrorCode::BadUserInput
-            } else {
-                ErrorCode::GraphqlValidationFailed
-            };
-            code_if_missing(error, code);
-        }
-        errors
     }
 }

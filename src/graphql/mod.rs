@@ -5,6 +5,7 @@ pub mod admission;
 mod cart;
 mod catalog;
 pub mod context;
+pub mod documents;
 pub mod error_codes;
 pub mod errors;
 mod gate;
@@ -34,22 +35,18 @@ pub struct Mutation(
     orders::OrderMutation,
 );
 
-pub type AppSchema = Schema<Query, Mutation, orders::OrderSubscription>;
+pub use gate::AppSchema;
 
 /// Builds the schema. `introspection` is `Settings::introspection`; `state` is `None` only
 /// for printing the SDL.
 pub fn build(limits: &GraphqlSettings, introspection: bool, state: Option<AppState>) -> AppSchema {
-    let mut builder = Schema::build(
-        Query::default(),
-        Mutation::default(),
-        orders::OrderSubscription,
-    )
-    // One extension (see `gate`) runs the steps in this order: codes wrap everything; a
-    // persisted query is resolved to its text before admission parses it and measures its
-    // depth (in place of async-graphql's `limit_depth`, which counts introspection like
-    // any other field); execution is bounded in time.
-    .extension(gate::Gate {
+    // The steps around the schema (see `gate`), in this order: a persisted query is
+    // resolved to its text before admission parses it and measures its depth (in place of
+    // async-graphql's `limit_depth`, which counts introspection like any other field);
+    // execution is bounded in time; codes go on every error, last.
+    let gate = gate::Gate {
         persisted: persisted::PersistedQueries::default(),
+        documents: documents::ParsedDocuments::default(),
         admission: admission::Admission {
             max_depth: limits.max_depth,
             max_aliases: limits.max_aliases,
@@ -60,17 +57,30 @@ pub fn build(limits: &GraphqlSettings, introspection: bool, state: Option<AppSta
         timeout: timeout::OperationTimeout {
             limit: limits.operation_timeout(),
         },
-    })
-    .limit_complexity(limits.max_complexity)
-    .limit_recursive_depth(admission::MAX_NESTING)
-    .limit_directives(20);
-    if !introspection {
-        builder = builder.disable_introspection();
-    }
-    if let Some(state) = state {
-        builder = builder.data(state);
-    }
-    builder.finish()
+    };
+    let schema = |register: Option<gate::Register>| {
+        let mut builder = Schema::build(
+            Query::default(),
+            Mutation::default(),
+            orders::OrderSubscription,
+        )
+        .limit_complexity(limits.max_complexity)
+        .limit_recursive_depth(admission::MAX_NESTING)
+        .limit_directives(20);
+        if let Some(register) = register {
+            builder = builder.extension(register);
+        }
+        if !introspection {
+            builder = builder.disable_introspection();
+        }
+        if let Some(state) = state.clone() {
+            builder = builder.data(state);
+        }
+        builder.finish()
+    };
+    let plain = schema(None);
+    let registering = schema(Some(gate::Register(gate.persisted.clone())));
+    AppSchema::new(plain, registering, gate)
 }
 
 /// The SDL the app codes against; `schema.graphql` holds a copy checked by a test.

@@ -14,7 +14,8 @@ pub struct OperationTimeout {
 }
 
 impl OperationTimeout {
-    /// Runs `execution` (the `execute` step, in [`super::gate`]) within the limit.
+    /// Runs `execution` (a query or mutation once admitted, in [`super::gate`]) within
+    /// the limit.
     pub(super) async fn bound(
         &self,
         operation_name: Option<&str>,

@@ -31,7 +31,11 @@ pub async fn execute(
     viewer: Viewer,
     client: ClientAddr,
 ) -> async_graphql::Response {
-    let request = request.data(Loaders::default()).data(viewer).data(client);
+    let mut request = request;
+    // Inserted in place: `Request::data` moves the whole request for each.
+    request.data.insert(Loaders::default());
+    request.data.insert(viewer);
+    request.data.insert(client);
     gateway.schema.execute(request).await
 }
 

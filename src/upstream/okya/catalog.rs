@@ -53,21 +53,46 @@ pub struct Snapshot {
     pub stores: Vec<Arc<Store>>,
     by_store: HashMap<String, Arc<Store>>,
     products: HashMap<String, Arc<Product>>,
+    /// Each store's menu, by store id, for the stores whose every product was read.
+    menus: HashMap<String, Vec<Arc<Product>>>,
     read_at: Instant,
 }
 
 impl Snapshot {
     fn new(stores: Vec<Store>, products: Vec<Product>) -> Self {
         let stores: Vec<Arc<Store>> = stores.into_iter().map(Arc::new).collect();
+        let products: HashMap<String, Arc<Product>> = products
+            .into_iter()
+            .map(|p| (p.id.clone(), Arc::new(p)))
+            .collect();
+        let menus = stores
+            .iter()
+            .filter_map(|store| {
+                let menu: Option<Vec<Arc<Product>>> = store
+                    .product_ids
+                    .iter()
+                    .map(|id| products.get(id).cloned())
+                    .collect();
+                Some((store.id.clone(), menu?))
+            })
+            .collect();
         Self {
             by_store: stores.iter().map(|s| (s.id.clone(), s.clone())).collect(),
             stores,
-            products: products
-                .into_iter()
-                .map(|p| (p.id.clone(), Arc::new(p)))
-                .collect(),
+            products,
+            menus,
             read_at: Instant::now(),
         }
+    }
+
+    /// The menu of `store`, in its order, when `store` is this copy's own (not one read
+    /// since) and the copy holds every product on it.
+    pub fn menu(&self, store: &Arc<Store>) -> Option<&[Arc<Product>]> {
+        let own = self.by_store.get(&store.id)?;
+        if !Arc::ptr_eq(own, store) {
+            return None;
+        }
+        self.menus.get(&store.id).map(Vec::as_slice)
     }
 
     /// The store with this id, if Okya listed it.
