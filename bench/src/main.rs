@@ -32,9 +32,12 @@ pub enum Scenario {
     MemoryStart,
     /// Item 6's live status at scale: written by the lead (scenarios/live_status.rs).
     LiveStatus,
+    /// Live status with two instances on one PostgreSQL database, half the subscribers on
+    /// each.
+    LiveStatusPg,
 }
 
-const ALL: [Scenario; 7] = [
+const ALL: [Scenario; 8] = [
     Scenario::Typename,
     Scenario::Catalogue,
     Scenario::AddedLatency,
@@ -42,6 +45,7 @@ const ALL: [Scenario; 7] = [
     Scenario::Checkout,
     Scenario::MemoryStart,
     Scenario::LiveStatus,
+    Scenario::LiveStatusPg,
 ];
 
 /// Issue 12's benchmarks: the service against bare axum and bare async-graphql 7.2.1, in

@@ -185,6 +185,66 @@ pub struct Stack {
     /// Resident memory right after it became ready, in KiB.
     pub rss_at_rest_kib: Option<u64>,
     postgres_db: Option<(String, String)>,
+    /// The service's variables (its listen address apart), for more instances.
+    vars: Vec<(String, String)>,
+    /// Instances started after the first ([`Stack::add_instance`]).
+    more: Vec<Child>,
+}
+
+/// Spawns the service with `vars` on `addr`, logging to the work directory, and waits
+/// until `/readyz` answers 200; the time that took.
+async fn spawn_service(
+    binaries: &Binaries,
+    pinning: Pinning,
+    work_dir: &Path,
+    name: &str,
+    vars: &[(String, String)],
+    addr: SocketAddr,
+) -> Result<(Child, Duration), Error> {
+    let mut service = Pinning::command(pinning.server, &binaries.service);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CBTL_") || key == "DATABASE_URL" || key == "RUST_LOG" {
+            service.env_remove(key);
+        }
+    }
+    for (key, value) in vars {
+        service.env(key, value);
+    }
+    let spawned = Instant::now();
+    let mut service = service
+        .env("CBTL_LISTEN_ADDR", addr.to_string())
+        .stdout(std::fs::File::create(
+            work_dir.join(format!("{name}-service.log")),
+        )?)
+        .stderr(std::fs::File::create(
+            work_dir.join(format!("{name}-service.stderr.log")),
+        )?)
+        .kill_on_drop(true)
+        .spawn()?;
+    let http = reqwest::Client::new();
+    let deadline = spawned + Duration::from_secs(60);
+    loop {
+        if let Some(status) = service.try_wait()? {
+            return Err(format!(
+                "the service exited ({status}) before it was ready; see {}",
+                work_dir.join(format!("{name}-service.log")).display()
+            )
+            .into());
+        }
+        let ready = http
+            .get(format!("http://{addr}/readyz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ready {
+            return Ok((service, spawned.elapsed()));
+        }
+        if Instant::now() > deadline {
+            return Err("the service was not ready within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Every rate limit a benchmark's sign-ups and checkouts from one address would hit.
@@ -276,12 +336,8 @@ impl Stack {
             }
         };
 
-        let mut service = Pinning::command(pinning.server, &binaries.service);
-        for (key, _) in std::env::vars() {
-            if key.starts_with("CBTL_") || key == "DATABASE_URL" || key == "RUST_LOG" {
-                service.env_remove(key);
-            }
-        }
+        // Every variable the service is given, kept to start more instances alike.
+        let mut vars: Vec<(String, String)> = Vec::new();
         let mut non_defaults = vec![
             "upstream URLs and credentials: the cbtl-sandbox binary's (as in production, real URLs)".to_owned(),
         ];
@@ -289,12 +345,15 @@ impl Stack {
             // The sandbox turns introspection on for app developers; production leaves
             // it off, which is the default with upstream URLs set.
             if key != "CBTL_GRAPHQL__INTROSPECTION" {
-                service.env(key, value);
+                vars.push((key.clone(), value.clone()));
             }
         }
         for limit in RAISED_LIMITS {
             for part in ["BURST", "PER_HOUR"] {
-                service.env(format!("CBTL_RATE_LIMITS__{limit}__{part}"), "1000000");
+                vars.push((
+                    format!("CBTL_RATE_LIMITS__{limit}__{part}"),
+                    "1000000".to_owned(),
+                ));
             }
         }
         non_defaults.push(format!(
@@ -302,7 +361,7 @@ impl Stack {
             RAISED_LIMITS.map(str::to_lowercase).join(",")
         ));
         for (key, value, why) in extra {
-            service.env(key, value);
+            vars.push(((*key).to_owned(), (*value).to_owned()));
             non_defaults.push(format!("{key}={value} ({why})"));
         }
         non_defaults.push(format!(
@@ -312,53 +371,21 @@ impl Stack {
                 Database::Postgres { .. } => "a fresh PostgreSQL database",
             }
         ));
-        let spawned = Instant::now();
-        let service = service
-            .env("CBTL_LISTEN_ADDR", addr.to_string())
-            .env("DATABASE_URL", &database_url)
-            .stdout(std::fs::File::create(
-                work_dir.join(format!("{name}-service.log")),
-            )?)
-            .stderr(std::fs::File::create(
-                work_dir.join(format!("{name}-service.stderr.log")),
-            )?)
-            .kill_on_drop(true)
-            .spawn()?;
+        vars.push(("DATABASE_URL".to_owned(), database_url));
+        let (service, start_to_ready) =
+            spawn_service(binaries, pinning, work_dir, name, &vars, addr).await?;
         let mut stack = Self {
             service,
             sandbox,
             addr,
             env,
             non_defaults,
-            start_to_ready: Duration::ZERO,
+            start_to_ready,
             rss_at_rest_kib: None,
             postgres_db,
+            vars,
+            more: Vec::new(),
         };
-        let http = reqwest::Client::new();
-        let deadline = spawned + Duration::from_secs(60);
-        loop {
-            if let Some(status) = stack.service.try_wait()? {
-                return Err(format!(
-                    "the service exited ({status}) before it was ready; see {}",
-                    work_dir.join(format!("{name}-service.log")).display()
-                )
-                .into());
-            }
-            let ready = http
-                .get(format!("http://{addr}/readyz"))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200);
-            if ready {
-                stack.start_to_ready = spawned.elapsed();
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err("the service was not ready within 60 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
         // Let the first background sweeps run before "at rest".
         tokio::time::sleep(Duration::from_secs(2)).await;
         stack.rss_at_rest_kib = stack.rss_kib();
@@ -378,8 +405,28 @@ impl Stack {
             .ok_or_else(|| format!("the sandbox printed no {key}").into())
     }
 
-    /// Stops both processes and drops a PostgreSQL database it created.
+    /// Starts another instance of the service, alike (same database, simulators and
+    /// settings) on a port of its own, and waits until it is ready; the simulators'
+    /// webhooks still go to the first. Its pid and address.
+    pub async fn add_instance(
+        &mut self,
+        binaries: &Binaries,
+        pinning: Pinning,
+        work_dir: &Path,
+        name: &str,
+    ) -> Result<(u32, SocketAddr), Error> {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let (child, _) = spawn_service(binaries, pinning, work_dir, name, &self.vars, addr).await?;
+        let pid = child.id().ok_or("the new instance has no pid")?;
+        self.more.push(child);
+        Ok((pid, addr))
+    }
+
+    /// Stops every process and drops a PostgreSQL database it created.
     pub async fn stop(mut self) {
+        for mut instance in self.more.drain(..) {
+            let _ = instance.kill().await;
+        }
         let _ = self.service.kill().await;
         let _ = self.sandbox.kill().await;
         if let Some((admin_url, db)) = self.postgres_db.take()

@@ -32,7 +32,44 @@ type Arrival = (usize, String, Instant, Option<f64>);
 /// The service's default `graphql.ws_keepalive_ms`.
 const KEEPALIVE: Duration = Duration::from_secs(30);
 
+/// Where the subscriptions are served.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    /// One instance on SQLite.
+    OneOnSqlite,
+    /// Two instances on one PostgreSQL database, half the subscribers on each; the
+    /// simulators' webhooks go to the first, and either runs the jobs.
+    TwoOnPostgres,
+}
+
+impl Setup {
+    /// What the table's rows add to say where they ran.
+    fn label(self) -> &'static str {
+        match self {
+            Setup::OneOnSqlite => "",
+            Setup::TwoOnPostgres => {
+                " [two instances on PostgreSQL, half the subscribers on each; figures per subscription and CPU are both instances' together]"
+            }
+        }
+    }
+}
+
+/// One instance on SQLite.
 pub async fn run(ctx: &mut Ctx) -> Result<(), Error> {
+    run_on(ctx, Setup::OneOnSqlite).await
+}
+
+/// Two instances on one PostgreSQL database.
+pub async fn run_two_on_postgres(ctx: &mut Ctx) -> Result<(), Error> {
+    if ctx.args.no_postgres {
+        println!("live-status-pg: skipped (--no-postgres)");
+        return Ok(());
+    }
+    run_on(ctx, Setup::TwoOnPostgres).await
+}
+
+async fn run_on(ctx: &mut Ctx, setup: Setup) -> Result<(), Error> {
+    let label = setup.label();
     let count = ctx
         .args
         .subscriptions
@@ -40,12 +77,21 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), Error> {
     let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
     let count = count.min(usize::try_from(soft.saturating_sub(200)).unwrap_or(usize::MAX));
     let per_customer = (count + 10).to_string();
-    let stack = crate::procs::Stack::start_with(
+    let (name, database) = match setup {
+        Setup::OneOnSqlite => ("live", Database::Sqlite),
+        Setup::TwoOnPostgres => (
+            "live-pg",
+            Database::Postgres {
+                admin_url: ctx.args.postgres_url.clone(),
+            },
+        ),
+    };
+    let mut stack = crate::procs::Stack::start_with(
         &ctx.binaries,
         ctx.pinning,
         &ctx.work_dir,
-        "live",
-        &Database::Sqlite,
+        name,
+        &database,
         &[(
             "CBTL_GRAPHQL__WS_MAX_OPERATIONS_PER_CUSTOMER",
             &per_customer,
@@ -58,7 +104,20 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), Error> {
             ctx.settings_note.push(note.clone());
         }
     }
-    let pid = stack.service.id().ok_or("the service has no pid")?;
+    let mut pids = vec![stack.service.id().ok_or("the service has no pid")?];
+    let mut ws_urls = vec![format!("ws://{}/graphql", stack.addr)];
+    if setup == Setup::TwoOnPostgres {
+        let (pid, addr) = stack
+            .add_instance(&ctx.binaries, ctx.pinning, &ctx.work_dir, "live-pg-2")
+            .await?;
+        pids.push(pid);
+        ws_urls.push(format!("ws://{addr}/graphql"));
+    }
+    let rss_kib = || {
+        pids.iter()
+            .map(|&pid| crate::procs::rss_kib(pid).unwrap_or(0))
+            .sum::<u64>()
+    };
     let base = format!("http://{}", stack.addr);
     let okya = stack.url("CBTL_OKYA__BASE_URL")?;
     let gql = client::Gql::new(&base);
@@ -69,23 +128,22 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), Error> {
     let spread = place(&gql, &customer, &okya, count.div_ceil(10)).await?;
 
     // Fan-out to all on one order.
-    let rss_before = stack.rss_kib().unwrap_or(0);
+    let rss_before = rss_kib();
     let (tx, mut rx) = mpsc::unbounded_channel::<Arrival>();
-    let ws_url = format!("ws://{}/graphql", stack.addr);
     let half = count / 2;
-    open(&ws_url, &customer.token, &one, 0..half, &tx).await?;
+    open(&ws_urls, &customer.token, &one, 0..half, &tx).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss_half = stack.rss_kib().unwrap_or(0);
-    open(&ws_url, &customer.token, &one, half..count, &tx).await?;
+    let rss_half = rss_kib();
+    open(&ws_urls, &customer.token, &one, half..count, &tx).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss_all = stack.rss_kib().unwrap_or(0);
+    let rss_all = rss_kib();
     let overall = (rss_all.saturating_sub(rss_before)) as f64 / count as f64;
     let marginal = (rss_all.saturating_sub(rss_half)) as f64 / (count - half) as f64;
     println!(
         "live-status: {count} subscriptions; RSS {rss_before} → {rss_half} → {rss_all} KiB: {overall:.2} KiB each overall, {marginal:.2} KiB marginal"
     );
     ctx.rows.push(Row {
-        what: format!("resident memory per idle subscription, its websocket included ({count} open, one order)"),
+        what: format!("resident memory per idle subscription, its websocket included ({count} open, one order){label}"),
         service: format!("{overall:.1} KiB overall, {marginal:.1} KiB marginal"),
         judged: Some(overall.max(marginal)),
         judged_text: Some(format!("{:.1} KiB", overall.max(marginal))),
@@ -97,10 +155,10 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), Error> {
     // that every socket's ping and pong fall in the window once: a shorter window could
     // fall between the bursts of pings and read as nearly free.
     let idle = KEEPALIVE;
-    let cpu = idle_cpu(pid, idle).await?;
+    let cpu = idle_cpu(&pids, idle).await?;
     println!("live-status: idle CPU {cpu:.2}% of a core over {idle:?}");
     ctx.rows.push(Row {
-        what: format!("service CPU with {count} idle subscriptions"),
+        what: format!("service CPU with {count} idle subscriptions{label}"),
         service: format!("{cpu:.2}% of a core"),
         judged: Some(cpu),
         judged_text: Some(format!("{cpu:.2}%")),
@@ -130,7 +188,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), Error> {
         );
         ctx.rows.push(Row {
             what: format!(
-                "store's `{action}` → `{status}` at all {count} subscribers of one order"
+                "store's `{action}` → `{status}` at all {count} subscribers of one order{label}"
             ),
             service: format!(
                 "p50 {p50:.1} ms, p99 {p99:.1} ms, last {last:.1} ms ({}/{count} delivered); from the recorded change p99 {c99:.1} ms",
@@ -150,7 +208,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), Error> {
     // The completed order's subscriptions ended; their sockets close with the senders.
     drop(rx);
     let (tx, mut rx) = mpsc::unbounded_channel::<Arrival>();
-    open(&ws_url, &customer.token, &spread, 0..count, &tx).await?;
+    open(&ws_urls, &customer.token, &spread, 0..count, &tx).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let delivered = change_all(&http, &okya, &spread, count, &mut rx).await?;
     let latencies = delivered.from_trigger;
@@ -170,7 +228,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), Error> {
     );
     ctx.rows.push(Row {
         what: format!(
-            "{count} subscribers over {} orders, all accepted at once: the last delivery",
+            "{count} subscribers over {} orders, all accepted at once: the last delivery{label}",
             spread.len()
         ),
         service: format!(
@@ -188,7 +246,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), Error> {
     });
     ctx.rows.push(Row {
         what: format!(
-            "the same {count} deliveries, from each order's change as recorded by its flow to delivery (the delivery path alone; the flows of {} acceptances at once are above)",
+            "the same {count} deliveries, from each order's change as recorded by its flow to delivery (the delivery path alone; the flows of {} acceptances at once are above){label}",
             spread.len()
         ),
         service: format!("p50 {c50:.1} ms, p99 {c99:.1} ms, last {clast:.1} ms"),
@@ -203,7 +261,11 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), Error> {
         json!({"before": rss_before, "half": rss_half, "all": rss_all, "overall_per_subscription": overall, "marginal_per_subscription": marginal}),
     );
     raw.insert("idle_cpu_percent".into(), json!(cpu));
-    ctx.raw.insert("live_status".to_owned(), Value::Object(raw));
+    let key = match setup {
+        Setup::OneOnSqlite => "live_status",
+        Setup::TwoOnPostgres => "live_status_two_on_postgres",
+    };
+    ctx.raw.insert(key.to_owned(), Value::Object(raw));
     stack.stop().await;
     Ok(())
 }
@@ -255,10 +317,11 @@ async fn place(
         .collect()
 }
 
-/// Opens subscriptions `range` (subscriber `i` follows `orders[i % len]`), 200 at a time,
+/// Opens subscriptions `range` (subscriber `i` follows `orders[i % len]` through
+/// `urls[i % len]`), 200 at a time,
 /// and returns once each has its first message.
 async fn open(
-    url: &str,
+    urls: &[String],
     token: &str,
     orders: &[Placed],
     range: std::ops::Range<usize>,
@@ -273,7 +336,7 @@ async fn open(
         }
         let order = orders[i % orders.len()].id.clone();
         pending.push(subscriber(
-            url.to_owned(),
+            urls[i % urls.len()].clone(),
             token.to_owned(),
             order,
             i,
@@ -362,7 +425,8 @@ async fn subscriber(
     Ok(())
 }
 
-async fn idle_cpu(pid: u32, over: Duration) -> Result<f64, Error> {
+/// The CPU the processes used together over `over`, in % of one core.
+async fn idle_cpu(pids: &[u32], over: Duration) -> Result<f64, Error> {
     let ticks = |pid: u32| -> Result<u64, Error> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
         let rest = stat.rsplit_once(')').ok_or("bad stat")?.1;
@@ -371,10 +435,11 @@ async fn idle_cpu(pid: u32, over: Duration) -> Result<f64, Error> {
             + fields.get(12).ok_or("bad stat")?.parse::<u64>()?)
     };
     // USER_HZ is 100 on Linux.
-    let before = ticks(pid)?;
+    let all = |pids: &[u32]| -> Result<u64, Error> { pids.iter().map(|&pid| ticks(pid)).sum() };
+    let before = all(pids)?;
     let started = Instant::now();
     tokio::time::sleep(over).await;
-    let used = ticks(pid)?.saturating_sub(before) as f64 / 100.0;
+    let used = all(pids)?.saturating_sub(before) as f64 / 100.0;
     Ok(used / started.elapsed().as_secs_f64() * 100.0)
 }
 

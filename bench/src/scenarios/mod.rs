@@ -201,5 +201,6 @@ pub async fn run(ctx: &mut Ctx, scenario: Scenario) -> Result<(), Error> {
         Scenario::Checkout => checkout::run(ctx).await,
         Scenario::MemoryStart => memory_start::run(ctx).await,
         Scenario::LiveStatus => live_status::run(ctx).await,
+        Scenario::LiveStatusPg => live_status::run_two_on_postgres(ctx).await,
     }
 }
