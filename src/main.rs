@@ -2,12 +2,6 @@ use cbtl_bff::{app, config::Settings, graphql, store, telemetry};
 use clap::{Parser, Subcommand};
 use std::{path::PathBuf, process::ExitCode};
 
-/// mimalloc rather than glibc's malloc: profiles of checkout and of a status change fanned
-/// out to 20,000 websockets spent 15–20 % of the process in glibc's allocator
-/// (`_int_malloc`, `malloc_consolidate`), see README "Benchmarks".
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// GraphQL backend-for-frontend of the CBTL mobile ordering app.
 #[derive(Parser)]
 #[command(version, about)]

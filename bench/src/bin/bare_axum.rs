@@ -4,10 +4,6 @@
 
 use axum::{Router, http::header, routing::post};
 
-/// The service's allocator, so that the ratio compares the work done, not the malloc.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const BODY: &str = r#"{"data":{"__typename":"Query"}}"#;
 
 #[tokio::main]

@@ -16,10 +16,6 @@ use async_graphql_axum::GraphQL;
 use axum::{Router, routing::post_service};
 use serde::Deserialize;
 
-/// The service's allocator, so that the ratio compares the work done, not the malloc.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// An amount in the currency's major unit as a string, e.g. `"4.50"` (the service's
 /// `Decimal`).
 #[derive(Clone, Deserialize)]
