@@ -29,11 +29,8 @@ pub struct ParsedDocuments {
     store: Arc<Mutex<Store>>,
 }
 
-struct Store {
-    documents: lru::LruCache<String, Arc<ExecutableDocument>>,
-    bytes: usize,
-    max_bytes: usize,
-}
+/// Documents by their query text, which is what they weigh.
+type Store = super::weighed_lru::WeighedLru<Arc<ExecutableDocument>>;
 
 impl Default for ParsedDocuments {
     fn default() -> Self {
@@ -48,11 +45,11 @@ impl ParsedDocuments {
     /// A cache holding at most `max_entries` documents and `max_bytes` of query text.
     pub fn new(max_entries: NonZeroUsize, max_bytes: usize) -> Self {
         Self {
-            store: Arc::new(Mutex::new(Store {
-                documents: lru::LruCache::new(max_entries),
-                bytes: 0,
+            store: Arc::new(Mutex::new(Store::new(
+                max_entries,
                 max_bytes,
-            })),
+                |query, _| query.len(),
+            ))),
         }
     }
 
@@ -63,7 +60,7 @@ impl ParsedDocuments {
         }
         let held = {
             let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
-            store.documents.get(request.query.as_str()).cloned()
+            store.get(request.query.as_str()).cloned()
         };
         match held {
             Some(document) => {
@@ -84,26 +81,16 @@ impl ParsedDocuments {
         };
         let document = Arc::new(document.clone());
         let query = request.query.clone();
-        let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
-        if query.len() > store.max_bytes {
-            return;
-        }
-        store.bytes += query.len();
-        if let Some((old, _)) = store.documents.push(query, document) {
-            store.bytes -= old.len();
-        }
-        while store.bytes > store.max_bytes {
-            let Some((old, _)) = store.documents.pop_lru() else {
-                break;
-            };
-            store.bytes -= old.len();
-        }
+        self.store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .put(query, document);
     }
 
     /// Documents held now.
     pub fn len(&self) -> usize {
         let store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
-        store.documents.len()
+        store.len()
     }
 
     /// True when no document is held.

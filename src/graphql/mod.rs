@@ -15,6 +15,7 @@ pub mod persisted;
 pub mod scalars;
 mod timeout;
 mod vouchers;
+mod weighed_lru;
 
 use crate::{config::GraphqlSettings, context::AppState};
 use async_graphql::{MergedObject, Schema};

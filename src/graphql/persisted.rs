@@ -34,50 +34,37 @@ pub struct PersistedQueries {
     store: Arc<Mutex<Store>>,
 }
 
-struct Store {
-    queries: lru::LruCache<String, Arc<str>>,
-    bytes: usize,
-    max_bytes: usize,
-}
+/// Query texts by their hash; each weighs its text.
+type Store = super::weighed_lru::WeighedLru<Arc<str>>;
 
 impl PersistedQueries {
     /// A store holding at most `max_entries` documents and `max_bytes` of text.
     pub fn new(max_entries: NonZeroUsize, max_bytes: usize) -> Self {
         Self {
-            store: Arc::new(Mutex::new(Store {
-                queries: lru::LruCache::new(max_entries),
-                bytes: 0,
+            store: Arc::new(Mutex::new(Store::new(
+                max_entries,
                 max_bytes,
-            })),
+                |_, query| query.len(),
+            ))),
         }
     }
 
     fn get(&self, hash: &str) -> Option<Arc<str>> {
         let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
-        store.queries.get(hash).cloned()
+        store.get(hash).cloned()
     }
 
     fn insert(&self, hash: String, query: Arc<str>) {
-        let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
-        if query.len() > store.max_bytes {
-            return;
-        }
-        store.bytes += query.len();
-        if let Some((_, old)) = store.queries.push(hash, query) {
-            store.bytes -= old.len();
-        }
-        while store.bytes > store.max_bytes {
-            let Some((_, old)) = store.queries.pop_lru() else {
-                break;
-            };
-            store.bytes -= old.len();
-        }
+        self.store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .put(hash, query);
     }
 
     /// Documents held now.
     pub fn len(&self) -> usize {
         let store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
-        store.queries.len()
+        store.len()
     }
 
     /// True when no document is held.
