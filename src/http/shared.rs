@@ -380,6 +380,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_follower_that_falls_the_backlog_behind_is_told_and_the_others_go_on() {
+        let shared = SharedSubscriptions::default();
+        let key = Key::of(&customer("cus_ada"), &follow_request("ord_1")).expect("a key");
+        let (results, stream) = tokio::sync::mpsc::unbounded_channel::<Response>();
+        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(stream);
+        let mut slow = shared.follow(key.clone(), || stream);
+        let mut keeping_up = shared.follow(key.clone(), futures_util::stream::empty);
+        let last = i32::try_from(BACKLOG).expect("small") + 5;
+        for n in 1..=last {
+            results.send(response(n)).expect("sent");
+            assert_eq!(
+                next(&mut keeping_up).await,
+                Ok(format!(r#"{{"data":{{"n":{n}}}}}"#))
+            );
+        }
+        // `slow` read nothing while more than BACKLOG results went by.
+        assert_eq!(next(&mut slow).await, Err(Ended::Lagged));
+        // The execution goes on for the follower that kept up.
+        results.send(response(last + 1)).expect("sent");
+        assert_eq!(
+            next(&mut keeping_up).await,
+            Ok(format!(r#"{{"data":{{"n":{}}}}}"#, last + 1))
+        );
+        drop(slow);
+        assert_eq!(
+            shared.len(),
+            1,
+            "the lagging follower left; the execution runs"
+        );
+    }
+
+    #[tokio::test]
     async fn the_execution_stops_when_its_last_follower_leaves() {
         let shared = SharedSubscriptions::default();
         let key = Key::of(&customer("cus_ada"), &follow_request("ord_1")).expect("a key");
