@@ -45,12 +45,7 @@ impl StoreObject {
     async fn products(&self, ctx: &Context<'_>) -> Result<Vec<ProductObject>> {
         // The catalogue holds every product on a store's menu it read; the loader (one
         // call for the whole request) is only for a menu newer than that copy.
-        let copy = context::state(ctx)?
-            .upstreams
-            .catalog
-            .get()
-            .await
-            .map_err(ApiError::from)?;
+        let copy = catalogue(ctx).await?;
         if let Some(menu) = copy.menu(&self.0) {
             return Ok(menu.iter().cloned().map(ProductObject).collect());
         }
@@ -188,6 +183,18 @@ impl ModifierOptionObject {
     }
 }
 
+/// The catalogue held in process (bounded staleness; one Okya read when it is cold).
+async fn catalogue(
+    ctx: &Context<'_>,
+) -> Result<std::sync::Arc<crate::upstream::okya::catalog::Snapshot>> {
+    Ok(context::state(ctx)?
+        .upstreams
+        .catalog
+        .get()
+        .await
+        .map_err(ApiError::from)?)
+}
+
 #[derive(Default)]
 pub struct CatalogQuery;
 
@@ -195,12 +202,7 @@ pub struct CatalogQuery;
 impl CatalogQuery {
     /// Every store, open or closed.
     async fn stores(&self, ctx: &Context<'_>) -> Result<Vec<StoreObject>> {
-        let copy = context::state(ctx)?
-            .upstreams
-            .catalog
-            .get()
-            .await
-            .map_err(ApiError::from)?;
+        let copy = catalogue(ctx).await?;
         Ok(copy.stores.iter().cloned().map(StoreObject).collect())
     }
 
