@@ -7,7 +7,8 @@
 //!
 //! What each finding does, by the order state machine (`docs/order-state-machine.md`):
 //! - [`Finding::OkyaChangeMissed`]: Okya holds a newer state of an open order than any
-//!   webhook brought (Okya gives up redelivering after a day): record it, run the flow.
+//!   webhook brought (Okya gives up redelivering after a day): record it and run the
+//!   flow, while holding the order (a busy one is found again on the next pass).
 //! - [`Finding::ChargeWithoutOrder`]: a PaymentIntent of ours holds money (captured or
 //!   authorised) and no order is behind it, or its order's payment is another intent (a
 //!   duplicate charge): refund what is captured, cancel an authorisation.
@@ -116,9 +117,8 @@ fn log(finding: &Finding) {
 /// Repairs one finding; `Ok(false)` when it no longer applies (someone else got there).
 async fn repair(state: &AppState, finding: &Finding) -> Result<bool, FlowError> {
     match finding {
-        Finding::OkyaChangeMissed { order_id, .. } => {
-            // The state was recorded when found; the flow acts on it.
-            place_order::drive(state, order_id).await?;
+        Finding::OkyaChangeMissed { .. } => {
+            // Recorded and acted on when found, while holding the order.
             Ok(true)
         }
         Finding::ChargeWithoutOrder {
@@ -192,8 +192,10 @@ async fn find_okya(state: &AppState) -> Result<Vec<Finding>, FlowError> {
         else {
             continue;
         };
+        // Recorded only while holding the order, and acted on at once: a busy order keeps
+        // its older version, so the next pass (or the webhook) finds this one newer again.
         if okya.version > order.okya_version
-            && store::orders::record_okya_state(&state.db, &order.id, okya.state()).await?
+            && place_order::record_okya_state_and_drive(state, &order.id, okya.state()).await?
         {
             findings.push(Finding::OkyaChangeMissed {
                 order_id: order.id.clone(),

@@ -523,11 +523,12 @@ impl OrderQuery {
         if let Some(read) = okya_read {
             match read {
                 Ok(Some(okya)) if okya.version > order.okya_version => {
-                    // A webhook we have not had yet: apply it, then let the flow catch up.
-                    store::orders::record_okya_state(&state.db, &order.id, okya.state())
-                        .await
-                        .map_err(ApiError::from)?;
-                    let _ = place_order::drive(state, &order.id).await;
+                    // A webhook we have not had yet: apply it and let the flow catch up,
+                    // if the order is free; when it is busy, the webhook (or
+                    // reconciliation) still finds this version newer and applies it.
+                    let _ =
+                        place_order::record_okya_state_and_drive(state, &order.id, okya.state())
+                            .await;
                     if let Some(fresh) = store::orders::find(&state.db, &order.id)
                         .await
                         .map_err(ApiError::from)?

@@ -460,6 +460,26 @@ async fn wait_until_resting(state: &AppState, id: &OrderId) -> Result<Order, Flo
     }
 }
 
+/// Records Okya's newer `okya` state of the order and runs the flow on it, only while
+/// holding the order: false, and nothing recorded, when another runner holds it. A state
+/// recorded while someone else holds the order could be missed by that runner (it loaded
+/// the order before) and then by every later reader, who would find the version not newer.
+pub async fn record_okya_state_and_drive(
+    state: &AppState,
+    id: &OrderId,
+    okya: crate::upstream::okya::orders::OkyaState,
+) -> Result<bool, FlowError> {
+    let Some(token) = acquire(state, id).await? else {
+        return Ok(false);
+    };
+    if let Err(e) = store::orders::record_okya_state(&state.db, id, okya).await {
+        store::orders::release(&state.db, id, &token).await?;
+        return Err(e.into());
+    }
+    run_held(state, id, token).await?;
+    Ok(true)
+}
+
 /// Runs the flow if no one else holds it (and this instance is not shutting down).
 pub async fn drive(state: &AppState, id: &OrderId) -> Result<bool, FlowError> {
     let Some(token) = acquire(state, id).await? else {
