@@ -61,6 +61,8 @@ async fn a_page_of_50_orders_costs_what_a_page_of_5_does() {
     let shop = shop(|s| {
         s.orders.sweep_interval_ms = 1_000;
         s.jobs.poll_interval_ms = 1_000;
+        // Each idle worker polls on its own: one, so a poll rarely lands in a page.
+        s.jobs.workers = 1;
     })
     .await;
     let mut ids = Vec::new();
